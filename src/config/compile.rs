@@ -1,0 +1,781 @@
+//! From the raw file to the checked [`Model`]: resolve references, choose decoders, plan reads,
+//! and collect every problem with its location and key path.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Issue;
+use super::raw::*;
+use super::yaml::Located;
+use crate::mappings::plan::{self, Slot, Span};
+use crate::mappings::{DataType, Qos, RegisterKind};
+use crate::model::*;
+
+struct Ctx {
+    issues: Vec<Issue>,
+}
+
+impl Ctx {
+    fn err<T>(&mut self, at: &Located<T>, path: impl Into<String>, message: impl Into<String>) {
+        self.err_at(at.line, at.col, path, message);
+    }
+    fn err_at(&mut self, line: u32, col: u32, path: impl Into<String>, message: impl Into<String>) {
+        self.issues.push(Issue {
+            line,
+            col,
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+fn qos(ctx: &mut Ctx, q: u8, line: u32, col: u32, path: &str) -> Qos {
+    match q {
+        0 => Qos::AtMostOnce,
+        1 => Qos::AtLeastOnce,
+        2 => Qos::ExactlyOnce,
+        _ => {
+            ctx.err_at(
+                line,
+                col,
+                format!("{path}.qos"),
+                format!("qos must be 0, 1 or 2, not {q}"),
+            );
+            Qos::AtLeastOnce
+        }
+    }
+}
+
+/// A topic we publish to or subscribe on must be concrete: no wildcards, not empty.
+fn check_topic(ctx: &mut Ctx, t: &Located<String>, path: &str) -> Arc<str> {
+    if t.is_empty() {
+        ctx.err(t, path, "topic must not be empty");
+    } else if t.contains(['+', '#']) {
+        ctx.err(
+            t,
+            path,
+            format!(
+                "topic `{}` contains a wildcard (+ or #); only concrete topics are allowed here",
+                t.value
+            ),
+        );
+    } else if t.contains('\0') {
+        ctx.err(t, path, "topic contains a NUL character");
+    } else if t.len() > 65_535 {
+        ctx.err(t, path, "topic is longer than 65535 bytes");
+    }
+    Arc::from(t.as_str())
+}
+
+fn check_name(ctx: &mut Ctx, n: &Located<String>, path: &str) {
+    if n.is_empty() {
+        ctx.err(n, path, "name must not be empty");
+    } else if n.contains(['/', '+', '#', '.', ' ']) || n.chars().any(char::is_control) {
+        ctx.err(
+            n,
+            path,
+            format!(
+                "name `{}` must not contain '/', '+', '#', '.', spaces or control characters",
+                n.value
+            ),
+        );
+    }
+}
+
+fn publish_rule(
+    ctx: &mut Ctx,
+    p: &Located<RawPublish>,
+    path: &str,
+    default_interval: Duration,
+) -> PublishRule {
+    let topic = check_topic(ctx, &p.topic, &format!("{path}.topic"));
+    let q = qos(ctx, p.qos, p.line, p.col, path);
+    let interval = p.interval.map_or(default_interval, |d| d.0);
+    if interval.is_zero() {
+        ctx.err(
+            p,
+            format!("{path}.interval"),
+            "interval must be greater than zero",
+        );
+    }
+    if !(p.deadband >= 0.0 && p.deadband.is_finite()) {
+        ctx.err(
+            p,
+            format!("{path}.deadband"),
+            "deadband must be a finite number >= 0",
+        );
+    }
+    let mode = match p.mode {
+        RawMode::Interval => PublishMode::Interval,
+        RawMode::OnChange => PublishMode::OnChange,
+        RawMode::Both => PublishMode::Both,
+    };
+    if mode == PublishMode::Interval && (p.deadband != 0.0 || p.max_silence.is_some()) {
+        ctx.err(
+            p,
+            path,
+            "deadband and max_silence apply to mode on_change or both, not interval",
+        );
+    }
+    if matches!(p.max_silence, Some(d) if d.0.is_zero()) {
+        ctx.err(
+            p,
+            format!("{path}.max_silence"),
+            "max_silence must be greater than zero",
+        );
+    }
+    PublishRule {
+        topic,
+        qos: q,
+        retain: p.retain,
+        mode,
+        interval,
+        deadband: p.deadband,
+        max_silence: p.max_silence.map(|d| d.0),
+        format: match p.format {
+            RawFormat::Plain => Format::Plain,
+            RawFormat::Json => Format::Json,
+        },
+    }
+}
+
+/// Decimals implied by a scale factor: 0.1 -> 1, 0.25 -> 2, 10 -> 0.
+fn decimals_of(scale: f64) -> Option<u8> {
+    if scale == 1.0 {
+        return None;
+    }
+    let s = format!("{}", scale.abs());
+    Some(
+        s.split_once('.')
+            .map_or(0, |(_, frac)| frac.len().min(12) as u8),
+    )
+}
+
+fn data_type(ctx: &mut Ctx, p: &Located<RawPoint>, path: &str) -> DataType {
+    let default = if p.kind.is_bit() {
+        RawType::Bool
+    } else {
+        RawType::U16
+    };
+    let t = p.dtype.as_ref().map_or(default, |t| t.value);
+    let (tl, tc) = p
+        .dtype
+        .as_ref()
+        .map_or((p.line, p.col), |t| (t.line, t.col));
+    if p.kind.is_bit() != (t == RawType::Bool) {
+        let msg = if p.kind.is_bit() {
+            format!("a {} holds one bit: type must be bool", p.kind.name())
+        } else {
+            format!(
+                "a {} is a 16-bit register: use bit (with `bit:`) instead of bool",
+                p.kind.name()
+            )
+        };
+        ctx.err_at(tl, tc, format!("{path}.type"), msg);
+    }
+    if t != RawType::Bit {
+        if let Some(b) = &p.bit {
+            ctx.err(b, format!("{path}.bit"), "`bit` is only for type bit");
+        }
+    }
+    if t != RawType::String {
+        if let Some(l) = &p.length {
+            ctx.err(
+                l,
+                format!("{path}.length"),
+                "`length` is only for type string",
+            );
+        }
+    }
+    match t {
+        RawType::Bool => DataType::Bool,
+        RawType::Bit => match &p.bit {
+            Some(b) if b.value <= 15 => DataType::Bit(b.value),
+            Some(b) => {
+                ctx.err(
+                    b,
+                    format!("{path}.bit"),
+                    format!("bit must be 0-15, not {}", b.value),
+                );
+                DataType::Bit(0)
+            }
+            None => {
+                ctx.err_at(tl, tc, path, "type bit needs `bit:` (0-15)");
+                DataType::Bit(0)
+            }
+        },
+        RawType::U16 => DataType::U16,
+        RawType::I16 => DataType::I16,
+        RawType::U32 => DataType::U32,
+        RawType::I32 => DataType::I32,
+        RawType::U64 => DataType::U64,
+        RawType::I64 => DataType::I64,
+        RawType::F32 => DataType::F32,
+        RawType::F64 => DataType::F64,
+        RawType::String => match &p.length {
+            Some(l) if (1..=125).contains(&l.value) => DataType::String(l.value),
+            Some(l) => {
+                ctx.err(
+                    l,
+                    format!("{path}.length"),
+                    format!("length must be 1-125 registers, not {}", l.value),
+                );
+                DataType::String(1)
+            }
+            None => {
+                ctx.err_at(tl, tc, path, "type string needs `length:` (in registers)");
+                DataType::String(1)
+            }
+        },
+    }
+}
+
+pub(super) fn compile(raw: RawConfig, hostname: &str) -> Result<Model, Vec<Issue>> {
+    let mut ctx = Ctx { issues: Vec::new() };
+
+    // --- mqtt
+    let m = &raw.mqtt;
+    let status_topic = check_topic(&mut ctx, &m.status_topic, "mqtt.status_topic");
+    if m.queue_capacity == 0 {
+        ctx.err(
+            &m.status_topic,
+            "mqtt.queue_capacity",
+            "queue_capacity must be at least 1",
+        );
+    }
+    if m.keep_alive.0 < Duration::from_secs(1) {
+        ctx.err(
+            &m.status_topic,
+            "mqtt.keep_alive",
+            "keep_alive must be at least 1s",
+        );
+    }
+    let mqtt = MqttSettings {
+        host: m.host.clone(),
+        port: m.port,
+        client_id: m
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("fieldgate-{hostname}")),
+        keep_alive: m.keep_alive.0,
+        status_topic: status_topic.clone(),
+        queue_capacity: m.queue_capacity.max(1),
+    };
+    if mqtt.client_id.is_empty() || mqtt.client_id.len() > 65_535 {
+        ctx.err(
+            &m.status_topic,
+            "mqtt.client_id",
+            "client_id must be 1-65535 bytes",
+        );
+    }
+
+    let metrics_listen =
+        raw.metrics
+            .as_ref()
+            .and_then(|mm| match mm.listen.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    ctx.err(
+                        &mm.listen,
+                        "metrics.listen",
+                        format!("`{}` is not an IP:port address", mm.listen.value),
+                    );
+                    None
+                }
+            });
+
+    // --- devices and points
+    let mut devices = Vec::new();
+    let mut points: Vec<Point> = Vec::new();
+    let mut by_name: HashMap<String, usize> = HashMap::new();
+    let mut device_names = HashSet::new();
+    let mut publish_topics: HashMap<Arc<str>, String> = HashMap::new();
+    let mut note_topic = |ctx: &mut Ctx, topic: &Arc<str>, at: (u32, u32), path: &str| {
+        if let Some(first) = publish_topics.get(topic) {
+            ctx.err_at(
+                at.0,
+                at.1,
+                path,
+                format!("topic `{topic}` is already published by {first}"),
+            );
+        } else {
+            publish_topics.insert(topic.clone(), path.to_owned());
+        }
+    };
+    note_topic(
+        &mut ctx,
+        &status_topic,
+        (m.status_topic.line, m.status_topic.col),
+        "mqtt.status_topic",
+    );
+
+    if raw.devices.is_empty() {
+        ctx.err_at(1, 1, "devices", "at least one device is needed");
+    }
+    for (di, d) in raw.devices.iter().enumerate() {
+        let dpath = format!(
+            "devices[{}]",
+            if d.name.is_empty() {
+                di.to_string()
+            } else {
+                d.name.value.clone()
+            }
+        );
+        check_name(&mut ctx, &d.name, &format!("{dpath}.name"));
+        if !device_names.insert(d.name.value.clone()) {
+            ctx.err(
+                &d.name,
+                format!("{dpath}.name"),
+                format!("duplicate device name `{}`", d.name.value),
+            );
+        }
+        if d.unit > 247 {
+            ctx.err(
+                d,
+                format!("{dpath}.unit"),
+                format!("unit must be 0-247, not {}", d.unit),
+            );
+        }
+        if d.timeout.0.is_zero() {
+            ctx.err(
+                d,
+                format!("{dpath}.timeout"),
+                "timeout must be greater than zero",
+            );
+        }
+        if d.poll_interval.0.is_zero() {
+            ctx.err(
+                d,
+                format!("{dpath}.poll_interval"),
+                "poll_interval must be greater than zero",
+            );
+        }
+        if d.tcp.host.is_empty() {
+            ctx.err(d, format!("{dpath}.tcp.host"), "host must not be empty");
+        }
+        let status = match &d.status_topic {
+            Some(t) => check_topic(&mut ctx, t, &format!("{dpath}.status_topic")),
+            None => Arc::from(format!("{status_topic}/{}", d.name.value)),
+        };
+        let (sl, sc) = d
+            .status_topic
+            .as_ref()
+            .map_or((d.line, d.col), |t| (t.line, t.col));
+        note_topic(
+            &mut ctx,
+            &status,
+            (sl, sc),
+            &format!("{dpath}.status_topic"),
+        );
+
+        let device_id = devices.len();
+        let mut spans = Vec::new();
+        let mut ids = Vec::new();
+        let mut point_names = HashSet::new();
+        if d.points.is_empty() {
+            ctx.err(
+                d,
+                format!("{dpath}.points"),
+                "a device needs at least one point",
+            );
+        }
+        for (pi, p) in d.points.iter().enumerate() {
+            let ppath = format!(
+                "{dpath}.points[{}]",
+                if p.name.is_empty() {
+                    pi.to_string()
+                } else {
+                    p.name.value.clone()
+                }
+            );
+            check_name(&mut ctx, &p.name, &format!("{ppath}.name"));
+            if !point_names.insert(p.name.value.clone()) {
+                ctx.err(
+                    &p.name,
+                    format!("{ppath}.name"),
+                    format!(
+                        "duplicate point name `{}` in device `{}`",
+                        p.name.value, d.name.value
+                    ),
+                );
+            }
+            let dtype = data_type(&mut ctx, p, &ppath);
+            let width = dtype.width();
+            let address = match u16::try_from(p.address.value) {
+                Ok(a) if u32::from(a) + u32::from(width) - 1 <= 65_535 => a,
+                _ => {
+                    ctx.err(
+                        &p.address,
+                        format!("{ppath}.address"),
+                        format!(
+                            "address {} out of range: a {}-register value must start at 0-{}",
+                            p.address.value,
+                            width,
+                            65_536 - u32::from(width)
+                        ),
+                    );
+                    0
+                }
+            };
+            if !(p.scale.is_finite() && p.scale != 0.0) {
+                ctx.err(
+                    p,
+                    format!("{ppath}.scale"),
+                    "scale must be a finite, non-zero number",
+                );
+            }
+            if !p.offset.is_finite() {
+                ctx.err(
+                    p,
+                    format!("{ppath}.offset"),
+                    "offset must be a finite number",
+                );
+            }
+            if matches!(
+                dtype,
+                DataType::Bool | DataType::Bit(_) | DataType::String(_)
+            ) && (p.scale != 1.0 || p.offset != 0.0)
+            {
+                ctx.err(
+                    p,
+                    format!("{ppath}.scale"),
+                    "scale and offset apply to numeric types only",
+                );
+            }
+            let write = if p.writable.value {
+                let w = &p.writable;
+                if !matches!(p.kind, RegisterKind::Coil | RegisterKind::HoldingRegister) {
+                    ctx.err(
+                        w,
+                        format!("{ppath}.writable"),
+                        format!(
+                            "a {} is read-only; only coils and holding registers can be written",
+                            p.kind.name()
+                        ),
+                    );
+                } else if matches!(dtype, DataType::Bit(_) | DataType::String(_)) {
+                    ctx.err(w, format!("{ppath}.writable"), "bit-in-register and string points cannot be written (a read-modify-write could clobber the other bits)");
+                }
+                let (tmin, tmax) = dtype.raw_range().unwrap_or((0.0, 0.0));
+                let (emin, emax) = {
+                    let a = tmin * p.scale + p.offset;
+                    let b = tmax * p.scale + p.offset;
+                    (a.min(b), a.max(b))
+                };
+                let min = p.min.unwrap_or(emin);
+                let max = p.max.unwrap_or(emax);
+                if !(min.is_finite() && max.is_finite()) || min > max {
+                    ctx.err(
+                        w,
+                        format!("{ppath}.min"),
+                        format!("min ({min}) must not exceed max ({max})"),
+                    );
+                } else if min < emin || max > emax {
+                    ctx.err(w, format!("{ppath}.max"), format!("min/max {min}..{max} exceed what {:?} can hold after scaling ({emin}..{emax})", dtype));
+                }
+                Some(WriteLimits { min, max })
+            } else {
+                if p.min.is_some() || p.max.is_some() {
+                    ctx.err(
+                        p,
+                        format!("{ppath}.min"),
+                        "min/max limit writes; set `writable: true` or remove them",
+                    );
+                }
+                None
+            };
+            let publish = p.publish.as_ref().map(|r| {
+                let rule =
+                    publish_rule(&mut ctx, r, &format!("{ppath}.publish"), d.poll_interval.0);
+                note_topic(
+                    &mut ctx,
+                    &rule.topic,
+                    (r.topic.line, r.topic.col),
+                    &format!("{ppath}.publish.topic"),
+                );
+                rule
+            });
+            let full_name: Arc<str> = Arc::from(format!("{}.{}", d.name.value, p.name.value));
+            by_name.insert(full_name.to_string(), points.len());
+            ids.push(points.len());
+            spans.push(Span {
+                kind: p.kind,
+                address,
+                width,
+            });
+            points.push(Point {
+                device: device_id,
+                name: Arc::from(p.name.as_str()),
+                full_name,
+                kind: p.kind,
+                address,
+                dtype,
+                order: p.order,
+                scale: p.scale,
+                offset: p.offset,
+                decimals: p.decimals.or_else(|| decimals_of(p.scale)),
+                unit: p.unit.as_deref().map(Arc::from),
+                write,
+                publish,
+                slot: Slot {
+                    request: 0,
+                    offset: 0,
+                },
+            });
+        }
+        let plan = plan::plan(&spans, d.max_gap);
+        for (i, &pid) in ids.iter().enumerate() {
+            points[pid].slot = plan.slots[i];
+        }
+        devices.push(Device {
+            name: Arc::from(d.name.as_str()),
+            link: LinkSpec::Tcp {
+                host: d.tcp.host.clone(),
+                port: d.tcp.port,
+            },
+            unit: d.unit,
+            timeout: d.timeout.0,
+            poll_interval: d.poll_interval.0,
+            status_topic: status,
+            plan,
+            points: ids,
+        });
+    }
+
+    let resolve = |ctx: &mut Ctx, r: &Located<String>, path: &str| -> Option<usize> {
+        let found = by_name.get(r.as_str()).copied();
+        if found.is_none() {
+            ctx.err(
+                r,
+                path,
+                format!("unknown point `{}`; write it as device.point", r.value),
+            );
+        }
+        found
+    };
+
+    // --- derived values
+    let mut derived = Vec::new();
+    let mut derived_names = HashSet::new();
+    for (i, dv) in raw.derived.iter().enumerate() {
+        let path = format!(
+            "derived[{}]",
+            if dv.name.is_empty() {
+                i.to_string()
+            } else {
+                dv.name.value.clone()
+            }
+        );
+        check_name(&mut ctx, &dv.name, &format!("{path}.name"));
+        if !derived_names.insert(dv.name.value.clone()) {
+            ctx.err(
+                &dv.name,
+                format!("{path}.name"),
+                format!("duplicate derived name `{}`", dv.name.value),
+            );
+        }
+        if dv.pack_bits.is_empty() || dv.pack_bits.len() > 63 {
+            ctx.err(
+                dv,
+                format!("{path}.pack_bits"),
+                "pack_bits needs 1 to 63 points",
+            );
+        }
+        let mut bits = Vec::new();
+        for (bi, r) in dv.pack_bits.iter().enumerate() {
+            let bpath = format!("{path}.pack_bits[{bi}]");
+            if let Some(pid) = resolve(&mut ctx, r, &bpath) {
+                if !matches!(points[pid].dtype, DataType::Bool | DataType::Bit(_)) {
+                    ctx.err(
+                        r,
+                        &bpath,
+                        format!("`{}` is not a boolean point (bool or bit)", r.value),
+                    );
+                }
+                bits.push(pid);
+            }
+        }
+        let default_interval = bits.first().map_or(Duration::from_secs(1), |&p| {
+            devices[points[p].device].poll_interval
+        });
+        let rule = publish_rule(
+            &mut ctx,
+            &dv.publish,
+            &format!("{path}.publish"),
+            default_interval,
+        );
+        note_topic(
+            &mut ctx,
+            &rule.topic,
+            (dv.publish.topic.line, dv.publish.topic.col),
+            &format!("{path}.publish.topic"),
+        );
+        derived.push(Derived {
+            name: Arc::from(dv.name.as_str()),
+            pack_bits: bits,
+            publish: rule,
+        });
+    }
+
+    // --- commands
+    let mut commands = Vec::new();
+    let mut seen: HashMap<(Arc<str>, Option<String>), String> = HashMap::new();
+    for (ci, c) in raw.commands.iter().enumerate() {
+        let path = format!("commands[{ci}]");
+        let topic = check_topic(&mut ctx, &c.topic, &format!("{path}.topic"));
+        if let Some(owner) = publish_topics.get(&topic) {
+            ctx.err(&c.topic, format!("{path}.topic"), format!("topic `{topic}` is also published by {owner}; the gateway would execute its own messages"));
+        }
+        let ack_topic = match &c.ack_topic {
+            Some(t) => check_topic(&mut ctx, t, &format!("{path}.ack_topic")),
+            None => Arc::from(format!("{topic}/ack")),
+        };
+        if ack_topic == topic {
+            ctx.err(
+                c,
+                format!("{path}.ack_topic"),
+                "ack_topic must differ from the command topic",
+            );
+        }
+        let q = qos(&mut ctx, c.qos, c.line, c.col, &path);
+        let check_writable = |ctx: &mut Ctx, r: &Located<String>, p: &str, pid: usize| {
+            if points[pid].write.is_none() {
+                ctx.err(
+                    r,
+                    p,
+                    format!(
+                        "point `{}` is not writable (set `writable: true` on it to allow commands)",
+                        r.value
+                    ),
+                );
+            }
+        };
+        let action = match (&c.payloads, &c.write) {
+            (Some(table), None) => {
+                if table.is_empty() {
+                    ctx.err(
+                        c,
+                        format!("{path}.payloads"),
+                        "payloads must list at least one payload",
+                    );
+                }
+                let mut out = HashMap::new();
+                for (payload, writes) in table {
+                    let ppath = format!("{path}.payloads[{payload}]");
+                    if let Some(prev) =
+                        seen.insert((topic.clone(), Some(payload.clone())), ppath.clone())
+                    {
+                        ctx.err(
+                            c,
+                            &ppath,
+                            format!(
+                                "topic `{topic}` payload `{payload}` is already handled by {prev}"
+                            ),
+                        );
+                    }
+                    if writes.is_empty() {
+                        ctx.err(c, &ppath, "a payload needs at least one write");
+                    }
+                    let mut list = Vec::new();
+                    for (wi, w) in writes.iter().enumerate() {
+                        let wpath = format!("{ppath}[{wi}].point");
+                        if let Some(pid) = resolve(&mut ctx, &w.point, &wpath) {
+                            check_writable(&mut ctx, &w.point, &wpath, pid);
+                            if let Some(lim) = points[pid].write {
+                                if let Err(e) = crate::mappings::command::encode_point(
+                                    &points[pid],
+                                    w.value.value,
+                                    lim,
+                                ) {
+                                    ctx.err(w, format!("{ppath}[{wi}].value"), e.to_string());
+                                }
+                            }
+                            list.push((pid, w.value.value));
+                        }
+                    }
+                    out.insert(payload.clone(), list);
+                }
+                if seen.contains_key(&(topic.clone(), None)) {
+                    ctx.err(
+                        &c.topic,
+                        format!("{path}.topic"),
+                        format!("topic `{topic}` already takes value writes"),
+                    );
+                }
+                CommandAction::Table(out)
+            }
+            (None, Some(w)) => {
+                let wpath = format!("{path}.write");
+                if seen.keys().any(|(t, _)| *t == topic) {
+                    ctx.err(
+                        &c.topic,
+                        format!("{path}.topic"),
+                        format!("topic `{topic}` is already used by another command"),
+                    );
+                }
+                seen.insert((topic.clone(), None), path.clone());
+                match resolve(&mut ctx, w, &wpath) {
+                    Some(pid) => {
+                        check_writable(&mut ctx, w, &wpath, pid);
+                        CommandAction::Value(pid)
+                    }
+                    None => CommandAction::Value(0),
+                }
+            }
+            _ => {
+                ctx.err(
+                    c,
+                    &path,
+                    "a command needs exactly one of `payloads` or `write`",
+                );
+                CommandAction::Table(HashMap::new())
+            }
+        };
+        commands.push(Command {
+            topic,
+            ack_topic,
+            qos: q,
+            action,
+        });
+    }
+    for c in &commands {
+        if publish_topics.contains_key(&c.ack_topic) {
+            ctx.issues.push(Issue {
+                line: 1,
+                col: 1,
+                path: "commands".into(),
+                message: format!("ack topic `{}` is also used for values", c.ack_topic),
+            });
+        }
+    }
+
+    if ctx.issues.is_empty() {
+        Ok(Model {
+            mqtt,
+            metrics_listen,
+            devices,
+            points,
+            derived,
+            commands,
+        })
+    } else {
+        ctx.issues.sort_by_key(|i| (i.line, i.col));
+        Err(ctx.issues)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_follow_the_scale() {
+        assert_eq!(decimals_of(1.0), None);
+        assert_eq!(decimals_of(0.1), Some(1));
+        assert_eq!(decimals_of(0.25), Some(2));
+        assert_eq!(decimals_of(10.0), Some(0));
+        assert_eq!(decimals_of(-0.01), Some(2));
+    }
+}

@@ -1,0 +1,83 @@
+//! Loading a mapping file: read, parse (shape), compile (meaning), report every problem.
+//!
+//! `load` is the only entry point. Every problem carries `file:line:col`, the path of the
+//! key and a message; all of them are reported, not only the first.
+
+mod compile;
+pub mod raw;
+pub mod yaml;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::model::Model;
+
+/// One problem in a mapping file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub line: u32,
+    pub col: u32,
+    /// Path of the key, e.g. `devices[tower].points[level].address`.
+    pub path: String,
+    pub message: String,
+}
+
+/// Every problem found in one file.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", Issues(path, issues))]
+    Invalid { path: PathBuf, issues: Vec<Issue> },
+}
+
+struct Issues<'a>(&'a Path, &'a [Issue]);
+
+impl fmt::Display for Issues<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.1.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}:{}:{}: ", self.0.display(), issue.line, issue.col)?;
+            if !issue.path.is_empty() {
+                write!(f, "{}: ", issue.path)?;
+            }
+            f.write_str(&issue.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// Read and compile a mapping file, taking `${VAR}` values from the process environment.
+pub fn load(path: &Path) -> Result<Model, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "gateway".to_owned());
+    load_str(path, &text, std::env::vars().collect(), &hostname)
+}
+
+/// Compile mapping text; `path` is only used in messages.
+pub fn load_str(
+    path: &Path,
+    text: &str,
+    vars: HashMap<String, String>,
+    hostname: &str,
+) -> Result<Model, ConfigError> {
+    let invalid = |issues| ConfigError::Invalid {
+        path: path.to_owned(),
+        issues,
+    };
+    let raw: raw::RawConfig = yaml::parse(text, vars).map_err(|i| invalid(vec![i]))?;
+    compile::compile(raw, hostname).map_err(invalid)
+}

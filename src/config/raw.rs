@@ -1,0 +1,307 @@
+//! The mapping file as written: serde structs, checked for shape only.
+//!
+//! Every struct denies unknown fields; defaults are `const fn`s. The `///` comments on the
+//! fields are the configuration reference. Meaning is checked in `compile.rs`, not here.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use super::yaml::Located;
+use crate::mappings::{Order, RegisterKind};
+
+/// A duration written with its unit: `500ms`, `2s`, `1m`, `1h 30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration `{s}` ({e}); write a number with a unit, e.g. 500ms, 2s, 1m"
+            ))
+        })
+    }
+}
+
+const fn d_ms(ms: u64) -> Dur {
+    Dur(Duration::from_millis(ms))
+}
+const fn default_mqtt_port() -> u16 {
+    1883
+}
+const fn default_keep_alive() -> Dur {
+    d_ms(30_000)
+}
+const fn default_queue_capacity() -> usize {
+    10_000
+}
+const fn default_modbus_port() -> u16 {
+    502
+}
+const fn default_unit() -> u8 {
+    1
+}
+const fn default_timeout() -> Dur {
+    d_ms(1_000)
+}
+const fn default_poll_interval() -> Dur {
+    d_ms(1_000)
+}
+const fn default_scale() -> f64 {
+    1.0
+}
+const fn default_qos() -> u8 {
+    1
+}
+
+/// The whole mapping file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// The MQTT broker connection.
+    pub mqtt: RawMqtt,
+    /// The Prometheus `/metrics` listener. Off when absent.
+    #[serde(default)]
+    pub metrics: Option<RawMetrics>,
+    /// The Modbus devices to poll.
+    pub devices: Vec<Located<RawDevice>>,
+    /// Values computed from other points (no scripting).
+    #[serde(default)]
+    pub derived: Vec<Located<RawDerived>>,
+    /// MQTT topics that turn into writes.
+    #[serde(default)]
+    pub commands: Vec<Located<RawCommand>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMqtt {
+    /// Broker host name or IP address.
+    pub host: String,
+    /// Broker TCP port. Default 1883.
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+    /// MQTT client id. Default `fieldgate-<hostname>`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// MQTT keep-alive. Default 30s.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive: Dur,
+    /// Topic for the retained gateway status: `online` after every connect, `offline` as the
+    /// last will and on shutdown.
+    pub status_topic: Located<String>,
+    /// How many publications may wait for the broker before the oldest are dropped (and
+    /// counted). Default 10000.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Address for the HTTP `/metrics` endpoint, e.g. `127.0.0.1:9464` (port 0: any free port,
+    /// logged at start-up).
+    pub listen: Located<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDevice {
+    /// Unique device name; used in topics, logs, metrics and `device.point` references.
+    pub name: Located<String>,
+    /// Modbus TCP connection.
+    pub tcp: RawTcp,
+    /// Modbus unit (slave) id, 0-247. Default 1.
+    #[serde(default = "default_unit")]
+    pub unit: u8,
+    /// Time to wait for each answer. Default 1s.
+    #[serde(default = "default_timeout")]
+    pub timeout: Dur,
+    /// Time between poll cycles. Default 1s.
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval: Dur,
+    /// Largest hole (in registers or bits) bridged to merge two reads into one request.
+    /// Default 0: only adjacent points merge, so no unmapped address is ever read.
+    #[serde(default)]
+    pub max_gap: u16,
+    /// Topic for this device's retained status. Default `<mqtt.status_topic>/<name>`.
+    #[serde(default)]
+    pub status_topic: Option<Located<String>>,
+    /// The mapped values of this device.
+    pub points: Vec<Located<RawPoint>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTcp {
+    /// Host name or IP address of the device (or Modbus TCP gateway).
+    pub host: String,
+    /// TCP port. Default 502.
+    #[serde(default = "default_modbus_port")]
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RawType {
+    Bool,
+    Bit,
+    U16,
+    I16,
+    U32,
+    I32,
+    U64,
+    I64,
+    F32,
+    F64,
+    String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPoint {
+    /// Point name, unique within its device.
+    pub name: Located<String>,
+    /// `coil`, `discrete_input`, `input_register` or `holding_register`.
+    pub kind: RegisterKind,
+    /// Zero-based protocol address (0-65535), not the 4xxxx "register number".
+    pub address: Located<u32>,
+    /// Data type. Default `bool` for coils and discrete inputs, `u16` for registers.
+    #[serde(default, rename = "type")]
+    pub dtype: Option<Located<RawType>>,
+    /// For `type: bit`: the bit number, 0 (least significant) to 15.
+    #[serde(default)]
+    pub bit: Option<Located<u8>>,
+    /// For `type: string`: the length in registers (two bytes each).
+    #[serde(default)]
+    pub length: Option<Located<u16>>,
+    /// Word and byte order: `ABCD` (default), `CDAB`, `BADC` or `DCBA`.
+    #[serde(default)]
+    pub order: Order,
+    /// Engineering value = raw * scale + offset. Default 1.
+    #[serde(default = "default_scale")]
+    pub scale: f64,
+    /// Added after scaling. Default 0.
+    #[serde(default)]
+    pub offset: f64,
+    /// Round published values to this many decimals. Default: from `scale` (0.1 gives 1).
+    #[serde(default)]
+    pub decimals: Option<u8>,
+    /// Engineering unit, e.g. `cm`, `°C`; shown in JSON payloads.
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// Allow commands to write this point. Default false.
+    #[serde(default)]
+    pub writable: Located<bool>,
+    /// Lowest value a command may write, in engineering units.
+    #[serde(default)]
+    pub min: Option<f64>,
+    /// Highest value a command may write, in engineering units.
+    #[serde(default)]
+    pub max: Option<f64>,
+    /// How to publish this point. Not published when absent.
+    #[serde(default)]
+    pub publish: Option<Located<RawPublish>>,
+}
+
+impl Default for Located<bool> {
+    fn default() -> Self {
+        Located {
+            value: false,
+            line: 0,
+            col: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawMode {
+    /// Every `interval`.
+    #[default]
+    Interval,
+    /// When the value moves by more than `deadband` (and after `max_silence` without one).
+    OnChange,
+    /// On change, and at least every `interval`.
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawFormat {
+    /// The value as text: `123`, `21.5`, `true`.
+    #[default]
+    Plain,
+    /// `{"value": 21.5, "unit": "°C", "ts": "2026-01-01T00:00:00.000Z", "quality": "good"}`.
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPublish {
+    /// Topic to publish on; no wildcards.
+    pub topic: Located<String>,
+    /// 0, 1 or 2. Default 1.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Publish retained. Default false.
+    #[serde(default)]
+    pub retain: bool,
+    /// `interval` (default), `on_change` or `both`.
+    #[serde(default)]
+    pub mode: RawMode,
+    /// Publish period for `interval` and `both`. Default: the device's poll interval.
+    #[serde(default)]
+    pub interval: Option<Dur>,
+    /// For `on_change`/`both`: the absolute change that counts as a change. Default 0 (any).
+    #[serde(default)]
+    pub deadband: f64,
+    /// For `on_change`: republish the unchanged value after this long. Default: never.
+    #[serde(default)]
+    pub max_silence: Option<Dur>,
+    /// `plain` (default) or `json`.
+    #[serde(default)]
+    pub format: RawFormat,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDerived {
+    /// Name of the derived value.
+    pub name: Located<String>,
+    /// Boolean points `device.point`; the first is bit 0 of the published integer.
+    pub pack_bits: Vec<Located<String>>,
+    /// How to publish it (as for points).
+    pub publish: Located<RawPublish>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCommand {
+    /// Topic to subscribe to; no wildcards.
+    pub topic: Located<String>,
+    /// Where each command's result is published. Default `<topic>/ack`.
+    #[serde(default)]
+    pub ack_topic: Option<Located<String>>,
+    /// Subscription QoS (and ack QoS). Default 1.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Fixed payloads, each a list of writes. Exclusive with `write`.
+    #[serde(default)]
+    pub payloads: Option<BTreeMap<String, Vec<Located<RawWrite>>>>,
+    /// A writable point `device.point`; the payload is its new value. Exclusive with `payloads`.
+    #[serde(default)]
+    pub write: Option<Located<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWrite {
+    /// The writable point, `device.point`.
+    pub point: Located<String>,
+    /// The value to write, in engineering units (`1`/`0` for coils).
+    pub value: f64,
+}

@@ -1,0 +1,13 @@
+//! fieldgate: a Modbus TCP ⇄ MQTT protocol-converter gateway.
+//!
+//! The flow: `inputs` (one task per Modbus link) produce poll results; `mappings` (pure)
+//! turn them into publications and turn commands into writes; `outputs` speak MQTT. `config`
+//! compiles the YAML into the checked `model`. See `docs/ARCHITECTURE.md`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+#![allow(unreachable_pub)]
+
+pub mod config;
+pub mod mappings;
+pub mod model;

@@ -1,0 +1,357 @@
+//! Command parsing: from an MQTT (topic, payload) to checked writes, or a reason to refuse.
+//!
+//! Pure. A payload that does not parse, a value out of range or a retained message yields a
+//! [`CommandError`] and no [`WriteOp`]: a malformed command never reaches a device.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use super::codec::{self, EncodeError};
+use super::{RegisterKind, WriteOp, WriteValue};
+use crate::model::{CommandAction, Model, Point, WriteLimits};
+
+/// Longest payload we look at; anything longer is refused unread.
+pub const MAX_PAYLOAD: usize = 256;
+
+#[derive(Debug, Error, PartialEq)]
+pub enum CommandError {
+    #[error("retained message: commands are executed only when sent live")]
+    Retained,
+    #[error("no command is configured on this topic")]
+    UnknownTopic,
+    #[error("unknown payload `{0}`; expected one of: {1}")]
+    UnknownPayload(String, String),
+    #[error("payload is longer than {MAX_PAYLOAD} bytes")]
+    TooLong,
+    #[error("payload is not UTF-8 text")]
+    NotUtf8,
+    #[error("payload `{0}` is not a number, true/false, or {{\"value\": ...}}")]
+    NotAValue(String),
+    #[error("value {value} is outside the allowed range {min}..={max}")]
+    OutOfRange { value: f64, min: f64, max: f64 },
+    #[error("{0}")]
+    Encode(#[from] EncodeError),
+}
+
+/// A command that passed every check, ready for the device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+    pub command: usize,
+    /// What was asked, for logs and the ack (`startp1`, or the value).
+    pub label: String,
+    pub writes: Vec<WriteOp>,
+}
+
+/// Inverse-scale, range-check and encode `value` (engineering units) for `point`.
+pub fn encode_point(
+    point: &Point,
+    value: f64,
+    limits: WriteLimits,
+) -> Result<WriteValue, CommandError> {
+    if !value.is_finite() {
+        return Err(EncodeError::NotFinite.into());
+    }
+    if value < limits.min || value > limits.max {
+        return Err(CommandError::OutOfRange {
+            value,
+            min: limits.min,
+            max: limits.max,
+        });
+    }
+    if point.kind == RegisterKind::Coil {
+        return match value {
+            0.0 => Ok(WriteValue::Coil(false)),
+            1.0 => Ok(WriteValue::Coil(true)),
+            _ => Err(CommandError::OutOfRange {
+                value,
+                min: 0.0,
+                max: 1.0,
+            }),
+        };
+    }
+    let raw = (value - point.offset) / point.scale;
+    Ok(WriteValue::Registers(codec::encode(
+        raw,
+        point.dtype,
+        point.order,
+    )?))
+}
+
+/// Parse a value payload: `42`, `-3.5`, `true`/`false`/`on`/`off`, or `{"value": 42}`.
+fn parse_value(text: &str) -> Option<f64> {
+    let t = text.trim();
+    match t.to_ascii_lowercase().as_str() {
+        "true" | "on" => return Some(1.0),
+        "false" | "off" => return Some(0.0),
+        _ => {}
+    }
+    if let Ok(v) = t.parse::<f64>() {
+        return v.is_finite().then_some(v);
+    }
+    let json: serde_json::Value = serde_json::from_str(t).ok()?;
+    match json.get("value")? {
+        serde_json::Value::Bool(b) => Some(f64::from(u8::from(*b))),
+        serde_json::Value::Number(n) => n.as_f64(),
+        _ => None,
+    }
+}
+
+/// Routes command topics to their configured commands.
+#[derive(Debug, Clone)]
+pub struct Router {
+    model: Arc<Model>,
+    by_topic: HashMap<Arc<str>, Vec<usize>>,
+}
+
+impl Router {
+    pub fn new(model: Arc<Model>) -> Self {
+        let mut by_topic: HashMap<Arc<str>, Vec<usize>> = HashMap::new();
+        for (i, c) in model.commands.iter().enumerate() {
+            by_topic.entry(c.topic.clone()).or_default().push(i);
+        }
+        Router { model, by_topic }
+    }
+
+    /// Which command (for its ack topic) a topic belongs to, if any.
+    pub fn command_for(&self, topic: &str) -> Option<usize> {
+        self.by_topic.get(topic).and_then(|v| v.first().copied())
+    }
+
+    /// Check one incoming message. `Err` carries the command index when the topic is known,
+    /// so the refusal can be acknowledged.
+    pub fn parse(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        retained: bool,
+    ) -> Result<Accepted, (Option<usize>, CommandError)> {
+        let Some(candidates) = self.by_topic.get(topic) else {
+            return Err((None, CommandError::UnknownTopic));
+        };
+        let first = candidates[0];
+        let fail = |e| Err((Some(first), e));
+        if retained {
+            return fail(CommandError::Retained);
+        }
+        if payload.len() > MAX_PAYLOAD {
+            return fail(CommandError::TooLong);
+        }
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return fail(CommandError::NotUtf8);
+        };
+        let key = text.trim();
+        let model = &self.model;
+        for &ci in candidates {
+            match &model.commands[ci].action {
+                CommandAction::Table(table) => {
+                    if let Some(writes) = table.get(key) {
+                        let mut ops = Vec::with_capacity(writes.len());
+                        for &(pid, value) in writes {
+                            let p = &model.points[pid];
+                            let limits = p.write.ok_or((Some(ci), CommandError::UnknownTopic))?;
+                            let v = encode_point(p, value, limits).map_err(|e| (Some(ci), e))?;
+                            ops.push(op(pid, p, v));
+                        }
+                        return Ok(Accepted {
+                            command: ci,
+                            label: key.to_owned(),
+                            writes: ops,
+                        });
+                    }
+                }
+                CommandAction::Value(pid) => {
+                    let p = &model.points[*pid];
+                    let Some(value) = parse_value(text) else {
+                        return Err((Some(ci), CommandError::NotAValue(printable(text))));
+                    };
+                    let limits = p.write.ok_or((Some(ci), CommandError::UnknownTopic))?;
+                    let v = encode_point(p, value, limits).map_err(|e| (Some(ci), e))?;
+                    return Ok(Accepted {
+                        command: ci,
+                        label: format_number(value),
+                        writes: vec![op(*pid, p, v)],
+                    });
+                }
+            }
+        }
+        let mut known: Vec<&str> = candidates
+            .iter()
+            .filter_map(|&ci| match &model.commands[ci].action {
+                CommandAction::Table(t) => Some(t.keys().map(String::as_str)),
+                CommandAction::Value(_) => None,
+            })
+            .flatten()
+            .collect();
+        known.sort_unstable();
+        fail(CommandError::UnknownPayload(
+            printable(key),
+            known.join(", "),
+        ))
+    }
+}
+
+fn op(pid: usize, p: &Point, value: WriteValue) -> WriteOp {
+    WriteOp {
+        device: p.device,
+        point: pid,
+        kind: p.kind,
+        address: p.address,
+        value,
+    }
+}
+
+/// A payload fragment safe to put in a log line or an ack: at most 64 characters, no controls.
+pub fn printable(text: &str) -> String {
+    let mut s: String = text
+        .chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if text.chars().count() > 64 {
+        s.push('…');
+    }
+    s
+}
+
+/// Shortest text for a number: `1`, not `1.0`.
+pub fn format_number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Whether the words read back after a write equal what was written.
+pub fn readback_matches(written: &WriteValue, read: &super::BlockData) -> bool {
+    match (written, read) {
+        (WriteValue::Coil(c), super::BlockData::Bits(b)) => b.first() == Some(c),
+        (WriteValue::Registers(w), super::BlockData::Words(r)) => {
+            r.get(..w.len()) == Some(w.as_slice())
+        }
+        _ => false,
+    }
+}
+
+/// Registers (or bits) a write covers, for the read-back request.
+pub fn write_width(v: &WriteValue) -> u16 {
+    match v {
+        WriteValue::Coil(_) => 1,
+        WriteValue::Registers(w) => w.len() as u16,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_str;
+    use std::path::Path;
+
+    const YAML: &str = r#"
+mqtt: { host: localhost, status_topic: t/status }
+devices:
+  - name: tower
+    tcp: { host: 127.0.0.1 }
+    points:
+      - { name: p1, kind: coil, address: 0, writable: true }
+      - { name: sp, kind: holding_register, address: 0, type: i16, scale: 0.1, writable: true, min: -20, max: 80 }
+      - { name: big, kind: holding_register, address: 2, type: f32, order: CDAB, writable: true }
+commands:
+  - topic: t/pump
+    qos: 2
+    payloads:
+      startp1: [{ point: tower.p1, value: 1 }]
+      stopp1: [{ point: tower.p1, value: 0 }]
+  - topic: t/sp/set
+    write: tower.sp
+  - topic: t/big/set
+    write: tower.big
+"#;
+
+    fn router() -> Router {
+        let m = load_str(Path::new("t.yaml"), YAML, Default::default(), "h").unwrap();
+        Router::new(Arc::new(m))
+    }
+
+    #[test]
+    fn table_payloads_become_coil_writes() {
+        let r = router();
+        let a = r.parse("t/pump", b"startp1", false).unwrap();
+        assert_eq!(a.writes.len(), 1);
+        assert_eq!(a.writes[0].value, WriteValue::Coil(true));
+        assert_eq!(a.writes[0].address, 0);
+        let a = r.parse("t/pump", b" stopp1\n", false).unwrap();
+        assert_eq!(a.writes[0].value, WriteValue::Coil(false));
+    }
+
+    #[test]
+    fn garbage_and_retained_are_refused() {
+        let r = router();
+        assert!(matches!(
+            r.parse("t/pump", b"startp3", false),
+            Err((Some(0), CommandError::UnknownPayload(..)))
+        ));
+        assert_eq!(
+            r.parse("t/pump", b"startp1", true),
+            Err((Some(0), CommandError::Retained))
+        );
+        assert_eq!(
+            r.parse("t/pump", &[0xff, 0xfe], false),
+            Err((Some(0), CommandError::NotUtf8))
+        );
+        assert_eq!(
+            r.parse("t/pump", &[b'a'; 300], false),
+            Err((Some(0), CommandError::TooLong))
+        );
+        assert_eq!(
+            r.parse("t/other", b"startp1", false),
+            Err((None, CommandError::UnknownTopic))
+        );
+    }
+
+    #[test]
+    fn value_writes_inverse_scale_and_range_check() {
+        let r = router();
+        let a = r.parse("t/sp/set", b"21.5", false).unwrap();
+        assert_eq!(a.writes[0].value, WriteValue::Registers(vec![215]));
+        let a = r.parse("t/sp/set", br#"{"value": -12.3}"#, false).unwrap();
+        assert_eq!(
+            a.writes[0].value,
+            WriteValue::Registers(vec![(-123i16) as u16])
+        );
+        assert!(matches!(
+            r.parse("t/sp/set", b"80.1", false),
+            Err((Some(1), CommandError::OutOfRange { .. }))
+        ));
+        assert!(matches!(
+            r.parse("t/sp/set", b"NaN", false),
+            Err((Some(1), CommandError::NotAValue(_)))
+        ));
+        assert!(matches!(
+            r.parse("t/sp/set", b"inf", false),
+            Err((Some(1), CommandError::NotAValue(_)))
+        ));
+        assert!(matches!(
+            r.parse("t/sp/set", b"12abc", false),
+            Err((Some(1), CommandError::NotAValue(_)))
+        ));
+    }
+
+    #[test]
+    fn float_writes_use_the_word_order() {
+        let r = router();
+        let a = r.parse("t/big/set", b"1.5", false).unwrap();
+        assert_eq!(
+            a.writes[0].value,
+            WriteValue::Registers(vec![0x0000, 0x3FC0])
+        );
+    }
+
+    #[test]
+    fn printable_truncates_and_masks() {
+        assert_eq!(printable("a\nb"), "a?b");
+        assert_eq!(printable(&"x".repeat(70)).chars().count(), 65);
+    }
+}

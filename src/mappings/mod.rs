@@ -1,0 +1,172 @@
+//! The pure core: decoding, scaling, change detection, rendering, read planning and
+//! command parsing.
+//!
+//! Nothing in here does I/O, spawns tasks or reads a clock: time comes in as an argument.
+//! Everything is plain synchronous code, tested with plain `#[test]`.
+
+pub mod codec;
+pub mod command;
+pub mod engine;
+pub mod plan;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::Deserialize;
+
+pub use codec::{DataType, Order};
+
+/// The four Modbus data tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegisterKind {
+    Coil,
+    DiscreteInput,
+    InputRegister,
+    HoldingRegister,
+}
+
+impl RegisterKind {
+    /// Bit tables hold booleans; register tables hold 16-bit words.
+    pub const fn is_bit(self) -> bool {
+        matches!(self, RegisterKind::Coil | RegisterKind::DiscreteInput)
+    }
+    /// The largest quantity one read request may ask for (Modbus application protocol 6.1-6.4).
+    pub const fn max_per_request(self) -> u16 {
+        if self.is_bit() { 2000 } else { 125 }
+    }
+    /// The read function code, for the `check` summary and logs.
+    pub const fn read_function(self) -> u8 {
+        match self {
+            RegisterKind::Coil => 1,
+            RegisterKind::DiscreteInput => 2,
+            RegisterKind::HoldingRegister => 3,
+            RegisterKind::InputRegister => 4,
+        }
+    }
+    pub const fn name(self) -> &'static str {
+        match self {
+            RegisterKind::Coil => "coil",
+            RegisterKind::DiscreteInput => "discrete_input",
+            RegisterKind::InputRegister => "input_register",
+            RegisterKind::HoldingRegister => "holding_register",
+        }
+    }
+}
+
+/// Index of a device in the compiled model.
+pub type DeviceId = usize;
+/// Index of a point in the compiled model (global across devices).
+pub type PointId = usize;
+
+/// MQTT quality of service, our own closed enum (converted to the client's at the edge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Qos {
+    AtMostOnce,
+    #[default]
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+impl Qos {
+    pub const fn level(self) -> u8 {
+        match self {
+            Qos::AtMostOnce => 0,
+            Qos::AtLeastOnce => 1,
+            Qos::ExactlyOnce => 2,
+        }
+    }
+}
+
+/// One message for the broker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publication {
+    pub topic: Arc<str>,
+    pub payload: Vec<u8>,
+    pub qos: Qos,
+    pub retain: bool,
+    /// When the value was read (or the event happened); carried for the durable buffer.
+    pub created_at: SystemTime,
+}
+
+/// The data of one successful read request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BlockData {
+    Words(Vec<u16>),
+    Bits(Vec<bool>),
+}
+
+/// Why one read request or write failed, as the engine and the acks see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// The device answered with a Modbus exception (the code as on the wire).
+    Exception(u8),
+    /// No (valid) answer within the timeout.
+    Timeout,
+    /// The connection failed or was refused.
+    Transport(String),
+    /// The device's link is down; nothing was sent.
+    NotConnected,
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Exception(code) => {
+                write!(f, "exception {code:#04x} ({})", exception_name(*code))
+            }
+            Fault::Timeout => f.write_str("timeout"),
+            Fault::Transport(e) => write!(f, "transport: {e}"),
+            Fault::NotConnected => f.write_str("device not connected"),
+        }
+    }
+}
+
+/// The Modbus name of an exception code.
+pub fn exception_name(code: u8) -> &'static str {
+    match code {
+        1 => "illegal function",
+        2 => "illegal data address",
+        3 => "illegal data value",
+        4 => "server device failure",
+        5 => "acknowledge",
+        6 => "server device busy",
+        8 => "memory parity error",
+        10 => "gateway path unavailable",
+        11 => "gateway target device failed to respond",
+        _ => "unknown",
+    }
+}
+
+/// The result of one poll cycle of one device: one entry per request of its read plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollResult {
+    pub device: DeviceId,
+    pub read_at: SystemTime,
+    pub blocks: Vec<Result<BlockData, Fault>>,
+}
+
+/// A device's availability, as published on its status topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceStatus {
+    Ok,
+    Error(String),
+}
+
+/// What to write, produced by command parsing and consumed by the device's link task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteOp {
+    pub device: DeviceId,
+    pub point: PointId,
+    pub kind: RegisterKind,
+    pub address: u16,
+    pub value: WriteValue,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteValue {
+    /// FC 5.
+    Coil(bool),
+    /// FC 6 for one register, FC 16 for more.
+    Registers(Vec<u16>),
+}

@@ -1,0 +1,176 @@
+//! The checked model: what the YAML means, compiled once at load time.
+//!
+//! Pure data. Decoders are chosen, scale factors and topics are fixed, and every device's
+//! read plan is built. Nothing here is re-parsed on the hot path.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::mappings::plan::{ReadPlan, Slot};
+use crate::mappings::{DataType, DeviceId, Order, PointId, Qos, RegisterKind};
+
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub mqtt: MqttSettings,
+    /// Where to serve Prometheus `/metrics`; `None` means off.
+    pub metrics_listen: Option<SocketAddr>,
+    pub devices: Vec<Device>,
+    pub points: Vec<Point>,
+    pub derived: Vec<Derived>,
+    pub commands: Vec<Command>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MqttSettings {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub keep_alive: Duration,
+    /// Retained `online` / `offline` (the last will).
+    pub status_topic: Arc<str>,
+    /// Capacity of the outbound publication queue.
+    pub queue_capacity: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LinkSpec {
+    Tcp { host: String, port: u16 },
+}
+
+impl std::fmt::Display for LinkSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkSpec::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub name: Arc<str>,
+    pub link: LinkSpec,
+    pub unit: u8,
+    pub timeout: Duration,
+    pub poll_interval: Duration,
+    pub status_topic: Arc<str>,
+    pub plan: ReadPlan,
+    /// The points of this device, in plan-slot order (`plan.slots[i]` belongs to `points[i]`).
+    pub points: Vec<PointId>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Point {
+    pub device: DeviceId,
+    pub name: Arc<str>,
+    /// `device.point`, as used in references, logs and acks.
+    pub full_name: Arc<str>,
+    pub kind: RegisterKind,
+    pub address: u16,
+    pub dtype: DataType,
+    pub order: Order,
+    pub scale: f64,
+    pub offset: f64,
+    /// Round published values to this many decimals.
+    pub decimals: Option<u8>,
+    pub unit: Option<Arc<str>>,
+    pub write: Option<WriteLimits>,
+    pub publish: Option<PublishRule>,
+    pub slot: Slot,
+}
+
+impl Point {
+    /// True when neither scale nor offset changes the raw value.
+    pub fn is_unscaled(&self) -> bool {
+        self.scale == 1.0 && self.offset == 0.0
+    }
+}
+
+/// Limits for writes, in engineering units.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WriteLimits {
+    pub min: f64,
+    pub max: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishMode {
+    Interval,
+    OnChange,
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct PublishRule {
+    pub topic: Arc<str>,
+    pub qos: Qos,
+    pub retain: bool,
+    pub mode: PublishMode,
+    pub interval: Duration,
+    pub deadband: f64,
+    pub max_silence: Option<Duration>,
+    pub format: Format,
+}
+
+/// A value computed from other points without scripting.
+#[derive(Debug, Clone)]
+pub struct Derived {
+    pub name: Arc<str>,
+    /// Bit i of the result is the boolean point `sources[i]`.
+    pub pack_bits: Vec<PointId>,
+    pub publish: PublishRule,
+}
+
+#[derive(Debug, Clone)]
+pub struct Command {
+    pub topic: Arc<str>,
+    pub ack_topic: Arc<str>,
+    pub qos: Qos,
+    pub action: CommandAction,
+}
+
+#[derive(Debug, Clone)]
+pub enum CommandAction {
+    /// Fixed payloads, each to a list of (point, engineering value) writes.
+    Table(HashMap<String, Vec<(PointId, f64)>>),
+    /// The payload is a number (or `{"value": n}`) for one writable point.
+    Value(PointId),
+}
+
+impl Model {
+    /// Every topic the gateway subscribes to, with its QoS.
+    pub fn subscriptions(&self) -> Vec<(Arc<str>, Qos)> {
+        let mut out: Vec<(Arc<str>, Qos)> = Vec::new();
+        for c in &self.commands {
+            if !out.iter().any(|(t, _)| *t == c.topic) {
+                out.push((c.topic.clone(), c.qos));
+            }
+        }
+        out
+    }
+
+    /// Every topic the gateway publishes to.
+    pub fn publish_topics(&self) -> Vec<Arc<str>> {
+        let mut out = vec![self.mqtt.status_topic.clone()];
+        out.extend(self.devices.iter().map(|d| d.status_topic.clone()));
+        out.extend(
+            self.points
+                .iter()
+                .filter_map(|p| p.publish.as_ref().map(|r| r.topic.clone())),
+        );
+        out.extend(self.derived.iter().map(|d| d.publish.topic.clone()));
+        for c in &self.commands {
+            if !out.contains(&c.ack_topic) {
+                out.push(c.ack_topic.clone());
+            }
+        }
+        out
+    }
+}

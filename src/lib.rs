@@ -8,6 +8,18 @@
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 #![allow(unreachable_pub)]
 
+pub mod backoff;
 pub mod config;
+pub mod events;
+pub mod gateway;
+pub mod inputs;
 pub mod mappings;
 pub mod model;
+pub mod outputs;
+pub mod simulator;
+pub mod telemetry;
+
+pub use gateway::run;
+pub mod check;
+#[cfg(feature = "embedded-broker")]
+pub mod demo;

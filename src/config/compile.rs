@@ -175,19 +175,19 @@ fn data_type(ctx: &mut Ctx, p: &Located<RawPoint>, path: &str) -> DataType {
         };
         ctx.err_at(tl, tc, format!("{path}.type"), msg);
     }
-    if t != RawType::Bit {
-        if let Some(b) = &p.bit {
-            ctx.err(b, format!("{path}.bit"), "`bit` is only for type bit");
-        }
+    if t != RawType::Bit
+        && let Some(b) = &p.bit
+    {
+        ctx.err(b, format!("{path}.bit"), "`bit` is only for type bit");
     }
-    if t != RawType::String {
-        if let Some(l) = &p.length {
-            ctx.err(
-                l,
-                format!("{path}.length"),
-                "`length` is only for type string",
-            );
-        }
+    if t != RawType::String
+        && let Some(l) = &p.length
+    {
+        ctx.err(
+            l,
+            format!("{path}.length"),
+            "`length` is only for type string",
+        );
     }
     match t {
         RawType::Bool => DataType::Bool,
@@ -683,14 +683,14 @@ pub(super) fn compile(raw: RawConfig, hostname: &str) -> Result<Model, Vec<Issue
                         let wpath = format!("{ppath}[{wi}].point");
                         if let Some(pid) = resolve(&mut ctx, &w.point, &wpath) {
                             check_writable(&mut ctx, &w.point, &wpath, pid);
-                            if let Some(lim) = points[pid].write {
-                                if let Err(e) = crate::mappings::command::encode_point(
+                            if let Some(lim) = points[pid].write
+                                && let Err(e) = crate::mappings::command::encode_point(
                                     &points[pid],
                                     w.value.value,
                                     lim,
-                                ) {
-                                    ctx.err(w, format!("{ppath}[{wi}].value"), e.to_string());
-                                }
+                                )
+                            {
+                                ctx.err(w, format!("{ppath}[{wi}].value"), e.to_string());
                             }
                             list.push((pid, w.value.value));
                         }

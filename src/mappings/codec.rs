@@ -427,11 +427,10 @@ mod tests {
         fn sixty_four_bit_words_round_trip(words: [u16; 4], o in 0usize..4) {
             // Decoding any register pattern never panics, and integers re-encode losslessly
             // where f64 can hold them exactly.
-            if let Raw::UInt(v) = decode(&words, DataType::U64, ORDERS[o]).unwrap() {
-                if v < (1 << 53) {
+            if let Raw::UInt(v) = decode(&words, DataType::U64, ORDERS[o]).unwrap()
+                && v < (1 << 53) {
                     prop_assert_eq!(encode(v as f64, DataType::U64, ORDERS[o]).unwrap(), words.to_vec());
                 }
-            }
             let _ = decode(&words, DataType::F64, ORDERS[o]).unwrap();
             let _ = decode(&words, DataType::String(4), ORDERS[o]).unwrap();
         }

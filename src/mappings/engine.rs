@@ -78,7 +78,11 @@ pub struct Engine {
 
 /// Decode and scale one point from its request's data.
 pub fn point_value(p: &Point, data: &BlockData) -> Option<Value> {
-    let off = usize::from(p.slot.offset);
+    decode_at(p, data, usize::from(p.slot.offset))
+}
+
+/// Decode and scale `p` from `data` starting at `off` (0 for a read-back of the point alone).
+pub fn decode_at(p: &Point, data: &BlockData, off: usize) -> Option<Value> {
     let raw = match data {
         BlockData::Bits(bits) => Raw::Bool(*bits.get(off)?),
         BlockData::Words(words) => codec::decode(words.get(off..)?, p.dtype, p.order).ok()?,
@@ -87,7 +91,7 @@ pub fn point_value(p: &Point, data: &BlockData) -> Option<Value> {
 }
 
 fn scale(p: &Point, raw: Raw) -> Value {
-    if p.is_unscaled() {
+    if p.is_unscaled() && (p.decimals.is_none() || matches!(raw, Raw::Int(_) | Raw::UInt(_))) {
         return match raw {
             Raw::Bool(b) => Value::Bool(b),
             Raw::Int(i) => Value::Int(i),
@@ -116,6 +120,7 @@ fn scale(p: &Point, raw: Raw) -> Value {
 }
 
 /// The value as plain text: `123`, `21.5`, `true`.
+#[must_use]
 pub fn render_plain(v: &Value, decimals: Option<u8>) -> String {
     match v {
         Value::Bool(b) => b.to_string(),
@@ -261,32 +266,29 @@ impl Engine {
                     }
                     st.quality = Quality::Good;
                     st.read_at = Some(poll.read_at);
-                    if let Some(rule) = &p.publish {
-                        if due(rule, &st.publish, &v, now, device.poll_interval) {
-                            let payload = match rule.format {
-                                Format::Plain => render_plain(&v, p.decimals).into_bytes(),
-                                Format::Json => {
-                                    json_payload(p, Some(&v), poll.read_at, "good", None)
-                                }
-                            };
-                            out.push(publication(rule, payload, poll.read_at));
-                            st.publish.last_pub = Some(now);
-                            st.publish.last_value = Some(v.clone());
-                            st.publish.force = false;
-                        }
+                    if let Some(rule) = &p.publish
+                        && due(rule, &st.publish, &v, now, device.poll_interval)
+                    {
+                        let payload = match rule.format {
+                            Format::Plain => render_plain(&v, p.decimals).into_bytes(),
+                            Format::Json => json_payload(p, Some(&v), poll.read_at, "good", None),
+                        };
+                        out.push(publication(rule, payload, poll.read_at));
+                        st.publish.last_pub = Some(now);
+                        st.publish.last_value = Some(v.clone());
+                        st.publish.force = false;
                     }
                     st.value = Some(v);
                 }
                 Err(fault) => {
-                    if st.quality != Quality::Bad {
-                        if let Some(rule) = p.publish.as_ref().filter(|r| r.format == Format::Json)
-                        {
-                            out.push(publication(
-                                rule,
-                                json_payload(p, None, poll.read_at, "bad", Some(&fault)),
-                                poll.read_at,
-                            ));
-                        }
+                    if st.quality != Quality::Bad
+                        && let Some(rule) = p.publish.as_ref().filter(|r| r.format == Format::Json)
+                    {
+                        out.push(publication(
+                            rule,
+                            json_payload(p, None, poll.read_at, "bad", Some(&fault)),
+                            poll.read_at,
+                        ));
                     }
                     st.quality = Quality::Bad;
                 }
@@ -578,5 +580,15 @@ derived:
         assert_eq!(render_plain(&Value::F32(0.1), None), "0.1");
         assert_eq!(render_plain(&Value::Bool(true), None), "true");
         assert_eq!(render_plain(&Value::Int(-3), None), "-3");
+    }
+
+    #[test]
+    fn decimals_round_unscaled_floats_too() {
+        let m = load_str(Path::new("t.yaml"), YAML, Default::default(), "h").unwrap();
+        let mut p = m.points[2].clone();
+        p.decimals = Some(1);
+        let w = 220.596_13_f32.to_bits();
+        let v = decode_at(&p, &BlockData::Words(vec![(w >> 16) as u16, w as u16]), 0).unwrap();
+        assert_eq!(v, Value::Float(220.6));
     }
 }

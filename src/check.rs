@@ -1,0 +1,150 @@
+//! The `check` summary: what a valid mapping file will do, without touching the network.
+
+use std::fmt::Write;
+
+use crate::model::{CommandAction, Format, Model, PublishMode, PublishRule};
+
+fn rule(r: &PublishRule) -> String {
+    let mode = match r.mode {
+        PublishMode::Interval => format!("every {}", humantime::format_duration(r.interval)),
+        PublishMode::OnChange => match r.max_silence {
+            Some(s) => format!(
+                "on change > {}, max silence {}",
+                r.deadband,
+                humantime::format_duration(s)
+            ),
+            None => format!("on change > {}", r.deadband),
+        },
+        PublishMode::Both => format!(
+            "on change > {} or every {}",
+            r.deadband,
+            humantime::format_duration(r.interval)
+        ),
+    };
+    let fmt = match r.format {
+        Format::Plain => "plain",
+        Format::Json => "json",
+    };
+    format!(
+        "{} (qos {}{}, {fmt}, {mode})",
+        r.topic,
+        r.qos.level(),
+        if r.retain { ", retained" } else { "" }
+    )
+}
+
+/// Render the summary printed by `fieldgate check`.
+pub fn summary(m: &Model) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "mqtt: {}:{} client_id {} status {}",
+        m.mqtt.host, m.mqtt.port, m.mqtt.client_id, m.mqtt.status_topic
+    );
+    let _ = writeln!(s, "devices: {}", m.devices.len());
+    for d in &m.devices {
+        let _ = writeln!(
+            s,
+            "  {}: {} unit {}, poll every {}, timeout {}, {} points, status {}",
+            d.name,
+            d.link,
+            d.unit,
+            humantime::format_duration(d.poll_interval),
+            humantime::format_duration(d.timeout),
+            d.points.len(),
+            d.status_topic
+        );
+        for &pid in &d.points {
+            let p = &m.points[pid];
+            let mut line = format!(
+                "    {} {} {} {:?}",
+                p.name,
+                p.kind.name(),
+                p.address,
+                p.dtype
+            );
+            if p.dtype.width() > 1 {
+                let _ = write!(line, " {:?}", p.order);
+            }
+            if !p.is_unscaled() {
+                let _ = write!(line, " x{} {:+}", p.scale, p.offset);
+            }
+            if let Some(u) = &p.unit {
+                let _ = write!(line, " [{u}]");
+            }
+            if let Some(w) = p.write {
+                let _ = write!(line, " writable {}..={}", w.min, w.max);
+            }
+            if let Some(r) = &p.publish {
+                let _ = write!(line, " -> {}", rule(r));
+            }
+            let _ = writeln!(s, "{line}");
+        }
+        let _ = writeln!(
+            s,
+            "    read plan: {} requests per cycle",
+            d.plan.requests.len()
+        );
+        for r in &d.plan.requests {
+            let _ = writeln!(
+                s,
+                "      FC{:02} unit {} start {} count {} ({})",
+                r.kind.read_function(),
+                d.unit,
+                r.start,
+                r.count,
+                r.kind.name()
+            );
+        }
+    }
+    if !m.derived.is_empty() {
+        let _ = writeln!(s, "derived: {}", m.derived.len());
+        for d in &m.derived {
+            let src: Vec<&str> = d
+                .pack_bits
+                .iter()
+                .map(|&p| m.points[p].full_name.as_ref())
+                .collect();
+            let _ = writeln!(
+                s,
+                "  {} = bits [{}] -> {}",
+                d.name,
+                src.join(", "),
+                rule(&d.publish)
+            );
+        }
+    }
+    let topics = m.publish_topics();
+    let _ = writeln!(s, "publishes: {} topics", topics.len());
+    for t in &topics {
+        let _ = writeln!(s, "  {t}");
+    }
+    let _ = writeln!(s, "subscribes: {} topics", m.subscriptions().len());
+    for c in &m.commands {
+        let what = match &c.action {
+            CommandAction::Table(t) => {
+                let mut keys: Vec<String> = t
+                    .iter()
+                    .map(|(k, w)| {
+                        let ws: Vec<String> = w
+                            .iter()
+                            .map(|(p, v)| format!("{}={v}", m.points[*p].full_name))
+                            .collect();
+                        format!("{k} => {}", ws.join(", "))
+                    })
+                    .collect();
+                keys.sort();
+                keys.join("; ")
+            }
+            CommandAction::Value(p) => format!("value => {}", m.points[*p].full_name),
+        };
+        let _ = writeln!(
+            s,
+            "  {} (qos {}): {what}; ack on {}",
+            c.topic,
+            c.qos.level(),
+            c.ack_topic
+        );
+    }
+    s
+}

@@ -1,0 +1,98 @@
+//! Internal events: one log line and one metric per event, defined in this one place.
+//!
+//! Metric names follow Prometheus conventions (`fieldgate_..._total`, `_seconds`). Nothing
+//! here logs a payload of a command in full or any secret.
+
+use metrics::{counter, gauge, histogram};
+use tracing::{debug, info, warn};
+
+/// Outcome label of one Modbus request.
+pub fn modbus_request(device: &str, outcome: &'static str) {
+    counter!("fieldgate_modbus_requests_total", "device" => device.to_owned(), "outcome" => outcome).increment(1);
+}
+
+pub fn modbus_exception(device: &str, function: u8, code: u8) {
+    counter!("fieldgate_modbus_exceptions_total", "device" => device.to_owned(), "code" => code.to_string()).increment(1);
+    debug!(device, function, code, "modbus exception");
+}
+
+pub fn poll_done(device: &str, seconds: f64) {
+    counter!("fieldgate_polls_total", "device" => device.to_owned()).increment(1);
+    histogram!("fieldgate_poll_duration_seconds", "device" => device.to_owned()).record(seconds);
+}
+
+pub fn link_connected(link: &str) {
+    gauge!("fieldgate_modbus_link_up", "link" => link.to_owned()).set(1.0);
+    counter!("fieldgate_modbus_connects_total", "link" => link.to_owned()).increment(1);
+    info!(link, "modbus link connected");
+}
+
+pub fn link_down(link: &str, reason: &str, retry_in: std::time::Duration) {
+    gauge!("fieldgate_modbus_link_up", "link" => link.to_owned()).set(0.0);
+    warn!(link, reason, retry_in = ?retry_in, "modbus link down");
+}
+
+pub fn device_status(device: &str, ok: bool, reason: &str) {
+    gauge!("fieldgate_device_up", "device" => device.to_owned()).set(if ok { 1.0 } else { 0.0 });
+    if ok {
+        info!(device, "device ok");
+    } else {
+        warn!(device, reason, "device error");
+    }
+}
+
+/// Every write is logged with what it wrote, where, and why (its origin).
+pub fn write_done(
+    device: &str,
+    point: &str,
+    address: u16,
+    value: &str,
+    origin: &str,
+    result: Result<(), &str>,
+) {
+    match result {
+        Ok(()) => {
+            counter!("fieldgate_writes_total", "device" => device.to_owned(), "outcome" => "ok")
+                .increment(1);
+            info!(device, point, address, value, origin, "write ok");
+        }
+        Err(reason) => {
+            counter!("fieldgate_writes_total", "device" => device.to_owned(), "outcome" => "error")
+                .increment(1);
+            warn!(
+                device,
+                point, address, value, origin, reason, "write failed"
+            );
+        }
+    }
+}
+
+pub fn command_accepted(topic: &str, label: &str) {
+    counter!("fieldgate_commands_total", "outcome" => "accepted").increment(1);
+    info!(topic, command = label, "command accepted");
+}
+
+pub fn command_rejected(topic: &str, payload: &str, reason: &str, kind: &'static str) {
+    counter!("fieldgate_commands_total", "outcome" => "rejected", "reason" => kind).increment(1);
+    warn!(topic, payload, reason, "command rejected");
+}
+
+pub fn publication_queued() {
+    counter!("fieldgate_publications_total").increment(1);
+}
+
+pub fn publication_dropped(topic: &str) {
+    counter!("fieldgate_publications_dropped_total").increment(1);
+    debug!(topic, "outbound queue full: publication dropped");
+}
+
+pub fn mqtt_connected(broker: &str) {
+    gauge!("fieldgate_mqtt_connected").set(1.0);
+    counter!("fieldgate_mqtt_connects_total").increment(1);
+    info!(broker, "mqtt connected");
+}
+
+pub fn mqtt_down(broker: &str, reason: &str, retry_in: std::time::Duration) {
+    gauge!("fieldgate_mqtt_connected").set(0.0);
+    warn!(broker, reason, retry_in = ?retry_in, "mqtt connection lost");
+}

@@ -1,0 +1,225 @@
+//! `run`: wires the link tasks, the mapping engine, the command executor and the MQTT client,
+//! and shuts them down in order.
+//!
+//! Shutdown order: stop taking commands (the one in flight finishes), stop the links (a write
+//! in flight finishes), drain the engine, then MQTT publishes `offline` and disconnects.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::events;
+use crate::inputs::link::Link;
+use crate::inputs::{LinkEvent, WriteRequest};
+use crate::mappings::command::{CommandError, Router, printable, readback_matches};
+use crate::mappings::engine::{Engine, decode_at, render_plain, timestamp};
+use crate::mappings::{Fault, Publication};
+use crate::model::{LinkSpec, Model};
+use crate::outputs::mqtt::{self, IncomingCommand};
+
+/// How long shutdown may spend flushing to the broker.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Run the gateway until `shutdown` is cancelled.
+pub async fn run(model: Arc<Model>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if let Some(addr) = model.metrics_listen {
+        crate::telemetry::serve_metrics(addr, shutdown.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("metrics listener on {addr}: {e}"))?;
+    }
+    let (out_tx, out_rx) = mpsc::channel::<Publication>(model.mqtt.queue_capacity);
+    let (cmd_tx, cmd_rx) = mpsc::channel::<IncomingCommand>(64);
+    let mqtt = mqtt::start(&model.mqtt, model.subscriptions(), out_rx, cmd_tx);
+
+    // One task per link: devices with the same address share a connection.
+    let (ev_tx, ev_rx) = mpsc::channel::<LinkEvent>(256);
+    let links = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let mut groups: Vec<(LinkSpec, Vec<usize>)> = Vec::new();
+    for (i, d) in model.devices.iter().enumerate() {
+        match groups.iter_mut().find(|(s, _)| *s == d.link) {
+            Some((_, v)) => v.push(i),
+            None => groups.push((d.link.clone(), vec![i])),
+        }
+    }
+    let mut writers = vec![None; model.devices.len()];
+    for (spec, devices) in groups {
+        let (wtx, wrx) = mpsc::channel(16);
+        for &d in &devices {
+            writers[d] = Some(wtx.clone());
+        }
+        let link = Link {
+            spec,
+            devices,
+            model: Arc::clone(&model),
+            events: ev_tx.clone(),
+            writes: wrx,
+        };
+        tracker.spawn(link.run(links.clone()));
+    }
+    drop(ev_tx);
+    tracker.close();
+
+    let engine = tokio::spawn(run_engine(Arc::clone(&model), ev_rx, out_tx.clone()));
+    let executor_stop = CancellationToken::new();
+    let executor = tokio::spawn(run_executor(
+        Arc::clone(&model),
+        cmd_rx,
+        writers,
+        out_tx,
+        executor_stop.clone(),
+    ));
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    executor_stop.cancel();
+    let _ = executor.await;
+    links.cancel();
+    tracker.wait().await;
+    let _ = engine.await;
+    mqtt.shutdown(SHUTDOWN_GRACE).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn enqueue(out: &mpsc::Sender<Publication>, p: Publication) {
+    let topic = p.topic.clone();
+    match out.try_send(p) {
+        Ok(()) => events::publication_queued(),
+        Err(_) => events::publication_dropped(&topic),
+    }
+}
+
+async fn run_engine(
+    model: Arc<Model>,
+    mut events: mpsc::Receiver<LinkEvent>,
+    out: mpsc::Sender<Publication>,
+) {
+    let mut engine = Engine::new(model);
+    while let Some(ev) = events.recv().await {
+        let pubs = match ev {
+            LinkEvent::Poll(p) => engine.on_poll(&p, Instant::now()),
+            LinkEvent::Status { device, status, at } => engine.on_device_status(device, status, at),
+        };
+        for p in pubs {
+            enqueue(&out, p);
+        }
+    }
+}
+
+fn rejection_kind(e: &CommandError) -> &'static str {
+    match e {
+        CommandError::Retained => "retained",
+        CommandError::UnknownTopic => "unknown_topic",
+        CommandError::UnknownPayload(..) => "unknown_payload",
+        CommandError::TooLong | CommandError::NotUtf8 | CommandError::NotAValue(_) => "malformed",
+        CommandError::OutOfRange { .. } | CommandError::Encode(_) => "out_of_range",
+    }
+}
+
+async fn run_executor(
+    model: Arc<Model>,
+    mut commands: mpsc::Receiver<IncomingCommand>,
+    writers: Vec<Option<mpsc::Sender<WriteRequest>>>,
+    out: mpsc::Sender<Publication>,
+    stop: CancellationToken,
+) {
+    let router = Router::new(Arc::clone(&model));
+    loop {
+        let cmd = tokio::select! {
+            () = stop.cancelled() => return,
+            c = commands.recv() => match c { Some(c) => c, None => return },
+        };
+        let text = printable(&String::from_utf8_lossy(&cmd.payload));
+        let ack = |ci: usize, body: serde_json::Value| {
+            let c = &model.commands[ci];
+            Publication {
+                topic: c.ack_topic.clone(),
+                payload: body.to_string().into_bytes(),
+                qos: c.qos,
+                retain: false,
+                created_at: SystemTime::now(),
+            }
+        };
+        let accepted = match router.parse(&cmd.topic, &cmd.payload, cmd.retain) {
+            Ok(a) => a,
+            Err((ci, e)) => {
+                events::command_rejected(&cmd.topic, &text, &e.to_string(), rejection_kind(&e));
+                if let Some(ci) = ci {
+                    enqueue(
+                        &out,
+                        ack(
+                            ci,
+                            json!({"command": text, "result": "rejected", "reason": e.to_string(), "ts": timestamp(SystemTime::now())}),
+                        ),
+                    );
+                }
+                continue;
+            }
+        };
+        events::command_accepted(&cmd.topic, &accepted.label);
+        let origin: Arc<str> = Arc::from(format!("mqtt:{}", cmd.topic));
+        let mut readback = HashMap::new();
+        let mut failure: Option<String> = None;
+        for op in accepted.writes {
+            let point = &model.points[op.point];
+            let Some(writer) = &writers[op.device] else {
+                continue;
+            };
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let written = op.value.clone();
+            let device_timeout = model.devices[op.device].timeout;
+            let req = WriteRequest {
+                op,
+                origin: origin.clone(),
+                reply: reply_tx,
+            };
+            let result = if writer.send(req).await.is_err() {
+                Err(Fault::NotConnected)
+            } else {
+                // The link answers within two device timeouts (write + read-back); the margin
+                // only guards against a link task that has gone away.
+                match tokio::time::timeout(device_timeout * 2 + Duration::from_secs(5), reply_rx)
+                    .await
+                {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_)) => Err(Fault::NotConnected),
+                    Err(_) => Err(Fault::Timeout),
+                }
+            };
+            match result {
+                Ok(data) if readback_matches(&written, &data) => {
+                    let v = decode_at(point, &data, 0).map(|v| render_plain(&v, point.decimals));
+                    readback.insert(point.full_name.to_string(), v);
+                }
+                Ok(data) => {
+                    let v = decode_at(point, &data, 0).map(|v| render_plain(&v, point.decimals));
+                    failure = Some(format!(
+                        "{}: read-back {} does not match the written value",
+                        point.full_name,
+                        v.unwrap_or_default()
+                    ));
+                    break;
+                }
+                Err(f) => {
+                    failure = Some(format!("{}: {f}", point.full_name));
+                    break;
+                }
+            }
+        }
+        let body = match &failure {
+            None => {
+                json!({"command": accepted.label, "result": "ok", "readback": readback, "ts": timestamp(SystemTime::now())})
+            }
+            Some(reason) => {
+                json!({"command": accepted.label, "result": "error", "reason": reason, "ts": timestamp(SystemTime::now())})
+            }
+        };
+        enqueue(&out, ack(accepted.command, body));
+    }
+}

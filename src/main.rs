@@ -1,0 +1,196 @@
+//! The `fieldgate` command line: parse, set up logging, call into the library, map the result
+//! to an exit code. Nothing else lives here.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use fieldgate::config::{self, ConfigError};
+
+#[derive(Debug, Parser)]
+#[command(name = "fieldgate", version, about = "Modbus TCP ⇄ MQTT gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway until SIGINT or SIGTERM.
+    Run {
+        /// The mapping file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate a mapping file and print what it will do; touches no network.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Run a simulated plant as a Modbus TCP slave.
+    Simulate {
+        #[command(subcommand)]
+        plant: Plant,
+    },
+    /// Simulator, embedded broker and gateway on loopback, running mappings/water-tower.yaml.
+    #[cfg(feature = "embedded-broker")]
+    Demo {
+        /// Simulated seconds per real second.
+        #[arg(long, default_value_t = 20.0)]
+        speed: f64,
+    },
+    /// An embedded MQTT broker on loopback (for demos and tests; no TLS, no auth).
+    #[cfg(feature = "embedded-broker")]
+    Broker {
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Plant {
+    /// The reference water tower (register map in the README).
+    WaterTower {
+        /// Address to listen on; port 0 picks a free port (printed on stdout).
+        #[arg(long, default_value = "127.0.0.1:5020")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        unit: u8,
+        /// Seed of the consumption random walk.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Simulated seconds per real second (0 freezes the plant).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Level at start, cm.
+        #[arg(long, default_value_t = 200.0)]
+        level: f64,
+        /// Switch the tower's automatic pump control on at start.
+        #[arg(long)]
+        auto: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    fieldgate::telemetry::init_logging();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        command => {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("fieldgate: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(run(command)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("fieldgate: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(model) => {
+            println!("{}: ok", path.display());
+            print!("{}", fieldgate::check::summary(&model));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            if let ConfigError::Invalid { issues, .. } = &e {
+                eprintln!("{} problem(s) found", issues.len());
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancelled on SIGINT or SIGTERM.
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    let _ = tokio::signal::ctrl_c().await;
+                    t.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        t.cancel();
+    });
+    token
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    let shutdown = shutdown_on_signals();
+    match command {
+        Command::Check { .. } => unreachable!("handled without a runtime"),
+        Command::Run { config } => {
+            let model = config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            fieldgate::run(Arc::new(model), shutdown).await
+        }
+        Command::Simulate {
+            plant:
+                Plant::WaterTower {
+                    listen,
+                    unit,
+                    seed,
+                    speed,
+                    level,
+                    auto,
+                },
+        } => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("listen on {listen}"))?;
+            let addr = listener.local_addr()?;
+            println!("water tower listening on {addr}");
+            tracing::info!(%addr, unit, seed, speed, "water tower simulator listening");
+            let opts = fieldgate::simulator::TowerOptions {
+                unit,
+                seed,
+                speed,
+                level,
+                auto,
+            };
+            fieldgate::simulator::serve_water_tower(listener, opts, shutdown).await?;
+            Ok(())
+        }
+        #[cfg(feature = "embedded-broker")]
+        Command::Broker { listen } => {
+            let addr =
+                tokio::task::spawn_blocking(move || fieldgate::outputs::broker::start(listen))
+                    .await??;
+            println!("broker listening on {addr}");
+            tracing::info!(%addr, "embedded broker listening");
+            shutdown.cancelled().await;
+            Ok(())
+        }
+        #[cfg(feature = "embedded-broker")]
+        Command::Demo { speed } => fieldgate::demo::run(speed, shutdown).await,
+    }
+}

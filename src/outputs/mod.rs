@@ -1,0 +1,8 @@
+//! MQTT output side: the client task, the outbound queue, the command subscriber, and the
+//! embedded broker used by `demo` and the fast tests.
+//!
+//! Speaks MQTT only; knows nothing of Modbus.
+
+#[cfg(feature = "embedded-broker")]
+pub mod broker;
+pub mod mqtt;

@@ -1,0 +1,90 @@
+//! Logging set-up and the Prometheus `/metrics` endpoint.
+//!
+//! The endpoint is a minimal HTTP/1.1 responder on a listener we bind ourselves, so port 0
+//! works (the bound address is logged) and no HTTP server crate is linked in.
+
+use std::net::SocketAddr;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Default filter: our info, the libraries' warnings.
+/// rumqttd is off: it logs every client that closes without a DISCONNECT as an error, which
+/// includes our own readiness probe.
+pub const DEFAULT_FILTER: &str = "info,rumqttd=off,rumqttc=warn,tokio_modbus=warn";
+
+/// Log to stderr as key=value lines; `RUST_LOG` overrides the filter.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Install the global metrics recorder (once per process) and return its handle.
+fn recorder() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Serve `/metrics` on `addr` until `shutdown`; returns the bound address.
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let handle = recorder();
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tracing::info!(addr = %bound, "metrics listening");
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
+            };
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let mut n = 0;
+                // Read the request head (bounded); we only need the request line.
+                while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tokio::time::timeout(
+                        std::time::Duration::from_secs(5),
+                        stream.read(&mut buf[n..]),
+                    )
+                    .await
+                    {
+                        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                        Ok(Ok(k)) => n += k,
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf[..n]);
+                let (status, body) = if head.starts_with("GET /metrics ") {
+                    handle.run_upkeep();
+                    ("200 OK", handle.render())
+                } else {
+                    ("404 Not Found", "try /metrics\n".to_owned())
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    Ok(bound)
+}

@@ -451,7 +451,7 @@ pub(super) fn compile(raw: RawConfig, hostname: &str) -> Result<Model, Vec<Issue
                         w,
                         format!("{ppath}.writable"),
                         format!(
-                            "a {} is read-only; only coils and holding registers can be written",
+                            "{} is a read-only table; only coils and holding registers can be written",
                             p.kind.name()
                         ),
                     );

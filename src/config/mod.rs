@@ -78,6 +78,6 @@ pub fn load_str(
         path: path.to_owned(),
         issues,
     };
-    let raw: raw::RawConfig = yaml::parse(text, vars).map_err(|i| invalid(vec![i]))?;
+    let raw: raw::RawConfig = yaml::parse(text, vars).map_err(invalid)?;
     compile::compile(raw, hostname).map_err(invalid)
 }

@@ -1,8 +1,10 @@
 //! The one place that calls the YAML crate (serde-saphyr).
 //!
 //! Swapping the YAML library means changing this file only: [`parse`] and [`Located`].
-//! `${VAR}` / `${VAR:-default}` interpolation is done by the parser itself, on scalars only,
-//! so a variable's value can never change the document's structure.
+//! `${VAR}` / `${VAR:-default}` interpolation is done by the parser itself, inside scalars
+//! (quoted or not), so a variable's value can never change the document's structure. A
+//! `${VAR}` with no value and no default is an error with its location, never an empty string:
+//! [`unset_references`] finds them all before parsing.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -37,12 +39,17 @@ impl<T> std::ops::Deref for Located<T> {
     }
 }
 
-/// Parse `text` into `T`, interpolating `${VAR}` from `vars`. On failure, one issue with its
-/// location and the path of the key (`devices[0].points[2].address`).
+/// Parse `text` into `T`, interpolating `${VAR}` from `vars`. On failure, the issues with their
+/// locations and the path of the key (`devices[tank].points[level].address`): every unset
+/// variable, or else the first shape error.
 pub fn parse<T: for<'de> Deserialize<'de>>(
     text: &str,
     vars: HashMap<String, String>,
-) -> Result<T, Issue> {
+) -> Result<T, Vec<Issue>> {
+    let unset = unset_references(text, &vars);
+    if !unset.is_empty() {
+        return Err(unset);
+    }
     let mut opts = serde_saphyr::options! { with_snippet: false };
     opts.property_map = Some(Rc::new(vars));
     opts.property_syntax = serde_saphyr::PropertySyntax::DockerCompose;
@@ -72,15 +79,217 @@ pub fn parse<T: for<'de> Deserialize<'de>>(
         if let Some(rest) = message.strip_suffix(&suffix) {
             message = rest.to_owned();
         }
-        let path = match path.as_str() {
-            "." | "" => String::new(),
-            p => p.trim_end_matches(".?").to_owned(),
-        };
-        Issue {
+        // Advice addressed to programmers using the crate, not to the person editing the file.
+        if let Some(rest) =
+            message.strip_suffix(", set DuplicateKeyPolicy in Options if acceptable")
+        {
+            message = rest.to_owned();
+        }
+        let path = named_path(&clean_path(&path), text);
+        vec![Issue {
             line,
             col,
             path,
             message,
-        }
+        }]
     })
+}
+
+/// Every `${NAME}` (no default) whose variable is not set, with its location. Comments are
+/// skipped; `$${` is the escape for a literal `${`.
+pub fn unset_references(text: &str, vars: &HashMap<String, String>) -> Vec<Issue> {
+    let mut out = Vec::new();
+    for (ln, line) in text.lines().enumerate() {
+        let b = line.as_bytes();
+        let (mut i, mut quote) = (0usize, None::<u8>);
+        while i < b.len() {
+            let c = b[i];
+            match quote {
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None if c == b'\'' || c == b'"' => quote = Some(c),
+                None if c == b'#' && (i == 0 || b[i - 1].is_ascii_whitespace()) => break,
+                None => {}
+            }
+            if c == b'$' && b.get(i + 1) == Some(&b'$') {
+                i += 2;
+                continue;
+            }
+            if c == b'$' && b.get(i + 1) == Some(&b'{') {
+                let rest = &line[i + 2..];
+                let end = rest.find('}').unwrap_or(rest.len());
+                let inner = &rest[..end];
+                let name_len = inner
+                    .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+                    .unwrap_or(inner.len());
+                // Only the bare form has no fallback; `:-`, `-`, `:?`, `?`, `:+`, `+` are handled
+                // (or reported) by the parser.
+                if name_len == inner.len() && name_len > 0 && !vars.contains_key(inner) {
+                    out.push(Issue {
+                        line: ln as u32 + 1,
+                        col: line[..i].chars().count() as u32 + 1,
+                        path: String::new(),
+                        message: format!("${{{inner}}} is not set and has no default (write ${{{inner}:-default}} for one)"),
+                    });
+                }
+                i += 2 + end;
+                continue;
+            }
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Fields wrapped in [`Located`]: their wrapper adds a `value` segment that users never wrote.
+const LOCATED_FIELDS: &[&str] = &[
+    "name",
+    "address",
+    "type",
+    "bit",
+    "length",
+    "writable",
+    "publish",
+    "topic",
+    "status_topic",
+    "listen",
+    "point",
+    "write",
+    "ack_topic",
+    "pack_bits",
+];
+
+/// Drop the segments serde_path_to_error sees but the user did not write: the `value` of a
+/// [`Located`] wrapper, and the `?` of an unknown (duplicate) key.
+fn clean_path(path: &str) -> String {
+    if path == "." {
+        return String::new();
+    }
+    // Split "a[0].b.value" into ["a", "[0]", "b", "value"].
+    let mut segs: Vec<String> = Vec::new();
+    for part in path.split('.') {
+        let mut rest = part;
+        while let Some(i) = rest.find('[') {
+            if i > 0 {
+                segs.push(rest[..i].to_owned());
+            }
+            let j = rest[i..].find(']').map_or(rest.len(), |j| i + j + 1);
+            segs.push(rest[i..j].to_owned());
+            rest = &rest[j..];
+        }
+        if !rest.is_empty() {
+            segs.push(rest.to_owned());
+        }
+    }
+    let mut out = String::new();
+    for (i, seg) in segs.iter().enumerate() {
+        let prev = i.checked_sub(1).map(|k| segs[k].as_str());
+        let wrapper = seg == "value"
+            && prev.is_some_and(|p| p.starts_with('[') || LOCATED_FIELDS.contains(&p));
+        if wrapper || seg == "?" {
+            continue;
+        }
+        if !seg.starts_with('[') && !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(seg);
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct Named {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    points: Option<Vec<Named>>,
+}
+
+#[derive(Deserialize)]
+struct Names {
+    #[serde(default)]
+    devices: Option<Vec<Named>>,
+    #[serde(default)]
+    derived: Option<Vec<Named>>,
+}
+
+/// Replace `devices[0]` / `points[1]` / `derived[2]` indexes by names when the file is at least
+/// readable YAML, so a path reads `devices[tank].points[level].address`.
+fn named_path(path: &str, text: &str) -> String {
+    let opts =
+        serde_saphyr::options! { duplicate_keys: serde_saphyr::DuplicateKeyPolicy::FirstWins };
+    let Ok(names) = serde_saphyr::from_str_with_options::<Names>(text, opts) else {
+        return path.to_owned();
+    };
+    let name_of = |list: &Option<Vec<Named>>, idx: &str| -> Option<String> {
+        let i: usize = idx.parse().ok()?;
+        list.as_ref()?.get(i)?.name.clone()
+    };
+    let mut out = path.to_owned();
+    if let Some(rest) = path.strip_prefix("devices[") {
+        let Some((idx, tail)) = rest.split_once(']') else {
+            return out;
+        };
+        let Some(dev) = name_of(&names.devices, idx) else {
+            return out;
+        };
+        out = format!("devices[{dev}]{tail}");
+        if let Some(prest) = tail.strip_prefix(".points[") {
+            if let Some((pidx, ptail)) = prest.split_once(']') {
+                let points = names.devices.as_ref().and_then(|d| {
+                    d.get(idx.parse::<usize>().ok()?)?.points.as_ref().map(|p| {
+                        p.iter()
+                            .map(|n| Named {
+                                name: n.name.clone(),
+                                points: None,
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                });
+                if let Some(pname) = name_of(&points, pidx) {
+                    out = format!("devices[{dev}].points[{pname}]{ptail}");
+                }
+            }
+        }
+    } else if let Some(rest) = path.strip_prefix("derived[") {
+        if let Some((idx, tail)) = rest.split_once(']') {
+            if let Some(n) = name_of(&names.derived, idx) {
+                out = format!("derived[{n}]{tail}");
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unset_references_are_found_with_their_column() {
+        let vars = HashMap::from([("SET".to_owned(), "x".to_owned())]);
+        let text =
+            "a: ${SET}\nb: { h: \"${NOPE}\", p: ${P:-1} }  # ${IN_COMMENT}\nc: $${LITERAL} ${X}y\n";
+        let issues = unset_references(text, &vars);
+        let at: Vec<_> = issues.iter().map(|i| (i.line, i.col)).collect();
+        assert_eq!(at, [(2, 10), (3, 16)]);
+        assert!(issues[0].message.contains("${NOPE}"));
+    }
+
+    #[test]
+    fn wrapper_segments_are_dropped_but_real_value_keys_kept() {
+        assert_eq!(
+            clean_path("devices[0].value.points[1].value.address.value"),
+            "devices[0].points[1].address"
+        );
+        assert_eq!(
+            clean_path("commands[0].value.payloads.go[0].value.value"),
+            "commands[0].payloads.go[0].value"
+        );
+        assert_eq!(
+            clean_path("devices[0].value.points[0].value.?"),
+            "devices[0].points[0]"
+        );
+        assert_eq!(clean_path("."), "");
+    }
 }

@@ -1,0 +1,99 @@
+//! Golden config cases: each folder under `tests/config_cases/` holds a `mapping.yaml` and the
+//! exact `expected.txt` that `fieldgate check` prints for it (stderr and stdout, merged).
+//!
+//! To add a case: create the folder and the mapping, write the expected output by hand, and
+//! check it against `fieldgate check -c mapping.yaml` run from inside the folder.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn every_case_prints_exactly_its_expected_output() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/config_cases");
+    let mut cases: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    cases.sort();
+    assert!(
+        cases.len() >= 10,
+        "expected the golden cases in {}",
+        root.display()
+    );
+    let mut failures = Vec::new();
+    for case in &cases {
+        let expected = std::fs::read_to_string(case.join("expected.txt")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+            .args(["check", "-c", "mapping.yaml"])
+            .current_dir(case)
+            .env_remove("PLC_HOST")
+            .env_remove("SITE")
+            .output()
+            .unwrap();
+        let mut got = String::from_utf8_lossy(&out.stdout).into_owned();
+        got.push_str(&String::from_utf8_lossy(&out.stderr));
+        if got != expected {
+            failures.push(format!(
+                "{}:\n--- expected\n{expected}--- got\n{got}",
+                case.display()
+            ));
+        }
+        // All these cases are invalid: check must fail.
+        assert_eq!(out.status.code(), Some(1), "{}", case.display());
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn every_shipped_mapping_passes_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut checked = 0;
+    for dir in ["mappings", "examples"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        for e in entries {
+            let path = e.unwrap().path();
+            if path.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                let out = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+                    .arg("check")
+                    .arg("-c")
+                    .arg(&path)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}: {}",
+                    path.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let summary = String::from_utf8_lossy(&out.stdout);
+                assert!(summary.contains("read plan"), "{summary}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 1);
+}
+
+#[test]
+fn water_tower_check_summary_names_the_spec_topics_and_read_plan() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+        .args(["check", "-c"])
+        .arg(root.join("mappings/water-tower.yaml"))
+        .env_remove("TOPIC_PREFIX")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "ISBTest/pumpcontrol/waterlevel (qos 2, plain, every 500ms)",
+        "ISBTest/pumpcontrol/pumpcode (qos 2",
+        "ISBTest/pumpcontrol/pump (qos 2): startp1 => tower.p1_command=1; startp2 => tower.p2_command=1; stopp1 => tower.p1_command=0; stopp2 => tower.p2_command=0",
+        "FC04 unit 1 start 0 count 9 (input_register)",
+        "FC02 unit 1 start 0 count 2 (discrete_input)",
+    ] {
+        assert!(s.contains(needle), "missing `{needle}` in:\n{s}");
+    }
+}

@@ -221,44 +221,29 @@ fn named_path(path: &str, text: &str) -> String {
     let Ok(names) = serde_saphyr::from_str_with_options::<Names>(text, opts) else {
         return path.to_owned();
     };
-    let name_of = |list: &Option<Vec<Named>>, idx: &str| -> Option<String> {
-        let i: usize = idx.parse().ok()?;
-        list.as_ref()?.get(i)?.name.clone()
+    let index = |seg: &str, key: &str| -> Option<usize> {
+        seg.strip_prefix(key)?.strip_suffix(']')?.parse().ok()
     };
-    let mut out = path.to_owned();
-    if let Some(rest) = path.strip_prefix("devices[") {
-        let Some((idx, tail)) = rest.split_once(']') else {
-            return out;
+    let named = |list: Option<&Vec<Named>>, i: usize| {
+        list.and_then(|l| l.get(i)).and_then(|n| n.name.clone())
+    };
+    let mut out = Vec::new();
+    let mut device: Option<&Named> = None;
+    // Segments as written: "devices[0]", "points[1]", "address".
+    for seg in path.split('.') {
+        let replaced = if let Some(i) = index(seg, "devices[") {
+            device = names.devices.as_ref().and_then(|d| d.get(i));
+            named(names.devices.as_ref(), i).map(|n| format!("devices[{n}]"))
+        } else if let Some(i) = index(seg, "points[") {
+            named(device.and_then(|d| d.points.as_ref()), i).map(|n| format!("points[{n}]"))
+        } else if let Some(i) = index(seg, "derived[") {
+            named(names.derived.as_ref(), i).map(|n| format!("derived[{n}]"))
+        } else {
+            None
         };
-        let Some(dev) = name_of(&names.devices, idx) else {
-            return out;
-        };
-        out = format!("devices[{dev}]{tail}");
-        if let Some(prest) = tail.strip_prefix(".points[") {
-            if let Some((pidx, ptail)) = prest.split_once(']') {
-                let points = names.devices.as_ref().and_then(|d| {
-                    d.get(idx.parse::<usize>().ok()?)?.points.as_ref().map(|p| {
-                        p.iter()
-                            .map(|n| Named {
-                                name: n.name.clone(),
-                                points: None,
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                });
-                if let Some(pname) = name_of(&points, pidx) {
-                    out = format!("devices[{dev}].points[{pname}]{ptail}");
-                }
-            }
-        }
-    } else if let Some(rest) = path.strip_prefix("derived[") {
-        if let Some((idx, tail)) = rest.split_once(']') {
-            if let Some(n) = name_of(&names.derived, idx) {
-                out = format!("derived[{n}]{tail}");
-            }
-        }
+        out.push(replaced.unwrap_or_else(|| seg.to_owned()));
     }
-    out
+    out.join(".")
 }
 
 #[cfg(test)]

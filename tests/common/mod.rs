@@ -1,0 +1,372 @@
+//! Test harness: real processes (the `fieldgate` binary as gateway, simulator and broker, and
+//! Debian's mosquitto), an MQTT observer, and waits on conditions with deadlines.
+//!
+//! Every port is ephemeral. Nothing here sleeps to wait for start-up: each start waits for a
+//! line on stdout, or for a port to accept, with a deadline.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::watch;
+
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_fieldgate")
+}
+
+pub fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// A child process whose output lines are collected; killed on drop.
+pub struct Proc {
+    pub child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    seen: watch::Receiver<usize>,
+}
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "info")
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, seen) = watch::channel(0usize);
+        let tx = Arc::new(tx);
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        for stream in [
+            Box::new(out) as Box<dyn std::io::Read + Send>,
+            Box::new(err),
+        ] {
+            let lines = Arc::clone(&lines);
+            let tx = Arc::clone(&tx);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut l = lines.lock().unwrap();
+                    l.push(line);
+                    let _ = tx.send(l.len());
+                }
+            });
+        }
+        Proc { child, lines, seen }
+    }
+
+    pub fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Wait for an output line containing `needle`; returns it.
+    pub async fn wait_line(&mut self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            if tokio::time::timeout_at(deadline, self.seen.changed())
+                .await
+                .is_err()
+            {
+                panic!(
+                    "no line containing `{needle}` within {DEADLINE:?}; output:\n{}",
+                    self.output()
+                );
+            }
+        }
+    }
+
+    /// Count the output lines containing `needle`.
+    pub fn count_lines(&self, needle: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args(["-s", sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -s {sig} failed");
+    }
+
+    /// Wait for the process to exit (deadline) and return its exit code.
+    pub async fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit; output:\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn parse_addr(line: &str) -> SocketAddr {
+    line.rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|e| panic!("no address in `{line}`: {e}"))
+}
+
+/// The water-tower simulator on `listen` (port 0 for any).
+pub async fn simulator(listen: &str, extra: &[&str]) -> (Proc, SocketAddr) {
+    let mut p = Proc::spawn(
+        Command::new(bin())
+            .args(["simulate", "water-tower", "--listen", listen])
+            .args(extra),
+    );
+    let line = p.wait_line("water tower listening on").await;
+    (p, parse_addr(&line))
+}
+
+/// The embedded broker (rumqttd) in its own process, so a test can kill it.
+pub async fn broker(listen: &str) -> (Proc, SocketAddr) {
+    let mut p = Proc::spawn(Command::new(bin()).args(["broker", "--listen", listen]));
+    let line = p.wait_line("broker listening on").await;
+    (p, parse_addr(&line))
+}
+
+/// A free loopback port (bound and released; the OS does not hand it out again at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_accepting(addr: SocketAddr) {
+    let deadline = Instant::now() + DEADLINE;
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "nothing accepts on {addr}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Debian's mosquitto on a free loopback port. Fails (never skips) when it is not installed:
+/// `.ci/run` installs it.
+pub async fn mosquitto(dir: &Path, extra_conf: &str) -> (Proc, SocketAddr) {
+    let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("mosquitto is not installed: apt-get install -y mosquitto mosquitto-clients");
+    let port = free_port();
+    let conf = dir.join(format!("mosquitto-{port}.conf"));
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra_conf}"),
+    )
+    .unwrap();
+    let p = Proc::spawn(Command::new(exe).arg("-c").arg(&conf));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_accepting(addr).await;
+    (p, addr)
+}
+
+/// The gateway running `config`, with the shipped mapping's variables pointed at our peers.
+pub async fn gateway(config: &Path, modbus: SocketAddr, mqtt: SocketAddr, prefix: &str) -> Proc {
+    let mut p = Proc::spawn(
+        Command::new(bin())
+            .args(["run", "-c"])
+            .arg(config)
+            .env("MODBUS_HOST", modbus.ip().to_string())
+            .env("MODBUS_PORT", modbus.port().to_string())
+            .env("MQTT_HOST", mqtt.ip().to_string())
+            .env("MQTT_PORT", mqtt.port().to_string())
+            .env("TOPIC_PREFIX", prefix),
+    );
+    p.wait_line("modbus link connected").await;
+    p
+}
+
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub topic: String,
+    pub payload: String,
+    pub retain: bool,
+    pub seq: usize,
+}
+
+/// An MQTT observer subscribed to `filter`; it re-subscribes after every reconnect.
+pub struct Observer {
+    pub client: AsyncClient,
+    msgs: Arc<Mutex<Vec<Msg>>>,
+    seen: watch::Receiver<usize>,
+    connected: watch::Receiver<usize>,
+}
+
+impl Observer {
+    pub async fn start(broker: SocketAddr, filter: &str) -> Observer {
+        let id = format!("observer-{}", fastrand::u64(..));
+        let mut opts = MqttOptions::new(id, broker.ip().to_string(), broker.port());
+        opts.set_keep_alive(Duration::from_secs(5));
+        let (client, mut el) = AsyncClient::new(opts, 64);
+        let msgs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, seen) = watch::channel(0usize);
+        let (ctx, connected) = watch::channel(0usize);
+        let (m, c, filter) = (Arc::clone(&msgs), client.clone(), filter.to_owned());
+        tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let c = c.clone();
+                        let filter = filter.clone();
+                        tokio::spawn(async move { c.subscribe(filter, QoS::ExactlyOnce).await });
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        ctx.send_modify(|n| *n += 1);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let mut v = m.lock().unwrap();
+                        let seq = v.len();
+                        v.push(Msg {
+                            topic: p.topic,
+                            payload: String::from_utf8_lossy(&p.payload).into_owned(),
+                            retain: p.retain,
+                            seq,
+                        });
+                        let _ = tx.send(v.len());
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        let mut o = Observer {
+            client,
+            msgs,
+            seen,
+            connected,
+        };
+        o.wait_subscribed(1).await;
+        o
+    }
+
+    /// Wait until the observer has (re-)subscribed `n` times in all.
+    pub async fn wait_subscribed(&mut self, n: usize) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while *self.connected.borrow() < n {
+            if tokio::time::timeout_at(deadline, self.connected.changed())
+                .await
+                .is_err()
+            {
+                panic!("observer not subscribed ({n}) within {DEADLINE:?}");
+            }
+        }
+    }
+
+    pub fn all(&self) -> Vec<Msg> {
+        self.msgs.lock().unwrap().clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.msgs.lock().unwrap().len()
+    }
+
+    /// Wait for a message from index `since` on that matches; returns it.
+    pub async fn wait(&mut self, since: usize, what: &str, pred: impl Fn(&Msg) -> bool) -> Msg {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(m) = self
+                .msgs
+                .lock()
+                .unwrap()
+                .iter()
+                .skip(since)
+                .find(|m| pred(m))
+            {
+                return m.clone();
+            }
+            if tokio::time::timeout_at(deadline, self.seen.changed())
+                .await
+                .is_err()
+            {
+                let got: Vec<String> = self
+                    .all()
+                    .iter()
+                    .skip(since)
+                    .map(|m| format!("{} {}", m.topic, m.payload))
+                    .collect();
+                panic!(
+                    "no message: {what} within {DEADLINE:?}; got:\n{}",
+                    got.join("\n")
+                );
+            }
+        }
+    }
+
+    /// Wait for the message on `topic` (from `since`) whose payload satisfies `pred`.
+    pub async fn wait_topic(
+        &mut self,
+        since: usize,
+        topic: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> Msg {
+        self.wait(since, topic, |m| m.topic == topic && pred(&m.payload))
+            .await
+    }
+
+    pub async fn publish(&self, topic: &str, payload: &str, retain: bool) {
+        self.client
+            .publish(topic, QoS::ExactlyOnce, retain, payload.as_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+}
+
+/// Read coils straight from the simulator, bypassing the gateway.
+pub async fn read_coils(addr: SocketAddr) -> Vec<bool> {
+    use tokio_modbus::prelude::*;
+    let mut ctx = tokio_modbus::client::tcp::connect_slave(addr, Slave(1))
+        .await
+        .unwrap();
+    ctx.read_coils(0, 2).await.unwrap().unwrap()
+}
+
+pub async fn read_input_registers(addr: SocketAddr, start: u16, n: u16) -> Vec<u16> {
+    use tokio_modbus::prelude::*;
+    let mut ctx = tokio_modbus::client::tcp::connect_slave(addr, Slave(1))
+        .await
+        .unwrap();
+    ctx.read_input_registers(start, n).await.unwrap().unwrap()
+}
+
+pub fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON: {s}: {e}"))
+}

@@ -353,7 +353,7 @@ async fn metrics_endpoint_counts_polls_requests_and_commands() {
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
     let polls = metric(&body, "fieldgate_polls_total{device=\"tower\"}").expect("polls metric");
     assert!(polls >= 3.0, "{body}");
-    // Three requests per poll cycle (coils, discrete inputs, input registers), all answered.
+    // Four requests per poll cycle (coils, discrete inputs, holding and input registers).
     let ok = metric(
         &body,
         "fieldgate_modbus_requests_total{device=\"tower\",outcome=\"ok\"}",
@@ -375,4 +375,65 @@ async fn metrics_endpoint_counts_polls_requests_and_commands() {
     );
     assert!(metric(&body, "fieldgate_publications_total").unwrap() >= 3.0);
     assert!(scrape(&addr).await.starts_with("HTTP/1.1 200"));
+}
+
+async fn read_holding(addr: std::net::SocketAddr) -> Vec<u16> {
+    use tokio_modbus::prelude::*;
+    let mut ctx = tokio_modbus::client::tcp::connect_slave(addr, Slave(1))
+        .await
+        .unwrap();
+    ctx.read_holding_registers(0, 5).await.unwrap().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn value_commands_are_range_checked_written_and_read_back() {
+    let (_sim, modbus) = simulator("127.0.0.1:0", &["--speed", "0"]).await;
+    let (_broker, mqtt) = broker("127.0.0.1:0").await;
+    let prefix = "t9/pumpcontrol";
+    let mut obs = Observer::start(mqtt, &format!("{prefix}/#")).await;
+    let _gw = gateway(&repo(MAPPING), modbus, mqtt, prefix).await;
+    let setting = topic(prefix, "settings/p1_start_level");
+    let first = obs.wait_topic(0, &setting, |_| true).await;
+    assert_eq!(first.payload, "20");
+
+    let set = format!("{setting}/set");
+    let ack_topic = format!("{set}/ack");
+    let since = obs.len();
+    obs.publish(&set, "55", false).await;
+    let ack = json(&obs.wait_topic(since, &ack_topic, |_| true).await.payload);
+    assert_eq!(ack["result"], "ok", "{ack}");
+    assert_eq!(ack["readback"]["tower.p1_start_level"], "55");
+    assert_eq!(read_holding(modbus).await[0], 55);
+    obs.wait_topic(since, &setting, |p| p == "55").await;
+
+    for bad in ["401", "-1", "abc", "NaN", "{\"value\": 1e9}"] {
+        let since = obs.len();
+        obs.publish(&set, bad, false).await;
+        let ack = json(&obs.wait_topic(since, &ack_topic, |_| true).await.payload);
+        assert_eq!(ack["result"], "rejected", "{bad}: {ack}");
+    }
+    assert_eq!(
+        read_holding(modbus).await[0],
+        55,
+        "nothing written by refused commands"
+    );
+
+    let since = obs.len();
+    obs.publish(
+        &topic(prefix, "settings/auto_control/set"),
+        "{\"value\": 1}",
+        false,
+    )
+    .await;
+    let ack = json(
+        &obs.wait_topic(
+            since,
+            &topic(prefix, "settings/auto_control/set/ack"),
+            |_| true,
+        )
+        .await
+        .payload,
+    );
+    assert_eq!(ack["result"], "ok", "{ack}");
+    assert_eq!(read_holding(modbus).await[4], 1);
 }

@@ -93,6 +93,32 @@ impl Proc {
         }
     }
 
+    /// Wait until at least `n` output lines contain every one of `needles`.
+    pub async fn wait_count(&mut self, needles: &[&str], n: usize) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let count = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| needles.iter().all(|k| l.contains(k)))
+                .count();
+            if count >= n {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, self.seen.changed())
+                .await
+                .is_err()
+            {
+                panic!(
+                    "fewer than {n} lines with {needles:?} within {DEADLINE:?}; output:\n{}",
+                    self.output()
+                );
+            }
+        }
+    }
+
     /// Count the output lines containing `needle`.
     pub fn count_lines(&self, needle: &str) -> usize {
         self.lines

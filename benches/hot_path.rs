@@ -1,0 +1,75 @@
+//! Hot-path benchmark: decoding registers and running the mapping engine over poll results of
+//! the shipped water-tower mapping. `cargo bench --bench hot_path` prints ns per operation.
+//! Under `cargo test` it runs a few iterations only, as a smoke test.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use fieldgate::mappings::codec::{DataType, Order, decode};
+use fieldgate::mappings::engine::Engine;
+use fieldgate::mappings::{BlockData, PollResult};
+
+fn time(name: &str, iters: u64, mut f: impl FnMut(u64)) {
+    let start = Instant::now();
+    for i in 0..iters {
+        f(i);
+    }
+    let ns = start.elapsed().as_nanos() as f64 / iters as f64;
+    println!("{name:<48} {ns:>10.1} ns/op  ({iters} iterations)");
+}
+
+fn main() {
+    let benching = std::env::args().any(|a| a == "--bench");
+    let n = if benching { 1_000_000 } else { 1_000 };
+
+    let words = [0x3FC0u16, 0x0000, 0x1234, 0x5678];
+    for (dtype, label) in [
+        (DataType::F32, "f32"),
+        (DataType::U64, "u64"),
+        (DataType::I16, "i16"),
+    ] {
+        for order in [Order::ABCD, Order::CDAB, Order::BADC, Order::DCBA] {
+            time(&format!("decode {label} {order:?}"), n, |_| {
+                black_box(decode(black_box(&words), dtype, order).ok());
+            });
+        }
+    }
+
+    let yaml = include_str!("../mappings/water-tower.yaml");
+    let model = fieldgate::config::load_str(
+        Path::new("water-tower.yaml"),
+        yaml,
+        Default::default(),
+        "bench",
+    )
+    .expect("shipped mapping compiles");
+    let mut engine = Engine::new(Arc::new(model));
+    let t0 = Instant::now();
+    let mut published = 0usize;
+    time(
+        "engine.on_poll (water tower, 9 points + pumpcode)",
+        n / 4,
+        |i| {
+            let level = (i % 400) as u16;
+            let poll = PollResult {
+                device: 0,
+                read_at: SystemTime::UNIX_EPOCH,
+                blocks: vec![
+                    Ok(BlockData::Bits(vec![i % 2 == 0, false])),
+                    Ok(BlockData::Bits(vec![i % 2 == 0, false])),
+                    Ok(BlockData::Words(vec![20, 10, 370, 380, 0])),
+                    Ok(BlockData::Words(vec![
+                        level, 215, 200, 0x4396, 0, 1, 0, 2, 0,
+                    ])),
+                ],
+            };
+            // 500 ms of simulated time per poll, so interval publications are due every time.
+            published += engine
+                .on_poll(&poll, t0 + Duration::from_millis(500 * i))
+                .len();
+        },
+    );
+    println!("publications produced: {published}");
+}

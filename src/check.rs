@@ -2,7 +2,8 @@
 
 use std::fmt::Write;
 
-use crate::model::{CommandAction, Format, Model, PublishMode, PublishRule};
+use crate::mappings::bustime;
+use crate::model::{CommandAction, Format, LinkSpec, Model, PublishMode, PublishRule};
 
 fn rule(r: &PublishRule) -> String {
     let mode = match r.mode {
@@ -41,13 +42,65 @@ pub fn summary(m: &Model) -> String {
         "mqtt: {}:{} client_id {} status {}",
         m.mqtt.host, m.mqtt.port, m.mqtt.client_id, m.mqtt.status_topic
     );
+    let _ = writeln!(s, "links: {}", m.links.len());
+    for l in &m.links {
+        let _ = writeln!(s, "  {}: {}, {} device(s)", l.name, l.spec, l.devices.len());
+        if let LinkSpec::Rtu(serial) = &l.spec {
+            let _ = writeln!(
+                s,
+                "    timing: character {:.3} ms, frame gap {:.3} ms, turnaround {:.3} ms",
+                bustime::char_time(serial).as_secs_f64() * 1e3,
+                l.frame_gap.as_secs_f64() * 1e3,
+                l.turnaround.as_secs_f64() * 1e3
+            );
+            let mut load = 0.0;
+            for &d in &l.devices {
+                let dev = &m.devices[d];
+                let e = bustime::estimate(&dev.plan.requests, serial, l.frame_gap, l.turnaround);
+                let share = e.time.as_secs_f64() / dev.poll_interval.as_secs_f64();
+                load += share;
+                let _ = writeln!(
+                    s,
+                    "    bus time per poll cycle: {} (unit {}) {} requests, {} B out, {} B in, {:.1} ms every {} ({:.1} %)",
+                    dev.name,
+                    dev.unit,
+                    e.requests,
+                    e.bytes_out,
+                    e.bytes_in,
+                    e.time.as_secs_f64() * 1e3,
+                    humantime::format_duration(dev.poll_interval),
+                    share * 100.0
+                );
+                if e.time > dev.poll_interval {
+                    let _ = writeln!(
+                        s,
+                        "    warning: {}'s poll cycle needs {:.1} ms of bus time but its poll_interval is {}",
+                        dev.name,
+                        e.time.as_secs_f64() * 1e3,
+                        humantime::format_duration(dev.poll_interval)
+                    );
+                }
+            }
+            let _ = writeln!(
+                s,
+                "    bus utilisation: {:.1} % (without retries and writes)",
+                load * 100.0
+            );
+            if load > 1.0 {
+                let _ = writeln!(
+                    s,
+                    "    warning: the bus is over-subscribed; polls will run late (raise poll intervals or the baud rate)"
+                );
+            }
+        }
+    }
     let _ = writeln!(s, "devices: {}", m.devices.len());
     for d in &m.devices {
         let _ = writeln!(
             s,
             "  {}: {} unit {}, poll every {}, timeout {}, {} points, status {}",
             d.name,
-            d.link,
+            m.links[d.link].name,
             d.unit,
             humantime::format_duration(d.poll_interval),
             humantime::format_duration(d.timeout),

@@ -32,6 +32,29 @@ pub fn link_down(link: &str, reason: &str, retry_in: std::time::Duration) {
     warn!(link, reason, retry_in = ?retry_in, "modbus link down");
 }
 
+/// A device did not answer properly (timeout, bad reply); the link stays up.
+pub fn device_fault(device: &str, reason: &str) {
+    counter!("fieldgate_device_faults_total", "device" => device.to_owned()).increment(1);
+    warn!(device, reason, "request failed");
+}
+
+/// A device entered (true) or left (false) quarantine.
+pub fn quarantine(device: &str, on: bool) {
+    gauge!("fieldgate_device_quarantined", "device" => device.to_owned()).set(if on {
+        1.0
+    } else {
+        0.0
+    });
+    if on {
+        warn!(
+            device,
+            "device quarantined: polled less often until it answers"
+        );
+    } else {
+        info!(device, "device left quarantine");
+    }
+}
+
 pub fn device_status(device: &str, ok: bool, reason: &str) {
     gauge!("fieldgate_device_up", "device" => device.to_owned()).set(if ok { 1.0 } else { 0.0 });
     if ok {

@@ -19,7 +19,7 @@ use crate::inputs::{LinkEvent, WriteRequest};
 use crate::mappings::command::{CommandError, Router, printable, readback_matches};
 use crate::mappings::engine::{Engine, decode_at, render_plain, timestamp};
 use crate::mappings::{Fault, Publication};
-use crate::model::{LinkSpec, Model};
+use crate::model::Model;
 use crate::outputs::mqtt::{self, IncomingCommand};
 
 /// How long shutdown may spend flushing to the broker.
@@ -36,31 +36,23 @@ pub async fn run(model: Arc<Model>, shutdown: CancellationToken) -> anyhow::Resu
     let (cmd_tx, cmd_rx) = mpsc::channel::<IncomingCommand>(64);
     let mqtt = mqtt::start(&model.mqtt, model.subscriptions(), out_rx, cmd_tx);
 
-    // One task per link: devices with the same address share a connection.
+    // One task per link (a TCP connection or an RTU bus), as compiled into the model.
     let (ev_tx, ev_rx) = mpsc::channel::<LinkEvent>(256);
     let links = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let mut groups: Vec<(LinkSpec, Vec<usize>)> = Vec::new();
-    for (i, d) in model.devices.iter().enumerate() {
-        match groups.iter_mut().find(|(s, _)| *s == d.link) {
-            Some((_, v)) => v.push(i),
-            None => groups.push((d.link.clone(), vec![i])),
-        }
-    }
     let mut writers = vec![None; model.devices.len()];
-    for (spec, devices) in groups {
+    for (link, l) in model.links.iter().enumerate() {
         let (wtx, wrx) = mpsc::channel(16);
-        for &d in &devices {
+        for &d in &l.devices {
             writers[d] = Some(wtx.clone());
         }
-        let link = Link {
-            spec,
-            devices,
+        let task = Link {
+            link,
             model: Arc::clone(&model),
             events: ev_tx.clone(),
             writes: wrx,
         };
-        tracker.spawn(link.run(links.clone()));
+        tracker.spawn(task.run(links.clone()));
     }
     drop(ev_tx);
     tracker.close();

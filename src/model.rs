@@ -16,6 +16,7 @@ pub struct Model {
     pub mqtt: MqttSettings,
     /// Where to serve Prometheus `/metrics`; `None` means off.
     pub metrics_listen: Option<SocketAddr>,
+    pub links: Vec<Link>,
     pub devices: Vec<Device>,
     pub points: Vec<Point>,
     pub derived: Vec<Derived>,
@@ -34,23 +35,83 @@ pub struct MqttSettings {
     pub queue_capacity: usize,
 }
 
+/// How a link reaches its devices.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum LinkSpec {
+    /// Modbus TCP (MBAP framing).
     Tcp { host: String, port: u16 },
+    /// Modbus RTU on a serial port.
+    Rtu(SerialSpec),
+    /// Modbus RTU framing over a TCP socket.
+    RtuOverTcp { host: String, port: u16 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SerialSpec {
+    pub path: String,
+    pub baud: u32,
+    pub data_bits: u8,
+    pub parity: Parity,
+    pub stop_bits: u8,
+}
+
+impl SerialSpec {
+    /// Bits on the wire per character: start, data, parity, stop.
+    pub fn bits_per_char(&self) -> u32 {
+        1 + u32::from(self.data_bits)
+            + u32::from(self.parity != Parity::None)
+            + u32::from(self.stop_bits)
+    }
+    /// `8E1` style.
+    pub fn framing(&self) -> String {
+        let p = match self.parity {
+            Parity::None => 'N',
+            Parity::Even => 'E',
+            Parity::Odd => 'O',
+        };
+        format!("{}{p}{}", self.data_bits, self.stop_bits)
+    }
 }
 
 impl std::fmt::Display for LinkSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LinkSpec::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+            LinkSpec::Rtu(s) => write!(f, "rtu://{} {} {}", s.path, s.baud, s.framing()),
+            LinkSpec::RtuOverTcp { host, port } => write!(f, "rtu+tcp://{host}:{port}"),
         }
     }
+}
+
+/// One link: a TCP connection or an RTU bus, owned by one task.
+#[derive(Debug, Clone)]
+pub struct Link {
+    /// The bus name, or `tcp://host:port`.
+    pub name: Arc<str>,
+    pub spec: LinkSpec,
+    /// Silence kept before every request.
+    pub frame_gap: Duration,
+    /// Extra delay before every request.
+    pub turnaround: Duration,
+    /// Consecutive failed polls before a device is quarantined.
+    pub quarantine_after: u32,
+    /// Longest poll spacing of a quarantined device.
+    pub quarantine_max: Duration,
+    pub devices: Vec<DeviceId>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Device {
     pub name: Arc<str>,
-    pub link: LinkSpec,
+    /// Index into `Model::links`.
+    pub link: usize,
     pub unit: u8,
     pub timeout: Duration,
     pub poll_interval: Duration,

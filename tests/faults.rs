@@ -62,11 +62,11 @@ devices:
             .arg(&config),
     );
     obs.wait_topic(0, "f1/level", |p| p == "42").await;
-    let down = ["modbus link down", "timeout after 2s"];
+    let down = ["request failed", "timeout after 2s"];
     gw.wait_count(&down, 1).await;
     let healthy = |o: &Observer| o.all().iter().filter(|m| m.topic == "f1/level").count();
     let before = healthy(&obs);
-    // Two more 2 s timeouts of the dead device (it reconnects after each).
+    // Two more 2 s timeouts of the dead device (the link is re-opened after each).
     gw.wait_count(&down, 3).await;
     let during = healthy(&obs) - before;
     // Independent links: about ten healthy polls per dead timeout. Serialised behind the dead

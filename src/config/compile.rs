@@ -311,6 +311,131 @@ pub(super) fn compile(raw: RawConfig, hostname: &str) -> Result<Model, Vec<Issue
         "mqtt.status_topic",
     );
 
+    // --- buses
+    let mut links: Vec<Link> = Vec::new();
+    let mut bus_index: HashMap<String, (usize, Duration)> = HashMap::new();
+    for (bi, b) in raw.buses.iter().enumerate() {
+        let bpath = format!(
+            "buses[{}]",
+            if b.name.is_empty() {
+                bi.to_string()
+            } else {
+                b.name.value.clone()
+            }
+        );
+        check_name(&mut ctx, &b.name, &format!("{bpath}.name"));
+        if bus_index.contains_key(b.name.as_str()) {
+            ctx.err(
+                &b.name,
+                format!("{bpath}.name"),
+                format!("duplicate bus name `{}`", b.name.value),
+            );
+        }
+        if b.timeout.0.is_zero() {
+            ctx.err(
+                b,
+                format!("{bpath}.timeout"),
+                "timeout must be greater than zero",
+            );
+        }
+        if b.quarantine_after == 0 {
+            ctx.err(
+                b,
+                format!("{bpath}.quarantine_after"),
+                "quarantine_after must be at least 1",
+            );
+        }
+        let (spec, default_gap) = match (&b.serial, &b.tcp) {
+            (Some(s), None) => {
+                if s.device.is_empty() {
+                    ctx.err(
+                        &s.device,
+                        format!("{bpath}.serial.device"),
+                        "device must not be empty",
+                    );
+                }
+                if !(50..=4_000_000).contains(&s.baud) {
+                    ctx.err(
+                        b,
+                        format!("{bpath}.serial.baud"),
+                        format!("baud {} is out of range (50-4000000)", s.baud),
+                    );
+                }
+                if !matches!(s.data_bits, 7 | 8) {
+                    ctx.err(
+                        b,
+                        format!("{bpath}.serial.data_bits"),
+                        "data_bits must be 7 or 8",
+                    );
+                }
+                if !matches!(s.stop_bits, 1 | 2) {
+                    ctx.err(
+                        b,
+                        format!("{bpath}.serial.stop_bits"),
+                        "stop_bits must be 1 or 2",
+                    );
+                }
+                let spec = SerialSpec {
+                    path: s.device.value.clone(),
+                    baud: s.baud.max(1),
+                    data_bits: s.data_bits,
+                    parity: match s.parity {
+                        RawParity::None => Parity::None,
+                        RawParity::Even => Parity::Even,
+                        RawParity::Odd => Parity::Odd,
+                    },
+                    stop_bits: s.stop_bits,
+                };
+                let gap = crate::mappings::bustime::default_frame_gap(&spec);
+                (LinkSpec::Rtu(spec), gap)
+            }
+            (None, Some(t)) => {
+                if t.host.is_empty() {
+                    ctx.err(b, format!("{bpath}.tcp.host"), "host must not be empty");
+                }
+                (
+                    LinkSpec::RtuOverTcp {
+                        host: t.host.clone(),
+                        port: t.port,
+                    },
+                    Duration::ZERO,
+                )
+            }
+            _ => {
+                ctx.err(b, &bpath, "a bus needs exactly one of `serial` or `tcp`");
+                (
+                    LinkSpec::RtuOverTcp {
+                        host: String::new(),
+                        port: 0,
+                    },
+                    Duration::ZERO,
+                )
+            }
+        };
+        if let Some(other) = links.iter().find(|l| l.spec == spec) {
+            ctx.err(
+                b,
+                &bpath,
+                format!(
+                    "bus `{}` already uses this port; put all its devices on one bus",
+                    other.name
+                ),
+            );
+        }
+        bus_index.insert(b.name.value.clone(), (links.len(), b.timeout.0));
+        links.push(Link {
+            name: Arc::from(b.name.as_str()),
+            spec,
+            frame_gap: b.frame_gap.map_or(default_gap, |d| d.0),
+            turnaround: b.turnaround.map_or(Duration::ZERO, |d| d.0),
+            quarantine_after: b.quarantine_after.max(1),
+            quarantine_max: b.quarantine_max.0,
+            devices: Vec::new(),
+        });
+    }
+    let mut devices_units: Vec<u8> = Vec::new();
+    let mut device_names_by_id: Vec<String> = Vec::new();
+
     if raw.devices.is_empty() {
         ctx.err_at(1, 1, "devices", "at least one device is needed");
     }
@@ -338,7 +463,7 @@ pub(super) fn compile(raw: RawConfig, hostname: &str) -> Result<Model, Vec<Issue
                 format!("unit must be 0-247, not {}", d.unit),
             );
         }
-        if d.timeout.0.is_zero() {
+        if d.timeout.is_some_and(|t| t.0.is_zero()) {
             ctx.err(
                 d,
                 format!("{dpath}.timeout"),
@@ -352,9 +477,73 @@ pub(super) fn compile(raw: RawConfig, hostname: &str) -> Result<Model, Vec<Issue
                 "poll_interval must be greater than zero",
             );
         }
-        if d.tcp.host.is_empty() {
-            ctx.err(d, format!("{dpath}.tcp.host"), "host must not be empty");
+        let device_id = devices.len();
+        let (link, link_timeout) = match (&d.tcp, &d.bus) {
+            (Some(tcp), None) => {
+                if tcp.host.is_empty() {
+                    ctx.err(d, format!("{dpath}.tcp.host"), "host must not be empty");
+                }
+                let spec = LinkSpec::Tcp {
+                    host: tcp.host.clone(),
+                    port: tcp.port,
+                };
+                let idx = match links.iter().position(|l: &Link| l.spec == spec) {
+                    Some(i) => i,
+                    None => {
+                        links.push(Link {
+                            name: Arc::from(spec.to_string()),
+                            spec,
+                            frame_gap: Duration::ZERO,
+                            turnaround: Duration::ZERO,
+                            quarantine_after: 3,
+                            quarantine_max: Duration::from_secs(60),
+                            devices: Vec::new(),
+                        });
+                        links.len() - 1
+                    }
+                };
+                (idx, Duration::from_secs(1))
+            }
+            (None, Some(bus)) => match bus_index.get(bus.as_str()) {
+                Some(&(idx, timeout)) => {
+                    if d.unit == 0 {
+                        ctx.err(
+                            d,
+                            format!("{dpath}.unit"),
+                            "unit 0 is the broadcast address: no device answers it on a bus",
+                        );
+                    }
+                    (idx, timeout)
+                }
+                None => {
+                    ctx.err(
+                        bus,
+                        format!("{dpath}.bus"),
+                        format!("unknown bus `{}`", bus.value),
+                    );
+                    (usize::MAX, Duration::from_secs(1))
+                }
+            },
+            _ => {
+                ctx.err(d, &dpath, "a device needs exactly one of `tcp` or `bus`");
+                (usize::MAX, Duration::from_secs(1))
+            }
+        };
+        if let Some(l) = links.get_mut(link) {
+            if let Some(&other) = l.devices.iter().find(|&&o| devices_units[o] == d.unit) {
+                ctx.err(
+                    d,
+                    format!("{dpath}.unit"),
+                    format!(
+                        "unit {} is already used by device `{}` on {}",
+                        d.unit, device_names_by_id[other], l.name
+                    ),
+                );
+            }
+            l.devices.push(device_id);
         }
+        devices_units.push(d.unit);
+        device_names_by_id.push(d.name.value.clone());
         let status = match &d.status_topic {
             Some(t) => check_topic(&mut ctx, t, &format!("{dpath}.status_topic")),
             None => Arc::from(format!("{status_topic}/{}", d.name.value)),
@@ -370,7 +559,6 @@ pub(super) fn compile(raw: RawConfig, hostname: &str) -> Result<Model, Vec<Issue
             &format!("{dpath}.status_topic"),
         );
 
-        let device_id = devices.len();
         let mut spans = Vec::new();
         let mut ids = Vec::new();
         let mut point_names = HashSet::new();
@@ -531,12 +719,9 @@ pub(super) fn compile(raw: RawConfig, hostname: &str) -> Result<Model, Vec<Issue
         }
         devices.push(Device {
             name: Arc::from(d.name.as_str()),
-            link: LinkSpec::Tcp {
-                host: d.tcp.host.clone(),
-                port: d.tcp.port,
-            },
+            link: link.min(links.len().saturating_sub(1)),
             unit: d.unit,
-            timeout: d.timeout.0,
+            timeout: d.timeout.map_or(link_timeout, |t| t.0),
             poll_interval: d.poll_interval.0,
             status_topic: status,
             plan,
@@ -755,6 +940,7 @@ pub(super) fn compile(raw: RawConfig, hostname: &str) -> Result<Model, Vec<Issue
         Ok(Model {
             mqtt,
             metrics_listen,
+            links,
             devices,
             points,
             derived,

@@ -66,6 +66,9 @@ pub struct RawConfig {
     /// The Prometheus `/metrics` listener. Off when absent.
     #[serde(default)]
     pub metrics: Option<RawMetrics>,
+    /// Shared Modbus RTU buses (serial, or RTU framing over TCP) that devices refer to.
+    #[serde(default)]
+    pub buses: Vec<Located<RawBus>>,
     /// The Modbus devices to poll.
     pub devices: Vec<Located<RawDevice>>,
     /// Values computed from other points (no scripting).
@@ -112,14 +115,18 @@ pub struct RawMetrics {
 pub struct RawDevice {
     /// Unique device name; used in topics, logs, metrics and `device.point` references.
     pub name: Located<String>,
-    /// Modbus TCP connection.
-    pub tcp: RawTcp,
+    /// Modbus TCP connection. Exclusive with `bus`.
+    #[serde(default)]
+    pub tcp: Option<RawTcp>,
+    /// The name of the RTU bus this device hangs on. Exclusive with `tcp`.
+    #[serde(default)]
+    pub bus: Option<Located<String>>,
     /// Modbus unit (slave) id, 0-247. Default 1.
     #[serde(default = "default_unit")]
     pub unit: u8,
-    /// Time to wait for each answer. Default 1s.
-    #[serde(default = "default_timeout")]
-    pub timeout: Dur,
+    /// Time to wait for each answer. Default 1s for TCP, the bus's `timeout` on a bus.
+    #[serde(default)]
+    pub timeout: Option<Dur>,
     /// Time between poll cycles. Default 1s.
     #[serde(default = "default_poll_interval")]
     pub poll_interval: Dur,
@@ -132,6 +139,81 @@ pub struct RawDevice {
     pub status_topic: Option<Located<String>>,
     /// The mapped values of this device.
     pub points: Vec<Located<RawPoint>>,
+}
+
+const fn default_baud() -> u32 {
+    19_200
+}
+const fn default_data_bits() -> u8 {
+    8
+}
+const fn default_stop_bits() -> u8 {
+    1
+}
+const fn default_quarantine_after() -> u32 {
+    3
+}
+const fn default_quarantine_max() -> Dur {
+    d_ms(60_000)
+}
+
+/// A Modbus RTU bus: one task owns it and serialises every request of its devices.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBus {
+    /// Unique bus name, referred to by `devices[].bus`.
+    pub name: Located<String>,
+    /// A serial port. Exclusive with `tcp`.
+    #[serde(default)]
+    pub serial: Option<RawSerial>,
+    /// RTU framing over TCP (a serial-to-Ethernet converter). Exclusive with `serial`.
+    #[serde(default)]
+    pub tcp: Option<RawTcp>,
+    /// Response timeout for every request on the bus. Default 1s.
+    #[serde(default = "default_timeout")]
+    pub timeout: Dur,
+    /// Silence before each request. Default from the baud rate: 3.5 characters, and 1.75 ms
+    /// above 19200 baud (Modbus over serial line, 2.5.1.1). 0 for RTU over TCP.
+    #[serde(default)]
+    pub frame_gap: Option<Dur>,
+    /// Extra delay before each request, for slow slaves or RS-485 adapters. Default 0.
+    #[serde(default)]
+    pub turnaround: Option<Dur>,
+    /// Consecutive failed polls after which a device is quarantined. Default 3.
+    #[serde(default = "default_quarantine_after")]
+    pub quarantine_after: u32,
+    /// Longest time between polls of a quarantined device. Default 60s.
+    #[serde(default = "default_quarantine_max")]
+    pub quarantine_max: Dur,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawParity {
+    None,
+    /// The Modbus default.
+    #[default]
+    Even,
+    Odd,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSerial {
+    /// The port. Prefer `/dev/serial/by-id/...`: it survives re-plugging and reboots.
+    pub device: Located<String>,
+    /// Baud rate. Default 19200.
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// 7 or 8. Default 8.
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    /// `none`, `even` (default) or `odd`.
+    #[serde(default)]
+    pub parity: RawParity,
+    /// 1 or 2. Default 1.
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
 }
 
 #[derive(Debug, Deserialize)]

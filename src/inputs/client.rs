@@ -1,20 +1,42 @@
 //! The narrow interface the link task uses, over tokio-modbus.
 //!
-//! Keeps tokio-modbus's two layers apart: the outer `Result` is the transport (reconnect),
-//! the inner one a Modbus exception (count it, keep the connection).
+//! Keeps tokio-modbus's layers apart: a transport error (reopen or reconnect), a protocol
+//! error (a reply whose unit id, function code or CRC does not match: flush and retry), and a
+//! Modbus exception (count it, keep the connection). `open` makes a fresh connection: a new
+//! TCP socket, or the serial port re-opened with its input buffer flushed.
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio_modbus::client::{Context, Reader, Writer};
 use tokio_modbus::slave::{Slave, SlaveContext};
+use tokio_serial::SerialPort;
 
 use crate::mappings::plan::ReadRequest;
 use crate::mappings::{BlockData, RegisterKind, WriteValue};
+use crate::model::{LinkSpec, Parity};
 
-/// Outer: transport error. Inner: Modbus exception code.
-pub type ModbusResult<T> = Result<Result<T, u8>, io::Error>;
+/// What can go wrong with one request, below the Modbus exception.
+#[derive(Debug)]
+pub enum LinkError {
+    /// The connection or port failed.
+    Transport(io::Error),
+    /// A reply that is not the answer to this request (unit id, function code, framing).
+    Protocol(String),
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkError::Transport(e) => write!(f, "transport: {e}"),
+            LinkError::Protocol(e) => write!(f, "protocol: {e}"),
+        }
+    }
+}
+
+/// Outer: link error. Inner: Modbus exception code.
+pub type ModbusResult<T> = Result<Result<T, u8>, LinkError>;
 
 pub trait ModbusClient: Send {
     fn set_unit(&mut self, unit: u8);
@@ -31,31 +53,90 @@ fn split<T>(r: tokio_modbus::Result<T>) -> ModbusResult<T> {
     match r {
         Ok(Ok(v)) => Ok(Ok(v)),
         Ok(Err(code)) => Ok(Err(u8::from(code))),
-        Err(tokio_modbus::Error::Transport(e)) => Err(e),
-        Err(tokio_modbus::Error::Protocol(e)) => {
-            Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+        Err(tokio_modbus::Error::Transport(e)) if e.kind() == io::ErrorKind::InvalidData => {
+            Err(LinkError::Protocol(e.to_string()))
+        }
+        Err(tokio_modbus::Error::Transport(e)) => Err(LinkError::Transport(e)),
+        Err(tokio_modbus::Error::Protocol(e)) => Err(LinkError::Protocol(e.to_string())),
+    }
+}
+
+/// A Modbus client on any of our link kinds.
+pub struct Client(Context);
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Client")
+    }
+}
+
+/// Open a fresh connection for `spec`, addressed to `unit`. Serial ports are opened with their
+/// input buffer flushed, so nothing a slave sent before can be read as an answer.
+pub async fn open(spec: &LinkSpec, unit: u8, connect_timeout: Duration) -> Result<Client, String> {
+    let resolve = |host: String, port: u16| async move {
+        tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| format!("resolve {host}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("resolve {host}: no address"))
+    };
+    let timed = |what: String| move |_| format!("{what}: timeout");
+    match spec {
+        LinkSpec::Tcp { host, port } => {
+            let addr = resolve(host.clone(), *port).await?;
+            tokio::time::timeout(
+                connect_timeout,
+                tokio_modbus::client::tcp::connect_slave(addr, Slave(unit)),
+            )
+            .await
+            .map_err(timed(format!("connect {addr}")))?
+            .map(Client)
+            .map_err(|e| format!("connect {addr}: {e}"))
+        }
+        LinkSpec::RtuOverTcp { host, port } => {
+            let addr = resolve(host.clone(), *port).await?;
+            let stream =
+                tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
+                    .await
+                    .map_err(timed(format!("connect {addr}")))?
+                    .map_err(|e| format!("connect {addr}: {e}"))?;
+            let _ = stream.set_nodelay(true);
+            Ok(Client(tokio_modbus::client::rtu::attach_slave(
+                stream,
+                Slave(unit),
+            )))
+        }
+        LinkSpec::Rtu(s) => {
+            let builder = tokio_serial::new(&s.path, s.baud)
+                .data_bits(if s.data_bits == 7 {
+                    tokio_serial::DataBits::Seven
+                } else {
+                    tokio_serial::DataBits::Eight
+                })
+                .parity(match s.parity {
+                    Parity::None => tokio_serial::Parity::None,
+                    Parity::Even => tokio_serial::Parity::Even,
+                    Parity::Odd => tokio_serial::Parity::Odd,
+                })
+                .stop_bits(if s.stop_bits == 2 {
+                    tokio_serial::StopBits::Two
+                } else {
+                    tokio_serial::StopBits::One
+                })
+                .flow_control(tokio_serial::FlowControl::None);
+            let port = tokio_serial::SerialStream::open(&builder)
+                .map_err(|e| format!("open {}: {e}", s.path))?;
+            port.clear(tokio_serial::ClearBuffer::Input)
+                .map_err(|e| format!("flush {}: {e}", s.path))?;
+            Ok(Client(tokio_modbus::client::rtu::attach_slave(
+                port,
+                Slave(unit),
+            )))
         }
     }
 }
 
-/// A Modbus TCP connection.
-pub struct TcpClient(Context);
-
-impl std::fmt::Debug for TcpClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TcpClient")
-    }
-}
-
-impl TcpClient {
-    pub async fn connect(addr: SocketAddr, unit: u8) -> io::Result<Self> {
-        tokio_modbus::client::tcp::connect_slave(addr, Slave(unit))
-            .await
-            .map(TcpClient)
-    }
-}
-
-impl ModbusClient for TcpClient {
+impl ModbusClient for Client {
     fn set_unit(&mut self, unit: u8) {
         self.0.set_slave(Slave(unit));
     }

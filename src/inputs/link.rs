@@ -1,9 +1,19 @@
-//! One task per Modbus link: connect, poll each device on its schedule, run writes ahead of the
-//! next poll, and reconnect with backoff.
+//! One task per link (a TCP connection or an RTU bus): connect, poll each device on its
+//! schedule, run writes ahead of the next poll, keep the bus timing, and recover.
 //!
-//! Every request is wrapped in the device's timeout. After a timeout or a transport error the
-//! connection is dropped and re-opened, so a late reply can never be taken for the next answer.
-//! A Modbus exception is reported for the points of that request and the connection stays up.
+//! By construction:
+//! - every request waits out the link's inter-frame gap (plus turnaround) since the last frame;
+//! - every request has the device's timeout; after a timeout the connection is re-opened (a new
+//!   socket, or the serial port re-opened with its input flushed) after the gap, so a late or
+//!   partial reply can never be read as the next answer;
+//! - a reply whose unit id, function code or CRC does not match is discarded, the link flushed,
+//!   and the request tried once more;
+//! - a timeout fails only that device; a device that keeps failing is quarantined (polled less
+//!   often, with backoff) so it cannot starve the others; the earliest-due device goes first,
+//!   and of two equally due the one polled longest ago;
+//! - a Modbus exception is reported for that request's points and the connection stays up;
+//! - only a link that cannot be (re)opened takes all its devices down, with backoff.
+//!
 //! While the link is down, writes are refused at once: a pump must not start late.
 
 use std::sync::Arc;
@@ -13,54 +23,102 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
-use super::client::{ModbusClient, TcpClient};
+use super::client::{Client, LinkError, ModbusClient, open};
 use super::{LinkEvent, WriteRequest};
 use crate::backoff::Backoff;
 use crate::events;
 use crate::mappings::command::{format_number, write_width};
 use crate::mappings::plan::ReadRequest;
 use crate::mappings::{BlockData, DeviceId, DeviceStatus, Fault, PollResult, WriteValue};
-use crate::model::{LinkSpec, Model};
+use crate::model::Model;
 
-/// How long a TCP connect may take before it counts as failed.
+/// How long opening a connection may take before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The devices that share one link, and the channels of its task.
+/// The task of one link.
 #[derive(Debug)]
 pub struct Link {
-    pub spec: LinkSpec,
-    pub devices: Vec<DeviceId>,
+    /// Index into `Model::links`.
+    pub link: usize,
     pub model: Arc<Model>,
     pub events: mpsc::Sender<LinkEvent>,
     pub writes: mpsc::Receiver<WriteRequest>,
 }
 
-enum Broken {
+#[derive(Debug)]
+struct DeviceState {
+    device: DeviceId,
+    due: Instant,
+    last_polled: Instant,
+    failures: u32,
+    quarantine: Duration,
+    status: Option<DeviceStatus>,
+}
+
+/// Why `serve` returned.
+enum Stop {
     Shutdown,
-    Transport(String),
+    LinkDown(String),
+}
+
+/// How one exchange failed.
+enum Fail {
+    /// This device did not answer properly; the link has been re-opened.
+    Device(Fault, String),
+    /// The link itself is gone.
+    Link(String),
+}
+
+struct Bus {
+    client: Client,
+    /// When the last frame on the link ended (for the inter-frame gap).
+    last_frame: Instant,
 }
 
 impl Link {
+    fn name(&self) -> &str {
+        &self.model.links[self.link].name
+    }
+
     /// Run until `shutdown`. A write in flight is finished first.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let name = self.spec.to_string();
+        let name = self.name().to_owned();
+        let now = Instant::now();
+        let mut states: Vec<DeviceState> = self.model.links[self.link]
+            .devices
+            .iter()
+            .map(|&device| DeviceState {
+                device,
+                due: now,
+                last_polled: now,
+                failures: 0,
+                quarantine: Duration::ZERO,
+                status: None,
+            })
+            .collect();
+        if states.is_empty() {
+            return;
+        }
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
-        let mut last_status: Vec<Option<DeviceStatus>> = vec![None; self.model.devices.len()];
         loop {
-            let reason = match self.connect(&shutdown).await {
-                Err(Broken::Shutdown) => return,
-                Err(Broken::Transport(e)) => e,
-                Ok(mut client) => {
+            let reason = match self.open(&shutdown).await {
+                Err(None) => return,
+                Err(Some(e)) => e,
+                Ok(client) => {
                     events::link_connected(&name);
                     backoff.reset();
-                    match self.serve(&mut client, &shutdown, &mut last_status).await {
-                        Broken::Shutdown => return,
-                        Broken::Transport(e) => e,
+                    let mut bus = Bus {
+                        client,
+                        last_frame: Instant::now(),
+                    };
+                    match self.serve(&mut bus, &mut states, &shutdown).await {
+                        Stop::Shutdown => return,
+                        Stop::LinkDown(e) => e,
                     }
                 }
             };
-            for &d in &self.devices.clone() {
-                self.status(d, DeviceStatus::Error(reason.clone()), &mut last_status)
+            for st in &mut states {
+                self.set_status(st, DeviceStatus::Error(reason.clone()))
                     .await;
             }
             let delay = backoff.next_delay();
@@ -71,56 +129,44 @@ impl Link {
             {
                 return;
             }
-        }
-    }
-
-    async fn connect(&self, shutdown: &CancellationToken) -> Result<TcpClient, Broken> {
-        let LinkSpec::Tcp { host, port } = &self.spec;
-        let unit = self.model.devices[self.devices[0]].unit;
-        let attempt = async {
-            let addr = tokio::net::lookup_host((host.as_str(), *port))
-                .await
-                .map_err(|e| format!("resolve {host}: {e}"))?
-                .next()
-                .ok_or_else(|| format!("resolve {host}: no address"))?;
-            match timeout(CONNECT_TIMEOUT, TcpClient::connect(addr, unit)).await {
-                Ok(Ok(c)) => Ok(c),
-                Ok(Err(e)) => Err(format!("connect {addr}: {e}")),
-                Err(_) => Err(format!("connect {addr}: timeout")),
+            let now = Instant::now();
+            for st in &mut states {
+                st.due = now;
             }
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => Err(Broken::Shutdown),
-            r = attempt => r.map_err(Broken::Transport),
         }
     }
 
-    async fn status(
-        &self,
-        device: DeviceId,
-        status: DeviceStatus,
-        last: &mut [Option<DeviceStatus>],
-    ) {
-        if last[device].as_ref() == Some(&status) {
+    /// Open the link; `Err(None)` on shutdown.
+    async fn open(&self, shutdown: &CancellationToken) -> Result<Client, Option<String>> {
+        let link = &self.model.links[self.link];
+        let unit = self.model.devices[link.devices[0]].unit;
+        tokio::select! {
+            () = shutdown.cancelled() => Err(None),
+            r = open(&link.spec, unit, CONNECT_TIMEOUT) => r.map_err(Some),
+        }
+    }
+
+    async fn set_status(&self, st: &mut DeviceState, status: DeviceStatus) {
+        if st.status.as_ref() == Some(&status) {
             return;
         }
         let (ok, reason) = match &status {
             DeviceStatus::Ok => (true, ""),
             DeviceStatus::Error(r) => (false, r.as_str()),
         };
-        events::device_status(&self.model.devices[device].name, ok, reason);
-        last[device] = Some(status.clone());
+        events::device_status(&self.model.devices[st.device].name, ok, reason);
+        st.status = Some(status.clone());
         let _ = self
             .events
             .send(LinkEvent::Status {
-                device,
+                device: st.device,
                 status,
                 at: SystemTime::now(),
             })
             .await;
     }
 
-    /// While disconnected: answer every write with an error at once; true on shutdown.
+    /// While the link is down: answer every write with an error at once; true on shutdown.
     async fn refuse_writes_until(&mut self, until: Instant, shutdown: &CancellationToken) -> bool {
         loop {
             tokio::select! {
@@ -136,146 +182,237 @@ impl Link {
         }
     }
 
-    /// Poll and write on a live connection until it breaks or shutdown.
-    async fn serve<C: ModbusClient>(
+    /// Poll and write on an open link until it fails or shutdown.
+    async fn serve(
         &mut self,
-        client: &mut C,
+        bus: &mut Bus,
+        states: &mut [DeviceState],
         shutdown: &CancellationToken,
-        last: &mut [Option<DeviceStatus>],
-    ) -> Broken {
-        let now = Instant::now();
-        let mut due: Vec<Instant> = vec![now; self.devices.len()];
+    ) -> Stop {
         loop {
-            let (slot, &next) = due
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, t)| **t)
-                .expect("a link has at least one device");
+            let next = (0..states.len())
+                .min_by_key(|&i| (states[i].due, states[i].last_polled))
+                .unwrap_or(0);
+            let due = states[next].due;
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return Broken::Shutdown,
+                () = shutdown.cancelled() => return Stop::Shutdown,
                 Some(w) = self.writes.recv() => {
-                    if let Err(e) = self.write(client, w).await {
-                        return Broken::Transport(e);
+                    if let Err(e) = self.write(bus, w).await {
+                        return Stop::LinkDown(e);
                     }
                 }
-                () = sleep_until(next) => {
-                    let device = self.devices[slot];
-                    let started = Instant::now();
-                    match self.poll(client, device).await {
-                        Ok(result) => {
-                            events::poll_done(&self.model.devices[device].name, started.elapsed().as_secs_f64());
-                            let all_failed = result.blocks.iter().all(Result::is_err);
-                            let status = match result.blocks.first() {
-                                Some(Err(f)) if all_failed => DeviceStatus::Error(f.to_string()),
-                                _ => DeviceStatus::Ok,
-                            };
-                            self.status(device, status, last).await;
-                            if self.events.send(LinkEvent::Poll(result)).await.is_err() {
-                                return Broken::Shutdown;
-                            }
-                        }
-                        Err(e) => return Broken::Transport(e),
+                () = sleep_until(due) => {
+                    if let Err(e) = self.poll_device(bus, &mut states[next], due).await {
+                        return Stop::LinkDown(e);
                     }
-                    // Keep the rhythm, but never try to catch up a backlog of missed cycles.
-                    let interval = self.model.devices[device].poll_interval;
-                    due[slot] = (next + interval).max(Instant::now());
                 }
             }
         }
     }
 
-    /// One request with the device's timeout; `Err` means the connection must be dropped.
-    async fn request<C: ModbusClient>(
+    /// Re-open the link after a device fault: wait out the gap, then a fresh connection.
+    async fn reopen(&self, bus: &mut Bus, unit: u8) -> Result<(), String> {
+        let link = &self.model.links[self.link];
+        sleep_until(bus.last_frame + link.frame_gap).await;
+        bus.client = open(&link.spec, unit, CONNECT_TIMEOUT).await?;
+        bus.last_frame = Instant::now();
+        Ok(())
+    }
+
+    /// One read with the gap, the timeout, and one retry after a mismatched reply.
+    async fn read(
         &self,
-        client: &mut C,
+        bus: &mut Bus,
         device: DeviceId,
         req: ReadRequest,
-    ) -> Result<Result<BlockData, Fault>, String> {
+    ) -> Result<Result<BlockData, u8>, Fail> {
+        let link = &self.model.links[self.link];
         let dev = &self.model.devices[device];
-        client.set_unit(dev.unit);
-        match timeout(dev.timeout, client.read(req)).await {
-            Err(_) => {
-                events::modbus_request(&dev.name, "timeout");
-                Err(format!(
-                    "timeout after {:?} reading {} {}+{}",
-                    dev.timeout,
-                    req.kind.name(),
-                    req.start,
-                    req.count
-                ))
-            }
-            Ok(Err(e)) => {
-                events::modbus_request(&dev.name, "transport");
-                Err(format!("transport: {e}"))
-            }
-            Ok(Ok(Err(code))) => {
-                events::modbus_request(&dev.name, "exception");
-                events::modbus_exception(&dev.name, req.kind.read_function(), code);
-                Ok(Err(Fault::Exception(code)))
-            }
-            Ok(Ok(Ok(data))) => {
-                let got = match &data {
-                    BlockData::Words(w) => w.len(),
-                    BlockData::Bits(b) => b.len(),
-                };
-                // tokio-modbus pads bit reads to whole bytes; fewer than asked is a bad frame.
-                if got < usize::from(req.count) {
-                    events::modbus_request(&dev.name, "transport");
-                    return Err(format!("short reply: {got} of {} values", req.count));
+        for attempt in 0..2 {
+            sleep_until(bus.last_frame + link.frame_gap + link.turnaround).await;
+            bus.client.set_unit(dev.unit);
+            let r = timeout(dev.timeout, bus.client.read(req)).await;
+            bus.last_frame = Instant::now();
+            let fault = match r {
+                Ok(Ok(Ok(data))) => {
+                    let got = match &data {
+                        BlockData::Words(w) => w.len(),
+                        BlockData::Bits(b) => b.len(),
+                    };
+                    if got >= usize::from(req.count) {
+                        events::modbus_request(&dev.name, "ok");
+                        return Ok(Ok(data));
+                    }
+                    events::modbus_request(&dev.name, "protocol");
+                    format!("short reply: {got} of {} values", req.count)
                 }
-                events::modbus_request(&dev.name, "ok");
-                Ok(Ok(data))
+                Ok(Ok(Err(code))) => {
+                    events::modbus_request(&dev.name, "exception");
+                    events::modbus_exception(&dev.name, req.kind.read_function(), code);
+                    return Ok(Err(code));
+                }
+                Ok(Err(LinkError::Transport(e))) => {
+                    events::modbus_request(&dev.name, "transport");
+                    return Err(Fail::Link(format!("transport: {e}")));
+                }
+                Ok(Err(LinkError::Protocol(e))) => {
+                    events::modbus_request(&dev.name, "protocol");
+                    format!("bad reply: {e}")
+                }
+                Err(_) => {
+                    events::modbus_request(&dev.name, "timeout");
+                    self.reopen(bus, dev.unit).await.map_err(Fail::Link)?;
+                    return Err(Fail::Device(
+                        Fault::Timeout,
+                        format!(
+                            "timeout after {:?} reading {} {}+{}",
+                            dev.timeout,
+                            req.kind.name(),
+                            req.start,
+                            req.count
+                        ),
+                    ));
+                }
+            };
+            // A reply that was not ours (a late frame, noise): flush and, once, ask again.
+            self.reopen(bus, dev.unit).await.map_err(Fail::Link)?;
+            if attempt == 1 {
+                return Err(Fail::Device(Fault::Transport(fault.clone()), fault));
+            }
+            tracing::debug!(device = %dev.name, reason = %fault, "discarded a reply; retrying once");
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    async fn poll_device(
+        &self,
+        bus: &mut Bus,
+        st: &mut DeviceState,
+        due: Instant,
+    ) -> Result<(), String> {
+        let link = &self.model.links[self.link];
+        let dev = &self.model.devices[st.device];
+        let started = Instant::now();
+        let read_at = SystemTime::now();
+        let mut blocks = Vec::with_capacity(dev.plan.requests.len());
+        let mut failed: Option<String> = None;
+        for &req in &dev.plan.requests {
+            match self.read(bus, st.device, req).await {
+                Ok(r) => blocks.push(r.map_err(Fault::Exception)),
+                Err(Fail::Link(e)) => return Err(e),
+                Err(Fail::Device(_, reason)) => {
+                    failed = Some(reason);
+                    break;
+                }
             }
         }
-    }
-
-    async fn poll<C: ModbusClient>(
-        &self,
-        client: &mut C,
-        device: DeviceId,
-    ) -> Result<PollResult, String> {
-        let plan = &self.model.devices[device].plan;
-        let mut blocks = Vec::with_capacity(plan.requests.len());
-        let read_at = SystemTime::now();
-        for &req in &plan.requests {
-            blocks.push(self.request(client, device, req).await?);
+        st.last_polled = Instant::now();
+        match failed {
+            None => {
+                events::poll_done(&dev.name, started.elapsed().as_secs_f64());
+                if st.failures >= link.quarantine_after {
+                    events::quarantine(&dev.name, false);
+                }
+                st.failures = 0;
+                st.quarantine = Duration::ZERO;
+                let all_failed = blocks.iter().all(Result::is_err);
+                let status = match blocks.first() {
+                    Some(Err(f)) if all_failed => DeviceStatus::Error(f.to_string()),
+                    _ => DeviceStatus::Ok,
+                };
+                self.set_status(st, status).await;
+                if self
+                    .events
+                    .send(LinkEvent::Poll(PollResult {
+                        device: st.device,
+                        read_at,
+                        blocks,
+                    }))
+                    .await
+                    .is_err()
+                {
+                    return Err("shutting down".into());
+                }
+                // Keep the rhythm, but never try to catch up a backlog of missed cycles.
+                st.due = (due + dev.poll_interval).max(Instant::now());
+            }
+            Some(reason) => {
+                st.failures += 1;
+                events::device_fault(&dev.name, &reason);
+                if st.failures >= link.quarantine_after {
+                    if st.failures == link.quarantine_after {
+                        events::quarantine(&dev.name, true);
+                    }
+                    st.quarantine = if st.quarantine.is_zero() {
+                        (dev.poll_interval * 2).max(Duration::from_secs(1))
+                    } else {
+                        (st.quarantine * 2).min(link.quarantine_max)
+                    };
+                    st.due = Instant::now() + st.quarantine;
+                    let why = format!("quarantined after {} failed polls: {reason}", st.failures);
+                    self.set_status(st, DeviceStatus::Error(why)).await;
+                } else {
+                    st.due = (due + dev.poll_interval).max(Instant::now());
+                    self.set_status(st, DeviceStatus::Error(reason)).await;
+                }
+            }
         }
-        Ok(PollResult {
-            device,
-            read_at,
-            blocks,
-        })
+        Ok(())
     }
 
-    /// Write, then read the address back. `Err` means the connection must be dropped (the
-    /// requester has been answered already).
-    async fn write<C: ModbusClient>(&self, client: &mut C, w: WriteRequest) -> Result<(), String> {
+    /// Write, then read the address back. `Err` means the link is down (the requester has been
+    /// answered already).
+    async fn write(&self, bus: &mut Bus, w: WriteRequest) -> Result<(), String> {
+        let link = &self.model.links[self.link];
         let op = &w.op;
         let dev = &self.model.devices[op.device];
         let point = &self.model.points[op.point];
         let value = value_text(&op.value);
-        client.set_unit(dev.unit);
-        let (reply, broken) =
-            match timeout(dev.timeout, client.write(op.kind, op.address, &op.value)).await {
-                Err(_) => (Err(Fault::Timeout), Some("write timeout".to_owned())),
-                Ok(Err(e)) => (
-                    Err(Fault::Transport(e.to_string())),
-                    Some(format!("transport: {e}")),
-                ),
-                Ok(Ok(Err(code))) => (Err(Fault::Exception(code)), None),
-                Ok(Ok(Ok(()))) => {
-                    let req = ReadRequest {
-                        kind: op.kind,
-                        start: op.address,
-                        count: write_width(&op.value),
-                    };
-                    match self.request(client, op.device, req).await {
-                        Ok(r) => (r, None),
-                        Err(e) => (Err(Fault::Transport(e.clone())), Some(e)),
+        sleep_until(bus.last_frame + link.frame_gap + link.turnaround).await;
+        bus.client.set_unit(dev.unit);
+        let r = timeout(
+            dev.timeout,
+            bus.client.write(op.kind, op.address, &op.value),
+        )
+        .await;
+        bus.last_frame = Instant::now();
+        let mut link_down = None;
+        let reply = match r {
+            Err(_) => {
+                if let Err(e) = self.reopen(bus, dev.unit).await {
+                    link_down = Some(e);
+                }
+                Err(Fault::Timeout)
+            }
+            Ok(Err(LinkError::Transport(e))) => {
+                link_down = Some(format!("transport: {e}"));
+                Err(Fault::Transport(e.to_string()))
+            }
+            // Never retried: the write may have happened. The read-back below is the truth.
+            Ok(Err(LinkError::Protocol(e))) => {
+                if let Err(e) = self.reopen(bus, dev.unit).await {
+                    link_down = Some(e);
+                }
+                Err(Fault::Transport(format!("bad reply: {e}")))
+            }
+            Ok(Ok(Err(code))) => Err(Fault::Exception(code)),
+            Ok(Ok(Ok(()))) => {
+                let req = ReadRequest {
+                    kind: op.kind,
+                    start: op.address,
+                    count: write_width(&op.value),
+                };
+                match self.read(bus, op.device, req).await {
+                    Ok(r) => r.map_err(Fault::Exception),
+                    Err(Fail::Device(f, _)) => Err(f),
+                    Err(Fail::Link(e)) => {
+                        link_down = Some(e.clone());
+                        Err(Fault::Transport(e))
                     }
                 }
-            };
+            }
+        };
         let result = reply.as_ref().map(|_| ()).map_err(ToString::to_string);
         events::write_done(
             &dev.name,
@@ -286,7 +423,7 @@ impl Link {
             result.as_ref().map(|_| ()).map_err(String::as_str),
         );
         let _ = w.reply.send(reply);
-        broken.map_or(Ok(()), Err)
+        link_down.map_or(Ok(()), Err)
     }
 }
 

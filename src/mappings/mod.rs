@@ -4,6 +4,7 @@
 //! Nothing in here does I/O, spawns tasks or reads a clock: time comes in as an argument.
 //! Everything is plain synchronous code, tested with plain `#[test]`.
 
+pub mod bustime;
 pub mod codec;
 pub mod command;
 pub mod engine;

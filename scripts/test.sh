@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# The whole test suite. Installs the real peers the tests need (Debian's mosquitto and its
-# clients) when they are missing, then runs every test. A test whose peer is missing fails;
-# nothing is skipped.
+# The whole test suite. Installs the real peers the tests need when they are missing:
+# Debian's mosquitto and its clients, socat (virtual serial ports), mbpoll (an independent
+# Modbus master), and pymodbus (an independent Modbus slave) in target/peers-venv. Then runs
+# every test. A test whose peer is missing fails; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 [ -x /usr/sbin/mosquitto ] || [ -x /usr/bin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_sub >/dev/null && command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
+command -v socat >/dev/null || need+=(socat)
+command -v mbpoll >/dev/null || need+=(mbpoll)
+command -v python3 >/dev/null || need+=(python3 python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}"
   sudo=""
@@ -15,6 +19,14 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+venv=target/peers-venv
+if ! "$venv/bin/python" -c 'import pymodbus, serial' 2>/dev/null; then
+  echo "installing pymodbus into $venv"
+  mkdir -p target
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "pymodbus[serial]==3.16.1"
 fi
 
 cargo test --locked --all-targets

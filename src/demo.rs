@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 
-use crate::simulator::{TowerOptions, serve_water_tower};
+use crate::simulator::{Endpoint, TowerOptions, serve_water_tower};
 
 /// The shipped mapping, embedded so that the demo runs from any directory.
 pub const WATER_TOWER_YAML: &str = include_str!("../mappings/water-tower.yaml");
@@ -19,13 +19,20 @@ pub async fn run(speed: f64, shutdown: CancellationToken) -> anyhow::Result<()> 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let modbus = listener.local_addr()?;
     let opts = TowerOptions {
-        unit: 1,
+        units: vec![1],
+        levels: vec![200.0],
         seed: 1,
         speed,
-        level: 200.0,
         auto: true,
+        faults: Vec::new(),
+        late: Duration::from_secs(1),
+        control: false,
     };
-    tokio::spawn(serve_water_tower(listener, opts, shutdown.clone()));
+    tokio::spawn(serve_water_tower(
+        Endpoint::Tcp(listener),
+        opts,
+        shutdown.clone(),
+    ));
     let broker = tokio::task::spawn_blocking(|| {
         crate::outputs::broker::start("127.0.0.1:0".parse().expect("literal address"))
     })

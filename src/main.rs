@@ -54,26 +54,56 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum Plant {
-    /// The reference water tower (register map in the README).
-    WaterTower {
-        /// Address to listen on; port 0 picks a free port (printed on stdout).
-        #[arg(long, default_value = "127.0.0.1:5020")]
-        listen: SocketAddr,
-        #[arg(long, default_value_t = 1)]
-        unit: u8,
-        /// Seed of the consumption random walk.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Simulated seconds per real second (0 freezes the plant).
-        #[arg(long, default_value_t = 1.0)]
-        speed: f64,
-        /// Level at start, cm.
-        #[arg(long, default_value_t = 200.0)]
-        level: f64,
-        /// Switch the tower's automatic pump control on at start.
-        #[arg(long)]
-        auto: bool,
-    },
+    /// The reference water tower (register map in the README). Serves Modbus TCP on
+    /// `--listen`, or Modbus RTU on the serial port `--rtu`.
+    WaterTower(TowerArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TowerArgs {
+    /// TCP address to listen on; port 0 picks a free port (printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:5020")]
+    listen: SocketAddr,
+    /// Speak RTU framing on the TCP listener (like a serial-to-Ethernet converter).
+    #[arg(long)]
+    rtu_over_tcp: bool,
+    /// Serve Modbus RTU on this serial port instead of TCP.
+    #[arg(long)]
+    rtu: Option<PathBuf>,
+    /// Baud rate of `--rtu`.
+    #[arg(long, default_value_t = 19_200)]
+    baud: u32,
+    /// Parity of `--rtu`: none, even or odd.
+    #[arg(long, default_value = "even")]
+    parity: String,
+    /// Unit id (when `--units` is not given).
+    #[arg(long, default_value_t = 1)]
+    unit: u8,
+    /// Several units on one bus or listener, each its own tower: `--units 1,2`.
+    #[arg(long, value_delimiter = ',')]
+    units: Vec<u8>,
+    /// Seed of the consumption random walk.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Simulated seconds per real second (0 freezes the plant).
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Level at start, cm.
+    #[arg(long, default_value_t = 200.0)]
+    level: f64,
+    /// Level at start per unit, cm, in the order of `--units`.
+    #[arg(long, value_delimiter = ',')]
+    levels: Vec<f64>,
+    /// Switch the tower's automatic pump control on at start.
+    #[arg(long)]
+    auto: bool,
+    /// A fault at start, `UNIT=MODE` (none, silent, late, garbage); repeatable. At run time,
+    /// write `fault UNIT MODE` lines to stdin.
+    #[arg(long = "fault")]
+    faults: Vec<String>,
+    /// How late a `late` unit answers.
+    #[arg(long, default_value = "1500ms", value_parser = humantime::parse_duration)]
+    late: std::time::Duration,
 }
 
 fn main() -> ExitCode {
@@ -93,7 +123,10 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(run(command)) {
+            let result = rt.block_on(run(command));
+            // Do not wait for blocking readers (the simulator's stdin) that will never finish.
+            rt.shutdown_timeout(std::time::Duration::from_millis(200));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("fieldgate: {e:#}");
@@ -154,32 +187,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             fieldgate::run(Arc::new(model), shutdown).await
         }
         Command::Simulate {
-            plant:
-                Plant::WaterTower {
-                    listen,
-                    unit,
-                    seed,
-                    speed,
-                    level,
-                    auto,
-                },
-        } => {
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("listen on {listen}"))?;
-            let addr = listener.local_addr()?;
-            println!("water tower listening on {addr}");
-            tracing::info!(%addr, unit, seed, speed, "water tower simulator listening");
-            let opts = fieldgate::simulator::TowerOptions {
-                unit,
-                seed,
-                speed,
-                level,
-                auto,
-            };
-            fieldgate::simulator::serve_water_tower(listener, opts, shutdown).await?;
-            Ok(())
-        }
+            plant: Plant::WaterTower(args),
+        } => simulate(args, shutdown).await,
         #[cfg(feature = "embedded-broker")]
         Command::Broker { listen } => {
             let addr =
@@ -193,4 +202,77 @@ async fn run(command: Command) -> anyhow::Result<()> {
         #[cfg(feature = "embedded-broker")]
         Command::Demo { speed } => fieldgate::demo::run(speed, shutdown).await,
     }
+}
+
+async fn simulate(a: TowerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let faults = a
+        .faults
+        .iter()
+        .map(|f| {
+            let (u, m) = f
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--fault {f}: write UNIT=MODE"))?;
+            Ok((u.parse::<u8>()?, m.parse().map_err(anyhow::Error::msg)?))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let units = if a.units.is_empty() {
+        vec![a.unit]
+    } else {
+        a.units
+    };
+    let levels = if a.levels.is_empty() {
+        vec![a.level]
+    } else {
+        a.levels
+    };
+    let opts = fieldgate::simulator::TowerOptions {
+        units: units.clone(),
+        levels,
+        seed: a.seed,
+        speed: a.speed,
+        auto: a.auto,
+        faults,
+        late: a.late,
+        control: true,
+    };
+    let endpoint = match a.rtu {
+        Some(path) => {
+            let parity = match a.parity.as_str() {
+                "none" => tokio_serial::Parity::None,
+                "even" => tokio_serial::Parity::Even,
+                "odd" => tokio_serial::Parity::Odd,
+                other => anyhow::bail!("--parity {other}: none, even or odd"),
+            };
+            let builder = tokio_serial::new(path.to_string_lossy(), a.baud)
+                .parity(parity)
+                .exclusive(false);
+            let port = tokio_serial::SerialStream::open(&builder)
+                .with_context(|| format!("open {}", path.display()))?;
+            println!(
+                "water tower serving rtu on {} units {units:?}",
+                path.display()
+            );
+            fieldgate::simulator::Endpoint::Rtu(port)
+        }
+        None => {
+            let listener = tokio::net::TcpListener::bind(a.listen)
+                .await
+                .with_context(|| format!("listen on {}", a.listen))?;
+            let addr = listener.local_addr()?;
+            println!("water tower listening on {addr}");
+            if a.rtu_over_tcp {
+                fieldgate::simulator::Endpoint::RtuOverTcp(listener)
+            } else {
+                fieldgate::simulator::Endpoint::Tcp(listener)
+            }
+        }
+    };
+    tracing::info!(
+        ?units,
+        seed = a.seed,
+        speed = a.speed,
+        "water tower simulator running"
+    );
+    fieldgate::simulator::serve_water_tower(endpoint, opts, shutdown).await?;
+    Ok(())
 }

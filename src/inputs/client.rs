@@ -9,7 +9,7 @@ use std::future::Future;
 use std::io;
 use std::time::Duration;
 
-use tokio_modbus::client::{Context, Reader, Writer};
+use tokio_modbus::client::{Client as _, Context, Reader, Writer};
 use tokio_modbus::slave::{Slave, SlaveContext};
 use tokio_serial::SerialPort;
 
@@ -58,6 +58,46 @@ fn split<T>(r: tokio_modbus::Result<T>) -> ModbusResult<T> {
         }
         Err(tokio_modbus::Error::Transport(e)) => Err(LinkError::Transport(e)),
         Err(tokio_modbus::Error::Protocol(e)) => Err(LinkError::Protocol(e.to_string())),
+    }
+}
+
+/// A serial port that discards its unread input each time a request is written: whatever
+/// arrived during the silence before a request (a late reply, noise) can never be read as the
+/// answer to it.
+struct FlushBeforeWrite(tokio_serial::SerialStream);
+
+impl tokio::io::AsyncRead for FlushBeforeWrite {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for FlushBeforeWrite {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        if let Err(e) = self.0.clear(tokio_serial::ClearBuffer::Input) {
+            return std::task::Poll::Ready(Err(io::Error::other(e)));
+        }
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
@@ -133,6 +173,13 @@ pub async fn open(spec: &LinkSpec, unit: u8, connect_timeout: Duration) -> Resul
                 Slave(unit),
             )))
         }
+    }
+}
+
+impl Client {
+    /// Close the connection (socket or port) now, before a new one is opened.
+    pub async fn close(&mut self) {
+        let _ = self.0.disconnect().await;
     }
 }
 

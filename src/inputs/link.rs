@@ -2,13 +2,15 @@
 //! schedule, run writes ahead of the next poll, keep the bus timing, and recover.
 //!
 //! By construction:
-//! - every request waits out the link's inter-frame gap (plus turnaround) since the last frame;
+//! - every request waits out the link's inter-frame gap (plus turnaround) since the last frame,
+//!   and on a serial port the unread input is discarded as the request is written;
 //! - every request has the device's timeout; after a timeout the connection is re-opened (a new
 //!   socket, or the serial port re-opened with its input flushed) after the gap, so a late or
 //!   partial reply can never be read as the next answer;
 //! - a reply whose unit id, function code or CRC does not match is discarded, the link flushed,
 //!   and the request tried once more;
-//! - a timeout fails only that device; a device that keeps failing is quarantined (polled less
+//! - a timeout fails only that device, which is then left alone for one more timeout, so a late
+//!   reply is flushed before it is asked again; a device that keeps failing is quarantined (polled less
 //!   often, with backoff) so it cannot starve the others; the earliest-due device goes first,
 //!   and of two equally due the one polled longest ago;
 //! - a Modbus exception is reported for that request's points and the connection stays up;
@@ -214,6 +216,8 @@ impl Link {
     /// Re-open the link after a device fault: wait out the gap, then a fresh connection.
     async fn reopen(&self, bus: &mut Bus, unit: u8) -> Result<(), String> {
         let link = &self.model.links[self.link];
+        // Close first: a serial port is opened exclusively.
+        bus.client.close().await;
         sleep_until(bus.last_frame + link.frame_gap).await;
         bus.client = open(&link.spec, unit, CONNECT_TIMEOUT).await?;
         bus.last_frame = Instant::now();
@@ -353,7 +357,10 @@ impl Link {
                     let why = format!("quarantined after {} failed polls: {reason}", st.failures);
                     self.set_status(st, DeviceStatus::Error(why)).await;
                 } else {
-                    st.due = (due + dev.poll_interval).max(Instant::now());
+                    // One more timeout of silence towards this unit: a reply to the failed
+                    // request that is still on its way is then flushed, not read as the answer
+                    // to the same request asked again (RTU has no transaction id).
+                    st.due = (due + dev.poll_interval).max(Instant::now() + dev.timeout);
                     self.set_status(st, DeviceStatus::Error(reason)).await;
                 }
             }

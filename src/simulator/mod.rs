@@ -1,110 +1,292 @@
 //! `fieldgate simulate`: Modbus slaves that behave like plant equipment, for tests and demos.
 //!
-//! Built on tokio-modbus's server. The physics lives in pure modules (`water_tower`); this
-//! file only serves the register map over TCP and ticks simulated time.
+//! Built on tokio-modbus's servers (TCP, RTU on a serial port, RTU over TCP). The physics lives
+//! in pure modules (`water_tower`); this file serves one or more units, ticks simulated time,
+//! and injects faults per unit: no answer, a late (valid) answer, or garbage bytes.
 
+pub mod rtu_frame;
 pub mod water_tower;
 
-use std::future;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpListener;
-use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
+use tokio_serial::SerialPort as _;
 use tokio_util::sync::CancellationToken;
 
 use water_tower::WaterTower;
 
-/// Settings of a simulated water tower.
+/// How a simulated unit misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultMode {
+    /// Answers normally.
+    None,
+    /// Never answers.
+    Silent,
+    /// Answers correctly, but only after `TowerOptions::late` (after the master gave up).
+    Late,
+    /// Answers with random bytes (RTU serial only; on TCP it is silent).
+    Garbage,
+}
+
+impl FromStr for FaultMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(FaultMode::None),
+            "silent" => Ok(FaultMode::Silent),
+            "late" => Ok(FaultMode::Late),
+            "garbage" => Ok(FaultMode::Garbage),
+            _ => Err(format!("unknown fault `{s}` (none, silent, late, garbage)")),
+        }
+    }
+}
+
+/// Settings of simulated water towers.
 #[derive(Debug, Clone)]
 pub struct TowerOptions {
-    pub unit: u8,
+    /// Unit ids served; each is its own tower.
+    pub units: Vec<u8>,
+    /// Level at start per unit (cm); the last one repeats.
+    pub levels: Vec<f64>,
     pub seed: u64,
     /// Simulated seconds per real second; 0 freezes the plant.
     pub speed: f64,
-    /// Level at start, cm.
-    pub level: f64,
     /// Switch automatic control on at start (holding register 4).
     pub auto: bool,
+    /// Faults at start.
+    pub faults: Vec<(u8, FaultMode)>,
+    /// Delay of a late answer.
+    pub late: Duration,
+    /// Read `fault UNIT MODE` commands from stdin.
+    pub control: bool,
 }
 
-#[derive(Debug, Clone)]
-struct TowerService {
-    unit: u8,
-    tower: Arc<Mutex<WaterTower>>,
+/// Where the simulator serves.
+#[derive(Debug)]
+pub enum Endpoint {
+    Tcp(TcpListener),
+    RtuOverTcp(TcpListener),
+    /// A serial port opened with `exclusive(false)`, so the fault writer can open it too.
+    Rtu(tokio_serial::SerialStream),
 }
 
-fn lock(t: &Mutex<WaterTower>) -> std::sync::MutexGuard<'_, WaterTower> {
+struct Unit {
+    id: u8,
+    tower: WaterTower,
+    fault: FaultMode,
+}
+
+type RawPort = Arc<Mutex<Box<dyn tokio_serial::SerialPort>>>;
+
+struct Plant {
+    units: Mutex<Vec<Unit>>,
+    late: Duration,
+    /// RTU serial only: a second handle on the port, for late frames and garbage.
+    raw: Option<RawPort>,
+    /// RTU: stay silent for other units' requests (TCP answers with an exception).
+    rtu: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A poisoned lock only means a panic elsewhere; the plant state is still usable.
-    t.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-impl TowerService {
-    fn handle(&self, req: SlaveRequest<'static>) -> Result<Response, ExceptionCode> {
-        // Unit 0 is broadcast; 255 is the usual "this device" id for Modbus TCP.
-        if req.slave != self.unit && req.slave != 255 {
-            return Err(ExceptionCode::GatewayTargetDevice);
+fn serve(t: &mut WaterTower, req: Request<'static>) -> Result<Response, ExceptionCode> {
+    match req {
+        Request::ReadInputRegisters(a, n) => t
+            .read_input_registers(a, n)
+            .map(Response::ReadInputRegisters),
+        Request::ReadHoldingRegisters(a, n) => t
+            .read_holding_registers(a, n)
+            .map(Response::ReadHoldingRegisters),
+        Request::ReadDiscreteInputs(a, n) => t
+            .read_discrete_inputs(a, n)
+            .map(Response::ReadDiscreteInputs),
+        Request::ReadCoils(a, n) => t.read_coils(a, n).map(Response::ReadCoils),
+        Request::WriteSingleCoil(a, v) => t
+            .write_coils(a, &[v])
+            .map(|()| Response::WriteSingleCoil(a, v)),
+        Request::WriteMultipleCoils(a, v) => t
+            .write_coils(a, &v)
+            .map(|()| Response::WriteMultipleCoils(a, v.len() as u16)),
+        Request::WriteSingleRegister(a, v) => t
+            .write_holding_registers(a, &[v])
+            .map(|()| Response::WriteSingleRegister(a, v)),
+        Request::WriteMultipleRegisters(a, v) => t
+            .write_holding_registers(a, &v)
+            .map(|()| Response::WriteMultipleRegisters(a, v.len() as u16)),
+        _ => Err(ExceptionCode::IllegalFunction),
+    }
+}
+
+type Reply = Pin<Box<dyn Future<Output = Result<Option<Response>, ExceptionCode>> + Send>>;
+
+impl Plant {
+    fn write_raw(&self, bytes: Vec<u8>, after: Duration) {
+        if let Some(raw) = self.raw.clone() {
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    std::io::Write::write_all(&mut **lock(&raw), &bytes)
+                })
+                .await;
+            });
         }
-        let mut t = lock(&self.tower);
-        match req.request {
-            Request::ReadInputRegisters(a, n) => t
-                .read_input_registers(a, n)
-                .map(Response::ReadInputRegisters),
-            Request::ReadHoldingRegisters(a, n) => t
-                .read_holding_registers(a, n)
-                .map(Response::ReadHoldingRegisters),
-            Request::ReadDiscreteInputs(a, n) => t
-                .read_discrete_inputs(a, n)
-                .map(Response::ReadDiscreteInputs),
-            Request::ReadCoils(a, n) => t.read_coils(a, n).map(Response::ReadCoils),
-            Request::WriteSingleCoil(a, v) => t
-                .write_coils(a, &[v])
-                .map(|()| Response::WriteSingleCoil(a, v)),
-            Request::WriteMultipleCoils(a, v) => t
-                .write_coils(a, &v)
-                .map(|()| Response::WriteMultipleCoils(a, v.len() as u16)),
-            Request::WriteSingleRegister(a, v) => t
-                .write_holding_registers(a, &[v])
-                .map(|()| Response::WriteSingleRegister(a, v)),
-            Request::WriteMultipleRegisters(a, v) => t
-                .write_holding_registers(a, &v)
-                .map(|()| Response::WriteMultipleRegisters(a, v.len() as u16)),
-            _ => Err(ExceptionCode::IllegalFunction),
+    }
+
+    fn call(&self, req: SlaveRequest<'static>) -> Reply {
+        let function = req.request.function_code().value();
+        let (reply, fault) = {
+            let mut units = lock(&self.units);
+            // Modbus TCP's "this device" unit 255 reaches a lone unit.
+            let lone = !self.rtu && req.slave == 255 && units.len() == 1;
+            match units.iter_mut().find(|u| u.id == req.slave || lone) {
+                Some(u) => (serve(&mut u.tower, req.request), u.fault),
+                None if self.rtu => return Box::pin(std::future::ready(Ok(None))),
+                None => (Err(ExceptionCode::GatewayTargetDevice), FaultMode::None),
+            }
+        };
+        match fault {
+            FaultMode::None => Box::pin(std::future::ready(reply.map(Some))),
+            FaultMode::Silent => Box::pin(std::future::ready(Ok(None))),
+            FaultMode::Late if self.raw.is_some() => {
+                if let Some(frame) = rtu_frame::encode_reply(req.slave, function, &reply) {
+                    self.write_raw(frame, self.late);
+                }
+                Box::pin(std::future::ready(Ok(None)))
+            }
+            FaultMode::Late => {
+                let late = self.late;
+                Box::pin(async move {
+                    tokio::time::sleep(late).await;
+                    reply.map(Some)
+                })
+            }
+            FaultMode::Garbage => {
+                let n = fastrand::usize(5..24);
+                let bytes: Vec<u8> = (0..n).map(|_| fastrand::u8(..)).collect();
+                self.write_raw(bytes, Duration::from_millis(3));
+                Box::pin(std::future::ready(Ok(None)))
+            }
         }
     }
 }
 
-impl tokio_modbus::server::Service for TowerService {
+#[derive(Clone)]
+struct Service(Arc<Plant>);
+
+impl tokio_modbus::server::Service for Service {
     type Request = SlaveRequest<'static>;
-    type Response = Response;
+    type Response = Option<Response>;
     type Exception = ExceptionCode;
-    type Future = future::Ready<Result<Response, ExceptionCode>>;
+    type Future = Reply;
 
     fn call(&self, req: Self::Request) -> Self::Future {
-        future::ready(self.handle(req))
+        self.0.call(req)
     }
 }
 
-/// Serve a water tower on `listener` until `shutdown`. The physics ticks every 50 ms.
+/// Reads `fault UNIT MODE` lines from stdin and applies them; prints `fault UNIT MODE ok`.
+fn control_from_stdin(plant: Arc<Plant>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        loop {
+            let line = tokio::select! {
+                () = shutdown.cancelled() => return,
+                l = lines.next_line() => match l { Ok(Some(l)) => l, _ => return },
+            };
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let applied = match words.as_slice() {
+                ["fault", unit, mode] => match (unit.parse::<u8>(), mode.parse::<FaultMode>()) {
+                    (Ok(id), Ok(m)) => lock(&plant.units)
+                        .iter_mut()
+                        .find(|u| u.id == id)
+                        .map(|u| u.fault = m)
+                        .is_some(),
+                    _ => false,
+                },
+                _ => false,
+            };
+            if applied {
+                println!("{line} ok");
+            } else {
+                println!("{line}: not understood (fault UNIT none|silent|late|garbage)");
+            }
+        }
+    });
+}
+
+/// Serve water towers at `endpoint` until `shutdown`. The physics ticks every 50 ms.
 pub async fn serve_water_tower(
-    listener: TcpListener,
+    endpoint: Endpoint,
     opts: TowerOptions,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let mut tower = WaterTower::new(opts.seed, opts.level);
-    if opts.auto {
-        let _ = tower.write_holding_registers(4, &[1]);
+    let units = opts
+        .units
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| {
+            let level = opts
+                .levels
+                .get(i)
+                .or(opts.levels.last())
+                .copied()
+                .unwrap_or(200.0);
+            let mut tower = WaterTower::new(opts.seed.wrapping_add(u64::from(id)), level);
+            if opts.auto {
+                let _ = tower.write_holding_registers(4, &[1]);
+            }
+            let fault = opts
+                .faults
+                .iter()
+                .find(|(u, _)| *u == id)
+                .map_or(FaultMode::None, |(_, f)| *f);
+            Unit { id, tower, fault }
+        })
+        .collect();
+    let raw: Option<RawPort> = match &endpoint {
+        Endpoint::Rtu(port) => {
+            // tokio-serial cannot clone its handle: open the port a second time, blocking, for
+            // the fault writer. Both handles are opened shared (see `Endpoint::Rtu`).
+            let name = port
+                .name()
+                .ok_or_else(|| std::io::Error::other("serial port without a name"))?;
+            let second = tokio_serial::new(
+                name,
+                tokio_serial::SerialPort::baud_rate(port).map_err(std::io::Error::other)?,
+            )
+            .exclusive(false)
+            .open()
+            .map_err(std::io::Error::other)?;
+            Some(Arc::new(Mutex::new(second)))
+        }
+        _ => None,
+    };
+    let rtu = !matches!(endpoint, Endpoint::Tcp(_));
+    let plant = Arc::new(Plant {
+        units: Mutex::new(units),
+        late: opts.late,
+        raw,
+        rtu,
+    });
+    if opts.control {
+        control_from_stdin(Arc::clone(&plant), shutdown.clone());
     }
-    let tower = Arc::new(Mutex::new(tower));
     let ticker = {
-        let tower = Arc::clone(&tower);
+        let plant = Arc::clone(&plant);
         let shutdown = shutdown.clone();
         let speed = opts.speed;
         tokio::spawn(async move {
-            let tick = Duration::from_millis(50);
-            let mut interval = tokio::time::interval(tick);
+            let mut interval = tokio::time::interval(Duration::from_millis(50));
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last = tokio::time::Instant::now();
             loop {
@@ -113,26 +295,52 @@ pub async fn serve_water_tower(
                     now = interval.tick() => {
                         let dt = now.duration_since(last).as_secs_f64() * speed;
                         last = now;
-                        lock(&tower).step(dt);
+                        for u in lock(&plant.units).iter_mut() {
+                            u.tower.step(dt);
+                        }
                     }
                 }
             }
         })
     };
-    let service = TowerService {
-        unit: opts.unit,
-        tower,
-    };
-    let new_service = move |_addr: SocketAddr| Ok(Some(service.clone()));
-    let on_connected = move |stream, addr| {
-        let new_service = new_service.clone();
-        async move { accept_tcp_connection(stream, addr, new_service) }
-    };
+    let service = Service(plant);
     let on_error = |e: std::io::Error| tracing::debug!(error = %e, "simulator connection ended");
-    let server = Server::new(listener);
-    let result = server
-        .serve_until(&on_connected, on_error, shutdown.cancelled_owned())
-        .await;
+    let result = match endpoint {
+        Endpoint::Tcp(listener) => {
+            let new_service = move |_addr: SocketAddr| Ok(Some(service.clone()));
+            let on_connected = move |stream, addr| {
+                let new_service = new_service.clone();
+                async move {
+                    tokio_modbus::server::tcp::accept_tcp_connection(stream, addr, new_service)
+                }
+            };
+            tokio_modbus::server::tcp::Server::new(listener)
+                .serve_until(&on_connected, on_error, shutdown.cancelled_owned())
+                .await
+                .map(|_| ())
+        }
+        Endpoint::RtuOverTcp(listener) => {
+            let new_service = move |_addr: SocketAddr| Ok(Some(service.clone()));
+            let on_connected = move |stream, addr| {
+                let new_service = new_service.clone();
+                async move {
+                    tokio_modbus::server::rtu_over_tcp::accept_tcp_connection(
+                        stream,
+                        addr,
+                        new_service,
+                    )
+                }
+            };
+            tokio_modbus::server::rtu_over_tcp::Server::new(listener)
+                .serve_until(&on_connected, on_error, shutdown.cancelled_owned())
+                .await
+                .map(|_| ())
+        }
+        Endpoint::Rtu(port) => tokio_modbus::server::rtu::Server::new(port)
+            .serve_until(service, shutdown.cancelled_owned())
+            .await
+            .map(|_| ()),
+    };
     ticker.abort();
-    result.map(|_| ())
+    result
 }

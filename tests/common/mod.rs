@@ -29,6 +29,7 @@ pub fn repo(path: &str) -> PathBuf {
 /// A child process whose output lines are collected; killed on drop.
 pub struct Proc {
     pub child: Child,
+    stdin: Option<std::process::ChildStdin>,
     lines: Arc<Mutex<Vec<String>>>,
     seen: watch::Receiver<usize>,
 }
@@ -36,7 +37,7 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(cmd: &mut Command) -> Proc {
         let mut child = cmd
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env("RUST_LOG", "info")
@@ -61,7 +62,21 @@ impl Proc {
                 }
             });
         }
-        Proc { child, lines, seen }
+        let stdin = child.stdin.take();
+        Proc {
+            child,
+            stdin,
+            lines,
+            seen,
+        }
+    }
+
+    /// Write one line to the process's stdin (the simulator's control channel).
+    pub fn send_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("stdin is piped");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
     }
 
     pub fn output(&self) -> String {
@@ -179,6 +194,62 @@ pub async fn simulator(listen: &str, extra: &[&str]) -> (Proc, SocketAddr) {
     );
     let line = p.wait_line("water tower listening on").await;
     (p, parse_addr(&line))
+}
+
+/// A pair of connected virtual serial ports from socat: what one end writes, the other reads.
+/// Fails (never skips) when socat is missing; `.ci/run` installs it.
+pub struct PtyPair {
+    pub a: PathBuf,
+    pub b: PathBuf,
+    _socat: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl PtyPair {
+    pub async fn new() -> PtyPair {
+        let socat = ["/usr/bin/socat", "/usr/local/bin/socat"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("socat is not installed: apt-get install -y socat");
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let spec = |p: &Path| format!("pty,raw,echo=0,link={}", p.display());
+        let proc = Proc::spawn(Command::new(socat).args(["-d", "-d", &spec(&a), &spec(&b)]));
+        let deadline = Instant::now() + DEADLINE;
+        while !(a.exists() && b.exists()) {
+            assert!(
+                Instant::now() < deadline,
+                "socat made no ptys: {}",
+                proc.output()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        PtyPair {
+            a,
+            b,
+            _socat: proc,
+            _dir: dir,
+        }
+    }
+}
+
+/// The water-tower simulator serving RTU on a serial port.
+pub async fn rtu_simulator(port: &Path, extra: &[&str]) -> Proc {
+    let mut p = Proc::spawn(
+        Command::new(bin())
+            .args(["simulate", "water-tower", "--parity", "none", "--rtu"])
+            .arg(port)
+            .args(extra),
+    );
+    p.wait_line("water tower serving rtu").await;
+    p
+}
+
+/// The gateway running mapping text written to a file in `dir`.
+pub fn gateway_yaml(dir: &Path, yaml: &str) -> Proc {
+    let path = dir.join("mapping.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    Proc::spawn(Command::new(bin()).args(["run", "-c"]).arg(&path))
 }
 
 /// The embedded broker (rumqttd) in its own process, so a test can kill it.

@@ -86,13 +86,12 @@ pub fn parse<T: for<'de> Deserialize<'de>>(
             message = rest.to_owned();
         }
         // `{ port: ${PORT} }`: braces end a plain scalar inside a flow collection.
-        if let Some(src) = text.lines().nth(line.saturating_sub(1) as usize) {
-            if let Some(at) = src.find("${") {
-                let before = &src[..at];
-                if before.contains(['{', '[']) && !before.ends_with(['"', '\'']) {
-                    message.push_str(" (inside { } or [ ], write \"${VAR}\" in quotes)");
-                }
-            }
+        if let Some(src) = text.lines().nth(line.saturating_sub(1) as usize)
+            && let Some(at) = src.find("${")
+            && src[..at].contains(['{', '['])
+            && !src[..at].ends_with(['"', '\''])
+        {
+            message.push_str(" (inside { } or [ ], write \"${VAR}\" in quotes)");
         }
         let path = named_path(&clean_path(&path), text);
         vec![Issue {

@@ -169,7 +169,7 @@ pub async fn open(spec: &LinkSpec, unit: u8, connect_timeout: Duration) -> Resul
             port.clear(tokio_serial::ClearBuffer::Input)
                 .map_err(|e| format!("flush {}: {e}", s.path))?;
             Ok(Client(tokio_modbus::client::rtu::attach_slave(
-                port,
+                FlushBeforeWrite(port),
                 Slave(unit),
             )))
         }

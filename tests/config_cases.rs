@@ -97,3 +97,53 @@ fn water_tower_check_summary_names_the_spec_topics_and_read_plan() {
         assert!(s.contains(needle), "missing `{needle}` in:\n{s}");
     }
 }
+
+#[test]
+fn check_prints_bus_time_and_warns_when_a_bus_is_over_subscribed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("slow.yaml");
+    // 9600 8E1: 9 input registers cost 31 characters (35.5 ms) plus two 4.0 ms gaps = 43.5 ms,
+    // more than the 40 ms poll interval.
+    std::fs::write(
+        &path,
+        r#"
+mqtt: { host: 127.0.0.1, status_topic: s }
+buses:
+  - { name: slow, serial: { device: /dev/ttyS9, baud: 9600 } }
+devices:
+  - name: tower
+    bus: slow
+    poll_interval: 40ms
+    points:
+      - { name: all, kind: input_register, address: 0, type: string, length: 9 }
+"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("slow: rtu:///dev/ttyS9 9600 8E1"), "{s}");
+    assert!(
+        s.contains("timing: character 1.146 ms, frame gap 4.010 ms"),
+        "{s}"
+    );
+    assert!(
+        s.contains("tower (unit 1) 1 requests, 8 B out, 23 B in, 43.5 ms every 40ms"),
+        "{s}"
+    );
+    assert!(
+        s.contains(
+            "warning: tower's poll cycle needs 43.5 ms of bus time but its poll_interval is 40ms"
+        ),
+        "{s}"
+    );
+    assert!(s.contains("warning: the bus is over-subscribed"), "{s}");
+}

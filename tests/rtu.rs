@@ -123,6 +123,14 @@ async fn one_unit_faulty(mode: &str, prefix: &str) {
     // failures of unit 2 (at least 1 s + 2 s of quarantine backoff).
     gw.wait_count(&["request failed", "device=\"t2\""], 3).await;
     gw.wait_line("device quarantined").await;
+    let q = obs
+        .wait_topic(0, &status2, |p| {
+            json(p)["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("quarantined after 3 failed polls"))
+        })
+        .await;
+    assert_eq!(json(&q.payload)["status"], "error");
     let before = count(&obs, &t1);
     gw.wait_count(&["request failed", "device=\"t2\""], 5).await;
     let during = count(&obs, &t1) - before;

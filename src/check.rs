@@ -3,7 +3,9 @@
 use std::fmt::Write;
 
 use crate::mappings::bustime;
-use crate::model::{CommandAction, Format, LinkSpec, Model, PublishMode, PublishRule};
+use crate::model::{
+    Aggregate, CommandAction, Format, GroupFormat, LinkSpec, Model, PublishMode, PublishRule,
+};
 
 fn rule(r: &PublishRule) -> String {
     let mode = match r.mode {
@@ -167,6 +169,65 @@ pub fn summary(m: &Model) -> String {
             );
         }
     }
+    if !m.groups.is_empty() {
+        let _ = writeln!(s, "groups: {}", m.groups.len());
+        for g in &m.groups {
+            let fmt = match g.format {
+                GroupFormat::Simple => "simple",
+                GroupFormat::Detailed => "detailed",
+                GroupFormat::PerPoint => "per_point",
+            };
+            let _ = writeln!(
+                s,
+                "  {} ({fmt}, every {}, id {})",
+                g.source,
+                humantime::format_duration(g.interval),
+                g.id
+            );
+            if let Some(c) = &g.configuration_topic {
+                let _ = writeln!(
+                    s,
+                    "    configuration -> {c} (qos {}, retained)",
+                    g.configuration_qos.level()
+                );
+            }
+            let suffix = if g.format == GroupFormat::PerPoint {
+                "/<key>"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                s,
+                "    messages -> {}{suffix} (qos {}{})",
+                g.topic,
+                g.qos.level(),
+                if g.retain { ", retained" } else { "" }
+            );
+            for v in &g.values {
+                let agg = match v.aggregate {
+                    Aggregate::Mean => "mean",
+                    Aggregate::Last => "last",
+                    Aggregate::Min => "min",
+                    Aggregate::Max => "max",
+                    Aggregate::Sum => "sum",
+                };
+                let mut line = format!("    {} = {agg}({})", v.key, m.points[v.point].full_name);
+                if v.factor != 1.0 {
+                    let _ = write!(line, " x{}", v.factor);
+                }
+                if let Some(u) = &v.unit {
+                    let _ = write!(line, " [{u}]");
+                }
+                let obis = g.configuration["values"][v.key.as_ref()]["obis_code"]
+                    .as_str()
+                    .unwrap_or("");
+                if !obis.is_empty() {
+                    let _ = write!(line, " obis {obis}");
+                }
+                let _ = writeln!(s, "{line}");
+            }
+        }
+    }
     let topics = m.publish_topics();
     let _ = writeln!(s, "publishes: {} topics", topics.len());
     for t in &topics {
@@ -198,6 +259,17 @@ pub fn summary(m: &Model) -> String {
             c.qos.level(),
             c.ack_topic
         );
+    }
+    s
+}
+
+/// What `check --sample` adds: every group message with null values.
+pub fn samples(m: &Model) -> String {
+    let mut s = String::new();
+    for g in &m.groups {
+        for (topic, body) in crate::mappings::group::sample_messages(g) {
+            let _ = writeln!(s, "{topic}\n  {body}");
+        }
     }
     s
 }

@@ -19,6 +19,7 @@ pub async fn run(speed: f64, shutdown: CancellationToken) -> anyhow::Result<()> 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let modbus = listener.local_addr()?;
     let opts = TowerOptions {
+        kind: crate::simulator::Kind::WaterTower,
         units: vec![1],
         levels: vec![200.0],
         seed: 1,

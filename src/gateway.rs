@@ -34,7 +34,19 @@ pub async fn run(model: Arc<Model>, shutdown: CancellationToken) -> anyhow::Resu
     }
     let (out_tx, out_rx) = mpsc::channel::<Publication>(model.mqtt.queue_capacity);
     let (cmd_tx, cmd_rx) = mpsc::channel::<IncomingCommand>(64);
-    let mqtt = mqtt::start(&model.mqtt, model.subscriptions(), out_rx, cmd_tx);
+    // Retained group configurations go out after every connect, like `online`.
+    let on_connect: Vec<Publication> = model
+        .groups
+        .iter()
+        .filter_map(|g| crate::mappings::group::configuration_publication(g, SystemTime::now()))
+        .collect();
+    let mqtt = mqtt::start(
+        &model.mqtt,
+        model.subscriptions(),
+        on_connect,
+        out_rx,
+        cmd_tx,
+    );
 
     // One task per link (a TCP connection or an RTU bus), as compiled into the model.
     let (ev_tx, ev_rx) = mpsc::channel::<LinkEvent>(256);
@@ -93,10 +105,20 @@ async fn run_engine(
     out: mpsc::Sender<Publication>,
 ) {
     let mut engine = Engine::new(model);
-    while let Some(ev) = events.recv().await {
-        let pubs = match ev {
-            LinkEvent::Poll(p) => engine.on_poll(&p, Instant::now()),
-            LinkEvent::Status { device, status, at } => engine.on_device_status(device, status, at),
+    loop {
+        // Group windows close on the wall clock; the timer re-arms after every event.
+        let wait = engine
+            .next_deadline()
+            .map_or(Duration::from_secs(3600), |d| {
+                d.duration_since(SystemTime::now()).unwrap_or_default()
+            });
+        let pubs = tokio::select! {
+            ev = events.recv() => match ev {
+                Some(LinkEvent::Poll(p)) => engine.on_poll(&p, Instant::now()),
+                Some(LinkEvent::Status { device, status, at }) => engine.on_device_status(device, status, at),
+                None => break,
+            },
+            () = tokio::time::sleep(wait) => engine.tick(SystemTime::now()),
         };
         for p in pubs {
             enqueue(&out, p);

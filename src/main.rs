@@ -31,6 +31,9 @@ enum Command {
     Check {
         #[arg(short, long)]
         config: PathBuf,
+        /// Also print each group's messages with every value null.
+        #[arg(long)]
+        sample: bool,
     },
     /// Run a simulated plant as a Modbus TCP slave.
     Simulate {
@@ -57,6 +60,9 @@ enum Plant {
     /// The reference water tower (register map in the README). Serves Modbus TCP on
     /// `--listen`, or Modbus RTU on the serial port `--rtu`.
     WaterTower(TowerArgs),
+    /// A three-phase energy meter (register map in the README). Same options; `--level`,
+    /// `--levels` and `--auto` do not apply.
+    EnergyMeter(TowerArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -110,7 +116,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     fieldgate::telemetry::init_logging();
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { config, sample } => check(&config, sample),
         command => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -137,11 +143,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &Path) -> ExitCode {
+fn check(path: &Path, sample: bool) -> ExitCode {
     match config::load(path) {
         Ok(model) => {
             println!("{}: ok", path.display());
             print!("{}", fieldgate::check::summary(&model));
+            if sample {
+                println!("sample messages:");
+                print!("{}", fieldgate::check::samples(&model));
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -188,7 +198,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Simulate {
             plant: Plant::WaterTower(args),
-        } => simulate(args, shutdown).await,
+        } => simulate(fieldgate::simulator::Kind::WaterTower, args, shutdown).await,
+        Command::Simulate {
+            plant: Plant::EnergyMeter(args),
+        } => simulate(fieldgate::simulator::Kind::EnergyMeter, args, shutdown).await,
         #[cfg(feature = "embedded-broker")]
         Command::Broker { listen } => {
             let addr =
@@ -204,7 +217,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn simulate(a: TowerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn simulate(
+    kind: fieldgate::simulator::Kind,
+    a: TowerArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let faults = a
         .faults
         .iter()
@@ -226,6 +243,7 @@ async fn simulate(a: TowerArgs, shutdown: CancellationToken) -> anyhow::Result<(
         a.levels
     };
     let opts = fieldgate::simulator::TowerOptions {
+        kind,
         units: units.clone(),
         levels,
         seed: a.seed,
@@ -259,7 +277,7 @@ async fn simulate(a: TowerArgs, shutdown: CancellationToken) -> anyhow::Result<(
                 .await
                 .with_context(|| format!("listen on {}", a.listen))?;
             let addr = listener.local_addr()?;
-            println!("water tower listening on {addr}");
+            println!("{} listening on {addr}", name(kind));
             if a.rtu_over_tcp {
                 fieldgate::simulator::Endpoint::RtuOverTcp(listener)
             } else {
@@ -275,4 +293,11 @@ async fn simulate(a: TowerArgs, shutdown: CancellationToken) -> anyhow::Result<(
     );
     fieldgate::simulator::serve_water_tower(endpoint, opts, shutdown).await?;
     Ok(())
+}
+
+fn name(kind: fieldgate::simulator::Kind) -> &'static str {
+    match kind {
+        fieldgate::simulator::Kind::WaterTower => "water tower",
+        fieldgate::simulator::Kind::EnergyMeter => "energy meter",
+    }
 }

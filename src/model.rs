@@ -21,6 +21,56 @@ pub struct Model {
     pub points: Vec<Point>,
     pub derived: Vec<Derived>,
     pub commands: Vec<Command>,
+    pub groups: Vec<Group>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupFormat {
+    Simple,
+    Detailed,
+    PerPoint,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregate {
+    Mean,
+    Last,
+    Min,
+    Max,
+    Sum,
+}
+
+/// One message per source per send interval.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub source: Arc<str>,
+    pub format: GroupFormat,
+    pub interval: Duration,
+    /// Simple: the topic; per-point: the prefix; detailed: the measurement topic.
+    pub topic: Arc<str>,
+    /// Detailed only.
+    pub configuration_topic: Option<Arc<str>>,
+    pub qos: Qos,
+    pub retain: bool,
+    pub configuration_qos: Qos,
+    /// The `configuration` object of the detailed format (also the input of the id).
+    pub configuration: serde_json::Value,
+    /// SHA-1 (40 hex) of the canonical configuration; see `mappings::group::configuration_id`.
+    pub id: String,
+    pub values: Vec<GroupValue>,
+    /// Devices whose points the group uses.
+    pub devices: Vec<DeviceId>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GroupValue {
+    pub key: Arc<str>,
+    pub point: PointId,
+    pub aggregate: Aggregate,
+    /// Multiply the point's engineering value by this (unit conversion).
+    pub factor: f64,
+    pub unit: Option<Arc<str>>,
+    pub decimals: u8,
 }
 
 #[derive(Debug, Clone)]
@@ -227,6 +277,17 @@ impl Model {
                 .filter_map(|p| p.publish.as_ref().map(|r| r.topic.clone())),
         );
         out.extend(self.derived.iter().map(|d| d.publish.topic.clone()));
+        for g in &self.groups {
+            out.extend(g.configuration_topic.clone());
+            match g.format {
+                GroupFormat::PerPoint => out.extend(
+                    g.values
+                        .iter()
+                        .map(|v| Arc::from(format!("{}/{}", g.topic, v.key))),
+                ),
+                _ => out.push(g.topic.clone()),
+            }
+        }
         for c in &self.commands {
             if !out.contains(&c.ack_topic) {
                 out.push(c.ack_topic.clone());

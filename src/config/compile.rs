@@ -141,6 +141,25 @@ fn publish_rule(
     }
 }
 
+/// `A-B:C.D.E*F` with decimal fields (the `*F` part optional), e.g. `1-0:52.4.0*255`.
+fn is_obis(s: &str) -> bool {
+    let num = |x: &str| {
+        !x.is_empty()
+            && x.len() <= 3
+            && x.bytes().all(|b| b.is_ascii_digit())
+            && x.parse::<u16>().is_ok_and(|n| n <= 255)
+    };
+    let (main, f) = s.split_once('*').map_or((s, None), |(m, f)| (m, Some(f)));
+    let Some((ab, cde)) = main.split_once(':') else {
+        return false;
+    };
+    let Some((a, b)) = ab.split_once('-') else {
+        return false;
+    };
+    let parts: Vec<&str> = cde.split('.').collect();
+    num(a) && num(b) && parts.len() == 3 && parts.iter().all(|p| num(p)) && f.is_none_or(num)
+}
+
 /// Decimals implied by a scale factor: 0.1 -> 1, 0.25 -> 2, 10 -> 0.
 fn decimals_of(scale: f64) -> Option<u8> {
     if scale == 1.0 {
@@ -804,6 +823,252 @@ pub(super) fn compile(raw: RawConfig, hostname: &str) -> Result<Model, Vec<Issue
         });
     }
 
+    // --- groups
+    let mut groups = Vec::new();
+    let mut sources = HashSet::new();
+    for (gi, g) in raw.groups.iter().enumerate() {
+        let gpath = format!(
+            "groups[{}]",
+            if g.source.is_empty() {
+                gi.to_string()
+            } else {
+                g.source.value.clone()
+            }
+        );
+        if g.source.is_empty()
+            || g.source.contains(['"', '\\'])
+            || g.source.chars().any(char::is_control)
+        {
+            ctx.err(
+                &g.source,
+                format!("{gpath}.source"),
+                "source must be a non-empty id without quotes or control characters",
+            );
+        }
+        if !sources.insert(g.source.value.clone()) {
+            ctx.err(
+                &g.source,
+                format!("{gpath}.source"),
+                format!("duplicate group source `{}`", g.source.value),
+            );
+        }
+        let interval = g.interval.value.0;
+        if interval < Duration::from_secs(1) || interval > Duration::from_secs(86_400) {
+            ctx.err(
+                &g.interval,
+                format!("{gpath}.interval"),
+                "interval must be between 1s and 1d",
+            );
+        }
+        let format = match g.format {
+            RawGroupFormat::Simple => GroupFormat::Simple,
+            RawGroupFormat::Detailed => GroupFormat::Detailed,
+            RawGroupFormat::PerPoint => GroupFormat::PerPoint,
+        };
+        let need = |ctx: &mut Ctx, t: &Option<Located<String>>, key: &str| -> Option<Arc<str>> {
+            match t {
+                Some(t) => Some(check_topic(ctx, t, &format!("{gpath}.{key}"))),
+                None => {
+                    ctx.err(
+                        g,
+                        &gpath,
+                        format!("format {:?} needs `{key}`", g.format).to_lowercase(),
+                    );
+                    None
+                }
+            }
+        };
+        let forbid = |ctx: &mut Ctx, t: &Option<Located<String>>, key: &str| {
+            if let Some(t) = t {
+                ctx.err(
+                    t,
+                    format!("{gpath}.{key}"),
+                    format!("`{key}` is not used by this format"),
+                );
+            }
+        };
+        let (topic, configuration_topic) = match format {
+            GroupFormat::Detailed => {
+                forbid(&mut ctx, &g.topic, "topic");
+                (
+                    need(&mut ctx, &g.measurement_topic, "measurement_topic"),
+                    need(&mut ctx, &g.configuration_topic, "configuration_topic"),
+                )
+            }
+            _ => {
+                forbid(&mut ctx, &g.measurement_topic, "measurement_topic");
+                forbid(&mut ctx, &g.configuration_topic, "configuration_topic");
+                (need(&mut ctx, &g.topic, "topic"), None)
+            }
+        };
+        let topic = topic.unwrap_or_else(|| Arc::from(""));
+        if let Some(ct) = &configuration_topic {
+            note_topic(
+                &mut ctx,
+                ct,
+                (g.line, g.col),
+                &format!("{gpath}.configuration_topic"),
+            );
+        }
+        let q = qos(&mut ctx, g.qos, g.line, g.col, &gpath);
+        let cq = qos(
+            &mut ctx,
+            g.configuration_qos,
+            g.line,
+            g.col,
+            &format!("{gpath}.configuration"),
+        );
+        if g.values.is_empty() {
+            ctx.err(
+                g,
+                format!("{gpath}.values"),
+                "a group needs at least one value",
+            );
+        }
+        let mut values = Vec::new();
+        let mut keys = HashSet::new();
+        let mut config_values = serde_json::Map::new();
+        let mut group_devices = Vec::new();
+        for (vi, v) in g.values.iter().enumerate() {
+            let vpath = format!(
+                "{gpath}.values[{}]",
+                if v.key.is_empty() {
+                    vi.to_string()
+                } else {
+                    v.key.value.clone()
+                }
+            );
+            let reserved = matches!(g.format, RawGroupFormat::Simple)
+                && matches!(v.key.as_str(), "status" | "timestamp");
+            if v.key.is_empty() || v.key.chars().any(char::is_control) || reserved {
+                ctx.err(&v.key, format!("{vpath}.key"), "key must be non-empty, without control characters, and in the simple format not `status` or `timestamp`");
+            } else if g.format == RawGroupFormat::PerPoint && v.key.contains(['/', '+', '#']) {
+                ctx.err(
+                    &v.key,
+                    format!("{vpath}.key"),
+                    "in the per_point format the key is a topic level: no / + #",
+                );
+            }
+            if !keys.insert(v.key.value.clone()) {
+                ctx.err(
+                    &v.key,
+                    format!("{vpath}.key"),
+                    format!("duplicate key `{}` in group", v.key.value),
+                );
+            }
+            if let Some(o) = &v.obis_code {
+                if !is_obis(o) {
+                    ctx.err(
+                        o,
+                        format!("{vpath}.obis_code"),
+                        format!("`{}` is not an OBIS code A-B:C.D.E*F", o.value),
+                    );
+                }
+            }
+            let Some(pid) = resolve(&mut ctx, &v.point, &format!("{vpath}.point")) else {
+                continue;
+            };
+            let p = &points[pid];
+            if matches!(p.dtype, DataType::String(_)) {
+                ctx.err(
+                    &v.point,
+                    format!("{vpath}.point"),
+                    format!("`{}` is a string; groups aggregate numbers", v.point.value),
+                );
+            }
+            if !group_devices.contains(&p.device) {
+                group_devices.push(p.device);
+            }
+            let (unit, factor) = match (&v.unit, &p.unit) {
+                (Some(to), Some(from)) => match crate::mappings::group::unit_factor(from, to) {
+                    Some(f) => (Some(Arc::from(to.as_str())), f),
+                    None => {
+                        ctx.err(
+                            to,
+                            format!("{vpath}.unit"),
+                            format!("cannot convert the point's unit `{from}` to `{}`", to.value),
+                        );
+                        (Some(Arc::from(to.as_str())), 1.0)
+                    }
+                },
+                (Some(to), None) => {
+                    ctx.err(
+                        to,
+                        format!("{vpath}.unit"),
+                        format!(
+                            "point `{}` has no unit to convert from; set `unit` on the point",
+                            v.point.value
+                        ),
+                    );
+                    (Some(Arc::from(to.as_str())), 1.0)
+                }
+                (None, from) => (from.clone(), 1.0),
+            };
+            let aggregate = match v.aggregate.unwrap_or(match v.kind {
+                RawValueKind::Live => RawAggregate::Mean,
+                RawValueKind::Counter => RawAggregate::Last,
+            }) {
+                RawAggregate::Mean => Aggregate::Mean,
+                RawAggregate::Last => Aggregate::Last,
+                RawAggregate::Min => Aggregate::Min,
+                RawAggregate::Max => Aggregate::Max,
+                RawAggregate::Sum => Aggregate::Sum,
+            };
+            config_values.insert(
+                v.key.value.clone(),
+                serde_json::json!({
+                    "obis_code": v.obis_code.as_ref().map(|o| o.value.clone()),
+                    "unit": unit.as_deref(),
+                }),
+            );
+            values.push(GroupValue {
+                key: Arc::from(v.key.as_str()),
+                point: pid,
+                aggregate,
+                factor,
+                unit,
+                decimals: v.decimals.unwrap_or(3),
+            });
+        }
+        let configuration = serde_json::json!({
+            "class": g.class,
+            "devicetype": g.device_type,
+            "label": g.label,
+            "sources": null,
+            "meta": g.meta,
+            "values": config_values,
+        });
+        let id = crate::mappings::group::configuration_id(&g.source, &configuration);
+        match format {
+            GroupFormat::PerPoint => {
+                for v in &values {
+                    let t: Arc<str> = Arc::from(format!("{topic}/{}", v.key));
+                    note_topic(
+                        &mut ctx,
+                        &t,
+                        (g.line, g.col),
+                        &format!("{gpath}.values[{}]", v.key),
+                    );
+                }
+            }
+            _ => note_topic(&mut ctx, &topic, (g.line, g.col), &format!("{gpath}.topic")),
+        }
+        groups.push(Group {
+            source: Arc::from(g.source.as_str()),
+            format,
+            interval,
+            topic,
+            configuration_topic,
+            qos: q,
+            retain: g.retain,
+            configuration_qos: cq,
+            configuration,
+            id,
+            values,
+            devices: group_devices,
+        });
+    }
+
     // --- commands
     let mut commands = Vec::new();
     let mut seen: HashMap<(Arc<str>, Option<String>), String> = HashMap::new();
@@ -942,6 +1207,7 @@ pub(super) fn compile(raw: RawConfig, hostname: &str) -> Result<Model, Vec<Issue
             metrics_listen,
             links,
             devices,
+            groups,
             points,
             derived,
             commands,
@@ -955,6 +1221,16 @@ pub(super) fn compile(raw: RawConfig, hostname: &str) -> Result<Model, Vec<Issue
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn obis_codes() {
+        assert!(is_obis("1-0:52.4.0*255"));
+        assert!(is_obis("1-0:1.8.0"));
+        assert!(!is_obis("1-0:52.4*255"));
+        assert!(!is_obis("1:52.4.0*255"));
+        assert!(!is_obis("1-0:52.4.x*255"));
+        assert!(!is_obis("1-0:52.4.0*256"));
+    }
 
     #[test]
     fn decimals_follow_the_scale() {

@@ -77,6 +77,113 @@ pub struct RawConfig {
     /// MQTT topics that turn into writes.
     #[serde(default)]
     pub commands: Vec<Located<RawCommand>>,
+    /// Grouped messages: one message per source per send interval.
+    #[serde(default)]
+    pub groups: Vec<Located<RawGroup>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawGroupFormat {
+    /// `{"<source>": {"<key>": value, ..., "status": 1, "timestamp": <unix seconds>}}` on `topic`.
+    #[default]
+    Simple,
+    /// A retained configuration on `configuration_topic` and a measurement on
+    /// `measurement_topic`, linked by the configuration id.
+    Detailed,
+    /// Each value on `<topic>/<key>` as `{"value", "unit", "ts", "quality"}`.
+    PerPoint,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawAggregate {
+    Mean,
+    Last,
+    Min,
+    Max,
+    Sum,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawValueKind {
+    /// A live value (voltage, power): averaged by default.
+    #[default]
+    Live,
+    /// A meter reading that only grows (energy): the last value by default.
+    Counter,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGroup {
+    /// The source id: the key of the JSON object (`s0`).
+    pub source: Located<String>,
+    /// `simple` (default), `detailed` or `per_point`.
+    #[serde(default)]
+    pub format: RawGroupFormat,
+    /// Send interval: `1s` ... `1d`, or any duration. Messages go out at multiples of it on
+    /// the clock (every 10s at :00, :10, ...).
+    pub interval: Located<Dur>,
+    /// Topic of `simple`, and topic prefix of `per_point`.
+    #[serde(default)]
+    pub topic: Option<Located<String>>,
+    /// `detailed`: the retained configuration topic.
+    #[serde(default)]
+    pub configuration_topic: Option<Located<String>>,
+    /// `detailed`: the measurement topic.
+    #[serde(default)]
+    pub measurement_topic: Option<Located<String>>,
+    /// QoS of the measurement (or simple / per-point) messages. Default 1.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Retain the measurement (or simple / per-point) messages. Default false. The detailed
+    /// configuration is always retained.
+    #[serde(default)]
+    pub retain: bool,
+    /// QoS of the detailed configuration message. Default 1.
+    #[serde(default = "default_qos")]
+    pub configuration_qos: u8,
+    /// Human-readable name, in the detailed configuration.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Class of the source, e.g. `meter`.
+    #[serde(default)]
+    pub class: Option<String>,
+    /// Device type, e.g. `three_phase_meter` (`devicetype` in the payload).
+    #[serde(default)]
+    pub device_type: Option<String>,
+    /// Free key/value metadata, e.g. `phase: L2`, `serial: ...`.
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    /// The values of the group.
+    pub values: Vec<Located<RawGroupValue>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGroupValue {
+    /// Key of the value in the payload, e.g. `voltage_L2`.
+    pub key: Located<String>,
+    /// The numeric point, `device.point`.
+    pub point: Located<String>,
+    /// `live` (default) or `counter`.
+    #[serde(default)]
+    pub kind: RawValueKind,
+    /// `mean`, `last`, `min`, `max` or `sum`. Default `mean` for live values, `last` for counters.
+    #[serde(default)]
+    pub aggregate: Option<RawAggregate>,
+    /// OBIS code `A-B:C.D.E*F`, e.g. `1-0:52.4.0*255`.
+    #[serde(default)]
+    pub obis_code: Option<Located<String>>,
+    /// Unit in the payload. Converted from the point's unit across SI prefixes (W to mW, kWh
+    /// to Wh). Default: the point's unit.
+    #[serde(default)]
+    pub unit: Option<Located<String>>,
+    /// Round to this many decimals. Default 3.
+    #[serde(default)]
+    pub decimals: Option<u8>,
 }
 
 #[derive(Debug, Deserialize)]

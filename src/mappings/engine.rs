@@ -74,6 +74,7 @@ pub struct Engine {
     /// For each device, the derived values that use one of its points.
     derived_by_device: Vec<Vec<usize>>,
     status: Vec<Option<DeviceStatus>>,
+    groups: super::group::Groups,
 }
 
 /// Decode and scale one point from its request's data.
@@ -230,12 +231,23 @@ impl Engine {
             }
         }
         Engine {
+            groups: super::group::Groups::new(Arc::clone(&model)),
             derived: vec![PubState::default(); model.derived.len()],
             status: vec![None; model.devices.len()],
             derived_by_device,
             points,
             model,
         }
+    }
+
+    /// Close the group windows that ended by `now`; returns their messages.
+    pub fn tick(&mut self, now: SystemTime) -> Vec<Publication> {
+        self.groups.tick(now)
+    }
+
+    /// When `tick` next has something to do.
+    pub fn next_deadline(&self) -> Option<SystemTime> {
+        self.groups.next_deadline()
     }
 
     /// The current value and quality of a point (for tests and the probe).
@@ -266,6 +278,9 @@ impl Engine {
                     }
                     st.quality = Quality::Good;
                     st.read_at = Some(poll.read_at);
+                    if let Some(x) = v.as_f64() {
+                        self.groups.sample(pid, x, poll.read_at);
+                    }
                     if let Some(rule) = &p.publish
                         && due(rule, &st.publish, &v, now, device.poll_interval)
                     {
@@ -348,6 +363,8 @@ impl Engine {
         if self.status[device].as_ref() == Some(&status) {
             return out;
         }
+        self.groups
+            .device_status(device, status == DeviceStatus::Ok);
         let payload = match &status {
             DeviceStatus::Ok => json!({"status": "ok", "ts": timestamp(at)}),
             DeviceStatus::Error(reason) => {

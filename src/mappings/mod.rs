@@ -8,6 +8,7 @@ pub mod bustime;
 pub mod codec;
 pub mod command;
 pub mod engine;
+pub mod group;
 pub mod plan;
 
 use std::sync::Arc;

@@ -52,10 +52,12 @@ pub struct MqttOutput {
 }
 
 /// Start the client. Publications are read from `outbound` until it closes; commands on the
-/// subscribed topics go to `commands`.
+/// subscribed topics go to `commands`; `on_connect` (retained session messages such as group
+/// configurations) is published after every connect.
 pub fn start(
     settings: &MqttSettings,
     subscriptions: Vec<(Arc<str>, Qos)>,
+    on_connect: Vec<Publication>,
     outbound: mpsc::Receiver<Publication>,
     commands: mpsc::Sender<IncomingCommand>,
 ) -> MqttOutput {
@@ -82,6 +84,7 @@ pub fn start(
         broker,
         settings.status_topic.clone(),
         subscriptions,
+        on_connect,
         commands,
         hard_stop.clone(),
     ));
@@ -136,6 +139,7 @@ async fn run_event_loop(
     broker: String,
     status_topic: Arc<str>,
     subscriptions: Vec<(Arc<str>, Qos)>,
+    on_connect: Vec<Publication>,
     commands: mpsc::Sender<IncomingCommand>,
     hard_stop: CancellationToken,
 ) {
@@ -156,6 +160,7 @@ async fn run_event_loop(
                 let client = client.clone();
                 let subscriptions = subscriptions.clone();
                 let status_topic = status_topic.clone();
+                let on_connect = on_connect.clone();
                 tokio::spawn(async move {
                     for (topic, qos) in subscriptions {
                         let _ = client.subscribe(topic.as_ref(), qos.into()).await;
@@ -163,6 +168,11 @@ async fn run_event_loop(
                     let _ = client
                         .publish(status_topic.as_ref(), QoS::AtLeastOnce, true, ONLINE)
                         .await;
+                    for p in on_connect {
+                        let _ = client
+                            .publish(p.topic.as_ref(), p.qos.into(), p.retain, p.payload)
+                            .await;
+                    }
                 });
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {

@@ -4,6 +4,7 @@
 //! in pure modules (`water_tower`); this file serves one or more units, ticks simulated time,
 //! and injects faults per unit: no answer, a late (valid) answer, or garbage bytes.
 
+pub mod energy_meter;
 pub mod rtu_frame;
 pub mod water_tower;
 
@@ -21,6 +22,58 @@ use tokio_serial::SerialPort as _;
 use tokio_util::sync::CancellationToken;
 
 use water_tower::WaterTower;
+
+/// A simulated slave's register map and physics. Tables a profile does not have answer
+/// ILLEGAL DATA ADDRESS.
+pub trait Profile: Send {
+    fn step(&mut self, dt: f64);
+    fn read_input_registers(&self, _addr: u16, _cnt: u16) -> Result<Vec<u16>, ExceptionCode> {
+        Err(ExceptionCode::IllegalDataAddress)
+    }
+    fn read_holding_registers(&self, _addr: u16, _cnt: u16) -> Result<Vec<u16>, ExceptionCode> {
+        Err(ExceptionCode::IllegalDataAddress)
+    }
+    fn read_discrete_inputs(&self, _addr: u16, _cnt: u16) -> Result<Vec<bool>, ExceptionCode> {
+        Err(ExceptionCode::IllegalDataAddress)
+    }
+    fn read_coils(&self, _addr: u16, _cnt: u16) -> Result<Vec<bool>, ExceptionCode> {
+        Err(ExceptionCode::IllegalDataAddress)
+    }
+    fn write_coils(&mut self, _addr: u16, _values: &[bool]) -> Result<(), ExceptionCode> {
+        Err(ExceptionCode::IllegalDataAddress)
+    }
+    fn write_holding_registers(
+        &mut self,
+        _addr: u16,
+        _values: &[u16],
+    ) -> Result<(), ExceptionCode> {
+        Err(ExceptionCode::IllegalDataAddress)
+    }
+}
+
+/// The addresses `addr..addr+cnt` of a table of `size`, or the Modbus exception for them.
+pub fn check_range(
+    addr: u16,
+    cnt: u16,
+    size: u16,
+    max: u16,
+) -> Result<std::ops::Range<usize>, ExceptionCode> {
+    if cnt == 0 || cnt > max {
+        return Err(ExceptionCode::IllegalDataValue);
+    }
+    let end = u32::from(addr) + u32::from(cnt);
+    if end > u32::from(size) {
+        return Err(ExceptionCode::IllegalDataAddress);
+    }
+    Ok(usize::from(addr)..end as usize)
+}
+
+/// Which plant to simulate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    WaterTower,
+    EnergyMeter,
+}
 
 /// How a simulated unit misbehaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,9 +101,10 @@ impl FromStr for FaultMode {
     }
 }
 
-/// Settings of simulated water towers.
+/// Settings of simulated plants.
 #[derive(Debug, Clone)]
 pub struct TowerOptions {
+    pub kind: Kind,
     /// Unit ids served; each is its own tower.
     pub units: Vec<u8>,
     /// Level at start per unit (cm); the last one repeats.
@@ -79,7 +133,7 @@ pub enum Endpoint {
 
 struct Unit {
     id: u8,
-    tower: WaterTower,
+    tower: Box<dyn Profile>,
     fault: FaultMode,
 }
 
@@ -99,7 +153,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn serve(t: &mut WaterTower, req: Request<'static>) -> Result<Response, ExceptionCode> {
+fn serve(t: &mut dyn Profile, req: Request<'static>) -> Result<Response, ExceptionCode> {
     match req {
         Request::ReadInputRegisters(a, n) => t
             .read_input_registers(a, n)
@@ -149,7 +203,7 @@ impl Plant {
             // Modbus TCP's "this device" unit 255 reaches a lone unit.
             let lone = !self.rtu && req.slave == 255 && units.len() == 1;
             match units.iter_mut().find(|u| u.id == req.slave || lone) {
-                Some(u) => (serve(&mut u.tower, req.request), u.fault),
+                Some(u) => (serve(u.tower.as_mut(), req.request), u.fault),
                 None if self.rtu => return Box::pin(std::future::ready(Ok(None))),
                 None => (Err(ExceptionCode::GatewayTargetDevice), FaultMode::None),
             }
@@ -224,7 +278,7 @@ fn control_from_stdin(plant: Arc<Plant>, shutdown: CancellationToken) {
     });
 }
 
-/// Serve water towers at `endpoint` until `shutdown`. The physics ticks every 50 ms.
+/// Serve simulated plants at `endpoint` until `shutdown`. The physics ticks every 50 ms.
 pub async fn serve_water_tower(
     endpoint: Endpoint,
     opts: TowerOptions,
@@ -235,16 +289,23 @@ pub async fn serve_water_tower(
         .iter()
         .enumerate()
         .map(|(i, &id)| {
-            let level = opts
-                .levels
-                .get(i)
-                .or(opts.levels.last())
-                .copied()
-                .unwrap_or(200.0);
-            let mut tower = WaterTower::new(opts.seed.wrapping_add(u64::from(id)), level);
-            if opts.auto {
-                let _ = tower.write_holding_registers(4, &[1]);
-            }
+            let seed = opts.seed.wrapping_add(u64::from(id));
+            let tower: Box<dyn Profile> = match opts.kind {
+                Kind::WaterTower => {
+                    let level = opts
+                        .levels
+                        .get(i)
+                        .or(opts.levels.last())
+                        .copied()
+                        .unwrap_or(200.0);
+                    let mut tower = WaterTower::new(seed, level);
+                    if opts.auto {
+                        let _ = tower.write_holding_registers(4, &[1]);
+                    }
+                    Box::new(tower)
+                }
+                Kind::EnergyMeter => Box::new(energy_meter::EnergyMeter::new(seed)),
+            };
             let fault = opts
                 .faults
                 .iter()

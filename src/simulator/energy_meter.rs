@@ -1,0 +1,173 @@
+//! A three-phase energy meter and its register map. Pure: `step(dt)` advances simulated time.
+//!
+//! Input registers (zero-based), realistic meter encodings:
+//!
+//! | address | value | encoding |
+//! |---|---|---|
+//! | 0-1, 2-3, 4-5 | voltage L1, L2, L3, V | f32, CDAB |
+//! | 6-7, 8-9, 10-11 | current L1, L2, L3, A | f32, CDAB |
+//! | 12-13, 14-15, 16-17 | active power L1, L2, L3, 0.1 W | i32, CDAB |
+//! | 18-19 | active power total, 0.1 W | i32, CDAB |
+//! | 20-21 | reactive power total, 0.1 var | i32, CDAB |
+//! | 22-23 | apparent power total, 0.1 VA | i32, CDAB |
+//! | 24-25 | power factor | f32, CDAB |
+//! | 26-29 | imported active energy, Wh | u64, ABCD |
+//! | 30-33 | exported active energy, Wh | u64, ABCD |
+//! | 34-35 | frequency, Hz | f32, CDAB |
+//!
+//! Phase L3 carries a PV inverter, so its current (and the total power) can turn negative:
+//! then the export counter runs.
+
+use tokio_modbus::ExceptionCode;
+
+use super::Profile;
+
+pub const INPUT_REGISTERS: u16 = 36;
+
+#[derive(Debug, Clone)]
+pub struct EnergyMeter {
+    volts: [f64; 3],
+    amps: [f64; 3],
+    pf: f64,
+    hz: f64,
+    import_wh: f64,
+    export_wh: f64,
+    rng: fastrand::Rng,
+}
+
+fn f32_cdab(v: f64) -> [u16; 2] {
+    let b = (v as f32).to_bits();
+    [b as u16, (b >> 16) as u16]
+}
+
+fn i32_cdab(v: f64) -> [u16; 2] {
+    let b = v.round().clamp(f64::from(i32::MIN), f64::from(i32::MAX)) as i32 as u32;
+    [b as u16, (b >> 16) as u16]
+}
+
+fn u64_abcd(v: f64) -> [u16; 4] {
+    let b = v.max(0.0) as u64;
+    [
+        (b >> 48) as u16,
+        (b >> 32) as u16,
+        (b >> 16) as u16,
+        b as u16,
+    ]
+}
+
+impl EnergyMeter {
+    pub fn new(seed: u64) -> Self {
+        EnergyMeter {
+            volts: [230.1, 229.8, 231.2],
+            amps: [10.0, 5.0, 2.0],
+            pf: 0.95,
+            hz: 50.0,
+            import_wh: 123_456_789.0,
+            export_wh: 4_567.0,
+            rng: fastrand::Rng::with_seed(seed),
+        }
+    }
+
+    /// Active power per phase, W.
+    pub fn phase_power(&self, i: usize) -> f64 {
+        self.volts[i] * self.amps[i] * self.pf
+    }
+
+    pub fn total_power(&self) -> f64 {
+        (0..3).map(|i| self.phase_power(i)).sum()
+    }
+
+    fn apparent(&self) -> f64 {
+        (0..3).map(|i| (self.volts[i] * self.amps[i]).abs()).sum()
+    }
+
+    pub fn registers(&self) -> [u16; INPUT_REGISTERS as usize] {
+        let mut r = [0u16; INPUT_REGISTERS as usize];
+        for i in 0..3 {
+            r[2 * i..2 * i + 2].copy_from_slice(&f32_cdab(self.volts[i]));
+            r[6 + 2 * i..8 + 2 * i].copy_from_slice(&f32_cdab(self.amps[i]));
+            r[12 + 2 * i..14 + 2 * i].copy_from_slice(&i32_cdab(self.phase_power(i) * 10.0));
+        }
+        let p: f64 = (0..3).map(|i| self.phase_power(i).abs()).sum();
+        let s = self.apparent();
+        let q = (s * s - p * p).max(0.0).sqrt();
+        r[18..20].copy_from_slice(&i32_cdab(self.total_power() * 10.0));
+        r[20..22].copy_from_slice(&i32_cdab(q * 10.0));
+        r[22..24].copy_from_slice(&i32_cdab(s * 10.0));
+        r[24..26].copy_from_slice(&f32_cdab(self.pf));
+        r[26..30].copy_from_slice(&u64_abcd(self.import_wh));
+        r[30..34].copy_from_slice(&u64_abcd(self.export_wh));
+        r[34..36].copy_from_slice(&f32_cdab(self.hz));
+        r
+    }
+}
+
+fn walk(rng: &mut fastrand::Rng, v: f64, step: f64, lo: f64, hi: f64) -> f64 {
+    (v + (rng.f64() - 0.5) * step).clamp(lo, hi)
+}
+
+impl Profile for EnergyMeter {
+    fn step(&mut self, dt: f64) {
+        if dt <= 0.0 || !dt.is_finite() {
+            return;
+        }
+        // Energy over the step at the power it started with, then the load moves.
+        let p = self.total_power();
+        if p >= 0.0 {
+            self.import_wh += p * dt / 3600.0;
+        } else {
+            self.export_wh += -p * dt / 3600.0;
+        }
+        let s = dt.sqrt();
+        for i in 0..3 {
+            self.volts[i] = walk(&mut self.rng, self.volts[i], 1.0 * s, 220.0, 240.0);
+        }
+        self.amps[0] = walk(&mut self.rng, self.amps[0], 2.0 * s, 0.0, 32.0);
+        self.amps[1] = walk(&mut self.rng, self.amps[1], 2.0 * s, 0.0, 32.0);
+        self.amps[2] = walk(&mut self.rng, self.amps[2], 2.0 * s, -15.0, 20.0);
+        self.pf = walk(&mut self.rng, self.pf, 0.01 * s, 0.85, 0.99);
+        self.hz = walk(&mut self.rng, self.hz, 0.01 * s, 49.9, 50.1);
+    }
+
+    fn read_input_registers(&self, addr: u16, cnt: u16) -> Result<Vec<u16>, ExceptionCode> {
+        let r = super::check_range(addr, cnt, INPUT_REGISTERS, 125)?;
+        Ok(self.registers()[r].to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodings_decode_to_the_physics() {
+        use crate::mappings::codec::{DataType, Order, Raw, decode};
+        let m = EnergyMeter::new(1);
+        let r = m.registers();
+        assert_eq!(
+            decode(&r[0..2], DataType::F32, Order::CDAB),
+            Ok(Raw::F32(230.1))
+        );
+        assert_eq!(
+            decode(&r[26..30], DataType::U64, Order::ABCD),
+            Ok(Raw::UInt(123_456_789))
+        );
+        let p1 = decode(&r[12..14], DataType::I32, Order::CDAB).unwrap();
+        assert_eq!(p1, Raw::Int((230.1f64 * 10.0 * 0.95 * 10.0).round() as i64));
+        assert_eq!(
+            m.read_input_registers(34, 3),
+            Err(ExceptionCode::IllegalDataAddress)
+        );
+        assert_eq!(m.read_coils(0, 1), Err(ExceptionCode::IllegalDataAddress));
+    }
+
+    #[test]
+    fn counters_only_grow_and_export_runs_when_power_is_negative() {
+        let mut m = EnergyMeter::new(3);
+        m.amps = [0.0, 0.0, -15.0];
+        let (i0, e0) = (m.import_wh, m.export_wh);
+        m.step(3600.0);
+        assert!(m.export_wh > e0);
+        assert!(m.import_wh >= i0);
+    }
+}

@@ -956,14 +956,14 @@ pub(super) fn compile(raw: RawConfig, hostname: &str) -> Result<Model, Vec<Issue
                     format!("duplicate key `{}` in group", v.key.value),
                 );
             }
-            if let Some(o) = &v.obis_code {
-                if !is_obis(o) {
-                    ctx.err(
-                        o,
-                        format!("{vpath}.obis_code"),
-                        format!("`{}` is not an OBIS code A-B:C.D.E*F", o.value),
-                    );
-                }
+            if let Some(o) = &v.obis_code
+                && !is_obis(o)
+            {
+                ctx.err(
+                    o,
+                    format!("{vpath}.obis_code"),
+                    format!("`{}` is not an OBIS code A-B:C.D.E*F", o.value),
+                );
             }
             let Some(pid) = resolve(&mut ctx, &v.point, &format!("{vpath}.point")) else {
                 continue;

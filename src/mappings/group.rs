@@ -25,10 +25,10 @@ fn prefix(unit: &str) -> (f64, &str) {
         "Wh", "varh", "VAh", "W", "var", "VA", "V", "A", "Hz", "Ohm", "m3", "l",
     ];
     for (p, f) in [("k", 1e3), ("M", 1e6), ("G", 1e9), ("m", 1e-3)] {
-        if let Some(rest) = unit.strip_prefix(p) {
-            if BASES.contains(&rest) {
-                return (f, rest);
-            }
+        if let Some(rest) = unit.strip_prefix(p)
+            && BASES.contains(&rest)
+        {
+            return (f, rest);
         }
     }
     (1.0, unit)

@@ -78,13 +78,16 @@ pub fn start(
     let (client, event_loop) = AsyncClient::new(opts, 256);
     let hard_stop = CancellationToken::new();
     let broker = format!("{}:{}", settings.host, settings.port);
+    let session = Session {
+        broker,
+        status_topic: settings.status_topic.clone(),
+        subscriptions,
+        on_connect,
+    };
     let event_loop = tokio::spawn(run_event_loop(
         event_loop,
         client.clone(),
-        broker,
-        settings.status_topic.clone(),
-        subscriptions,
-        on_connect,
+        session,
         commands,
         hard_stop.clone(),
     ));
@@ -133,16 +136,27 @@ async fn run_publisher(client: AsyncClient, mut outbound: mpsc::Receiver<Publica
     }
 }
 
-async fn run_event_loop(
-    mut event_loop: EventLoop,
-    client: AsyncClient,
+/// What every new session needs: where, what to subscribe, what to announce.
+struct Session {
     broker: String,
     status_topic: Arc<str>,
     subscriptions: Vec<(Arc<str>, Qos)>,
     on_connect: Vec<Publication>,
+}
+
+async fn run_event_loop(
+    mut event_loop: EventLoop,
+    client: AsyncClient,
+    session: Session,
     commands: mpsc::Sender<IncomingCommand>,
     hard_stop: CancellationToken,
 ) {
+    let Session {
+        broker,
+        status_topic,
+        subscriptions,
+        on_connect,
+    } = session;
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
     let mut connected = false;
     let mut last_error = String::new();

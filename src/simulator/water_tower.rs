@@ -182,6 +182,30 @@ impl WaterTower {
     }
 }
 
+impl super::Profile for WaterTower {
+    fn step(&mut self, dt: f64) {
+        WaterTower::step(self, dt);
+    }
+    fn read_input_registers(&self, addr: u16, cnt: u16) -> Result<Vec<u16>, ExceptionCode> {
+        WaterTower::read_input_registers(self, addr, cnt)
+    }
+    fn read_holding_registers(&self, addr: u16, cnt: u16) -> Result<Vec<u16>, ExceptionCode> {
+        WaterTower::read_holding_registers(self, addr, cnt)
+    }
+    fn read_discrete_inputs(&self, addr: u16, cnt: u16) -> Result<Vec<bool>, ExceptionCode> {
+        WaterTower::read_discrete_inputs(self, addr, cnt)
+    }
+    fn read_coils(&self, addr: u16, cnt: u16) -> Result<Vec<bool>, ExceptionCode> {
+        WaterTower::read_coils(self, addr, cnt)
+    }
+    fn write_coils(&mut self, addr: u16, values: &[bool]) -> Result<(), ExceptionCode> {
+        WaterTower::write_coils(self, addr, values)
+    }
+    fn write_holding_registers(&mut self, addr: u16, values: &[u16]) -> Result<(), ExceptionCode> {
+        WaterTower::write_holding_registers(self, addr, values)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,29 +276,5 @@ mod tests {
             t.write_holding_registers(65535, &[1]),
             Err(ExceptionCode::IllegalDataAddress)
         );
-    }
-}
-
-impl super::Profile for WaterTower {
-    fn step(&mut self, dt: f64) {
-        WaterTower::step(self, dt);
-    }
-    fn read_input_registers(&self, addr: u16, cnt: u16) -> Result<Vec<u16>, ExceptionCode> {
-        WaterTower::read_input_registers(self, addr, cnt)
-    }
-    fn read_holding_registers(&self, addr: u16, cnt: u16) -> Result<Vec<u16>, ExceptionCode> {
-        WaterTower::read_holding_registers(self, addr, cnt)
-    }
-    fn read_discrete_inputs(&self, addr: u16, cnt: u16) -> Result<Vec<bool>, ExceptionCode> {
-        WaterTower::read_discrete_inputs(self, addr, cnt)
-    }
-    fn read_coils(&self, addr: u16, cnt: u16) -> Result<Vec<bool>, ExceptionCode> {
-        WaterTower::read_coils(self, addr, cnt)
-    }
-    fn write_coils(&mut self, addr: u16, values: &[bool]) -> Result<(), ExceptionCode> {
-        WaterTower::write_coils(self, addr, values)
-    }
-    fn write_holding_registers(&mut self, addr: u16, values: &[u16]) -> Result<(), ExceptionCode> {
-        WaterTower::write_holding_registers(self, addr, values)
     }
 }

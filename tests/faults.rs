@@ -121,6 +121,7 @@ devices:
     );
     let bad = json(&obs.wait_topic(0, "f2/missing", |_| true).await.payload);
     assert_eq!(bad["quality"], "bad");
+    assert_schema("point", &bad);
     assert!(bad["value"].is_null());
     assert!(
         bad["error"]

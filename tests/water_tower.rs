@@ -44,6 +44,7 @@ async fn frozen_plant_values_are_published_exactly_as_the_spec_says() {
     assert_eq!(t["unit"], "°C");
     assert_eq!(t["quality"], "good");
     assert!(t["ts"].as_str().unwrap().ends_with('Z'));
+    assert_schema("point", &t);
     let c = json(
         &obs.wait_topic(0, &topic(prefix, "consumption"), |_| true)
             .await

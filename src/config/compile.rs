@@ -825,7 +825,6 @@ pub(super) fn compile(raw: RawConfig, hostname: &str) -> Result<Model, Vec<Issue
 
     // --- groups
     let mut groups = Vec::new();
-    let mut sources = HashSet::new();
     for (gi, g) in raw.groups.iter().enumerate() {
         let gpath = format!(
             "groups[{}]",
@@ -843,13 +842,6 @@ pub(super) fn compile(raw: RawConfig, hostname: &str) -> Result<Model, Vec<Issue
                 &g.source,
                 format!("{gpath}.source"),
                 "source must be a non-empty id without quotes or control characters",
-            );
-        }
-        if !sources.insert(g.source.value.clone()) {
-            ctx.err(
-                &g.source,
-                format!("{gpath}.source"),
-                format!("duplicate group source `{}`", g.source.value),
             );
         }
         let interval = g.interval.value.0;

@@ -134,6 +134,12 @@ impl Proc {
         }
     }
 
+    /// Wait until the gateway has connected to its Modbus device; returns self.
+    pub async fn await_ready(mut self) -> Proc {
+        self.wait_line("modbus link connected").await;
+        self
+    }
+
     /// Count the output lines containing `needle`.
     pub fn count_lines(&self, needle: &str) -> usize {
         self.lines
@@ -466,4 +472,15 @@ pub async fn read_input_registers(addr: SocketAddr, start: u16, n: u16) -> Vec<u
 
 pub fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON: {s}: {e}"))
+}
+
+/// Assert that `msg` matches the schema `docs/schemas/<name>.schema.json`.
+pub fn assert_schema(name: &str, msg: &serde_json::Value) {
+    let text = std::fs::read_to_string(repo(&format!("docs/schemas/{name}.schema.json"))).unwrap();
+    let v = jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap();
+    let errors: Vec<String> = v.iter_errors(msg).map(|e| e.to_string()).collect();
+    assert!(
+        errors.is_empty(),
+        "message does not match {name}: {errors:?}\n{msg}"
+    );
 }

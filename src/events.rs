@@ -19,6 +19,47 @@ pub fn modbus_exception(device: &str, function: u8, code: u8) {
 pub fn poll_done(device: &str, seconds: f64) {
     counter!("fieldgate_polls_total", "device" => device.to_owned()).increment(1);
     histogram!("fieldgate_poll_duration_seconds", "device" => device.to_owned()).record(seconds);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    gauge!("fieldgate_device_last_success_timestamp_seconds", "device" => device.to_owned())
+        .set(now.as_secs_f64());
+}
+
+/// Share of wall time a link spent in exchanges over the last measuring period.
+pub fn link_busy(link: &str, ratio: f64) {
+    gauge!("fieldgate_link_busy_ratio", "link" => link.to_owned()).set(ratio);
+}
+
+pub fn publish_acked(seconds: f64) {
+    histogram!("fieldgate_mqtt_publish_ack_seconds").record(seconds);
+}
+
+static QUEUE_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A publication entered the outbound queue, which now holds `depth` messages.
+pub fn queued(bytes: usize, depth: usize) {
+    let total = QUEUE_BYTES.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed) + bytes;
+    gauge!("fieldgate_mqtt_queue_depth").set(depth as f64);
+    gauge!("fieldgate_mqtt_queue_bytes").set(total as f64);
+}
+
+/// The oldest publication left the queue after `age_seconds`; `depth` remain.
+pub fn dequeued(bytes: usize, depth: usize, age_seconds: f64) {
+    let total = QUEUE_BYTES
+        .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(bytes);
+    gauge!("fieldgate_mqtt_queue_depth").set(depth as f64);
+    gauge!("fieldgate_mqtt_queue_bytes").set(total as f64);
+    gauge!("fieldgate_mqtt_queue_oldest_age_seconds").set(if depth == 0 {
+        0.0
+    } else {
+        age_seconds
+    });
+}
+
+pub fn command_done(seconds: f64) {
+    histogram!("fieldgate_command_duration_seconds").record(seconds);
 }
 
 pub fn link_connected(link: &str) {

@@ -93,8 +93,12 @@ pub async fn run(model: Arc<Model>, shutdown: CancellationToken) -> anyhow::Resu
 
 fn enqueue(out: &mpsc::Sender<Publication>, p: Publication) {
     let topic = p.topic.clone();
+    let bytes = p.payload.len() + p.topic.len();
     match out.try_send(p) {
-        Ok(()) => events::publication_queued(),
+        Ok(()) => {
+            events::publication_queued();
+            events::queued(bytes, out.max_capacity() - out.capacity());
+        }
         Err(_) => events::publication_dropped(&topic),
     }
 }
@@ -177,6 +181,7 @@ async fn run_executor(
             }
         };
         events::command_accepted(&cmd.topic, &accepted.label);
+        let started = Instant::now();
         let origin: Arc<str> = Arc::from(format!("mqtt:{}", cmd.topic));
         let mut readback = HashMap::new();
         let mut failure: Option<String> = None;
@@ -234,6 +239,7 @@ async fn run_executor(
                 json!({"command": accepted.label, "result": "error", "reason": reason, "ts": timestamp(SystemTime::now())})
             }
         };
+        events::command_done(started.elapsed().as_secs_f64());
         enqueue(&out, ack(accepted.command, body));
     }
 }

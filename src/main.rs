@@ -15,6 +15,9 @@ use fieldgate::config::{self, ConfigError};
 #[derive(Debug, Parser)]
 #[command(name = "fieldgate", version, about = "Modbus TCP ⇄ MQTT gateway")]
 struct Cli {
+    /// Log format on stderr: `text` (key=value, journald-friendly) or `json` (one object per line).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -35,6 +38,8 @@ enum Command {
         #[arg(long)]
         sample: bool,
     },
+    /// Print the JSON Schema of mapping files (for editors; also `docs/schemas/mapping.schema.json`).
+    Schema,
     /// Run a simulated plant as a Modbus TCP slave.
     Simulate {
         #[command(subcommand)]
@@ -114,9 +119,16 @@ struct TowerArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    fieldgate::telemetry::init_logging();
+    fieldgate::telemetry::init_logging(cli.log_format == "json");
     match cli.command {
         Command::Check { config, sample } => check(&config, sample),
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&config::schema()).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
         command => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -191,7 +203,7 @@ fn shutdown_on_signals() -> CancellationToken {
 async fn run(command: Command) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signals();
     match command {
-        Command::Check { .. } => unreachable!("handled without a runtime"),
+        Command::Check { .. } | Command::Schema => unreachable!("handled without a runtime"),
         Command::Run { config } => {
             let model = config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
             fieldgate::run(Arc::new(model), shutdown).await

@@ -15,15 +15,21 @@ use tokio_util::sync::CancellationToken;
 /// includes our own readiness probe.
 pub const DEFAULT_FILTER: &str = "info,rumqttd=off,rumqttc=warn,tokio_modbus=warn";
 
-/// Log to stderr as key=value lines; `RUST_LOG` overrides the filter.
-pub fn init_logging() {
+/// Log to stderr as key=value lines (journald-friendly), or as one JSON object per line;
+/// `RUST_LOG` overrides the filter.
+pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
+    };
 }
 
 /// Install the global metrics recorder (once per process) and return its handle.

@@ -81,3 +81,45 @@ pub fn load_str(
     let raw: raw::RawConfig = yaml::parse(text, vars).map_err(invalid)?;
     compile::compile(raw, hostname).map_err(invalid)
 }
+
+/// The JSON Schema of a mapping file, from the config types (their `///` docs are the
+/// descriptions). Numbers and booleans also accept a `${VAR}` string, since interpolation
+/// happens before the types are checked. Shipped as `docs/schemas/mapping.schema.json`.
+pub fn schema() -> serde_json::Value {
+    fn allow_variables(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for child in map.values_mut() {
+                    allow_variables(child);
+                }
+                let typed = |t: &serde_json::Value| {
+                    matches!(t.as_str(), Some("integer" | "number" | "boolean"))
+                };
+                let needs = match map.get("type") {
+                    Some(t @ serde_json::Value::String(_)) => typed(t),
+                    Some(serde_json::Value::Array(ts)) => ts.iter().any(typed),
+                    _ => false,
+                };
+                if needs {
+                    let inner = serde_json::Value::Object(std::mem::take(map));
+                    map.insert(
+                        "anyOf".into(),
+                        serde_json::json!([inner, { "$ref": "#/$defs/Variable" }]),
+                    );
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(allow_variables),
+            _ => {}
+        }
+    }
+    let mut schema =
+        serde_json::to_value(schemars::schema_for!(raw::RawConfig)).unwrap_or_default();
+    allow_variables(&mut schema);
+    schema["title"] = "fieldgate mapping file".into();
+    schema["$defs"]["Variable"] = serde_json::json!({
+        "type": "string",
+        "description": "${VAR} or ${VAR:-default}, replaced from the environment when the file is loaded.",
+        "pattern": "\\$\\{[A-Za-z_][A-Za-z0-9_]*([:]?[-?+][^}]*)?\\}"
+    });
+    schema
+}

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 
 use super::yaml::Located;
@@ -14,6 +15,19 @@ use crate::mappings::{Order, RegisterKind};
 /// A duration written with its unit: `500ms`, `2s`, `1m`, `1h 30m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);
+
+impl JsonSchema for Dur {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A duration with its unit: 500ms, 2s, 1m, 1h 30m (or a ${VAR}).",
+            "pattern": "^(\\s*([0-9]+(\\.[0-9]+)?\\s*(ns|us|µs|ms|s|sec|secs|m|min|mins|h|hr|hrs|d|days?)\\s*)+|.*\\$\\{[^}]+\\}.*)$"
+        })
+    }
+}
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -58,7 +72,7 @@ const fn default_qos() -> u8 {
 }
 
 /// The whole mapping file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// The MQTT broker connection.
@@ -82,7 +96,7 @@ pub struct RawConfig {
     pub groups: Vec<Located<RawGroup>>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RawGroupFormat {
     /// `{"<source>": {"<key>": value, ..., "status": 1, "timestamp": <unix seconds>}}` on `topic`.
@@ -95,7 +109,7 @@ pub enum RawGroupFormat {
     PerPoint,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RawAggregate {
     Mean,
@@ -105,7 +119,7 @@ pub enum RawAggregate {
     Sum,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RawValueKind {
     /// A live value (voltage, power): averaged by default.
@@ -115,7 +129,7 @@ pub enum RawValueKind {
     Counter,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawGroup {
     /// The source id: the key of the JSON object (`s0`).
@@ -161,7 +175,7 @@ pub struct RawGroup {
     pub values: Vec<Located<RawGroupValue>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawGroupValue {
     /// Key of the value in the payload, e.g. `voltage_L2`.
@@ -186,7 +200,7 @@ pub struct RawGroupValue {
     pub decimals: Option<u8>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMqtt {
     /// Broker host name or IP address.
@@ -209,7 +223,7 @@ pub struct RawMqtt {
     pub queue_capacity: usize,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMetrics {
     /// Address for the HTTP `/metrics` endpoint, e.g. `127.0.0.1:9464` (port 0: any free port,
@@ -217,7 +231,7 @@ pub struct RawMetrics {
     pub listen: Located<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawDevice {
     /// Unique device name; used in topics, logs, metrics and `device.point` references.
@@ -265,7 +279,7 @@ const fn default_quarantine_max() -> Dur {
 }
 
 /// A Modbus RTU bus: one task owns it and serialises every request of its devices.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBus {
     /// Unique bus name, referred to by `devices[].bus`.
@@ -294,7 +308,7 @@ pub struct RawBus {
     pub quarantine_max: Dur,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RawParity {
     None,
@@ -304,7 +318,7 @@ pub enum RawParity {
     Odd,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSerial {
     /// The port. Prefer `/dev/serial/by-id/...`: it survives re-plugging and reboots.
@@ -323,7 +337,7 @@ pub struct RawSerial {
     pub stop_bits: u8,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTcp {
     /// Host name or IP address of the device (or Modbus TCP gateway).
@@ -333,7 +347,7 @@ pub struct RawTcp {
     pub port: u16,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RawType {
     Bool,
@@ -349,7 +363,7 @@ pub enum RawType {
     String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPoint {
     /// Point name, unique within its device.
@@ -406,7 +420,7 @@ impl Default for Located<bool> {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RawMode {
     /// Every `interval`.
@@ -418,7 +432,7 @@ pub enum RawMode {
     Both,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RawFormat {
     /// The value as text: `123`, `21.5`, `true`.
@@ -428,7 +442,7 @@ pub enum RawFormat {
     Json,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPublish {
     /// Topic to publish on; no wildcards.
@@ -456,7 +470,7 @@ pub struct RawPublish {
     pub format: RawFormat,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawDerived {
     /// Name of the derived value.
@@ -467,7 +481,7 @@ pub struct RawDerived {
     pub publish: Located<RawPublish>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCommand {
     /// Topic to subscribe to; no wildcards.
@@ -486,7 +500,7 @@ pub struct RawCommand {
     pub write: Option<Located<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawWrite {
     /// The writable point, `device.point`.

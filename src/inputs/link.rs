@@ -75,6 +75,31 @@ struct Bus {
     client: Client,
     /// When the last frame on the link ended (for the inter-frame gap).
     last_frame: Instant,
+    /// Time spent in exchanges since `window`, for the bus utilisation metric.
+    busy: Duration,
+    window: Instant,
+}
+
+impl Bus {
+    fn new(client: Client) -> Self {
+        let now = Instant::now();
+        Bus {
+            client,
+            last_frame: now,
+            busy: Duration::ZERO,
+            window: now,
+        }
+    }
+
+    /// Report the utilisation every 5 s.
+    fn report(&mut self, link: &str) {
+        let span = self.window.elapsed();
+        if span >= Duration::from_secs(5) {
+            events::link_busy(link, self.busy.as_secs_f64() / span.as_secs_f64());
+            self.busy = Duration::ZERO;
+            self.window = Instant::now();
+        }
+    }
 }
 
 impl Link {
@@ -109,10 +134,7 @@ impl Link {
                 Ok(client) => {
                     events::link_connected(&name);
                     backoff.reset();
-                    let mut bus = Bus {
-                        client,
-                        last_frame: Instant::now(),
-                    };
+                    let mut bus = Bus::new(client);
                     match self.serve(&mut bus, &mut states, &shutdown).await {
                         Stop::Shutdown => return,
                         Stop::LinkDown(e) => e,
@@ -208,6 +230,7 @@ impl Link {
                     if let Err(e) = self.poll_device(bus, &mut states[next], due).await {
                         return Stop::LinkDown(e);
                     }
+                    bus.report(self.name());
                 }
             }
         }
@@ -236,8 +259,10 @@ impl Link {
         for attempt in 0..2 {
             sleep_until(bus.last_frame + link.frame_gap + link.turnaround).await;
             bus.client.set_unit(dev.unit);
+            let sent = Instant::now();
             let r = timeout(dev.timeout, bus.client.read(req)).await;
             bus.last_frame = Instant::now();
+            bus.busy += bus.last_frame - sent;
             let fault = match r {
                 Ok(Ok(Ok(data))) => {
                     let got = match &data {

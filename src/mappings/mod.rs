@@ -19,7 +19,9 @@ use serde::Deserialize;
 pub use codec::{DataType, Order};
 
 /// The four Modbus data tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RegisterKind {
     Coil,

@@ -126,6 +126,14 @@ impl MqttOutput {
 
 async fn run_publisher(client: AsyncClient, mut outbound: mpsc::Receiver<Publication>) {
     while let Some(p) = outbound.recv().await {
+        let age = std::time::SystemTime::now()
+            .duration_since(p.created_at)
+            .unwrap_or_default();
+        events::dequeued(
+            p.payload.len() + p.topic.len(),
+            outbound.len(),
+            age.as_secs_f64(),
+        );
         if client
             .publish(p.topic.as_ref(), p.qos.into(), p.retain, p.payload)
             .await
@@ -159,6 +167,9 @@ async fn run_event_loop(
     } = session;
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
     let mut connected = false;
+    // Packet id -> when the publish left, for the publish-to-ack latency.
+    let mut in_flight: std::collections::HashMap<u16, tokio::time::Instant> =
+        std::collections::HashMap::new();
     let mut last_error = String::new();
     loop {
         let event = tokio::select! {
@@ -204,6 +215,19 @@ async fn run_event_loop(
                 }
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
+                in_flight.insert(pkid, tokio::time::Instant::now());
+            }
+            Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                if let Some(t) = in_flight.remove(&ack.pkid) {
+                    events::publish_acked(t.elapsed().as_secs_f64());
+                }
+            }
+            Ok(Event::Incoming(Packet::PubComp(comp))) => {
+                if let Some(t) = in_flight.remove(&comp.pkid) {
+                    events::publish_acked(t.elapsed().as_secs_f64());
+                }
+            }
             Ok(_) => {}
             Err(e) => {
                 let reason = e.to_string();
@@ -213,6 +237,7 @@ async fn run_event_loop(
                 }
                 connected = false;
                 last_error = reason;
+                in_flight.clear();
                 tokio::select! {
                     () = hard_stop.cancelled() => return,
                     () = tokio::time::sleep(delay) => {}

@@ -38,6 +38,11 @@ enum Command {
         #[arg(long)]
         sample: bool,
     },
+    /// Read registers once (or `--watch`) and print every plausible decoding; or, with
+    /// `--write`, make one test write.
+    Probe(ProbeArgs),
+    /// Find which unit ids answer on a bus (or behind a TCP gateway), within a bounded time.
+    Scan(ScanArgs),
     /// Print the JSON Schema of mapping files (for editors; also `docs/schemas/mapping.schema.json`).
     Schema,
     /// Run a simulated plant as a Modbus TCP slave.
@@ -58,6 +63,109 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:1883")]
         listen: SocketAddr,
     },
+}
+
+/// Where a commissioning tool connects.
+#[derive(Debug, clap::Args)]
+struct Target {
+    /// Modbus TCP, `HOST:PORT`.
+    #[arg(long, conflicts_with_all = ["rtu", "rtu_over_tcp"])]
+    tcp: Option<String>,
+    /// Modbus RTU on this serial port.
+    #[arg(long)]
+    rtu: Option<PathBuf>,
+    /// RTU framing over TCP, `HOST:PORT`.
+    #[arg(long, conflicts_with = "rtu")]
+    rtu_over_tcp: Option<String>,
+    #[arg(long, default_value_t = 19_200)]
+    baud: u32,
+    /// none, even or odd.
+    #[arg(long, default_value = "even")]
+    parity: String,
+    #[arg(long, default_value_t = 1)]
+    unit: u8,
+    /// Time to wait for an answer.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+}
+
+impl Target {
+    fn spec(&self) -> anyhow::Result<fieldgate::model::LinkSpec> {
+        use fieldgate::model::{LinkSpec, Parity, SerialSpec};
+        let host_port = |s: &str| -> anyhow::Result<(String, u16)> {
+            let (h, p) = s
+                .rsplit_once(':')
+                .ok_or_else(|| anyhow::anyhow!("`{s}`: write HOST:PORT"))?;
+            Ok((h.trim_matches(['[', ']']).to_owned(), p.parse()?))
+        };
+        Ok(match (&self.tcp, &self.rtu, &self.rtu_over_tcp) {
+            (Some(t), None, None) => {
+                let (host, port) = host_port(t)?;
+                LinkSpec::Tcp { host, port }
+            }
+            (None, None, Some(t)) => {
+                let (host, port) = host_port(t)?;
+                LinkSpec::RtuOverTcp { host, port }
+            }
+            (None, Some(p), None) => LinkSpec::Rtu(SerialSpec {
+                path: p.to_string_lossy().into_owned(),
+                baud: self.baud,
+                data_bits: 8,
+                parity: match self.parity.as_str() {
+                    "none" => Parity::None,
+                    "even" => Parity::Even,
+                    "odd" => Parity::Odd,
+                    other => anyhow::bail!("--parity {other}: none, even or odd"),
+                },
+                stop_bits: 1,
+            }),
+            _ => anyhow::bail!("name exactly one of --tcp, --rtu or --rtu-over-tcp"),
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct ProbeArgs {
+    #[command(flatten)]
+    target: Target,
+    /// holding, input, coil or discrete.
+    #[arg(long, default_value = "holding")]
+    kind: String,
+    /// Zero-based protocol address.
+    #[arg(long)]
+    address: u16,
+    /// Registers (or bits) to read.
+    #[arg(long, default_value_t = 4)]
+    count: u16,
+    /// Read again every `--interval` until Ctrl-C.
+    #[arg(long)]
+    watch: bool,
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    interval: std::time::Duration,
+    /// Write this value once (then read it back) instead of reading.
+    #[arg(long)]
+    write: Option<f64>,
+    /// Data type of `--write`: u16, i16, u32, i32, u64, i64, f32, f64 (coils: 0 or 1).
+    #[arg(long = "type", default_value = "u16")]
+    dtype: String,
+    /// Word order of `--write`: ABCD, CDAB, BADC or DCBA.
+    #[arg(long, default_value = "ABCD")]
+    order: String,
+    /// Do not ask before writing.
+    #[arg(long)]
+    yes: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct ScanArgs {
+    #[command(flatten)]
+    target: Target,
+    /// First unit id to try.
+    #[arg(long, default_value_t = 1)]
+    from: u8,
+    /// Last unit id to try.
+    #[arg(long, default_value_t = 247)]
+    to: u8,
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,6 +334,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         #[cfg(feature = "embedded-broker")]
         Command::Demo { speed } => fieldgate::demo::run(speed, shutdown).await,
+        Command::Probe(a) => probe(a, shutdown).await,
+        Command::Scan(a) => scan(a).await,
     }
 }
 
@@ -312,4 +422,129 @@ fn name(kind: fieldgate::simulator::Kind) -> &'static str {
         fieldgate::simulator::Kind::WaterTower => "water tower",
         fieldgate::simulator::Kind::EnergyMeter => "energy meter",
     }
+}
+
+fn register_kind(s: &str) -> anyhow::Result<fieldgate::mappings::RegisterKind> {
+    use fieldgate::mappings::RegisterKind;
+    Ok(match s {
+        "holding" | "holding_register" => RegisterKind::HoldingRegister,
+        "input" | "input_register" => RegisterKind::InputRegister,
+        "coil" => RegisterKind::Coil,
+        "discrete" | "discrete_input" => RegisterKind::DiscreteInput,
+        other => anyhow::bail!("--kind {other}: holding, input, coil or discrete"),
+    })
+}
+
+async fn probe(a: ProbeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    use fieldgate::inputs::commission;
+    use fieldgate::mappings::{BlockData, RegisterKind, WriteValue, codec, plan::ReadRequest};
+    let spec = a.target.spec()?;
+    let kind = register_kind(&a.kind)?;
+    let unit = a.target.unit;
+    if let Some(value) = a.write {
+        let v = match kind {
+            RegisterKind::Coil if value == 0.0 || value == 1.0 => WriteValue::Coil(value == 1.0),
+            RegisterKind::Coil => anyhow::bail!("a coil takes 0 or 1"),
+            RegisterKind::HoldingRegister => {
+                let dtype = match a.dtype.as_str() {
+                    "u16" => codec::DataType::U16,
+                    "i16" => codec::DataType::I16,
+                    "u32" => codec::DataType::U32,
+                    "i32" => codec::DataType::I32,
+                    "u64" => codec::DataType::U64,
+                    "i64" => codec::DataType::I64,
+                    "f32" => codec::DataType::F32,
+                    "f64" => codec::DataType::F64,
+                    other => {
+                        anyhow::bail!("--type {other}: u16, i16, u32, i32, u64, i64, f32 or f64")
+                    }
+                };
+                let order: codec::Order = serde_json::from_value(serde_json::Value::String(
+                    a.order.clone(),
+                ))
+                .map_err(|_| anyhow::anyhow!("--order {}: ABCD, CDAB, BADC or DCBA", a.order))?;
+                WriteValue::Registers(codec::encode(value, dtype, order)?)
+            }
+            _ => anyhow::bail!("only coils and holding registers can be written"),
+        };
+        let what = format!(
+            "{value} as {} to {} {} of unit {unit} on {spec}: {v:?}",
+            a.dtype,
+            kind.name(),
+            a.address
+        );
+        if !a.yes {
+            eprint!("write {what}? [y/N] ");
+            let mut answer = String::new();
+            std::io::stdin().read_line(&mut answer)?;
+            if !matches!(answer.trim(), "y" | "yes") {
+                println!("not written");
+                return Ok(());
+            }
+        }
+        let back = commission::write(&spec, unit, kind, a.address, &v, a.target.timeout)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        tracing::info!(
+            unit,
+            address = a.address,
+            value,
+            origin = "probe",
+            "write ok"
+        );
+        println!("written {what}; read back {back:?}");
+        return Ok(());
+    }
+    loop {
+        let req = ReadRequest {
+            kind,
+            start: a.address,
+            count: a.count,
+        };
+        match commission::read(&spec, unit, req, a.target.timeout).await {
+            Ok(BlockData::Words(w)) => {
+                print!("{}", fieldgate::mappings::probe::render(a.address, &w))
+            }
+            Ok(BlockData::Bits(b)) => {
+                for (i, bit) in b.iter().take(usize::from(a.count)).enumerate() {
+                    println!("  {:>5}  {}", usize::from(a.address) + i, u8::from(*bit));
+                }
+            }
+            Err(e) if a.watch => eprintln!("probe: {e}"),
+            Err(e) => anyhow::bail!(e),
+        }
+        if !a.watch {
+            return Ok(());
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(a.interval) => println!(),
+        }
+    }
+}
+
+async fn scan(a: ScanArgs) -> anyhow::Result<()> {
+    let spec = a.target.spec()?;
+    anyhow::ensure!(a.from <= a.to, "--from must not exceed --to");
+    let gap = match &spec {
+        fieldgate::model::LinkSpec::Rtu(s) => fieldgate::mappings::bustime::default_frame_gap(s),
+        _ => std::time::Duration::ZERO,
+    };
+    let started = std::time::Instant::now();
+    let found = fieldgate::inputs::commission::scan(&spec, a.from..=a.to, a.target.timeout, gap)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let list: Vec<String> = found.iter().map(ToString::to_string).collect();
+    println!(
+        "units answering on {spec}: {} (scanned {}-{} in {:.1} s)",
+        if list.is_empty() {
+            "none".to_owned()
+        } else {
+            list.join(", ")
+        },
+        a.from,
+        a.to,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

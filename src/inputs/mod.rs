@@ -4,6 +4,7 @@
 //! arrive as [`WriteRequest`]s and are answered with the read-back data.
 
 pub mod client;
+pub mod commission;
 pub mod link;
 
 use std::sync::Arc;

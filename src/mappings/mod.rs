@@ -10,6 +10,7 @@ pub mod command;
 pub mod engine;
 pub mod group;
 pub mod plan;
+pub mod probe;
 
 use std::sync::Arc;
 use std::time::SystemTime;

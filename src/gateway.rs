@@ -63,6 +63,7 @@ pub async fn run(model: Arc<Model>, shutdown: CancellationToken) -> anyhow::Resu
             model: Arc::clone(&model),
             events: ev_tx.clone(),
             writes: wrx,
+            beat: crate::supervisor::heartbeat(format!("link {}", l.name)),
         };
         tracker.spawn(task.run(links.clone()));
     }
@@ -79,7 +80,12 @@ pub async fn run(model: Arc<Model>, shutdown: CancellationToken) -> anyhow::Resu
         executor_stop.clone(),
     ));
 
+    // The mapping is loaded and every link is making its first connection attempt.
+    crate::supervisor::notify_ready();
+    crate::supervisor::spawn_watchdog(shutdown.clone());
+
     shutdown.cancelled().await;
+    crate::supervisor::notify_stopping();
     tracing::info!("shutting down");
     executor_stop.cancel();
     let _ = executor.await;
@@ -109,6 +115,8 @@ async fn run_engine(
     out: mpsc::Sender<Publication>,
 ) {
     let mut engine = Engine::new(model);
+    let beat = crate::supervisor::heartbeat("engine");
+    let mut tick = tokio::time::interval(crate::supervisor::BEAT_EVERY);
     loop {
         // Group windows close on the wall clock; the timer re-arms after every event.
         let wait = engine
@@ -123,6 +131,10 @@ async fn run_engine(
                 None => break,
             },
             () = tokio::time::sleep(wait) => engine.tick(SystemTime::now()),
+            _ = tick.tick() => {
+                beat.beat();
+                continue;
+            }
         };
         for p in pubs {
             enqueue(&out, p);

@@ -23,3 +23,4 @@ pub use gateway::run;
 pub mod check;
 #[cfg(feature = "embedded-broker")]
 pub mod demo;
+pub mod supervisor;

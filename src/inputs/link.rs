@@ -45,6 +45,8 @@ pub struct Link {
     pub model: Arc<Model>,
     pub events: mpsc::Sender<LinkEvent>,
     pub writes: mpsc::Receiver<WriteRequest>,
+    /// Beaten from this task's loop; the systemd watchdog watches it.
+    pub beat: crate::supervisor::Heartbeat,
 }
 
 #[derive(Debug)]
@@ -192,10 +194,12 @@ impl Link {
 
     /// While the link is down: answer every write with an error at once; true on shutdown.
     async fn refuse_writes_until(&mut self, until: Instant, shutdown: &CancellationToken) -> bool {
+        let mut tick = tokio::time::interval(crate::supervisor::BEAT_EVERY);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return true,
                 () = sleep_until(until) => return false,
+                _ = tick.tick() => self.beat.beat(),
                 Some(w) = self.writes.recv() => {
                     let dev = &self.model.devices[w.op.device];
                     let p = &self.model.points[w.op.point];
@@ -213,6 +217,7 @@ impl Link {
         states: &mut [DeviceState],
         shutdown: &CancellationToken,
     ) -> Stop {
+        let mut tick = tokio::time::interval(crate::supervisor::BEAT_EVERY);
         loop {
             let next = (0..states.len())
                 .min_by_key(|&i| (states[i].due, states[i].last_polled))
@@ -221,6 +226,7 @@ impl Link {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Stop::Shutdown,
+                _ = tick.tick() => self.beat.beat(),
                 Some(w) = self.writes.recv() => {
                     if let Err(e) = self.write(bus, w).await {
                         return Stop::LinkDown(e);
@@ -259,6 +265,7 @@ impl Link {
         for attempt in 0..2 {
             sleep_until(bus.last_frame + link.frame_gap + link.turnaround).await;
             bus.client.set_unit(dev.unit);
+            self.beat.beat();
             let sent = Instant::now();
             let r = timeout(dev.timeout, bus.client.read(req)).await;
             bus.last_frame = Instant::now();

@@ -80,6 +80,7 @@ pub fn start(
     let broker = format!("{}:{}", settings.host, settings.port);
     let session = Session {
         broker,
+        keep_alive: settings.keep_alive,
         status_topic: settings.status_topic.clone(),
         subscriptions,
         on_connect,
@@ -147,6 +148,7 @@ async fn run_publisher(client: AsyncClient, mut outbound: mpsc::Receiver<Publica
 /// What every new session needs: where, what to subscribe, what to announce.
 struct Session {
     broker: String,
+    keep_alive: Duration,
     status_topic: Arc<str>,
     subscriptions: Vec<(Arc<str>, Qos)>,
     on_connect: Vec<Publication>,
@@ -161,6 +163,7 @@ async fn run_event_loop(
 ) {
     let Session {
         broker,
+        keep_alive,
         status_topic,
         subscriptions,
         on_connect,
@@ -171,7 +174,13 @@ async fn run_event_loop(
     let mut in_flight: std::collections::HashMap<u16, tokio::time::Instant> =
         std::collections::HashMap::new();
     let mut last_error = String::new();
+    // `poll()` is never raced against a timer (it also connects and writes, which must not be
+    // cut short), so this task beats when poll returns: at least once per keep-alive (the ping).
+    let beat =
+        crate::supervisor::heartbeat_within("mqtt", keep_alive * 2 + Duration::from_secs(10));
+    let mut tick = tokio::time::interval(crate::supervisor::BEAT_EVERY);
     loop {
+        beat.beat();
         let event = tokio::select! {
             () = hard_stop.cancelled() => return,
             e = event_loop.poll() => e,
@@ -238,9 +247,15 @@ async fn run_event_loop(
                 connected = false;
                 last_error = reason;
                 in_flight.clear();
-                tokio::select! {
-                    () = hard_stop.cancelled() => return,
-                    () = tokio::time::sleep(delay) => {}
+                // Sleep out the backoff, beating as we go.
+                let until = tokio::time::Instant::now() + delay;
+                loop {
+                    beat.beat();
+                    tokio::select! {
+                        () = hard_stop.cancelled() => return,
+                        () = tokio::time::sleep_until(until) => break,
+                        _ = tick.tick() => {}
+                    }
                 }
             }
         }

@@ -3,19 +3,25 @@
 //!
 //! Shutdown order: stop taking commands (the one in flight finishes), stop the links (a write
 //! in flight finishes), drain the engine, then MQTT publishes `offline` and disconnects.
+//!
+//! Reload (SIGHUP, `--watch`): the new file is validated in full first; if it is invalid, or
+//! changes the `mqtt` or `metrics` section, the old configuration keeps running. Otherwise the
+//! MQTT session stays up, links whose behaviour is unchanged keep polling without a gap,
+//! changed ones restart, removed ones stop and their retained device status is cleared. The
+//! result goes to the log and, retained, to `<status_topic>/reload`.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::events;
 use crate::inputs::link::Link;
-use crate::inputs::{LinkEvent, WriteRequest};
+use crate::inputs::{LinkEvent, WriteRequest, WriteTarget};
 use crate::mappings::command::{CommandError, Router, printable, readback_matches};
 use crate::mappings::engine::{Engine, decode_at, render_plain, timestamp};
 use crate::mappings::{Fault, Publication};
@@ -25,8 +31,152 @@ use crate::outputs::mqtt::{self, IncomingCommand};
 /// How long shutdown may spend flushing to the broker.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
+/// What the executor works from; replaced as a whole on reload.
+#[derive(Debug)]
+struct Snapshot {
+    model: Arc<Model>,
+    router: Router,
+    /// Device name -> the queue of its link task.
+    writers: HashMap<Arc<str>, mpsc::Sender<WriteRequest>>,
+}
+
+/// A running link task.
+#[derive(Debug)]
+struct Running {
+    /// What the task's behaviour depends on (see [`link_signature`]).
+    signature: String,
+    devices: Vec<Arc<str>>,
+    writer: mpsc::Sender<WriteRequest>,
+    stop: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+/// Everything a link task's behaviour depends on: the link and, for each of its devices, the
+/// name, unit, timeout, poll interval and read plan. Equal signatures across a reload mean the
+/// task can keep running on its old model without a gap.
+fn link_signature(m: &Model, link: usize) -> String {
+    let l = &m.links[link];
+    let devices: Vec<String> = l
+        .devices
+        .iter()
+        .map(|&d| {
+            let d = &m.devices[d];
+            format!(
+                "{}|{}|{:?}|{:?}|{:?}",
+                d.name, d.unit, d.timeout, d.poll_interval, d.plan.requests
+            )
+        })
+        .collect();
+    format!(
+        "{}|{:?}|{:?}|{:?}|{}|{:?}|{devices:?}",
+        l.name, l.spec, l.frame_gap, l.turnaround, l.quarantine_after, l.quarantine_max
+    )
+}
+
+fn start_link(model: &Arc<Model>, link: usize, events: &mpsc::Sender<LinkEvent>) -> Running {
+    let l = &model.links[link];
+    let (writer, writes) = mpsc::channel(16);
+    let stop = CancellationToken::new();
+    let task = Link {
+        link,
+        model: Arc::clone(model),
+        events: events.clone(),
+        writes,
+        beat: crate::supervisor::heartbeat(format!("link {}", l.name)),
+    };
+    Running {
+        signature: link_signature(model, link),
+        devices: l
+            .devices
+            .iter()
+            .map(|&d| model.devices[d].name.clone())
+            .collect(),
+        writer,
+        done: tokio::spawn(task.run(stop.clone())),
+        stop,
+    }
+}
+
+fn snapshot(model: &Arc<Model>, running: &[Running]) -> Arc<Snapshot> {
+    let mut writers = HashMap::new();
+    for r in running {
+        for d in &r.devices {
+            writers.insert(d.clone(), r.writer.clone());
+        }
+    }
+    Arc::new(Snapshot {
+        model: Arc::clone(model),
+        router: Router::new(Arc::clone(model)),
+        writers,
+    })
+}
+
+fn group_configurations(model: &Model) -> Vec<Publication> {
+    model
+        .groups
+        .iter()
+        .filter_map(|g| crate::mappings::group::configuration_publication(g, SystemTime::now()))
+        .collect()
+}
+
+/// Where reloads come from: the mapping file, and a stream of "read it again" requests
+/// (SIGHUP, `--watch`).
+#[derive(Debug)]
+pub struct Reloads {
+    pub path: PathBuf,
+    pub requests: mpsc::Receiver<()>,
+}
+
+/// Reload requests on SIGHUP, and, with `watch`, when the file's modification time or size
+/// changes (checked every second).
+pub fn reload_requests(path: PathBuf, watch: bool, shutdown: CancellationToken) -> Reloads {
+    let (tx, requests) = mpsc::channel(4);
+    let watched = path.clone();
+    tokio::spawn(async move {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP");
+                None
+            }
+        };
+        let stamp = |p: &Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().ok(), m.len()))
+        };
+        let mut last = stamp(&watched);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    let _ = tx.try_send(());
+                }
+                _ = tick.tick(), if watch => {
+                    let now = stamp(&watched);
+                    if now != last {
+                        last = now;
+                        let _ = tx.try_send(());
+                    }
+                }
+            }
+        }
+    });
+    Reloads { path, requests }
+}
+
 /// Run the gateway until `shutdown` is cancelled.
 pub async fn run(model: Arc<Model>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_reloadable(model, None, shutdown).await
+}
+
+/// Run the gateway, applying `reloads` as they come, until `shutdown` is cancelled.
+pub async fn run_reloadable(
+    mut model: Arc<Model>,
+    mut reloads: Option<Reloads>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     if let Some(addr) = model.metrics_listen {
         crate::telemetry::serve_metrics(addr, shutdown.clone())
             .await
@@ -35,48 +185,33 @@ pub async fn run(model: Arc<Model>, shutdown: CancellationToken) -> anyhow::Resu
     let (out_tx, out_rx) = mpsc::channel::<Publication>(model.mqtt.queue_capacity);
     let (cmd_tx, cmd_rx) = mpsc::channel::<IncomingCommand>(64);
     // Retained group configurations go out after every connect, like `online`.
-    let on_connect: Vec<Publication> = model
-        .groups
-        .iter()
-        .filter_map(|g| crate::mappings::group::configuration_publication(g, SystemTime::now()))
-        .collect();
     let mqtt = mqtt::start(
         &model.mqtt,
         model.subscriptions(),
-        on_connect,
+        group_configurations(&model),
         out_rx,
         cmd_tx,
     );
 
     // One task per link (a TCP connection or an RTU bus), as compiled into the model.
     let (ev_tx, ev_rx) = mpsc::channel::<LinkEvent>(256);
-    let links = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let mut writers = vec![None; model.devices.len()];
-    for (link, l) in model.links.iter().enumerate() {
-        let (wtx, wrx) = mpsc::channel(16);
-        for &d in &l.devices {
-            writers[d] = Some(wtx.clone());
-        }
-        let task = Link {
-            link,
-            model: Arc::clone(&model),
-            events: ev_tx.clone(),
-            writes: wrx,
-            beat: crate::supervisor::heartbeat(format!("link {}", l.name)),
-        };
-        tracker.spawn(task.run(links.clone()));
-    }
-    drop(ev_tx);
-    tracker.close();
+    let mut running: Vec<Running> = (0..model.links.len())
+        .map(|l| start_link(&model, l, &ev_tx))
+        .collect();
 
-    let engine = tokio::spawn(run_engine(Arc::clone(&model), ev_rx, out_tx.clone()));
+    let (engine_tx, engine_rx) = mpsc::channel::<Arc<Model>>(1);
+    let engine = tokio::spawn(run_engine(
+        Arc::clone(&model),
+        ev_rx,
+        engine_rx,
+        out_tx.clone(),
+    ));
+    let (snap_tx, snap_rx) = tokio::sync::watch::channel(snapshot(&model, &running));
     let executor_stop = CancellationToken::new();
     let executor = tokio::spawn(run_executor(
-        Arc::clone(&model),
+        snap_rx,
         cmd_rx,
-        writers,
-        out_tx,
+        out_tx.clone(),
         executor_stop.clone(),
     ));
 
@@ -84,17 +219,166 @@ pub async fn run(model: Arc<Model>, shutdown: CancellationToken) -> anyhow::Resu
     crate::supervisor::notify_ready();
     crate::supervisor::spawn_watchdog(shutdown.clone());
 
-    shutdown.cancelled().await;
+    loop {
+        let request = async {
+            match reloads.as_mut() {
+                Some(r) => r.requests.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            Some(()) = request => {
+                let Some(r) = reloads.as_ref() else { continue };
+                let path = r.path.clone();
+                let _ = sd_reloading();
+                if let Some(new) = reload(&path, &model, &mut running, &ev_tx, &mqtt, &out_tx).await {
+                    let _ = engine_tx.send(Arc::clone(&new)).await;
+                    let _ = snap_tx.send(snapshot(&new, &running));
+                    model = new;
+                }
+                crate::supervisor::notify_ready();
+            }
+        }
+    }
+
     crate::supervisor::notify_stopping();
     tracing::info!("shutting down");
     executor_stop.cancel();
     let _ = executor.await;
-    links.cancel();
-    tracker.wait().await;
+    for r in &running {
+        r.stop.cancel();
+    }
+    for r in running {
+        let _ = r.done.await;
+    }
+    drop(ev_tx);
+    drop(engine_tx);
     let _ = engine.await;
     mqtt.shutdown(SHUTDOWN_GRACE).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn sd_reloading() -> std::io::Result<()> {
+    sd_notify::notify(&[sd_notify::NotifyState::Reloading])
+}
+
+/// Apply a changed mapping file. Returns the new model, or `None` (old config kept) when the
+/// file is invalid or changes what cannot change without a restart.
+async fn reload(
+    path: &Path,
+    old: &Arc<Model>,
+    running: &mut Vec<Running>,
+    events: &mpsc::Sender<LinkEvent>,
+    mqtt: &mqtt::MqttOutput,
+    out: &mpsc::Sender<Publication>,
+) -> Option<Arc<Model>> {
+    let report_topic: Arc<str> = Arc::from(format!("{}/reload", old.mqtt.status_topic));
+    let report = |body: serde_json::Value| Publication {
+        topic: report_topic.clone(),
+        payload: body.to_string().into_bytes(),
+        qos: crate::mappings::Qos::AtLeastOnce,
+        retain: true,
+        created_at: SystemTime::now(),
+    };
+    let rejected = |errors: Vec<String>| {
+        for e in &errors {
+            tracing::error!(error = %e, "reload rejected");
+        }
+        enqueue(
+            out,
+            report(
+                json!({"result": "rejected", "errors": errors, "ts": timestamp(SystemTime::now())}),
+            ),
+        );
+        None
+    };
+    let new = match crate::config::load(path) {
+        Ok(m) => Arc::new(m),
+        Err(crate::config::ConfigError::Invalid { issues, .. }) => {
+            let e = crate::config::ConfigError::Invalid {
+                path: path.to_owned(),
+                issues,
+            };
+            return rejected(e.to_string().lines().map(str::to_owned).collect());
+        }
+        Err(e) => return rejected(vec![e.to_string()]),
+    };
+    let m = (&new.mqtt, &old.mqtt);
+    if m.0.host != m.1.host
+        || m.0.port != m.1.port
+        || m.0.client_id != m.1.client_id
+        || m.0.keep_alive != m.1.keep_alive
+        || m.0.status_topic != m.1.status_topic
+        || m.0.queue_capacity != m.1.queue_capacity
+        || new.metrics_listen != old.metrics_listen
+    {
+        return rejected(vec![format!(
+            "{}: the mqtt or metrics section changed; that needs a restart (the MQTT session is kept on reload)",
+            path.display()
+        )]);
+    }
+
+    // Keep the links whose behaviour is unchanged; stop the others; start the new ones.
+    let mut kept = Vec::new();
+    let mut stopped = 0;
+    let mut pool: Vec<Running> = std::mem::take(running);
+    let wanted: Vec<String> = (0..new.links.len())
+        .map(|l| link_signature(&new, l))
+        .collect();
+    for (l, sig) in wanted.iter().enumerate() {
+        if let Some(i) = pool.iter().position(|r| &r.signature == sig) {
+            kept.push((l, pool.swap_remove(i)));
+        }
+    }
+    for r in pool {
+        r.stop.cancel();
+        let _ = r.done.await;
+        stopped += 1;
+    }
+    let (n_kept, mut started) = (kept.len(), 0);
+    let mut next: Vec<Option<Running>> = (0..new.links.len()).map(|_| None).collect();
+    for (l, r) in kept {
+        next[l] = Some(r);
+    }
+    for (l, slot) in next.iter_mut().enumerate() {
+        if slot.is_none() {
+            *slot = Some(start_link(&new, l, events));
+            started += 1;
+        }
+    }
+    *running = next.into_iter().flatten().collect();
+
+    // Removed devices: clear their retained status.
+    for d in &old.devices {
+        if !new.devices.iter().any(|n| n.name == d.name) {
+            enqueue(
+                out,
+                Publication {
+                    topic: d.status_topic.clone(),
+                    payload: Vec::new(),
+                    qos: crate::mappings::Qos::AtLeastOnce,
+                    retain: true,
+                    created_at: SystemTime::now(),
+                },
+            );
+        }
+    }
+    mqtt.update(new.subscriptions(), group_configurations(&new));
+    tracing::info!(
+        links_kept = n_kept,
+        links_stopped = stopped,
+        links_started = started,
+        "reload applied"
+    );
+    enqueue(
+        out,
+        report(
+            json!({"result": "applied", "links": {"kept": n_kept, "stopped": stopped, "started": started}, "ts": timestamp(SystemTime::now())}),
+        ),
+    );
+    Some(new)
 }
 
 fn enqueue(out: &mpsc::Sender<Publication>, p: Publication) {
@@ -112,6 +396,7 @@ fn enqueue(out: &mpsc::Sender<Publication>, p: Publication) {
 async fn run_engine(
     model: Arc<Model>,
     mut events: mpsc::Receiver<LinkEvent>,
+    mut reloads: mpsc::Receiver<Arc<Model>>,
     out: mpsc::Sender<Publication>,
 ) {
     let mut engine = Engine::new(model);
@@ -126,10 +411,25 @@ async fn run_engine(
             });
         let pubs = tokio::select! {
             ev = events.recv() => match ev {
-                Some(LinkEvent::Poll(p)) => engine.on_poll(&p, Instant::now()),
-                Some(LinkEvent::Status { device, status, at }) => engine.on_device_status(device, status, at),
+                Some(LinkEvent::Poll { name, mut poll }) => match engine.device_id(&name, poll.device) {
+                    Some(id) => {
+                        poll.device = id;
+                        engine.on_poll(&poll, Instant::now())
+                    }
+                    None => continue,
+                },
+                Some(LinkEvent::Status { name, device, status, at }) => match engine.device_id(&name, device) {
+                    Some(id) => engine.on_device_status(id, status, at),
+                    None => continue,
+                },
                 None => break,
             },
+            Some(new) = reloads.recv() => {
+                // Published values start afresh under the new mapping: every value goes out
+                // on its next poll.
+                engine = Engine::new(new);
+                continue;
+            }
             () = tokio::time::sleep(wait) => engine.tick(SystemTime::now()),
             _ = tick.tick() => {
                 beat.beat();
@@ -153,18 +453,18 @@ fn rejection_kind(e: &CommandError) -> &'static str {
 }
 
 async fn run_executor(
-    model: Arc<Model>,
+    snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
     mut commands: mpsc::Receiver<IncomingCommand>,
-    writers: Vec<Option<mpsc::Sender<WriteRequest>>>,
     out: mpsc::Sender<Publication>,
     stop: CancellationToken,
 ) {
-    let router = Router::new(Arc::clone(&model));
     loop {
         let cmd = tokio::select! {
             () = stop.cancelled() => return,
             c = commands.recv() => match c { Some(c) => c, None => return },
         };
+        let snap = Arc::clone(&snapshots.borrow());
+        let (model, router) = (&snap.model, &snap.router);
         let text = printable(&String::from_utf8_lossy(&cmd.payload));
         let ack = |ci: usize, body: serde_json::Value| {
             let c = &model.commands[ci];
@@ -199,14 +499,22 @@ async fn run_executor(
         let mut failure: Option<String> = None;
         for op in accepted.writes {
             let point = &model.points[op.point];
-            let Some(writer) = &writers[op.device] else {
+            let device = &model.devices[op.device];
+            let Some(writer) = snap.writers.get(&device.name) else {
                 continue;
             };
             let (reply_tx, reply_rx) = oneshot::channel();
             let written = op.value.clone();
-            let device_timeout = model.devices[op.device].timeout;
+            let device_timeout = device.timeout;
+            let target = WriteTarget {
+                device: device.name.clone(),
+                point: point.name.clone(),
+                unit: device.unit,
+                timeout: device.timeout,
+            };
             let req = WriteRequest {
                 op,
+                target,
                 origin: origin.clone(),
                 reply: reply_tx,
             };

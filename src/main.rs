@@ -24,11 +24,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the gateway until SIGINT or SIGTERM.
+    /// Run the gateway until SIGINT or SIGTERM; SIGHUP re-reads the mapping file.
     Run {
         /// The mapping file.
         #[arg(short, long)]
         config: PathBuf,
+        /// Also re-read the mapping file when it changes on disk.
+        #[arg(long)]
+        watch: bool,
     },
     /// Validate a mapping file and print what it will do; touches no network.
     Check {
@@ -312,9 +315,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signals();
     match command {
         Command::Check { .. } | Command::Schema => unreachable!("handled without a runtime"),
-        Command::Run { config } => {
+        Command::Run { config, watch } => {
             let model = config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
-            fieldgate::run(Arc::new(model), shutdown).await
+            let reloads = fieldgate::gateway::reload_requests(config, watch, shutdown.clone());
+            fieldgate::gateway::run_reloadable(Arc::new(model), Some(reloads), shutdown).await
         }
         Command::Simulate {
             plant: Plant::WaterTower(args),

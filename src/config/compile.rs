@@ -468,6 +468,9 @@ pub(super) fn compile(raw: RawConfig, hostname: &str) -> Result<Model, Vec<Issue
             }
         );
         check_name(&mut ctx, &d.name, &format!("{dpath}.name"));
+        if d.name.as_str() == "reload" && d.status_topic.is_none() {
+            ctx.err(&d.name, format!("{dpath}.name"), "`reload` is reserved: the gateway reports reloads on <status_topic>/reload (set status_topic or rename)");
+        }
         if !device_names.insert(d.name.value.clone()) {
             ctx.err(
                 &d.name,

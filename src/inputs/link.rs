@@ -26,7 +26,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
 use super::client::{Client, LinkError, ModbusClient, open};
-use super::{LinkEvent, WriteRequest};
+use super::{LinkEvent, WriteRequest, WriteTarget};
 use crate::backoff::Backoff;
 use crate::events;
 use crate::mappings::command::{format_number, write_width};
@@ -182,12 +182,15 @@ impl Link {
         };
         events::device_status(&self.model.devices[st.device].name, ok, reason);
         st.status = Some(status.clone());
+        let name = self.model.devices[st.device].name.clone();
+        let at = SystemTime::now();
         let _ = self
             .events
             .send(LinkEvent::Status {
+                name,
                 device: st.device,
                 status,
-                at: SystemTime::now(),
+                at,
             })
             .await;
     }
@@ -201,9 +204,8 @@ impl Link {
                 () = sleep_until(until) => return false,
                 _ = tick.tick() => self.beat.beat(),
                 Some(w) = self.writes.recv() => {
-                    let dev = &self.model.devices[w.op.device];
-                    let p = &self.model.points[w.op.point];
-                    events::write_done(&dev.name, &p.name, w.op.address, &value_text(&w.op.value), &w.origin, Err("device not connected"));
+                    let t = &w.target;
+                    events::write_done(&t.device, &t.point, w.op.address, &value_text(&w.op.value), &w.origin, Err("device not connected"));
                     let _ = w.reply.send(Err(Fault::NotConnected));
                 }
             }
@@ -257,11 +259,10 @@ impl Link {
     async fn read(
         &self,
         bus: &mut Bus,
-        device: DeviceId,
+        dev: &WriteTarget,
         req: ReadRequest,
     ) -> Result<Result<BlockData, u8>, Fail> {
         let link = &self.model.links[self.link];
-        let dev = &self.model.devices[device];
         for attempt in 0..2 {
             sleep_until(bus.last_frame + link.frame_gap + link.turnaround).await;
             bus.client.set_unit(dev.unit);
@@ -277,27 +278,27 @@ impl Link {
                         BlockData::Bits(b) => b.len(),
                     };
                     if got >= usize::from(req.count) {
-                        events::modbus_request(&dev.name, "ok");
+                        events::modbus_request(&dev.device, "ok");
                         return Ok(Ok(data));
                     }
-                    events::modbus_request(&dev.name, "protocol");
+                    events::modbus_request(&dev.device, "protocol");
                     format!("short reply: {got} of {} values", req.count)
                 }
                 Ok(Ok(Err(code))) => {
-                    events::modbus_request(&dev.name, "exception");
-                    events::modbus_exception(&dev.name, req.kind.read_function(), code);
+                    events::modbus_request(&dev.device, "exception");
+                    events::modbus_exception(&dev.device, req.kind.read_function(), code);
                     return Ok(Err(code));
                 }
                 Ok(Err(LinkError::Transport(e))) => {
-                    events::modbus_request(&dev.name, "transport");
+                    events::modbus_request(&dev.device, "transport");
                     return Err(Fail::Link(format!("transport: {e}")));
                 }
                 Ok(Err(LinkError::Protocol(e))) => {
-                    events::modbus_request(&dev.name, "protocol");
+                    events::modbus_request(&dev.device, "protocol");
                     format!("bad reply: {e}")
                 }
                 Err(_) => {
-                    events::modbus_request(&dev.name, "timeout");
+                    events::modbus_request(&dev.device, "timeout");
                     self.reopen(bus, dev.unit).await.map_err(Fail::Link)?;
                     return Err(Fail::Device(
                         Fault::Timeout,
@@ -316,7 +317,7 @@ impl Link {
             if attempt == 1 {
                 return Err(Fail::Device(Fault::Transport(fault.clone()), fault));
             }
-            tracing::debug!(device = %dev.name, reason = %fault, "discarded a reply; retrying once");
+            tracing::debug!(device = %dev.device, reason = %fault, "discarded a reply; retrying once");
         }
         unreachable!("the loop returns on its second attempt")
     }
@@ -329,12 +330,18 @@ impl Link {
     ) -> Result<(), String> {
         let link = &self.model.links[self.link];
         let dev = &self.model.devices[st.device];
+        let target = WriteTarget {
+            device: dev.name.clone(),
+            point: Arc::from(""),
+            unit: dev.unit,
+            timeout: dev.timeout,
+        };
         let started = Instant::now();
         let read_at = SystemTime::now();
         let mut blocks = Vec::with_capacity(dev.plan.requests.len());
         let mut failed: Option<String> = None;
         for &req in &dev.plan.requests {
-            match self.read(bus, st.device, req).await {
+            match self.read(bus, &target, req).await {
                 Ok(r) => blocks.push(r.map_err(Fault::Exception)),
                 Err(Fail::Link(e)) => return Err(e),
                 Err(Fail::Device(_, reason)) => {
@@ -358,16 +365,16 @@ impl Link {
                     _ => DeviceStatus::Ok,
                 };
                 self.set_status(st, status).await;
-                if self
-                    .events
-                    .send(LinkEvent::Poll(PollResult {
-                        device: st.device,
-                        read_at,
-                        blocks,
-                    }))
-                    .await
-                    .is_err()
-                {
+                let poll = PollResult {
+                    device: st.device,
+                    read_at,
+                    blocks,
+                };
+                let ev = LinkEvent::Poll {
+                    name: dev.name.clone(),
+                    poll,
+                };
+                if self.events.send(ev).await.is_err() {
                     return Err("shutting down".into());
                 }
                 // Keep the rhythm, but never try to catch up a backlog of missed cycles.
@@ -405,8 +412,8 @@ impl Link {
     async fn write(&self, bus: &mut Bus, w: WriteRequest) -> Result<(), String> {
         let link = &self.model.links[self.link];
         let op = &w.op;
-        let dev = &self.model.devices[op.device];
-        let point = &self.model.points[op.point];
+        // From the sender's model: this link may be running on an older one.
+        let dev = &w.target;
         let value = value_text(&op.value);
         sleep_until(bus.last_frame + link.frame_gap + link.turnaround).await;
         bus.client.set_unit(dev.unit);
@@ -442,7 +449,7 @@ impl Link {
                     start: op.address,
                     count: write_width(&op.value),
                 };
-                match self.read(bus, op.device, req).await {
+                match self.read(bus, dev, req).await {
                     Ok(r) => r.map_err(Fault::Exception),
                     Err(Fail::Device(f, _)) => Err(f),
                     Err(Fail::Link(e)) => {
@@ -454,8 +461,8 @@ impl Link {
         };
         let result = reply.as_ref().map(|_| ()).map_err(ToString::to_string);
         events::write_done(
-            &dev.name,
-            &point.name,
+            &dev.device,
+            &dev.point,
             op.address,
             &value,
             &w.origin,

@@ -14,21 +14,38 @@ use tokio::sync::oneshot;
 
 use crate::mappings::{BlockData, DeviceId, DeviceStatus, Fault, PollResult, WriteOp};
 
-/// What a link task reports.
+/// What a link task reports. `name` is the device's name: after a hot reload a link that kept
+/// running still speaks of its devices by the ids of the model it started with, and the
+/// engine maps them by name.
 #[derive(Debug)]
 pub enum LinkEvent {
-    Poll(PollResult),
+    Poll {
+        name: Arc<str>,
+        poll: PollResult,
+    },
     Status {
+        name: Arc<str>,
         device: DeviceId,
         status: DeviceStatus,
         at: SystemTime,
     },
 }
 
+/// What the link needs to know about the device it writes to, resolved by the sender from
+/// its current model (the link may be running on an older one).
+#[derive(Debug, Clone)]
+pub struct WriteTarget {
+    pub device: Arc<str>,
+    pub point: Arc<str>,
+    pub unit: u8,
+    pub timeout: std::time::Duration,
+}
+
 /// A write for the link's device, with where it came from and where to send the result.
 #[derive(Debug)]
 pub struct WriteRequest {
     pub op: WriteOp,
+    pub target: WriteTarget,
     /// Who asked, for the log line: e.g. `mqtt:ISBTest/pumpcontrol/pump`.
     pub origin: Arc<str>,
     /// The read-back of the written address, or why the write failed.

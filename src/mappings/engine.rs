@@ -240,6 +240,16 @@ impl Engine {
         }
     }
 
+    /// The id in this engine's model of the device `name`, which its link called `hint` (the
+    /// same id unless the link runs on an older model after a reload).
+    pub fn device_id(&self, name: &str, hint: DeviceId) -> Option<DeviceId> {
+        let devices = &self.model.devices;
+        if devices.get(hint).is_some_and(|d| &*d.name == name) {
+            return Some(hint);
+        }
+        devices.iter().position(|d| &*d.name == name)
+    }
+
     /// Close the group windows that ended by `now`; returns their messages.
     pub fn tick(&mut self, now: SystemTime) -> Vec<Publication> {
         self.groups.tick(now)
@@ -589,6 +599,14 @@ derived:
                 .iter()
                 .all(|(k, _)| *k == "t/level" || *k == "t/temp")
         );
+    }
+
+    #[test]
+    fn device_ids_map_by_name() {
+        let e = engine();
+        assert_eq!(e.device_id("tower", 0), Some(0));
+        assert_eq!(e.device_id("tower", 7), Some(0));
+        assert_eq!(e.device_id("gone", 0), None);
     }
 
     #[test]

@@ -41,10 +41,18 @@ pub struct IncomingCommand {
     pub retain: bool,
 }
 
+/// What a new session subscribes to and announces; replaced on reload.
+#[derive(Debug, Default)]
+struct Announce {
+    subscriptions: Vec<(Arc<str>, Qos)>,
+    on_connect: Vec<Publication>,
+}
+
 /// The running MQTT side.
 #[derive(Debug)]
 pub struct MqttOutput {
     client: AsyncClient,
+    announce: Arc<std::sync::Mutex<Announce>>,
     status_topic: Arc<str>,
     publisher: JoinHandle<()>,
     event_loop: JoinHandle<()>,
@@ -78,12 +86,15 @@ pub fn start(
     let (client, event_loop) = AsyncClient::new(opts, 256);
     let hard_stop = CancellationToken::new();
     let broker = format!("{}:{}", settings.host, settings.port);
+    let announce = Arc::new(std::sync::Mutex::new(Announce {
+        subscriptions,
+        on_connect,
+    }));
     let session = Session {
         broker,
         keep_alive: settings.keep_alive,
         status_topic: settings.status_topic.clone(),
-        subscriptions,
-        on_connect,
+        announce: Arc::clone(&announce),
     };
     let event_loop = tokio::spawn(run_event_loop(
         event_loop,
@@ -95,6 +106,7 @@ pub fn start(
     let publisher = tokio::spawn(run_publisher(client.clone(), outbound));
     MqttOutput {
         client,
+        announce,
         status_topic: settings.status_topic.clone(),
         publisher,
         event_loop,
@@ -103,6 +115,55 @@ pub fn start(
 }
 
 impl MqttOutput {
+    /// Take a reloaded mapping's subscriptions and announcements on the live session: subscribe
+    /// to new command topics, unsubscribe from removed ones, publish changed retained
+    /// announcements; later reconnects use the new ones.
+    pub fn update(&self, subscriptions: Vec<(Arc<str>, Qos)>, on_connect: Vec<Publication>) {
+        let (added, removed, changed) = {
+            let mut a = self
+                .announce
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let added: Vec<_> = subscriptions
+                .iter()
+                .filter(|s| !a.subscriptions.contains(s))
+                .cloned()
+                .collect();
+            let removed: Vec<_> = a
+                .subscriptions
+                .iter()
+                .filter(|(t, _)| !subscriptions.iter().any(|(n, _)| n == t))
+                .map(|(t, _)| t.clone())
+                .collect();
+            let changed: Vec<_> = on_connect
+                .iter()
+                .filter(|p| {
+                    !a.on_connect
+                        .iter()
+                        .any(|o| o.topic == p.topic && o.payload == p.payload)
+                })
+                .cloned()
+                .collect();
+            a.subscriptions = subscriptions;
+            a.on_connect = on_connect;
+            (added, removed, changed)
+        };
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            for t in removed {
+                let _ = client.unsubscribe(t.as_ref()).await;
+            }
+            for (t, q) in added {
+                let _ = client.subscribe(t.as_ref(), q.into()).await;
+            }
+            for p in changed {
+                let _ = client
+                    .publish(p.topic.as_ref(), p.qos.into(), p.retain, p.payload)
+                    .await;
+            }
+        });
+    }
+
     /// Drain the outbound queue (its senders must be dropped first), publish the retained
     /// `offline`, disconnect, and wait up to `grace` for it all to leave.
     pub async fn shutdown(self, grace: Duration) {
@@ -150,8 +211,7 @@ struct Session {
     broker: String,
     keep_alive: Duration,
     status_topic: Arc<str>,
-    subscriptions: Vec<(Arc<str>, Qos)>,
-    on_connect: Vec<Publication>,
+    announce: Arc<std::sync::Mutex<Announce>>,
 }
 
 async fn run_event_loop(
@@ -165,8 +225,7 @@ async fn run_event_loop(
         broker,
         keep_alive,
         status_topic,
-        subscriptions,
-        on_connect,
+        announce,
     } = session;
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
     let mut connected = false;
@@ -192,9 +251,13 @@ async fn run_event_loop(
                 last_error.clear();
                 events::mqtt_connected(&broker);
                 let client = client.clone();
-                let subscriptions = subscriptions.clone();
+                let (subscriptions, on_connect) = {
+                    let a = announce
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    (a.subscriptions.clone(), a.on_connect.clone())
+                };
                 let status_topic = status_topic.clone();
-                let on_connect = on_connect.clone();
                 tokio::spawn(async move {
                     for (topic, qos) in subscriptions {
                         let _ = client.subscribe(topic.as_ref(), qos.into()).await;

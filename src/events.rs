@@ -37,18 +37,34 @@ pub fn publish_acked(seconds: f64) {
 
 static QUEUE_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// A publication entered the outbound queue, which now holds `depth` messages.
-pub fn queued(bytes: usize, depth: usize) {
-    let total = QUEUE_BYTES.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed) + bytes;
+fn queue_bytes_add(delta: isize) -> usize {
+    use std::sync::atomic::Ordering::Relaxed;
+    let update = |b: usize| Some(b.saturating_add_signed(delta));
+    let old = QUEUE_BYTES
+        .fetch_update(Relaxed, Relaxed, update)
+        .unwrap_or_default();
+    old.saturating_add_signed(delta)
+}
+
+/// A publication is about to enter the outbound queue (counted before it can be taken out).
+pub fn queuing(bytes: usize) {
+    queue_bytes_add(bytes as isize);
+}
+
+/// It entered; the queue now holds `depth` messages. (`ok` false: it did not, undo.)
+pub fn queued(bytes: usize, depth: usize, ok: bool) {
+    let total = if ok {
+        queue_bytes_add(0)
+    } else {
+        queue_bytes_add(-(bytes as isize))
+    };
     gauge!("fieldgate_mqtt_queue_depth").set(depth as f64);
     gauge!("fieldgate_mqtt_queue_bytes").set(total as f64);
 }
 
 /// The oldest publication left the queue after `age_seconds`; `depth` remain.
 pub fn dequeued(bytes: usize, depth: usize, age_seconds: f64) {
-    let total = QUEUE_BYTES
-        .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed)
-        .saturating_sub(bytes);
+    let total = queue_bytes_add(-(bytes as isize));
     gauge!("fieldgate_mqtt_queue_depth").set(depth as f64);
     gauge!("fieldgate_mqtt_queue_bytes").set(total as f64);
     gauge!("fieldgate_mqtt_queue_oldest_age_seconds").set(if depth == 0 {

@@ -384,12 +384,13 @@ async fn reload(
 fn enqueue(out: &mpsc::Sender<Publication>, p: Publication) {
     let topic = p.topic.clone();
     let bytes = p.payload.len() + p.topic.len();
-    match out.try_send(p) {
-        Ok(()) => {
-            events::publication_queued();
-            events::queued(bytes, out.max_capacity() - out.capacity());
-        }
-        Err(_) => events::publication_dropped(&topic),
+    events::queuing(bytes);
+    let ok = out.try_send(p).is_ok();
+    events::queued(bytes, out.max_capacity() - out.capacity(), ok);
+    if ok {
+        events::publication_queued();
+    } else {
+        events::publication_dropped(&topic);
     }
 }
 
@@ -411,14 +412,14 @@ async fn run_engine(
             });
         let pubs = tokio::select! {
             ev = events.recv() => match ev {
-                Some(LinkEvent::Poll { name, mut poll }) => match engine.device_id(&name, poll.device) {
+                Some(LinkEvent::Poll { name, model, mut poll }) => match engine.device_id(&name, poll.device, &model) {
                     Some(id) => {
                         poll.device = id;
                         engine.on_poll(&poll, Instant::now())
                     }
                     None => continue,
                 },
-                Some(LinkEvent::Status { name, device, status, at }) => match engine.device_id(&name, device) {
+                Some(LinkEvent::Status { name, model, device, status, at }) => match engine.device_id(&name, device, &model) {
                     Some(id) => engine.on_device_status(id, status, at),
                     None => continue,
                 },

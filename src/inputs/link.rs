@@ -187,6 +187,7 @@ impl Link {
         let _ = self
             .events
             .send(LinkEvent::Status {
+                model: Arc::clone(&self.model),
                 name,
                 device: st.device,
                 status,
@@ -371,6 +372,7 @@ impl Link {
                     blocks,
                 };
                 let ev = LinkEvent::Poll {
+                    model: Arc::clone(&self.model),
                     name: dev.name.clone(),
                     poll,
                 };

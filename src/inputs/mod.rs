@@ -14,17 +14,21 @@ use tokio::sync::oneshot;
 
 use crate::mappings::{BlockData, DeviceId, DeviceStatus, Fault, PollResult, WriteOp};
 
-/// What a link task reports. `name` is the device's name: after a hot reload a link that kept
-/// running still speaks of its devices by the ids of the model it started with, and the
-/// engine maps them by name.
+/// What a link task reports, with the model it was produced under: after a hot reload a link
+/// that kept running still speaks of its devices by the ids and read plans of the model it
+/// started with, and results still in flight from a stopped link may arrive. The engine maps
+/// devices by `name` and accepts a result only when the read plan it was read under is the
+/// current one.
 #[derive(Debug)]
 pub enum LinkEvent {
     Poll {
         name: Arc<str>,
+        model: Arc<crate::model::Model>,
         poll: PollResult,
     },
     Status {
         name: Arc<str>,
+        model: Arc<crate::model::Model>,
         device: DeviceId,
         status: DeviceStatus,
         at: SystemTime,

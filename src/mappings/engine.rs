@@ -240,14 +240,16 @@ impl Engine {
         }
     }
 
-    /// The id in this engine's model of the device `name`, which its link called `hint` (the
-    /// same id unless the link runs on an older model after a reload).
-    pub fn device_id(&self, name: &str, hint: DeviceId) -> Option<DeviceId> {
-        let devices = &self.model.devices;
-        if devices.get(hint).is_some_and(|d| &*d.name == name) {
-            return Some(hint);
+    /// The id in this engine's model of the device `name`, which a link running on `from`
+    /// called `hint`. `None` when the device is gone, or when `from` is another model whose read
+    /// plan for the device differs (a result read under another plan must not be decoded).
+    pub fn device_id(&self, name: &str, hint: DeviceId, from: &Arc<Model>) -> Option<DeviceId> {
+        if Arc::ptr_eq(from, &self.model) {
+            return self.model.devices.get(hint).map(|_| hint);
         }
-        devices.iter().position(|d| &*d.name == name)
+        let id = self.model.devices.iter().position(|d| &*d.name == name)?;
+        let then = from.devices.get(hint).filter(|d| &*d.name == name)?;
+        (then.plan.requests == self.model.devices[id].plan.requests).then_some(id)
     }
 
     /// Close the group windows that ended by `now`; returns their messages.
@@ -602,11 +604,19 @@ derived:
     }
 
     #[test]
-    fn device_ids_map_by_name() {
+    fn device_ids_map_by_name_only_under_the_same_read_plan() {
         let e = engine();
-        assert_eq!(e.device_id("tower", 0), Some(0));
-        assert_eq!(e.device_id("tower", 7), Some(0));
-        assert_eq!(e.device_id("gone", 0), None);
+        let same = Arc::clone(&e.model);
+        assert_eq!(e.device_id("tower", 0, &same), Some(0));
+        // Another model with the same plan (a link kept across a reload): accepted.
+        let copy = Arc::new(load_str(Path::new("t.yaml"), YAML, Default::default(), "h").unwrap());
+        assert_eq!(e.device_id("tower", 0, &copy), Some(0));
+        assert_eq!(e.device_id("gone", 0, &copy), None);
+        // Another model whose plan differs (a stopped link's last result): refused.
+        let changed = YAML.replace("max_gap: 1", "max_gap: 0");
+        let other =
+            Arc::new(load_str(Path::new("t.yaml"), &changed, Default::default(), "h").unwrap());
+        assert_eq!(e.device_id("tower", 0, &other), None);
     }
 
     #[test]

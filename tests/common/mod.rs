@@ -96,10 +96,7 @@ impl Proc {
             {
                 return l.clone();
             }
-            if tokio::time::timeout_at(deadline, self.seen.changed())
-                .await
-                .is_err()
-            {
+            if !changed_before(&mut self.seen, deadline).await {
                 panic!(
                     "no line containing `{needle}` within {DEADLINE:?}; output:\n{}",
                     self.output()
@@ -122,10 +119,7 @@ impl Proc {
             if count >= n {
                 return;
             }
-            if tokio::time::timeout_at(deadline, self.seen.changed())
-                .await
-                .is_err()
-            {
+            if !changed_before(&mut self.seen, deadline).await {
                 panic!(
                     "fewer than {n} lines with {needles:?} within {DEADLINE:?}; output:\n{}",
                     self.output()
@@ -324,6 +318,8 @@ pub struct Msg {
     pub payload: String,
     pub retain: bool,
     pub seq: usize,
+    /// When the observer received it.
+    pub at: Instant,
 }
 
 /// An MQTT observer subscribed to `filter`; it re-subscribes after every reconnect.
@@ -363,6 +359,7 @@ impl Observer {
                             payload: String::from_utf8_lossy(&p.payload).into_owned(),
                             retain: p.retain,
                             seq,
+                            at: Instant::now(),
                         });
                         let _ = tx.send(v.len());
                     }
@@ -416,10 +413,7 @@ impl Observer {
             {
                 return m.clone();
             }
-            if tokio::time::timeout_at(deadline, self.seen.changed())
-                .await
-                .is_err()
-            {
+            if !changed_before(&mut self.seen, deadline).await {
                 let got: Vec<String> = self
                     .all()
                     .iter()
@@ -483,4 +477,13 @@ pub fn assert_schema(name: &str, msg: &serde_json::Value) {
         errors.is_empty(),
         "message does not match {name}: {errors:?}\n{msg}"
     );
+}
+
+/// Wait for `seen` to change before `deadline`. False on the deadline, and also when the
+/// sender is gone (the process's output ended), where `changed()` would return at once forever.
+async fn changed_before(seen: &mut watch::Receiver<usize>, deadline: tokio::time::Instant) -> bool {
+    matches!(
+        tokio::time::timeout_at(deadline, seen.changed()).await,
+        Ok(Ok(()))
+    )
 }

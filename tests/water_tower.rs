@@ -314,17 +314,36 @@ fn metric(body: &str, name_and_labels: &str) -> Option<f64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_endpoint_counts_polls_requests_and_commands() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("tower.yaml");
-    let mut yaml = std::fs::read_to_string(repo(MAPPING)).unwrap();
-    yaml.push_str("\nmetrics:\n  listen: 127.0.0.1:0\n");
-    std::fs::write(&config, yaml).unwrap();
+async fn metrics_endpoint_counts_polls_requests_errors_and_commands() {
     let (_sim, modbus) = simulator("127.0.0.1:0", &["--speed", "0"]).await;
     let (_broker, mqtt) = broker("127.0.0.1:0").await;
-    let prefix = "t8/pumpcontrol";
-    let mut obs = Observer::start(mqtt, &format!("{prefix}/#")).await;
-    let mut gw = gateway(&config, modbus, mqtt, prefix).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tower.yaml");
+    // One good read and one read outside the simulator's map per poll: a known error per poll.
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+mqtt: {{ host: 127.0.0.1, port: {mp}, status_topic: t8/status }}
+metrics: {{ listen: "127.0.0.1:0" }}
+devices:
+  - name: tower
+    tcp: {{ host: 127.0.0.1, port: {sp} }}
+    poll_interval: 200ms
+    points:
+      - {{ name: level, kind: input_register, address: 0, publish: {{ topic: t8/level, qos: 2 }} }}
+      - {{ name: nothing, kind: input_register, address: 50 }}
+      - {{ name: p1, kind: coil, address: 0, writable: true }}
+commands:
+  - {{ topic: t8/p1/set, write: tower.p1 }}
+"#,
+            mp = mqtt.port(),
+            sp = modbus.port()
+        ),
+    )
+    .unwrap();
+    let mut obs = Observer::start(mqtt, "t8/#").await;
+    let mut gw = gateway(&config, modbus, mqtt, "unused").await;
     let line = gw.wait_line("metrics listening").await;
     let addr = line
         .split("addr=")
@@ -335,46 +354,50 @@ async fn metrics_endpoint_counts_polls_requests_and_commands() {
         .unwrap()
         .to_owned();
 
-    obs.wait_topic(0, &topic(prefix, "status"), |p| p == "online")
+    obs.wait_topic(0, "t8/status", |p| p == "online").await;
+    obs.publish("t8/p1/set", "bogus", false).await;
+    obs.wait_topic(0, "t8/p1/set/ack", |p| p.contains("rejected"))
         .await;
-    obs.publish(&topic(prefix, "pump"), "bogus", false).await;
-    obs.wait_topic(0, &topic(prefix, "pump/ack"), |p| p.contains("rejected"))
+    let since = obs.len();
+    obs.publish("t8/p1/set", "1", false).await;
+    obs.wait_topic(since, "t8/p1/set/ack", |p| p.contains("\"ok\""))
         .await;
-    // Three polls have happened once three levels were published.
     let mut from = 0;
     for _ in 0..3 {
-        from = obs
-            .wait(from, "level", |m| m.topic == topic(prefix, "waterlevel"))
-            .await
-            .seq
-            + 1;
+        from = obs.wait(from, "level", |m| m.topic == "t8/level").await.seq + 1;
     }
 
     let body = scrape(&addr).await;
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
-    let polls = metric(&body, "fieldgate_polls_total{device=\"tower\"}").expect("polls metric");
+    let m = |name: &str| metric(&body, name).unwrap_or_else(|| panic!("{name} missing:\n{body}"));
+    let polls = m("fieldgate_polls_total{device=\"tower\"}");
     assert!(polls >= 3.0, "{body}");
-    // Four requests per poll cycle (coils, discrete inputs, holding and input registers).
-    let ok = metric(
-        &body,
-        "fieldgate_modbus_requests_total{device=\"tower\",outcome=\"ok\"}",
-    )
-    .unwrap();
-    assert!(ok >= 3.0 * polls - 3.0, "{body}");
+    // Per poll: the coil and the level answer, address 50 raises ILLEGAL DATA ADDRESS (code 2).
+    let ok = m("fieldgate_modbus_requests_total{device=\"tower\",outcome=\"ok\"}");
+    let exc = m("fieldgate_modbus_requests_total{device=\"tower\",outcome=\"exception\"}");
+    let by_code = m("fieldgate_modbus_exceptions_total{device=\"tower\",code=\"2\"}");
+    assert!(exc >= polls && by_code == exc, "{body}");
+    assert!(ok >= 2.0 * polls, "{body}");
     assert_eq!(
-        metric(
-            &body,
-            "fieldgate_commands_total{outcome=\"rejected\",reason=\"unknown_payload\"}"
-        ),
-        Some(1.0),
+        m("fieldgate_commands_total{outcome=\"rejected\",reason=\"malformed\"}"),
+        1.0,
         "{body}"
     );
-    assert_eq!(metric(&body, "fieldgate_mqtt_connected"), Some(1.0));
+    assert_eq!(m("fieldgate_commands_total{outcome=\"accepted\"}"), 1.0);
     assert_eq!(
-        metric(&body, "fieldgate_device_up{device=\"tower\"}"),
-        Some(1.0)
+        m("fieldgate_writes_total{device=\"tower\",outcome=\"ok\"}"),
+        1.0
     );
-    assert!(metric(&body, "fieldgate_publications_total").unwrap() >= 3.0);
+    assert_eq!(m("fieldgate_mqtt_connected"), 1.0);
+    assert_eq!(m("fieldgate_device_up{device=\"tower\"}"), 1.0);
+    assert!(m("fieldgate_publications_total") >= 3.0);
+    assert!(m("fieldgate_device_last_success_timestamp_seconds{device=\"tower\"}") > 1.7e9);
+    assert!(
+        m("fieldgate_mqtt_publish_ack_seconds_count") >= 1.0,
+        "QoS 2 levels were acknowledged"
+    );
+    assert!(m("fieldgate_command_duration_seconds_count") >= 1.0);
+    assert!(body.contains("fieldgate_mqtt_queue_depth"));
     assert!(scrape(&addr).await.starts_with("HTTP/1.1 200"));
 }
 

@@ -128,14 +128,7 @@ impl WaterTower {
         size: u16,
         max: u16,
     ) -> Result<std::ops::Range<usize>, ExceptionCode> {
-        if cnt == 0 || cnt > max {
-            return Err(ExceptionCode::IllegalDataValue);
-        }
-        let end = u32::from(addr) + u32::from(cnt);
-        if end > u32::from(size) {
-            return Err(ExceptionCode::IllegalDataAddress);
-        }
-        Ok(usize::from(addr)..end as usize)
+        super::check_range(addr, cnt, size, max)
     }
 
     pub fn read_input_registers(&self, addr: u16, cnt: u16) -> Result<Vec<u16>, ExceptionCode> {

@@ -24,30 +24,27 @@ fn run(args: &[&str]) -> (bool, String) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn probe_shows_the_plausible_decodings_of_known_registers() {
-    let mut p = Proc::spawn(Command::new(bin()).args([
-        "simulate",
-        "energy-meter",
-        "--listen",
-        "127.0.0.1:0",
-        "--speed",
-        "0",
-    ]));
-    let line = p.wait_line("energy meter listening on").await;
-    let addr = line.rsplit(' ').next().unwrap().to_owned();
-    // Voltage L1: f32 230.1, low word first.
-    let (ok, out) = run(&[
+/// `fieldgate probe` of `count` input registers from `address`.
+fn probe_input(addr: &str, address: &str, count: &str) -> (bool, String) {
+    run(&[
         "probe",
         "--tcp",
-        &addr,
+        addr,
         "--kind",
         "input",
         "--address",
-        "0",
+        address,
         "--count",
-        "2",
-    ]);
+        count,
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_shows_the_plausible_decodings_of_known_registers() {
+    let (_meter, meter) = energy_meter().await;
+    let addr = meter.to_string();
+    // Voltage L1: f32 230.1, low word first.
+    let (ok, out) = probe_input(&addr, "0", "2");
     assert!(ok, "{out}");
     assert!(out.contains("*     0  f32    CDAB  230.1"), "{out}");
     assert!(
@@ -56,17 +53,7 @@ async fn probe_shows_the_plausible_decodings_of_known_registers() {
         "{out}"
     );
     // Imported energy: u64 123456789 Wh, high word first.
-    let (ok, out) = run(&[
-        "probe",
-        "--tcp",
-        &addr,
-        "--kind",
-        "input",
-        "--address",
-        "26",
-        "--count",
-        "4",
-    ]);
+    let (ok, out) = probe_input(&addr, "26", "4");
     assert!(ok, "{out}");
     assert!(out.contains("*    26  u64    ABCD  123456789"), "{out}");
     // A read outside the map reports the exception and fails.

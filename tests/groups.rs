@@ -22,19 +22,6 @@ fn assert_valid(v: &jsonschema::Validator, msg: &Value, what: &str) {
     );
 }
 
-async fn meter() -> (Proc, std::net::SocketAddr) {
-    let mut p = Proc::spawn(Command::new(bin()).args([
-        "simulate",
-        "energy-meter",
-        "--listen",
-        "127.0.0.1:0",
-        "--speed",
-        "0",
-    ]));
-    let line = p.wait_line("energy meter listening on").await;
-    (p, line.rsplit(' ').next().unwrap().parse().unwrap())
-}
-
 fn gateway_with(
     config: &std::path::Path,
     modbus: std::net::SocketAddr,
@@ -62,7 +49,7 @@ async fn direct_volts_l1_and_power_l1(addr: std::net::SocketAddr) -> (f64, f64) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn energy_meter_groups_in_both_formats() {
-    let (_sim, modbus) = meter().await;
+    let (_sim, modbus) = energy_meter().await;
     let (_broker, mqtt) = broker("127.0.0.1:0").await;
     let prefix = "g1/meter";
     let mut obs = Observer::start(mqtt, &format!("{prefix}/#")).await;
@@ -141,7 +128,7 @@ async fn energy_meter_groups_in_both_formats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_configuration_gets_a_new_id_after_restart() {
-    let (_sim, modbus) = meter().await;
+    let (_sim, modbus) = energy_meter().await;
     let (_broker, mqtt) = broker("127.0.0.1:0").await;
     let prefix = "g2/meter";
     let mut obs = Observer::start(mqtt, &format!("{prefix}/#")).await;

@@ -252,6 +252,20 @@ pub fn gateway_yaml(dir: &Path, yaml: &str) -> Proc {
     Proc::spawn(Command::new(bin()).args(["run", "-c"]).arg(&path))
 }
 
+/// The energy-meter simulator, frozen (`--speed 0`), on a free port.
+pub async fn energy_meter() -> (Proc, SocketAddr) {
+    let mut p = Proc::spawn(Command::new(bin()).args([
+        "simulate",
+        "energy-meter",
+        "--listen",
+        "127.0.0.1:0",
+        "--speed",
+        "0",
+    ]));
+    let line = p.wait_line("energy meter listening on").await;
+    (p, parse_addr(&line))
+}
+
 /// The embedded broker (rumqttd) in its own process, so a test can kill it.
 pub async fn broker(listen: &str) -> (Proc, SocketAddr) {
     let mut p = Proc::spawn(Command::new(bin()).args(["broker", "--listen", listen]));

@@ -28,6 +28,7 @@ pub async fn run(speed: f64, shutdown: CancellationToken) -> anyhow::Result<()> 
         faults: Vec::new(),
         late: Duration::from_secs(1),
         control: false,
+        max_connections: 0,
     };
     tokio::spawn(serve_water_tower(
         Endpoint::Tcp(listener),

@@ -219,13 +219,17 @@ struct TowerArgs {
     /// Switch the tower's automatic pump control on at start.
     #[arg(long)]
     auto: bool,
-    /// A fault at start, `UNIT=MODE` (none, silent, late, garbage); repeatable. At run time,
-    /// write `fault UNIT MODE` lines to stdin.
+    /// A fault at start, `UNIT=MODE` (none, silent, late, garbage, close, exception:CODE);
+    /// repeatable. At run time, write `fault UNIT MODE` lines to stdin.
     #[arg(long = "fault")]
     faults: Vec<String>,
     /// How late a `late` unit answers.
     #[arg(long, default_value = "1500ms", value_parser = humantime::parse_duration)]
     late: std::time::Duration,
+    /// TCP: serve at most this many connections at a time, closing others at once (0: no
+    /// limit). At run time, write `connections N` to stdin.
+    #[arg(long, default_value_t = 0)]
+    max_connections: usize,
 }
 
 fn main() -> ExitCode {
@@ -378,6 +382,7 @@ async fn simulate(
         faults,
         late: a.late,
         control: true,
+        max_connections: a.max_connections,
     };
     let endpoint = match a.rtu {
         Some(path) => {

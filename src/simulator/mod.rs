@@ -2,7 +2,10 @@
 //!
 //! Built on tokio-modbus's servers (TCP, RTU on a serial port, RTU over TCP). The physics lives
 //! in pure modules (`water_tower`); this file serves one or more units, ticks simulated time,
-//! and injects faults per unit: no answer, a late (valid) answer, or garbage bytes.
+//! and injects faults per unit: no answer, a late (valid) answer, garbage bytes, a Modbus
+//! exception, or closing the connection. A TCP listener can also be limited to a number of
+//! connections at a time (many real devices accept one). Faults are set at start and changed
+//! at run time over stdin (`fault UNIT MODE`, `connections N`).
 
 pub mod energy_meter;
 pub mod rtu_frame;
@@ -12,7 +15,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::AsyncBufReadExt;
@@ -86,6 +91,10 @@ pub enum FaultMode {
     Late,
     /// Answers with random bytes (RTU serial only; on TCP it is silent).
     Garbage,
+    /// Answers every request with this Modbus exception code.
+    Exception(u8),
+    /// Closes the connection instead of answering (TCP; on a serial bus it is silent).
+    Close,
 }
 
 impl FromStr for FaultMode {
@@ -96,7 +105,14 @@ impl FromStr for FaultMode {
             "silent" => Ok(FaultMode::Silent),
             "late" => Ok(FaultMode::Late),
             "garbage" => Ok(FaultMode::Garbage),
-            _ => Err(format!("unknown fault `{s}` (none, silent, late, garbage)")),
+            "close" => Ok(FaultMode::Close),
+            _ => match s.strip_prefix("exception:").map(str::parse::<u8>) {
+                Some(Ok(code)) if code > 0 && code < 128 => Ok(FaultMode::Exception(code)),
+                _ => Err(format!(
+                    "unknown fault `{s}` (none, silent, late, garbage, close, exception:CODE with \
+                     CODE 1-127)"
+                )),
+            },
         }
     }
 }
@@ -118,8 +134,10 @@ pub struct TowerOptions {
     pub faults: Vec<(u8, FaultMode)>,
     /// Delay of a late answer.
     pub late: Duration,
-    /// Read `fault UNIT MODE` commands from stdin.
+    /// Read `fault UNIT MODE` and `connections N` commands from stdin.
     pub control: bool,
+    /// TCP: most connections served at a time (0: no limit); more are closed at once.
+    pub max_connections: usize,
 }
 
 /// Where the simulator serves.
@@ -146,6 +164,52 @@ struct Plant {
     raw: Option<RawPort>,
     /// RTU: stay silent for other units' requests (TCP answers with an exception).
     rtu: bool,
+    /// TCP: connections open now, and the most allowed (0: no limit).
+    live: Arc<AtomicUsize>,
+    max_connections: AtomicUsize,
+}
+
+/// A served TCP connection: reads end (EOF) once a `close` fault fired on it, so the server
+/// drops it; its slot in the connection limit is freed when it is dropped.
+struct Connection {
+    stream: tokio::net::TcpStream,
+    closed: Arc<AtomicBool>,
+    live: Arc<AtomicUsize>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl tokio::io::AsyncRead for Connection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Connection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -196,7 +260,24 @@ impl Plant {
         }
     }
 
-    fn call(&self, req: SlaveRequest<'static>) -> Reply {
+    /// Take a new TCP connection, unless the limit is reached (then it is closed at once).
+    fn admit(&self, stream: tokio::net::TcpStream) -> Option<(Arc<AtomicBool>, Connection)> {
+        let max = self.max_connections.load(Ordering::SeqCst);
+        let now = self.live.fetch_add(1, Ordering::SeqCst) + 1;
+        let closed = Arc::new(AtomicBool::new(false));
+        let conn = Connection {
+            stream,
+            closed: Arc::clone(&closed),
+            live: Arc::clone(&self.live),
+        };
+        if max > 0 && now > max {
+            tracing::debug!(max, "connection refused: limit reached");
+            return None; // dropping `conn` frees the slot and closes the socket
+        }
+        Some((closed, conn))
+    }
+
+    fn call(&self, req: SlaveRequest<'static>, closed: &AtomicBool) -> Reply {
         let function = req.request.function_code().value();
         let (reply, fault) = {
             let mut units = lock(&self.units);
@@ -224,6 +305,13 @@ impl Plant {
                     reply.map(Some)
                 })
             }
+            FaultMode::Exception(code) => {
+                Box::pin(std::future::ready(Err(ExceptionCode::new(code))))
+            }
+            FaultMode::Close => {
+                closed.store(true, Ordering::SeqCst);
+                Box::pin(std::future::ready(Ok(None)))
+            }
             FaultMode::Garbage => {
                 let n = fastrand::usize(5..24);
                 let bytes: Vec<u8> = (0..n).map(|_| fastrand::u8(..)).collect();
@@ -235,7 +323,11 @@ impl Plant {
 }
 
 #[derive(Clone)]
-struct Service(Arc<Plant>);
+struct Service {
+    plant: Arc<Plant>,
+    /// Set to close this connection (TCP).
+    closed: Arc<AtomicBool>,
+}
 
 impl tokio_modbus::server::Service for Service {
     type Request = SlaveRequest<'static>;
@@ -244,7 +336,7 @@ impl tokio_modbus::server::Service for Service {
     type Future = Reply;
 
     fn call(&self, req: Self::Request) -> Self::Future {
-        self.0.call(req)
+        self.plant.call(req, &self.closed)
     }
 }
 
@@ -259,6 +351,13 @@ fn control_from_stdin(plant: Arc<Plant>, shutdown: CancellationToken) {
             };
             let words: Vec<&str> = line.split_whitespace().collect();
             let applied = match words.as_slice() {
+                ["connections", n] => match n.parse::<usize>() {
+                    Ok(n) => {
+                        plant.max_connections.store(n, Ordering::SeqCst);
+                        true
+                    }
+                    Err(_) => false,
+                },
                 ["fault", unit, mode] => match (unit.parse::<u8>(), mode.parse::<FaultMode>()) {
                     (Ok(id), Ok(m)) => lock(&plant.units)
                         .iter_mut()
@@ -272,7 +371,10 @@ fn control_from_stdin(plant: Arc<Plant>, shutdown: CancellationToken) {
             if applied {
                 println!("{line} ok");
             } else {
-                println!("{line}: not understood (fault UNIT none|silent|late|garbage)");
+                println!(
+                    "{line}: not understood (fault UNIT none|silent|late|garbage|close|\
+                     exception:CODE, or connections N)"
+                );
             }
         }
     });
@@ -338,6 +440,8 @@ pub async fn serve_water_tower(
         late: opts.late,
         raw,
         rtu,
+        live: Arc::new(AtomicUsize::new(0)),
+        max_connections: AtomicUsize::new(opts.max_connections),
     });
     if opts.control {
         control_from_stdin(Arc::clone(&plant), shutdown.clone());
@@ -364,16 +468,22 @@ pub async fn serve_water_tower(
             }
         })
     };
-    let service = Service(plant);
+    let service = Service {
+        plant: Arc::clone(&plant),
+        closed: Arc::new(AtomicBool::new(false)),
+    };
     let on_error = |e: std::io::Error| tracing::debug!(error = %e, "simulator connection ended");
     let result = match endpoint {
         Endpoint::Tcp(listener) => {
-            let new_service = move |_addr: SocketAddr| Ok(Some(service.clone()));
-            let on_connected = move |stream, addr| {
-                let new_service = new_service.clone();
-                async move {
-                    tokio_modbus::server::tcp::accept_tcp_connection(stream, addr, new_service)
-                }
+            let on_connected = move |stream, _addr: SocketAddr| {
+                let admitted = plant.admit(stream).map(|(closed, conn)| {
+                    let service = Service {
+                        plant: Arc::clone(&plant),
+                        closed,
+                    };
+                    (service, conn)
+                });
+                async move { Ok(admitted) }
             };
             tokio_modbus::server::tcp::Server::new(listener)
                 .serve_until(&on_connected, on_error, shutdown.cancelled_owned())
@@ -381,16 +491,15 @@ pub async fn serve_water_tower(
                 .map(|_| ())
         }
         Endpoint::RtuOverTcp(listener) => {
-            let new_service = move |_addr: SocketAddr| Ok(Some(service.clone()));
-            let on_connected = move |stream, addr| {
-                let new_service = new_service.clone();
-                async move {
-                    tokio_modbus::server::rtu_over_tcp::accept_tcp_connection(
-                        stream,
-                        addr,
-                        new_service,
-                    )
-                }
+            let on_connected = move |stream, _addr: SocketAddr| {
+                let admitted = plant.admit(stream).map(|(closed, conn)| {
+                    let service = Service {
+                        plant: Arc::clone(&plant),
+                        closed,
+                    };
+                    (service, conn)
+                });
+                async move { Ok(admitted) }
             };
             tokio_modbus::server::rtu_over_tcp::Server::new(listener)
                 .serve_until(&on_connected, on_error, shutdown.cancelled_owned())

@@ -9,6 +9,7 @@
 //! | input registers | 1, 2 | pump 1 / 2 motor temperature, 0.1 °C (i16) |
 //! | input registers | 3-4 | consumption, l/min (f32, ABCD) |
 //! | input registers | 5-6, 7-8 | pump 1 / 2 operating seconds (u32, CDAB) |
+//! | input registers | 9-10 | diagnostic: reads served that covered it, counting from 1 (u32, ABCD) |
 //! | discrete inputs | 0, 1 | pump 1 / 2 running |
 //! | coils | 0, 1 | pump 1 / 2 run command |
 //! | holding registers | 0-3 | auto thresholds: start P1 ≤, start P2 ≤, stop P1 >, stop P2 > (cm) |
@@ -16,7 +17,9 @@
 
 use tokio_modbus::ExceptionCode;
 
-pub const INPUT_REGISTERS: u16 = 9;
+pub const INPUT_REGISTERS: u16 = 11;
+/// The diagnostic read counter's first register.
+const READ_COUNTER: u16 = 9;
 pub const DISCRETE_INPUTS: u16 = 2;
 pub const COILS: u16 = 2;
 pub const HOLDING_REGISTERS: u16 = 5;
@@ -40,6 +43,9 @@ pub struct WaterTower {
     coils: [bool; 2],
     holding: [u16; 5],
     rng: fastrand::Rng,
+    /// Reads that covered the read counter: each reader sees 1, 2, 3, ... with no gap, so a
+    /// lost publication downstream shows as a missing number.
+    reads: std::cell::Cell<u32>,
 }
 
 impl WaterTower {
@@ -52,6 +58,7 @@ impl WaterTower {
             coils: [false; 2],
             holding: [20, 10, 370, 380, 0],
             rng: fastrand::Rng::with_seed(seed),
+            reads: std::cell::Cell::new(0),
         }
     }
 
@@ -119,6 +126,8 @@ impl WaterTower {
             (s1 >> 16) as u16,
             s2 as u16,
             (s2 >> 16) as u16,
+            (self.reads.get() >> 16) as u16,
+            self.reads.get() as u16,
         ]
     }
 
@@ -133,6 +142,9 @@ impl WaterTower {
 
     pub fn read_input_registers(&self, addr: u16, cnt: u16) -> Result<Vec<u16>, ExceptionCode> {
         let r = Self::range(addr, cnt, INPUT_REGISTERS, 125)?;
+        if r.contains(&usize::from(READ_COUNTER)) || r.contains(&usize::from(READ_COUNTER + 1)) {
+            self.reads.set(self.reads.get().wrapping_add(1));
+        }
         Ok(self.input_registers()[r].to_vec())
     }
 
@@ -249,10 +261,24 @@ mod tests {
     }
 
     #[test]
+    fn the_read_counter_counts_reads_that_cover_it() {
+        let t = WaterTower::new(1, 100.0);
+        let counter = |t: &WaterTower| {
+            let v = t.read_input_registers(9, 2).unwrap();
+            (u32::from(v[0]) << 16) | u32::from(v[1])
+        };
+        assert_eq!(counter(&t), 1);
+        assert_eq!(counter(&t), 2);
+        t.read_input_registers(0, 1).unwrap(); // does not cover it
+        assert_eq!(t.read_input_registers(0, 11).unwrap()[10], 3);
+        assert_eq!(counter(&t), 4);
+    }
+
+    #[test]
     fn out_of_map_is_illegal_data_address() {
         let t = WaterTower::new(1, 0.0);
         assert_eq!(
-            t.read_input_registers(8, 2),
+            t.read_input_registers(10, 2),
             Err(ExceptionCode::IllegalDataAddress)
         );
         assert_eq!(t.read_coils(2, 1), Err(ExceptionCode::IllegalDataAddress));

@@ -35,43 +35,57 @@ pub fn publish_acked(seconds: f64) {
     histogram!("fieldgate_mqtt_publish_ack_seconds").record(seconds);
 }
 
-static QUEUE_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-fn queue_bytes_add(delta: isize) -> usize {
-    use std::sync::atomic::Ordering::Relaxed;
-    let update = |b: usize| Some(b.saturating_add_signed(delta));
-    let old = QUEUE_BYTES
-        .fetch_update(Relaxed, Relaxed, update)
-        .unwrap_or_default();
-    old.saturating_add_signed(delta)
-}
-
-/// A publication is about to enter the outbound queue (counted before it can be taken out).
-pub fn queuing(bytes: usize) {
-    queue_bytes_add(bytes as isize);
-}
-
-/// It entered; the queue now holds `depth` messages. (`ok` false: it did not, undo.)
-pub fn queued(bytes: usize, depth: usize, ok: bool) {
-    let total = if ok {
-        queue_bytes_add(0)
-    } else {
-        queue_bytes_add(-(bytes as isize))
-    };
+/// The outbound buffer now holds `depth` publications (`bytes`), the oldest `age_seconds` old.
+pub fn buffer_level(depth: usize, bytes: usize, age_seconds: f64) {
     gauge!("fieldgate_mqtt_queue_depth").set(depth as f64);
-    gauge!("fieldgate_mqtt_queue_bytes").set(total as f64);
+    gauge!("fieldgate_mqtt_queue_bytes").set(bytes as f64);
+    gauge!("fieldgate_mqtt_queue_oldest_age_seconds").set(age_seconds);
 }
 
-/// The oldest publication left the queue after `age_seconds`; `depth` remain.
-pub fn dequeued(bytes: usize, depth: usize, age_seconds: f64) {
-    let total = queue_bytes_add(-(bytes as isize));
-    gauge!("fieldgate_mqtt_queue_depth").set(depth as f64);
-    gauge!("fieldgate_mqtt_queue_bytes").set(total as f64);
-    gauge!("fieldgate_mqtt_queue_oldest_age_seconds").set(if depth == 0 {
-        0.0
-    } else {
-        age_seconds
-    });
+/// The buffer was full: the `n` oldest publications were dropped (logged once per episode).
+pub fn buffer_dropped(n: u64, first_of_episode: bool) {
+    counter!("fieldgate_publications_dropped_total", "reason" => "buffer_full").increment(n);
+    if first_of_episode {
+        warn!("outbound buffer full: dropping the oldest publications until it has room");
+    }
+}
+
+/// The buffer has room again after dropping `total` publications.
+pub fn buffer_drop_episode_over(total: u64) {
+    info!(dropped = total, "outbound buffer has room again");
+}
+
+/// What opening the buffer found.
+pub fn buffer_opened(path: Option<&std::path::Path>, rec: &crate::outputs::store::Recovery) {
+    match path {
+        None => warn!(
+            "outbound buffer in memory only (no mqtt.buffer.path, no STATE_DIRECTORY): \
+             undelivered publications are lost on restart"
+        ),
+        Some(p) => info!(
+            path = %p.display(),
+            recovered = rec.recovered,
+            truncated_bytes = rec.truncated_bytes,
+            "outbound buffer opened"
+        ),
+    }
+    for aside in &rec.moved_aside {
+        tracing::error!(moved_to = %aside.display(), "unreadable buffer data moved aside; starting without it");
+    }
+    if let Some(why) = &rec.memory_only_because {
+        tracing::error!(reason = %why, "outbound buffer cannot use the disk; running in memory only");
+    }
+}
+
+/// A buffer write or fsync failed; the buffer keeps running in memory.
+pub fn buffer_io_failed(error: &std::io::Error) {
+    counter!("fieldgate_buffer_io_errors_total").increment(1);
+    warn!(%error, "outbound buffer write failed");
+}
+
+/// One fsync of the buffer took `seconds`.
+pub fn buffer_synced(seconds: f64) {
+    histogram!("fieldgate_buffer_sync_seconds").record(seconds);
 }
 
 pub fn command_done(seconds: f64) {
@@ -161,9 +175,11 @@ pub fn publication_queued() {
     counter!("fieldgate_publications_total").increment(1);
 }
 
-pub fn publication_dropped(topic: &str) {
-    counter!("fieldgate_publications_dropped_total").increment(1);
-    debug!(topic, "outbound queue full: publication dropped");
+/// A publication was dropped before it reached the buffer: `reason` is `handoff_full` (the
+/// MQTT task is stuck) or `offline_qos0` (QoS 0 is never buffered).
+pub fn publication_dropped(topic: &str, reason: &'static str) {
+    counter!("fieldgate_publications_dropped_total", "reason" => reason).increment(1);
+    debug!(topic, reason, "publication dropped");
 }
 
 pub fn mqtt_connected(broker: &str) {

@@ -28,8 +28,9 @@ use crate::mappings::{Fault, Publication};
 use crate::model::Model;
 use crate::outputs::mqtt::{self, IncomingCommand};
 
-/// How long shutdown may spend flushing to the broker.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Publications between the engine or executor and the MQTT task, which drains them into the
+/// buffer as they come.
+const HANDOFF: usize = 4096;
 
 /// What the executor works from; replaced as a whole on reload.
 #[derive(Debug)]
@@ -182,7 +183,7 @@ pub async fn run_reloadable(
             .await
             .map_err(|e| anyhow::anyhow!("metrics listener on {addr}: {e}"))?;
     }
-    let (out_tx, out_rx) = mpsc::channel::<Publication>(model.mqtt.queue_capacity);
+    let (out_tx, out_rx) = mpsc::channel::<Publication>(HANDOFF);
     let (cmd_tx, cmd_rx) = mpsc::channel::<IncomingCommand>(64);
     // Retained group configurations go out after every connect, like `online`.
     let mqtt = mqtt::start(
@@ -255,7 +256,7 @@ pub async fn run_reloadable(
     drop(ev_tx);
     drop(engine_tx);
     let _ = engine.await;
-    mqtt.shutdown(SHUTDOWN_GRACE).await;
+    mqtt.shutdown(mqtt::SHUTDOWN_GRACE).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -311,7 +312,7 @@ async fn reload(
         || m.0.client_id != m.1.client_id
         || m.0.keep_alive != m.1.keep_alive
         || m.0.status_topic != m.1.status_topic
-        || m.0.queue_capacity != m.1.queue_capacity
+        || m.0.buffer != m.1.buffer
         || new.metrics_listen != old.metrics_listen
     {
         return rejected(vec![format!(
@@ -381,16 +382,14 @@ async fn reload(
     Some(new)
 }
 
+/// Hand a publication to the MQTT task, which buffers it. Never blocks the caller: if the
+/// hand-off is full (the MQTT task is stuck), the publication is dropped and counted.
 fn enqueue(out: &mpsc::Sender<Publication>, p: Publication) {
-    let topic = p.topic.clone();
-    let bytes = p.payload.len() + p.topic.len();
-    events::queuing(bytes);
-    let ok = out.try_send(p).is_ok();
-    events::queued(bytes, out.max_capacity() - out.capacity(), ok);
-    if ok {
-        events::publication_queued();
-    } else {
-        events::publication_dropped(&topic);
+    if let Err(e) = out.try_send(p) {
+        let p = match e {
+            mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => p,
+        };
+        events::publication_dropped(&p.topic, "handoff_full");
     }
 }
 

@@ -81,8 +81,15 @@ pub struct MqttSettings {
     pub keep_alive: Duration,
     /// Retained `online` / `offline` (the last will).
     pub status_topic: Arc<str>,
-    /// Capacity of the outbound publication queue.
-    pub queue_capacity: usize,
+    pub buffer: BufferSettings,
+}
+
+/// The outbound buffer (see `outputs::store`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BufferSettings {
+    pub store: crate::outputs::store::StoreSettings,
+    /// How often the disk buffer is fsynced.
+    pub sync_interval: Duration,
 }
 
 /// How a link reaches its devices.

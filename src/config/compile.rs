@@ -12,6 +12,7 @@ use super::yaml::Located;
 use crate::mappings::plan::{self, Slot, Span};
 use crate::mappings::{DataType, Qos, RegisterKind};
 use crate::model::*;
+use crate::outputs::store::StoreSettings;
 
 struct Ctx {
     issues: Vec<Issue>,
@@ -251,19 +252,57 @@ fn data_type(ctx: &mut Ctx, p: &Located<RawPoint>, path: &str) -> DataType {
     }
 }
 
-pub(super) fn compile(raw: RawConfig, hostname: &str) -> Result<Model, Vec<Issue>> {
+pub(super) fn compile(
+    raw: RawConfig,
+    hostname: &str,
+    state_directory: Option<&std::path::Path>,
+) -> Result<Model, Vec<Issue>> {
     let mut ctx = Ctx { issues: Vec::new() };
 
     // --- mqtt
     let m = &raw.mqtt;
     let status_topic = check_topic(&mut ctx, &m.status_topic, "mqtt.status_topic");
-    if m.queue_capacity == 0 {
-        ctx.err(
-            &m.status_topic,
-            "mqtt.queue_capacity",
-            "queue_capacity must be at least 1",
+    let buffer_at = m
+        .buffer
+        .path
+        .as_ref()
+        .map_or((m.status_topic.line, m.status_topic.col), |p| {
+            (p.line, p.col)
+        });
+    if m.buffer.max_messages == 0 {
+        ctx.err_at(
+            buffer_at.0,
+            buffer_at.1,
+            "mqtt.buffer.max_messages",
+            "max_messages must be at least 1",
         );
     }
+    if m.buffer.max_bytes < 64 * 1024 {
+        ctx.err_at(
+            buffer_at.0,
+            buffer_at.1,
+            "mqtt.buffer.max_bytes",
+            "max_bytes must be at least 65536",
+        );
+    }
+    if m.buffer.sync_interval.0 < Duration::from_millis(10)
+        || m.buffer.sync_interval.0 > Duration::from_secs(60)
+    {
+        ctx.err_at(
+            buffer_at.0,
+            buffer_at.1,
+            "mqtt.buffer.sync_interval",
+            "sync_interval must be between 10ms and 60s",
+        );
+    }
+    let buffer_path = match &m.buffer.path {
+        Some(p) if p.value.is_empty() => {
+            ctx.err(p, "mqtt.buffer.path", "path must not be empty");
+            None
+        }
+        Some(p) => Some(std::path::PathBuf::from(&p.value)),
+        None => state_directory.map(|d| d.join("queue")),
+    };
     if m.keep_alive.0 < Duration::from_secs(1) {
         ctx.err(
             &m.status_topic,
@@ -280,7 +319,15 @@ pub(super) fn compile(raw: RawConfig, hostname: &str) -> Result<Model, Vec<Issue
             .unwrap_or_else(|| format!("fieldgate-{hostname}")),
         keep_alive: m.keep_alive.0,
         status_topic: status_topic.clone(),
-        queue_capacity: m.queue_capacity.max(1),
+        buffer: BufferSettings {
+            store: StoreSettings {
+                path: buffer_path,
+                max_rows: m.buffer.max_messages.max(1),
+                max_bytes: m.buffer.max_bytes,
+                segment_bytes: StoreSettings::segment_bytes_for(m.buffer.max_bytes),
+            },
+            sync_interval: m.buffer.sync_interval.0,
+        },
     };
     if mqtt.client_id.is_empty() || mqtt.client_id.len() > 65_535 {
         ctx.err(

@@ -78,8 +78,14 @@ pub fn load_str(
         path: path.to_owned(),
         issues,
     };
+    // systemd's StateDirectory= (the first, if several are listed).
+    let state_directory = vars
+        .get("STATE_DIRECTORY")
+        .and_then(|d| d.split(':').next())
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from);
     let raw: raw::RawConfig = yaml::parse(text, vars).map_err(invalid)?;
-    compile::compile(raw, hostname).map_err(invalid)
+    compile::compile(raw, hostname, state_directory.as_deref()).map_err(invalid)
 }
 
 /// The JSON Schema of a mapping file, from the config types (their `///` docs are the

@@ -49,8 +49,14 @@ const fn default_mqtt_port() -> u16 {
 const fn default_keep_alive() -> Dur {
     d_ms(30_000)
 }
-const fn default_queue_capacity() -> usize {
-    10_000
+const fn default_buffer_max_messages() -> usize {
+    100_000
+}
+const fn default_buffer_max_bytes() -> usize {
+    16 * 1024 * 1024
+}
+const fn default_buffer_sync_interval() -> Dur {
+    d_ms(200)
 }
 const fn default_modbus_port() -> u16 {
     502
@@ -217,10 +223,42 @@ pub struct RawMqtt {
     /// Topic for the retained gateway status: `online` after every connect, `offline` as the
     /// last will and on shutdown.
     pub status_topic: Located<String>,
-    /// How many publications may wait for the broker before the oldest are dropped (and
-    /// counted). Default 10000.
-    #[serde(default = "default_queue_capacity")]
-    pub queue_capacity: usize,
+    /// The outbound buffer: QoS 1 and 2 publications wait here until the broker acknowledged
+    /// them, through outages and restarts.
+    #[serde(default)]
+    pub buffer: RawBuffer,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawBuffer {
+    /// Directory of the on-disk buffer (created if missing; one gateway per directory).
+    /// Default: `$STATE_DIRECTORY/queue` when systemd sets `STATE_DIRECTORY`, else the buffer
+    /// is in memory only and lost on restart.
+    #[serde(default)]
+    pub path: Option<Located<String>>,
+    /// Most publications held; past it the oldest are dropped and counted. Default 100000.
+    #[serde(default = "default_buffer_max_messages")]
+    pub max_messages: usize,
+    /// Most bytes held (topic + payload + 48 per message), in memory and on disk; past it the
+    /// oldest are dropped and counted. Default 16777216 (16 MiB).
+    #[serde(default = "default_buffer_max_bytes")]
+    pub max_bytes: usize,
+    /// How often the disk buffer is flushed to stable storage (fsync). A power cut can lose
+    /// what arrived within one interval; a kill cannot. Default 200ms.
+    #[serde(default = "default_buffer_sync_interval")]
+    pub sync_interval: Dur,
+}
+
+impl Default for RawBuffer {
+    fn default() -> Self {
+        RawBuffer {
+            path: None,
+            max_messages: default_buffer_max_messages(),
+            max_bytes: default_buffer_max_bytes(),
+            sync_interval: default_buffer_sync_interval(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

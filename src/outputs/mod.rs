@@ -6,3 +6,4 @@
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod mqtt;
+pub mod store;

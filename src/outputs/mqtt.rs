@@ -1,20 +1,32 @@
-//! The MQTT client: one task polls rumqttc's event loop and is never blocked; another drains
-//! the outbound queue into the client.
+//! The MQTT client. Two tasks:
+//!
+//! - the connection task polls rumqttc's event loop and is never blocked. It makes a new
+//!   client and event loop for every connection attempt, so a request queued for a dead
+//!   connection can never leak into the next one; it reports ConnAck, loss, and which packet
+//!   id each publish went out with and was acknowledged under;
+//! - the publisher owns the outbound buffer ([`super::store`]). It accepts publications,
+//!   hands at most [`WINDOW`] unacknowledged ones to the live connection, maps the packet ids
+//!   back to buffer sequence numbers, and deletes an entry only when the broker acknowledged
+//!   it. After every ConnAck it republishes everything unacknowledged, in order, before new
+//!   data. QoS 0 bypasses the buffer: sent at once when connected, else dropped and counted.
 //!
 //! The session is clean (`clean_session = true`), so a broker never hands us commands that
-//! were queued while we were away. After every ConnAck the task re-subscribes and publishes
-//! the retained `online`; the last will publishes `offline`. `publish()` only queues: delivery
-//! is the event loop's job (and, later, the durable buffer's).
+//! were queued while we were away; the buffer, not the broker, is our session. After every
+//! ConnAck the connection task subscribes and the publisher sends the retained `online` and
+//! the announcements; the last will publishes `offline`.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::store::Store;
 use crate::backoff::Backoff;
 use crate::events;
 use crate::mappings::{Publication, Qos};
@@ -22,6 +34,13 @@ use crate::model::MqttSettings;
 
 pub const ONLINE: &str = "online";
 pub const OFFLINE: &str = "offline";
+
+/// Most buffered publications handed to a connection and not yet acknowledged.
+pub const WINDOW: usize = 64;
+/// How long shutdown may spend delivering the buffer to the broker.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Capacity of rumqttc's request channel: the window plus announcements.
+const REQUESTS: usize = 1024;
 
 impl From<Qos> for QoS {
     fn from(q: Qos) -> QoS {
@@ -48,20 +67,48 @@ struct Announce {
     on_connect: Vec<Publication>,
 }
 
+/// What the connection task tells the publisher, in event order. `conn` numbers connections.
+#[derive(Debug)]
+enum Session {
+    Up {
+        conn: u64,
+        client: AsyncClient,
+    },
+    Down {
+        conn: u64,
+    },
+    /// A QoS 1/2 publish went out under `pkid`.
+    Sent {
+        conn: u64,
+        pkid: u16,
+    },
+    /// The broker acknowledged `pkid` (PubAck, or PubComp for QoS 2).
+    Acked {
+        conn: u64,
+        pkid: u16,
+    },
+}
+
+#[derive(Debug)]
+enum Control {
+    Update {
+        subscriptions: Vec<(Arc<str>, Qos)>,
+        on_connect: Vec<Publication>,
+    },
+}
+
 /// The running MQTT side.
 #[derive(Debug)]
 pub struct MqttOutput {
-    client: AsyncClient,
-    announce: Arc<std::sync::Mutex<Announce>>,
-    status_topic: Arc<str>,
+    control: mpsc::UnboundedSender<Control>,
     publisher: JoinHandle<()>,
-    event_loop: JoinHandle<()>,
+    connection: JoinHandle<()>,
     hard_stop: CancellationToken,
 }
 
 /// Start the client. Publications are read from `outbound` until it closes; commands on the
 /// subscribed topics go to `commands`; `on_connect` (retained session messages such as group
-/// configurations) is published after every connect.
+/// configurations) is published after every connect. Opens (and recovers) the buffer.
 pub fn start(
     settings: &MqttSettings,
     subscriptions: Vec<(Arc<str>, Qos)>,
@@ -77,39 +124,47 @@ pub fn start(
     opts.set_keep_alive(settings.keep_alive);
     opts.set_clean_session(true);
     opts.set_max_packet_size(256 * 1024, 256 * 1024);
+    opts.set_inflight(u16::try_from(WINDOW * 2).unwrap_or(u16::MAX));
     opts.set_last_will(LastWill::new(
         settings.status_topic.as_ref(),
         OFFLINE,
         QoS::AtLeastOnce,
         true,
     ));
-    let (client, event_loop) = AsyncClient::new(opts, 256);
+    let (store, recovery) = Store::open(&settings.buffer.store);
+    let durable = store
+        .is_durable()
+        .then(|| settings.buffer.store.path.clone());
+    events::buffer_opened(durable.flatten().as_deref(), &recovery);
+
     let hard_stop = CancellationToken::new();
-    let broker = format!("{}:{}", settings.host, settings.port);
     let announce = Arc::new(std::sync::Mutex::new(Announce {
         subscriptions,
         on_connect,
     }));
-    let session = Session {
-        broker,
-        keep_alive: settings.keep_alive,
-        status_topic: settings.status_topic.clone(),
-        announce: Arc::clone(&announce),
-    };
-    let event_loop = tokio::spawn(run_event_loop(
-        event_loop,
-        client.clone(),
-        session,
+    let (session_tx, session_rx) = mpsc::unbounded_channel();
+    let (control, control_rx) = mpsc::unbounded_channel();
+    let connection = tokio::spawn(run_connection(
+        opts,
+        settings.keep_alive,
+        Arc::clone(&announce),
+        session_tx,
         commands,
         hard_stop.clone(),
     ));
-    let publisher = tokio::spawn(run_publisher(client.clone(), outbound));
-    MqttOutput {
-        client,
-        announce,
+    let publisher = Publisher {
+        store,
         status_topic: settings.status_topic.clone(),
+        announce,
+        conn: None,
+        sync_interval: settings.buffer.sync_interval,
+        shutdown_grace: SHUTDOWN_GRACE,
+    };
+    let publisher = tokio::spawn(publisher.run(outbound, session_rx, control_rx));
+    MqttOutput {
+        control,
         publisher,
-        event_loop,
+        connection,
         hard_stop,
     }
 }
@@ -117,8 +172,270 @@ pub fn start(
 impl MqttOutput {
     /// Take a reloaded mapping's subscriptions and announcements on the live session: subscribe
     /// to new command topics, unsubscribe from removed ones, publish changed retained
-    /// announcements; later reconnects use the new ones.
+    /// announcements; later connections use the new ones.
     pub fn update(&self, subscriptions: Vec<(Arc<str>, Qos)>, on_connect: Vec<Publication>) {
+        let _ = self.control.send(Control::Update {
+            subscriptions,
+            on_connect,
+        });
+    }
+
+    /// Shut down once the outbound senders are dropped: buffer what is left, deliver as much
+    /// as the broker takes within `grace`, publish the retained `offline`, disconnect. What
+    /// is not delivered stays in the disk buffer for the next start.
+    pub async fn shutdown(self, grace: Duration) {
+        let deadline = Instant::now() + grace + Duration::from_secs(1);
+        let _ = tokio::time::timeout_at(deadline, self.publisher).await;
+        // The publisher has disconnected, or the broker is unreachable (the last will then
+        // reports us offline): stop connecting.
+        self.hard_stop.cancel();
+        let _ = tokio::time::timeout_at(deadline, self.connection).await;
+    }
+}
+
+/// The live connection as the publisher sees it.
+struct Conn {
+    id: u64,
+    client: AsyncClient,
+    /// QoS 1/2 requests handed to the client whose packet id is not known yet, in order:
+    /// `Some(seq)` for buffered entries, `None` for announcements.
+    unsent: VecDeque<Option<u64>>,
+    /// Packet id -> (buffer seq, when it went out).
+    in_flight: HashMap<u16, (Option<u64>, Instant)>,
+    /// Buffer entries handed over and not yet acknowledged.
+    handed: usize,
+    /// The next buffer seq to consider handing over.
+    cursor: u64,
+}
+
+struct Publisher {
+    store: Store,
+    status_topic: Arc<str>,
+    announce: Arc<std::sync::Mutex<Announce>>,
+    conn: Option<Conn>,
+    sync_interval: Duration,
+    shutdown_grace: Duration,
+}
+
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Publisher {
+    async fn run(
+        mut self,
+        mut outbound: mpsc::Receiver<Publication>,
+        mut sessions: mpsc::UnboundedReceiver<Session>,
+        mut control: mpsc::UnboundedReceiver<Control>,
+    ) {
+        let mut sync = tokio::time::interval(self.sync_interval);
+        sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(256);
+        let mut open = true;
+        let mut deadline: Option<Instant> = None;
+        let mut goodbye_sent = false;
+        let grace = self.shutdown_grace;
+        loop {
+            tokio::select! {
+                biased;
+                s = sessions.recv() => match s {
+                    Some(s) => self.on_session(s),
+                    None => break,
+                },
+                Some(c) = control.recv() => self.on_control(c),
+                n = outbound.recv_many(&mut batch, 256), if open => {
+                    if n == 0 {
+                        // Shutdown: the gateway dropped every sender.
+                        open = false;
+                        deadline = Some(Instant::now() + grace);
+                    }
+                    for p in batch.drain(..) {
+                        self.accept(p);
+                    }
+                    if let Err(e) = self.store.write() {
+                        events::buffer_io_failed(&e);
+                    }
+                }
+                _ = sync.tick() => self.sync(),
+                () = sleep_until_opt(deadline) => {
+                    // Out of time: leave the rest in the buffer.
+                    deadline = None;
+                    self.goodbye();
+                    goodbye_sent = true;
+                }
+            }
+            self.pump();
+            if !open && !goodbye_sent && (self.store.is_empty() || self.conn.is_none()) {
+                self.goodbye();
+                goodbye_sent = true;
+            }
+            if goodbye_sent && self.conn.is_none() {
+                break;
+            }
+        }
+        self.sync();
+    }
+
+    /// Publish `offline` (retained) and disconnect; without a connection, nothing to do.
+    fn goodbye(&mut self) {
+        if let Some(c) = &self.conn {
+            let _ =
+                c.client
+                    .try_publish(self.status_topic.as_ref(), QoS::AtLeastOnce, true, OFFLINE);
+            let _ = c.client.try_disconnect();
+        } else {
+            self.conn = None;
+        }
+    }
+
+    fn sync(&mut self) {
+        let started = std::time::Instant::now();
+        let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread;
+        // fsync blocks; let the runtime move other tasks off this thread meanwhile.
+        let result = if multi_thread {
+            tokio::task::block_in_place(|| self.store.sync())
+        } else {
+            self.store.sync()
+        };
+        match result {
+            Ok(()) => {
+                if self.store.is_durable() {
+                    events::buffer_synced(started.elapsed().as_secs_f64());
+                }
+            }
+            Err(e) => events::buffer_io_failed(&e),
+        }
+        let age = self.store.oldest_created_ms().map_or(0.0, |t| {
+            (millis(SystemTime::now()) - t).max(0) as f64 / 1000.0
+        });
+        events::buffer_level(self.store.len(), self.store.bytes(), age);
+        if let Some(total) = self.store.drop_episode_over() {
+            events::buffer_drop_episode_over(total);
+        }
+    }
+
+    fn accept(&mut self, p: Publication) {
+        events::publication_queued();
+        if p.qos == Qos::AtMostOnce {
+            match &self.conn {
+                Some(c) => {
+                    let _ = c.client.try_publish(
+                        p.topic.as_ref(),
+                        QoS::AtMostOnce,
+                        p.retain,
+                        p.payload,
+                    );
+                }
+                None => events::publication_dropped(&p.topic, "offline_qos0"),
+            }
+            return;
+        }
+        let was_dropping = self.store.is_dropping();
+        let (_, dropped) = self.store.push(
+            p.topic,
+            Bytes::from(p.payload),
+            p.qos,
+            p.retain,
+            millis(p.created_at),
+        );
+        if dropped > 0 {
+            events::buffer_dropped(dropped, !was_dropping);
+        }
+    }
+
+    /// Hand buffered entries to the connection, oldest first, up to the window.
+    fn pump(&mut self) {
+        let Some(c) = &mut self.conn else { return };
+        while c.handed < WINDOW {
+            let Some(e) = self.store.next_unacked(c.cursor) else {
+                break;
+            };
+            let sent =
+                c.client
+                    .try_publish(e.topic.as_ref(), e.qos.into(), e.retain, e.payload.to_vec());
+            if sent.is_err() {
+                break;
+            }
+            c.cursor = e.seq + 1;
+            c.unsent.push_back(Some(e.seq));
+            c.handed += 1;
+        }
+    }
+
+    fn announcements(&self) -> Vec<Publication> {
+        let a = self
+            .announce
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        a.on_connect.clone()
+    }
+
+    fn announce(c: &mut Conn, p: &Publication) {
+        let ok = c
+            .client
+            .try_publish(p.topic.as_ref(), p.qos.into(), p.retain, p.payload.clone())
+            .is_ok();
+        if ok && p.qos != Qos::AtMostOnce {
+            c.unsent.push_back(None);
+        }
+    }
+
+    fn on_session(&mut self, s: Session) {
+        match s {
+            Session::Up { conn, client } => {
+                let mut c = Conn {
+                    id: conn,
+                    client,
+                    unsent: VecDeque::new(),
+                    in_flight: HashMap::new(),
+                    handed: 0,
+                    cursor: 0,
+                };
+                let online = Publication {
+                    topic: Arc::clone(&self.status_topic),
+                    payload: ONLINE.as_bytes().to_vec(),
+                    qos: Qos::AtLeastOnce,
+                    retain: true,
+                    created_at: SystemTime::now(),
+                };
+                Self::announce(&mut c, &online);
+                for p in self.announcements() {
+                    Self::announce(&mut c, &p);
+                }
+                self.conn = Some(c);
+            }
+            Session::Down { conn } => {
+                if self.conn.as_ref().is_some_and(|c| c.id == conn) {
+                    self.conn = None;
+                }
+            }
+            Session::Sent { conn, pkid } => {
+                if let Some(c) = self.conn.as_mut().filter(|c| c.id == conn) {
+                    let seq = c.unsent.pop_front().flatten();
+                    c.in_flight.insert(pkid, (seq, Instant::now()));
+                }
+            }
+            Session::Acked { conn, pkid } => {
+                if let Some(c) = self.conn.as_mut().filter(|c| c.id == conn)
+                    && let Some((seq, at)) = c.in_flight.remove(&pkid)
+                {
+                    events::publish_acked(at.elapsed().as_secs_f64());
+                    if let Some(seq) = seq {
+                        c.handed -= 1;
+                        self.store.ack(seq);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_control(&mut self, c: Control) {
+        let Control::Update {
+            subscriptions,
+            on_connect,
+        } = c;
         let (added, removed, changed) = {
             let mut a = self
                 .announce
@@ -148,178 +465,128 @@ impl MqttOutput {
             a.on_connect = on_connect;
             (added, removed, changed)
         };
-        let client = self.client.clone();
-        tokio::spawn(async move {
-            for t in removed {
-                let _ = client.unsubscribe(t.as_ref()).await;
-            }
-            for (t, q) in added {
-                let _ = client.subscribe(t.as_ref(), q.into()).await;
-            }
-            for p in changed {
-                let _ = client
-                    .publish(p.topic.as_ref(), p.qos.into(), p.retain, p.payload)
-                    .await;
-            }
-        });
-    }
-
-    /// Drain the outbound queue (its senders must be dropped first), publish the retained
-    /// `offline`, disconnect, and wait up to `grace` for it all to leave.
-    pub async fn shutdown(self, grace: Duration) {
-        let deadline = tokio::time::Instant::now() + grace;
-        let _ = tokio::time::timeout_at(deadline, self.publisher).await;
-        let client = self.client.clone();
-        let topic = self.status_topic.to_string();
-        let goodbye = async move {
-            let _ = client.publish(topic, QoS::AtLeastOnce, true, OFFLINE).await;
-            let _ = client.disconnect().await;
-        };
-        let _ = tokio::time::timeout_at(deadline, goodbye).await;
-        if tokio::time::timeout_at(deadline, self.event_loop)
-            .await
-            .is_err()
-        {
-            // The broker is unreachable; the last will reports us offline.
-            self.hard_stop.cancel();
+        let Some(c) = &mut self.conn else { return };
+        for t in removed {
+            let _ = c.client.try_unsubscribe(t.as_ref());
+        }
+        for (t, q) in added {
+            let _ = c.client.try_subscribe(t.as_ref(), q.into());
+        }
+        for p in &changed {
+            Self::announce(c, p);
         }
     }
 }
 
-async fn run_publisher(client: AsyncClient, mut outbound: mpsc::Receiver<Publication>) {
-    while let Some(p) = outbound.recv().await {
-        let age = std::time::SystemTime::now()
-            .duration_since(p.created_at)
-            .unwrap_or_default();
-        events::dequeued(
-            p.payload.len() + p.topic.len(),
-            outbound.len(),
-            age.as_secs_f64(),
-        );
-        if client
-            .publish(p.topic.as_ref(), p.qos.into(), p.retain, p.payload)
-            .await
-            .is_err()
-        {
-            break;
-        }
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
-/// What every new session needs: where, what to subscribe, what to announce.
-struct Session {
-    broker: String,
+/// Connect, run the connection until it fails, back off, repeat; a fresh client and event
+/// loop each time. Every event the publisher needs goes to `sessions`, in order.
+async fn run_connection(
+    opts: MqttOptions,
     keep_alive: Duration,
-    status_topic: Arc<str>,
     announce: Arc<std::sync::Mutex<Announce>>,
-}
-
-async fn run_event_loop(
-    mut event_loop: EventLoop,
-    client: AsyncClient,
-    session: Session,
+    sessions: mpsc::UnboundedSender<Session>,
     commands: mpsc::Sender<IncomingCommand>,
     hard_stop: CancellationToken,
 ) {
-    let Session {
-        broker,
-        keep_alive,
-        status_topic,
-        announce,
-    } = session;
+    let (host, port) = opts.broker_address();
+    let broker = format!("{host}:{port}");
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
-    let mut connected = false;
-    // Packet id -> when the publish left, for the publish-to-ack latency.
-    let mut in_flight: std::collections::HashMap<u16, tokio::time::Instant> =
-        std::collections::HashMap::new();
     let mut last_error = String::new();
+    let mut was_up = false;
     // `poll()` is never raced against a timer (it also connects and writes, which must not be
     // cut short), so this task beats when poll returns: at least once per keep-alive (the ping).
     let beat =
         crate::supervisor::heartbeat_within("mqtt", keep_alive * 2 + Duration::from_secs(10));
     let mut tick = tokio::time::interval(crate::supervisor::BEAT_EVERY);
-    loop {
-        beat.beat();
-        let event = tokio::select! {
-            () = hard_stop.cancelled() => return,
-            e = event_loop.poll() => e,
-        };
-        match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                connected = true;
-                backoff.reset();
-                last_error.clear();
-                events::mqtt_connected(&broker);
-                let client = client.clone();
-                let (subscriptions, on_connect) = {
-                    let a = announce
+    for conn in 1u64.. {
+        let (client, mut event_loop) = AsyncClient::new(opts.clone(), REQUESTS);
+        let error = loop {
+            beat.beat();
+            let event = tokio::select! {
+                () = hard_stop.cancelled() => return,
+                e = event_loop.poll() => e,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    was_up = true;
+                    backoff.reset();
+                    last_error.clear();
+                    events::mqtt_connected(&broker);
+                    let subscriptions = announce
                         .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    (a.subscriptions.clone(), a.on_connect.clone())
-                };
-                let status_topic = status_topic.clone();
-                tokio::spawn(async move {
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .subscriptions
+                        .clone();
                     for (topic, qos) in subscriptions {
-                        let _ = client.subscribe(topic.as_ref(), qos.into()).await;
+                        let _ = client.try_subscribe(topic.as_ref(), qos.into());
                     }
-                    let _ = client
-                        .publish(status_topic.as_ref(), QoS::AtLeastOnce, true, ONLINE)
-                        .await;
-                    for p in on_connect {
-                        let _ = client
-                            .publish(p.topic.as_ref(), p.qos.into(), p.retain, p.payload)
-                            .await;
-                    }
-                });
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                let cmd = IncomingCommand {
-                    topic: p.topic,
-                    payload: p.payload,
-                    retain: p.retain,
-                };
-                if let Err(e) = commands.try_send(cmd) {
-                    let cmd = match e {
-                        mpsc::error::TrySendError::Full(c)
-                        | mpsc::error::TrySendError::Closed(c) => c,
+                    let _ = sessions.send(Session::Up {
+                        conn,
+                        client: client.clone(),
+                    });
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let cmd = IncomingCommand {
+                        topic: p.topic,
+                        payload: p.payload,
+                        retain: p.retain,
                     };
-                    events::command_rejected(&cmd.topic, "", "command queue full", "busy");
-                }
-            }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
-                in_flight.insert(pkid, tokio::time::Instant::now());
-            }
-            Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                if let Some(t) = in_flight.remove(&ack.pkid) {
-                    events::publish_acked(t.elapsed().as_secs_f64());
-                }
-            }
-            Ok(Event::Incoming(Packet::PubComp(comp))) => {
-                if let Some(t) = in_flight.remove(&comp.pkid) {
-                    events::publish_acked(t.elapsed().as_secs_f64());
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                let reason = e.to_string();
-                let delay = backoff.next_delay();
-                if connected || reason != last_error {
-                    events::mqtt_down(&broker, &reason, delay);
-                }
-                connected = false;
-                last_error = reason;
-                in_flight.clear();
-                // Sleep out the backoff, beating as we go.
-                let until = tokio::time::Instant::now() + delay;
-                loop {
-                    beat.beat();
-                    tokio::select! {
-                        () = hard_stop.cancelled() => return,
-                        () = tokio::time::sleep_until(until) => break,
-                        _ = tick.tick() => {}
+                    if let Err(e) = commands.try_send(cmd) {
+                        let cmd = match e {
+                            mpsc::error::TrySendError::Full(c)
+                            | mpsc::error::TrySendError::Closed(c) => c,
+                        };
+                        events::command_rejected(&cmd.topic, "", "command queue full", "busy");
                     }
                 }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                    let _ = sessions.send(Session::Down { conn });
+                    return;
+                }
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
+                    let _ = sessions.send(Session::Sent { conn, pkid });
+                }
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    let _ = sessions.send(Session::Acked {
+                        conn,
+                        pkid: ack.pkid,
+                    });
+                }
+                Ok(Event::Incoming(Packet::PubComp(comp))) => {
+                    let _ = sessions.send(Session::Acked {
+                        conn,
+                        pkid: comp.pkid,
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => break e,
+            }
+        };
+        let _ = sessions.send(Session::Down { conn });
+        // Dropping the event loop drops every request still queued for this connection.
+        drop(event_loop);
+        let reason = error.to_string();
+        let delay = backoff.next_delay();
+        if was_up || reason != last_error {
+            events::mqtt_down(&broker, &reason, delay);
+        }
+        was_up = false;
+        last_error = reason;
+        // Sleep out the backoff, beating as we go.
+        let until = Instant::now() + delay;
+        loop {
+            beat.beat();
+            tokio::select! {
+                () = hard_stop.cancelled() => return,
+                () = tokio::time::sleep_until(until) => break,
+                _ = tick.tick() => {}
             }
         }
     }

@@ -1,0 +1,900 @@
+//! The outbound buffer: every QoS 1/2 publication the gateway accepted, kept until the broker
+//! acknowledged it. In memory always; on disk too when a path is configured, so that it survives
+//! restarts, kill -9 and power cuts.
+//!
+//! On disk it is an append-only log in segment files (`<first seq>.seg`, 20 digits) under one
+//! directory. Each segment starts with the magic `FGQ1`, then records:
+//!
+//! ```text
+//! len: u32 LE | crc32(body): u32 LE | body (len bytes)
+//! body = 1 | seq u64 | created_ms i64 | qos u8 | retain u8 | topic_len u16 | topic | payload
+//!      | 2 | done_through u64          (every seq <= this was acknowledged or dropped)
+//! ```
+//!
+//! Appends are written (`write(2)`) as each batch arrives, so a killed process loses nothing;
+//! `sync` makes them durable (`fdatasync`), batched to bound flash wear: a power cut can lose
+//! what arrived since the last sync. Recovery reads every segment, keeps each good record up
+//! to the first bad one (a torn tail), and cuts the torn tail off. A segment or directory that
+//! cannot be read is moved aside; the gateway always starts.
+//!
+//! Bounds in rows and bytes: when a push would exceed them the oldest entries are dropped and
+//! counted. This module does no networking and takes time as an argument.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::mappings::Qos;
+
+const MAGIC: &[u8; 4] = b"FGQ1";
+const KIND_PUBLISH: u8 = 1;
+const KIND_DONE: u8 = 2;
+/// Largest body a record may claim; anything larger is corruption.
+const MAX_BODY: usize = 16 * 1024 * 1024;
+/// Memory and bound accounting per entry, on top of topic and payload.
+pub const ENTRY_OVERHEAD: usize = 48;
+
+/// One buffered publication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub seq: u64,
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    pub qos: Qos,
+    pub retain: bool,
+    /// When the value was read, ms since the Unix epoch.
+    pub created_ms: i64,
+}
+
+impl Entry {
+    pub fn cost(&self) -> usize {
+        self.topic.len() + self.payload.len() + ENTRY_OVERHEAD
+    }
+}
+
+/// A decoded record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Publish(Entry),
+    Done(u64),
+}
+
+/// Append the record's bytes to `out`.
+pub fn encode(record: &Record, out: &mut Vec<u8>) {
+    let mut body = Vec::with_capacity(64);
+    match record {
+        Record::Publish(e) => {
+            body.push(KIND_PUBLISH);
+            body.extend_from_slice(&e.seq.to_le_bytes());
+            body.extend_from_slice(&e.created_ms.to_le_bytes());
+            body.push(e.qos.level());
+            body.push(u8::from(e.retain));
+            let topic = e.topic.as_bytes();
+            let tlen = u16::try_from(topic.len()).unwrap_or(u16::MAX);
+            body.extend_from_slice(&tlen.to_le_bytes());
+            body.extend_from_slice(&topic[..usize::from(tlen)]);
+            body.extend_from_slice(&e.payload);
+        }
+        Record::Done(seq) => {
+            body.push(KIND_DONE);
+            body.extend_from_slice(&seq.to_le_bytes());
+        }
+    }
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+}
+
+fn decode_body(body: &[u8]) -> Option<Record> {
+    let (&kind, rest) = body.split_first()?;
+    let u64_at = |b: &[u8], at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+    };
+    match kind {
+        KIND_PUBLISH => {
+            let seq = u64_at(rest, 0)?;
+            let created_ms = u64_at(rest, 8)? as i64;
+            let qos = match rest.get(16)? {
+                0 => Qos::AtMostOnce,
+                1 => Qos::AtLeastOnce,
+                2 => Qos::ExactlyOnce,
+                _ => return None,
+            };
+            let retain = match rest.get(17)? {
+                0 => false,
+                1 => true,
+                _ => return None,
+            };
+            let tlen = usize::from(u16::from_le_bytes(rest.get(18..20)?.try_into().ok()?));
+            let topic = std::str::from_utf8(rest.get(20..20 + tlen)?).ok()?;
+            let payload = rest.get(20 + tlen..)?;
+            Some(Record::Publish(Entry {
+                seq,
+                topic: Arc::from(topic),
+                payload: Bytes::copy_from_slice(payload),
+                qos,
+                retain,
+                created_ms,
+            }))
+        }
+        KIND_DONE if rest.len() == 8 => Some(Record::Done(u64_at(rest, 0)?)),
+        _ => None,
+    }
+}
+
+/// What [`decode_segment`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Decoded {
+    pub records: Vec<Record>,
+    /// Bytes up to the end of the last good record (the file is cut here).
+    pub good_len: usize,
+    /// The segment did not start with the magic: nothing in it can be trusted.
+    pub bad_header: bool,
+}
+
+/// Decode one segment file's bytes: every good record up to the first bad or torn one.
+/// Never panics, whatever the bytes.
+pub fn decode_segment(bytes: &[u8]) -> Decoded {
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Decoded {
+            bad_header: true,
+            ..Decoded::default()
+        };
+    }
+    let mut at = MAGIC.len();
+    let mut records = Vec::new();
+    while let Some(head) = bytes.get(at..at + 8) {
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if len == 0 || len > MAX_BODY {
+            break;
+        }
+        let Some(body) = bytes.get(at + 8..at + 8 + len) else {
+            break;
+        };
+        if crc32fast::hash(body) != crc {
+            break;
+        }
+        let Some(record) = decode_body(body) else {
+            break;
+        };
+        records.push(record);
+        at += 8 + len;
+    }
+    Decoded {
+        records,
+        good_len: at,
+        bad_header: false,
+    }
+}
+
+/// Bounds and disk settings of the buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// The segment directory; `None` keeps the buffer in memory only.
+    pub path: Option<PathBuf>,
+    pub max_rows: usize,
+    pub max_bytes: usize,
+    /// A segment file is closed and a new one started past this size.
+    pub segment_bytes: usize,
+}
+
+impl StoreSettings {
+    /// Segments of a quarter of the byte bound, between 64 KiB and 8 MiB: small enough that
+    /// acknowledged data leaves the disk soon, large enough for few files.
+    pub fn segment_bytes_for(max_bytes: usize) -> usize {
+        (max_bytes / 4).clamp(64 * 1024, 8 * 1024 * 1024)
+    }
+}
+
+/// What opening the store found, for the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Publications recovered, still to be delivered.
+    pub recovered: usize,
+    /// Bytes cut off torn tails.
+    pub truncated_bytes: usize,
+    /// Files or directories moved aside because they could not be read.
+    pub moved_aside: Vec<PathBuf>,
+    /// The disk could not be used at all; the buffer runs in memory.
+    pub memory_only_because: Option<String>,
+}
+
+#[derive(Debug)]
+struct Segment {
+    first_seq: u64,
+    /// Highest publication seq written to it (0: none).
+    last_seq: u64,
+    path: PathBuf,
+}
+
+#[derive(Debug)]
+struct Log {
+    dir: PathBuf,
+    segments: VecDeque<Segment>,
+    active: File,
+    active_len: usize,
+    segment_limit: usize,
+    /// Encoded, not yet written.
+    pending: Vec<u8>,
+    /// Written, not yet synced.
+    unsynced: bool,
+    /// The `done_through` last written.
+    done_written: u64,
+}
+
+#[derive(Debug)]
+struct Slot {
+    entry: Entry,
+    acked: bool,
+}
+
+/// The buffer. Entries are kept in seq order; acknowledged ones leave from the front.
+#[derive(Debug)]
+pub struct Store {
+    slots: VecDeque<Slot>,
+    /// Slots not acknowledged.
+    unacked: usize,
+    bytes: usize,
+    next_seq: u64,
+    /// Every seq <= this was acknowledged or dropped.
+    done_through: u64,
+    max_rows: usize,
+    max_bytes: usize,
+    log: Option<Log>,
+    /// Drops since the buffer last had room, for one log line per episode.
+    dropping: u64,
+}
+
+fn segment_name(first_seq: u64) -> String {
+    format!("{first_seq:020}.seg")
+}
+
+fn move_aside(path: &Path, recovery: &mut Recovery) {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".corrupt-{stamp}"));
+    let aside = PathBuf::from(aside);
+    if std::fs::rename(path, &aside).is_ok() {
+        recovery.moved_aside.push(aside);
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+impl Store {
+    /// Open (and recover) the store. Never fails: what cannot be read is moved aside, and if
+    /// the disk cannot be used at all the buffer runs in memory (see [`Recovery`]).
+    pub fn open(settings: &StoreSettings) -> (Store, Recovery) {
+        let mut store = Store {
+            slots: VecDeque::new(),
+            unacked: 0,
+            bytes: 0,
+            next_seq: 1,
+            done_through: 0,
+            max_rows: settings.max_rows.max(1),
+            max_bytes: settings.max_bytes.max(1),
+            log: None,
+            dropping: 0,
+        };
+        let mut recovery = Recovery::default();
+        let Some(dir) = &settings.path else {
+            return (store, recovery);
+        };
+        let segment_limit = settings.segment_bytes.max(MAGIC.len() + 1);
+        match store.recover(dir, segment_limit, &mut recovery) {
+            Ok(()) => {}
+            Err(first) => {
+                // The directory itself is unusable: move it aside and start afresh there.
+                move_aside(dir, &mut recovery);
+                store.slots.clear();
+                store.unacked = 0;
+                store.bytes = 0;
+                if let Err(second) = store.recover(dir, segment_limit, &mut recovery) {
+                    store.log = None;
+                    recovery.memory_only_because = Some(format!("{first}; then {second}"));
+                }
+            }
+        }
+        recovery.recovered = store.slots.len();
+        store.enforce_bounds();
+        (store, recovery)
+    }
+
+    fn recover(&mut self, dir: &Path, segment_limit: usize, rec: &mut Recovery) -> io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let mut names: Vec<(u64, PathBuf)> = Vec::new();
+        for item in std::fs::read_dir(dir)? {
+            let path = item?.path();
+            let first = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(first) = first {
+                names.push((first, path));
+            }
+        }
+        names.sort();
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut done = 0u64;
+        let mut max_seq = 0u64;
+        let mut segments = VecDeque::new();
+        let count = names.len();
+        for (i, (first_seq, path)) in names.into_iter().enumerate() {
+            let mut bytes = Vec::new();
+            File::open(&path)?.read_to_end(&mut bytes)?;
+            let decoded = decode_segment(&bytes);
+            if decoded.bad_header {
+                move_aside(&path, rec);
+                continue;
+            }
+            if decoded.good_len < bytes.len() {
+                rec.truncated_bytes += bytes.len() - decoded.good_len;
+                if i + 1 == count {
+                    // A torn tail of the last segment: cut it off so appends follow good data.
+                    OpenOptions::new()
+                        .write(true)
+                        .open(&path)?
+                        .set_len(decoded.good_len as u64)?;
+                }
+            }
+            let mut last_seq = 0;
+            for r in decoded.records {
+                match r {
+                    Record::Publish(e) => {
+                        last_seq = last_seq.max(e.seq);
+                        max_seq = max_seq.max(e.seq);
+                        entries.push(e);
+                    }
+                    Record::Done(s) => done = done.max(s),
+                }
+            }
+            segments.push_back(Segment {
+                first_seq,
+                last_seq,
+                path,
+            });
+        }
+        entries.retain(|e| e.seq > done);
+        entries.sort_by_key(|e| e.seq);
+        entries.dedup_by_key(|e| e.seq);
+        self.done_through = done;
+        self.next_seq = max_seq.max(done) + 1;
+        for e in entries {
+            self.bytes += e.cost();
+            self.unacked += 1;
+            self.slots.push_back(Slot {
+                entry: e,
+                acked: false,
+            });
+        }
+        // Append to a fresh segment: a recovered one may end in a cut tail on a bad sector.
+        let first_seq = self.next_seq;
+        let path = dir.join(segment_name(first_seq));
+        let (active, active_len) = open_segment(&path)?;
+        segments.retain(|s| s.path != path);
+        segments.push_back(Segment {
+            first_seq,
+            last_seq: 0,
+            path,
+        });
+        sync_dir(dir);
+        self.log = Some(Log {
+            dir: dir.to_path_buf(),
+            segments,
+            active,
+            active_len,
+            segment_limit,
+            pending: Vec::new(),
+            unsynced: false,
+            done_written: 0,
+        });
+        // Record the recovered watermark in the new segment, so older ones can go.
+        self.queue_done_record();
+        self.compact();
+        Ok(())
+    }
+
+    /// Number of entries not yet acknowledged.
+    pub fn len(&self) -> usize {
+        self.unacked
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Bytes held (topic + payload + per-entry overhead).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether entries survive a restart.
+    pub fn is_durable(&self) -> bool {
+        self.log.is_some()
+    }
+
+    /// Creation time (ms) of the oldest entry not yet acknowledged.
+    pub fn oldest_created_ms(&self) -> Option<i64> {
+        self.slots
+            .iter()
+            .find(|s| !s.acked)
+            .map(|s| s.entry.created_ms)
+    }
+
+    /// Accept a publication: give it the next seq, encode it for the disk, and drop the oldest
+    /// entries if the bounds are exceeded. Returns the seq and how many were dropped.
+    pub fn push(
+        &mut self,
+        topic: Arc<str>,
+        payload: Bytes,
+        qos: Qos,
+        retain: bool,
+        created_ms: i64,
+    ) -> (u64, u64) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let entry = Entry {
+            seq,
+            topic,
+            payload,
+            qos,
+            retain,
+            created_ms,
+        };
+        if let Some(log) = &mut self.log {
+            encode(&Record::Publish(entry.clone()), &mut log.pending);
+            if let Some(s) = log.segments.back_mut() {
+                s.last_seq = seq;
+            }
+        }
+        self.bytes += entry.cost();
+        self.unacked += 1;
+        self.slots.push_back(Slot {
+            entry,
+            acked: false,
+        });
+        let dropped = self.enforce_bounds();
+        (seq, dropped)
+    }
+
+    fn enforce_bounds(&mut self) -> u64 {
+        let mut dropped = 0;
+        while self.slots.len() > self.max_rows || self.bytes > self.max_bytes {
+            let Some(front) = self.slots.pop_front() else {
+                break;
+            };
+            self.bytes -= front.entry.cost();
+            self.done_through = self.done_through.max(front.entry.seq);
+            if !front.acked {
+                dropped += 1;
+                self.unacked -= 1;
+            }
+        }
+        self.pop_acked();
+        self.dropping += dropped;
+        dropped
+    }
+
+    /// Whether the buffer dropped entries since it last had room.
+    pub fn is_dropping(&self) -> bool {
+        self.dropping > 0
+    }
+
+    /// Drops counted since the buffer last had room; reset (returning the total) once the
+    /// buffer is below half its bounds again.
+    pub fn drop_episode_over(&mut self) -> Option<u64> {
+        if self.dropping > 0
+            && self.slots.len() <= self.max_rows / 2
+            && self.bytes <= self.max_bytes / 2
+        {
+            return Some(std::mem::take(&mut self.dropping));
+        }
+        None
+    }
+
+    fn pop_acked(&mut self) {
+        while let Some(front) = self.slots.front() {
+            if !front.acked {
+                break;
+            }
+            self.done_through = self.done_through.max(front.entry.seq);
+            self.bytes -= front.entry.cost();
+            self.slots.pop_front();
+        }
+        if self.slots.is_empty() {
+            self.done_through = self.done_through.max(self.next_seq - 1);
+        }
+    }
+
+    /// The broker acknowledged `seq`. Unknown or already-dropped seqs are ignored.
+    pub fn ack(&mut self, seq: u64) {
+        let Some(front) = self.slots.front() else {
+            return;
+        };
+        let Some(i) = seq
+            .checked_sub(front.entry.seq)
+            .and_then(|i| usize::try_from(i).ok())
+        else {
+            return;
+        };
+        if let Some(slot) = self.slots.get_mut(i)
+            && slot.entry.seq == seq
+            && !slot.acked
+        {
+            slot.acked = true;
+            self.unacked -= 1;
+        }
+        self.pop_acked();
+    }
+
+    /// The first entry with a seq of at least `from` that is not acknowledged.
+    pub fn next_unacked(&self, from: u64) -> Option<&Entry> {
+        let first = self.slots.front()?.entry.seq;
+        let skip = usize::try_from(from.saturating_sub(first)).unwrap_or(usize::MAX);
+        self.slots
+            .iter()
+            .skip(skip)
+            .find(|s| !s.acked)
+            .map(|s| &s.entry)
+    }
+
+    /// The seq of the oldest entry held (acknowledged or not), or the next seq if empty.
+    pub fn front_seq(&self) -> u64 {
+        self.slots.front().map_or(self.next_seq, |s| s.entry.seq)
+    }
+
+    fn queue_done_record(&mut self) {
+        let done = self.done_through;
+        if let Some(log) = &mut self.log
+            && log.done_written != done
+        {
+            encode(&Record::Done(done), &mut log.pending);
+            log.done_written = done;
+        }
+    }
+
+    /// Hand what was pushed to the kernel (`write(2)`, no fsync): it now survives the process
+    /// being killed. Cheap; call after each batch.
+    pub fn write(&mut self) -> io::Result<()> {
+        let Some(log) = &mut self.log else {
+            return Ok(());
+        };
+        if log.pending.is_empty() {
+            return Ok(());
+        }
+        log.active.write_all(&log.pending)?;
+        log.active_len += log.pending.len();
+        log.pending.clear();
+        log.unsynced = true;
+        Ok(())
+    }
+
+    /// Make everything written durable (`fdatasync`), record the acknowledged watermark,
+    /// delete segments that hold nothing undelivered, and start a new segment when the active
+    /// one is full. Call every sync interval.
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.queue_done_record();
+        self.write()?;
+        let next_seq = self.next_seq;
+        let done = self.done_through;
+        let Some(log) = &mut self.log else {
+            return Ok(());
+        };
+        if log.unsynced {
+            log.active.sync_data()?;
+            log.unsynced = false;
+        }
+        if log.active_len >= log.segment_limit {
+            let path = log.dir.join(segment_name(next_seq));
+            let (active, len) = open_segment(&path)?;
+            log.active = active;
+            log.active_len = len;
+            log.segments.push_back(Segment {
+                first_seq: next_seq,
+                last_seq: 0,
+                path,
+            });
+            sync_dir(&log.dir);
+            // The new segment starts with the watermark, so older segments can go.
+            encode(&Record::Done(done), &mut log.pending);
+            log.done_written = done;
+        }
+        self.compact();
+        Ok(())
+    }
+
+    /// Delete every segment but the active one whose publications are all done.
+    fn compact(&mut self) {
+        let done = self.done_through;
+        let Some(log) = &mut self.log else {
+            return;
+        };
+        let mut removed = false;
+        while log.segments.len() > 1 {
+            let Some(s) = log.segments.front() else {
+                break;
+            };
+            if s.last_seq > done {
+                break;
+            }
+            let _ = std::fs::remove_file(&s.path);
+            log.segments.pop_front();
+            removed = true;
+        }
+        if removed {
+            sync_dir(&log.dir);
+        }
+    }
+
+    /// Number of segment files, for tests and metrics.
+    pub fn segment_count(&self) -> usize {
+        self.log.as_ref().map_or(0, |l| l.segments.len())
+    }
+
+    /// The first seq of the oldest segment file, for tests.
+    pub fn oldest_segment_seq(&self) -> Option<u64> {
+        self.log
+            .as_ref()
+            .and_then(|l| l.segments.front())
+            .map(|s| s.first_seq)
+    }
+}
+
+fn open_segment(path: &Path) -> io::Result<(File, usize)> {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)?;
+    let len = f.metadata()?.len() as usize;
+    if len == 0 {
+        f.write_all(MAGIC)?;
+        f.sync_data()?;
+        return Ok((f, MAGIC.len()));
+    }
+    Ok((f, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(dir: &Path, rows: usize, bytes: usize) -> StoreSettings {
+        StoreSettings {
+            path: Some(dir.to_path_buf()),
+            max_rows: rows,
+            max_bytes: bytes,
+            segment_bytes: StoreSettings::segment_bytes_for(bytes),
+        }
+    }
+
+    fn push(s: &mut Store, i: u32) -> u64 {
+        s.push(
+            Arc::from(format!("t/{}", i % 3).as_str()),
+            Bytes::from(format!("v{i}")),
+            Qos::AtLeastOnce,
+            i.is_multiple_of(2),
+            1_700_000_000_000 + i64::from(i),
+        )
+        .0
+    }
+
+    fn seqs(s: &Store) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut from = 0;
+        while let Some(e) = s.next_unacked(from) {
+            out.push(e.seq);
+            from = e.seq + 1;
+        }
+        out
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let e = Entry {
+            seq: 42,
+            topic: Arc::from("a/b"),
+            payload: Bytes::from_static(b"{\"v\":1}"),
+            qos: Qos::ExactlyOnce,
+            retain: true,
+            created_ms: -5,
+        };
+        let mut bytes = MAGIC.to_vec();
+        encode(&Record::Publish(e.clone()), &mut bytes);
+        encode(&Record::Done(7), &mut bytes);
+        let d = decode_segment(&bytes);
+        assert_eq!(d.records, vec![Record::Publish(e), Record::Done(7)]);
+        assert_eq!(d.good_len, bytes.len());
+    }
+
+    #[test]
+    fn torn_or_flipped_tail_keeps_the_good_prefix() {
+        let mut bytes = MAGIC.to_vec();
+        encode(&Record::Done(1), &mut bytes);
+        let good = bytes.len();
+        encode(&Record::Done(2), &mut bytes);
+        for cut in good..bytes.len() {
+            let d = decode_segment(&bytes[..cut]);
+            assert_eq!(d.records, vec![Record::Done(1)], "cut at {cut}");
+            assert_eq!(d.good_len, good);
+        }
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x40;
+        assert_eq!(decode_segment(&flipped).records, vec![Record::Done(1)]);
+        assert!(decode_segment(b"XXXX").bad_header);
+    }
+
+    #[test]
+    fn unacknowledged_entries_survive_a_restart_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = settings(dir.path(), 1000, 1 << 20);
+        let (mut s, _) = Store::open(&set);
+        for i in 0..10 {
+            push(&mut s, i);
+        }
+        s.ack(1);
+        s.ack(2);
+        s.ack(5); // out of order: 3 and 4 still pending
+        s.write().unwrap();
+        drop(s); // like kill -9: written, not synced, watermark not recorded
+        let (s, rec) = Store::open(&set);
+        // The watermark was never synced, so all 10 come back (duplicates are allowed).
+        assert_eq!(rec.recovered, 10);
+        assert_eq!(seqs(&s), (1..=10).collect::<Vec<_>>());
+        let mut s = s;
+        for q in 1..=4 {
+            s.ack(q);
+        }
+        s.sync().unwrap();
+        drop(s);
+        let (s, rec) = Store::open(&set);
+        assert_eq!(seqs(&s), (5..=10).collect::<Vec<_>>());
+        assert_eq!(rec.recovered, 6);
+        let e = s.next_unacked(0).unwrap();
+        assert_eq!(&*e.topic, "t/1"); // i = 4 -> seq 5
+        assert_eq!(e.created_ms, 1_700_000_000_004);
+        assert!(e.retain);
+        // New seqs continue after the recovered ones.
+        let mut s = s;
+        assert_eq!(push(&mut s, 99), 11);
+    }
+
+    #[test]
+    fn a_torn_tail_on_disk_is_cut_and_the_rest_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = settings(dir.path(), 1000, 1 << 20);
+        let (mut s, _) = Store::open(&set);
+        for i in 0..5 {
+            push(&mut s, i);
+        }
+        s.sync().unwrap();
+        drop(s);
+        let seg = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .max()
+            .unwrap();
+        let len = std::fs::metadata(&seg).unwrap().len();
+        // Tear the last record in half and add junk.
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        f.set_len(len - 3).unwrap();
+        drop(f);
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&[0xff; 5]).unwrap();
+        drop(f);
+        let (s, rec) = Store::open(&set);
+        assert_eq!(seqs(&s), vec![1, 2, 3, 4]);
+        assert!(rec.truncated_bytes > 0);
+        assert!(rec.moved_aside.is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_segment_is_moved_aside_and_the_store_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(segment_name(1)), b"garbage").unwrap();
+        let (mut s, rec) = Store::open(&settings(dir.path(), 10, 1 << 20));
+        assert_eq!(rec.moved_aside.len(), 1);
+        assert!(s.is_durable());
+        assert_eq!(push(&mut s, 0), 1);
+    }
+
+    #[test]
+    fn a_store_path_that_is_a_file_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue");
+        std::fs::write(&path, b"not a directory").unwrap();
+        let (s, rec) = Store::open(&settings(&path, 10, 1 << 20));
+        assert_eq!(rec.moved_aside.len(), 1);
+        assert!(s.is_durable());
+        assert!(path.is_dir());
+    }
+
+    #[test]
+    fn full_buffer_drops_the_oldest_and_counts_them() {
+        let (mut s, _) = Store::open(&StoreSettings {
+            path: None,
+            max_rows: 5,
+            max_bytes: 1 << 20,
+            segment_bytes: 1 << 20,
+        });
+        let mut dropped = 0;
+        for i in 0..12 {
+            let (_, d) = s.push(
+                Arc::from("t"),
+                Bytes::from(vec![0; i]),
+                Qos::AtLeastOnce,
+                false,
+                0,
+            );
+            dropped += d;
+        }
+        assert_eq!(dropped, 7);
+        assert_eq!(seqs(&s), (8..=12).collect::<Vec<_>>());
+        assert_eq!(s.drop_episode_over(), None);
+        for q in 8..=11 {
+            s.ack(q);
+        }
+        assert_eq!(s.drop_episode_over(), Some(7));
+        // Bytes bound: every entry costs the overhead plus its topic and payload.
+        let (mut s, _) = Store::open(&StoreSettings {
+            path: None,
+            max_rows: 1000,
+            max_bytes: 3 * (ENTRY_OVERHEAD + 2),
+            segment_bytes: 1 << 20,
+        });
+        let mut dropped = 0;
+        for _ in 0..5 {
+            dropped += s
+                .push(
+                    Arc::from("t"),
+                    Bytes::from_static(b"x"),
+                    Qos::AtLeastOnce,
+                    false,
+                    0,
+                )
+                .1;
+        }
+        assert_eq!(dropped, 2);
+        assert_eq!(s.bytes(), 3 * (ENTRY_OVERHEAD + 2));
+    }
+
+    #[test]
+    fn acknowledged_segments_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = StoreSettings {
+            segment_bytes: 64 * 1024,
+            ..settings(dir.path(), 100_000, 1 << 30)
+        };
+        let (mut s, _) = Store::open(&set);
+        let payload = Bytes::from(vec![b'x'; 1000]);
+        for _ in 0..300 {
+            s.push(Arc::from("t"), payload.clone(), Qos::AtLeastOnce, false, 0);
+            s.sync().unwrap();
+        }
+        assert!(s.segment_count() > 2, "{}", s.segment_count());
+        for q in 1..=200 {
+            s.ack(q);
+        }
+        s.sync().unwrap();
+        let first = s.oldest_segment_seq().unwrap();
+        assert!(first > 1 && first <= 201, "{first}");
+        drop(s);
+        let (s, _) = Store::open(&set);
+        assert_eq!(seqs(&s), (201..=300).collect::<Vec<_>>());
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        assert!(files <= 4, "{files} segment files left");
+    }
+}

@@ -284,7 +284,12 @@ impl Plant {
             // Modbus TCP's "this device" unit 255 reaches a lone unit.
             let lone = !self.rtu && req.slave == 255 && units.len() == 1;
             match units.iter_mut().find(|u| u.id == req.slave || lone) {
-                Some(u) => (serve(u.tower.as_mut(), req.request), u.fault),
+                // A unit that will not answer does not act on the request either (reads have
+                // a side effect: the read counter).
+                Some(u) if matches!(u.fault, FaultMode::None | FaultMode::Late) => {
+                    (serve(u.tower.as_mut(), req.request), u.fault)
+                }
+                Some(u) => (Err(ExceptionCode::ServerDeviceFailure), u.fault),
                 None if self.rtu => return Box::pin(std::future::ready(Ok(None))),
                 None => (Err(ExceptionCode::GatewayTargetDevice), FaultMode::None),
             }

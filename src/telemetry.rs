@@ -54,6 +54,19 @@ pub async fn serve_metrics(
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tracing::info!(addr = %bound, "metrics listening");
+    // Histograms keep their samples until upkeep folds them in: do it on a timer too, so
+    // memory stays bounded when nobody scrapes.
+    let upkeep = handle.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = every.tick() => upkeep.run_upkeep(),
+            }
+        }
+    });
     tokio::spawn(async move {
         loop {
             let (mut stream, _) = tokio::select! {

@@ -346,9 +346,20 @@ pub struct Observer {
 
 impl Observer {
     pub async fn start(broker: SocketAddr, filter: &str) -> Observer {
+        Self::start_session(broker, filter, true).await
+    }
+
+    /// An observer with a persistent session (`clean_session = false`): the broker keeps its
+    /// QoS 1/2 messages across its reconnects.
+    pub async fn start_persistent(broker: SocketAddr, filter: &str) -> Observer {
+        Self::start_session(broker, filter, false).await
+    }
+
+    async fn start_session(broker: SocketAddr, filter: &str, clean: bool) -> Observer {
         let id = format!("observer-{}", fastrand::u64(..));
         let mut opts = MqttOptions::new(id, broker.ip().to_string(), broker.port());
         opts.set_keep_alive(Duration::from_secs(5));
+        opts.set_clean_session(clean);
         let (client, mut el) = AsyncClient::new(opts, 64);
         let msgs = Arc::new(Mutex::new(Vec::new()));
         let (tx, seen) = watch::channel(0usize);
@@ -500,4 +511,136 @@ async fn changed_before(seen: &mut watch::Receiver<usize>, deadline: tokio::time
         tokio::time::timeout_at(deadline, seen.changed()).await,
         Ok(Ok(()))
     )
+}
+
+/// What a [`Proxy`] does with the traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Forward both ways.
+    Pass,
+    /// Reset (RST) every connection, and every new one at once: the broker is gone.
+    Cut,
+    /// Like `Cut`, but each open connection is reset only after 30 ms without traffic, so
+    /// that no publish or acknowledgement is half-way (for tests that count exactly).
+    CutWhenQuiet,
+    /// Keep connections open but let nothing through either way, as a half-open link does
+    /// (a pulled cable, a dead NAT entry). New connections are accepted and never served.
+    /// Back to `Pass`, the black-holed connections are reset.
+    Blackhole,
+}
+
+/// A TCP proxy the test controls, in front of a real broker.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    mode: watch::Sender<ProxyMode>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (mode, rx) = watch::channel(ProxyMode::Pass);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let rx = rx.clone();
+                tokio::spawn(proxy_connection(client, target, rx));
+            }
+        });
+        Proxy { addr, mode }
+    }
+
+    /// Change the mode; setting the current one again changes nothing.
+    pub fn set(&self, mode: ProxyMode) {
+        self.mode
+            .send_if_modified(|m| std::mem::replace(m, mode) != mode);
+    }
+}
+
+async fn proxy_connection(
+    client: tokio::net::TcpStream,
+    target: SocketAddr,
+    mut mode: watch::Receiver<ProxyMode>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let reset = |s: &tokio::net::TcpStream| {
+        let _ = s.set_zero_linger();
+    };
+    let start = *mode.borrow_and_update();
+    match start {
+        ProxyMode::Cut | ProxyMode::CutWhenQuiet => return reset(&client),
+        ProxyMode::Blackhole => {
+            // Hold it, unserved, until the outage ends; then reset it.
+            while *mode.borrow_and_update() == ProxyMode::Blackhole {
+                if mode.changed().await.is_err() {
+                    return;
+                }
+            }
+            return reset(&client);
+        }
+        ProxyMode::Pass => {}
+    }
+    let Ok(upstream) = tokio::net::TcpStream::connect(target).await else {
+        return reset(&client);
+    };
+    let (mut cr, mut cw) = client.into_split();
+    let (mut ur, mut uw) = upstream.into_split();
+    let mut cbuf = vec![0u8; 16 * 1024];
+    let mut ubuf = vec![0u8; 16 * 1024];
+    let mut holed = false;
+    let mut upstream_open = true;
+    let quiet = Duration::from_millis(30);
+    let mut cut_at: Option<tokio::time::Instant> = None;
+    let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
+    loop {
+        let cut_timer = tokio::time::sleep_until(cut_at.unwrap_or_else(far));
+        tokio::select! {
+            n = cr.read(&mut cbuf) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) if !holed => if uw.write_all(&cbuf[..n]).await.is_err() { break },
+                Ok(_) => {} // into the void
+            },
+            n = ur.read(&mut ubuf), if upstream_open => match n {
+                Ok(0) | Err(_) if holed => upstream_open = false, // a half-open link hides it
+                Ok(0) | Err(_) => break,
+                Ok(n) if !holed => if cw.write_all(&ubuf[..n]).await.is_err() { break },
+                Ok(_) => {}
+            },
+            () = cut_timer => break,
+            r = mode.changed() => {
+                if r.is_err() { break }
+                match *mode.borrow_and_update() {
+                    ProxyMode::Blackhole => holed = true,
+                    ProxyMode::Cut => break,
+                    ProxyMode::CutWhenQuiet => {}
+                    // The link comes back, but this connection died in the outage.
+                    ProxyMode::Pass => break,
+                }
+            }
+        }
+        if *mode.borrow() == ProxyMode::CutWhenQuiet {
+            cut_at = Some(tokio::time::Instant::now() + quiet);
+        }
+    }
+    if let (Ok(c), Ok(u)) = (cr.reunite(cw), ur.reunite(uw)) {
+        reset(&c);
+        reset(&u);
+    }
+}
+
+/// Read one counter of the Prometheus text at `addr` (summed over label sets matching
+/// `labels`, e.g. `reason="buffer_full"`); 0 if absent.
+pub async fn metric(addr: SocketAddr, name: &str, labels: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

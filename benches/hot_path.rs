@@ -1,6 +1,10 @@
 //! Hot-path benchmark: decoding registers and running the mapping engine over poll results of
 //! the shipped water-tower mapping. `cargo bench --bench hot_path` prints ns per operation.
 //! Under `cargo test` it runs a few iterations only, as a smoke test.
+//!
+//! It also measures the outbound buffer on this machine's disk (the target directory):
+//! accepting a publication, one batch `write(2)`, and one fsync, which bounds the loss window
+//! of a power cut (`mqtt.buffer.sync_interval` plus one fsync).
 
 use std::hint::black_box;
 use std::path::Path;
@@ -72,4 +76,70 @@ fn main() {
         },
     );
     println!("publications produced: {published}");
+
+    store_figures(benching);
+}
+
+fn store_figures(benching: bool) {
+    use fieldgate::mappings::Qos;
+    use fieldgate::outputs::store::{Store, StoreSettings};
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-buffer");
+    let _ = std::fs::remove_dir_all(&dir);
+    let settings = StoreSettings {
+        path: Some(dir.clone()),
+        max_rows: 10_000_000,
+        max_bytes: 1 << 30,
+        segment_bytes: 8 << 20,
+    };
+    let (mut store, _) = Store::open(&settings);
+    let topic: Arc<str> = Arc::from("ISBTest/pumpcontrol/waterlevel");
+    let payload = bytes::Bytes::from_static(
+        br#"{"quality":"good","ts":"2026-11-22T10:00:00.000Z","unit":"cm","value":187}"#,
+    );
+    let n = if benching { 200_000 } else { 1_000 };
+    time("buffer: accept one publication (memory + encode)", n, |i| {
+        store.push(
+            topic.clone(),
+            payload.clone(),
+            Qos::AtLeastOnce,
+            false,
+            i as i64,
+        );
+    });
+    // A batch as the publisher writes it: 20 publications, one write(2).
+    time("buffer: write a batch of 20 (one write(2))", n / 20, |i| {
+        for _ in 0..20 {
+            store.push(
+                topic.clone(),
+                payload.clone(),
+                Qos::AtLeastOnce,
+                false,
+                i as i64,
+            );
+        }
+        store.write().expect("write");
+    });
+    let syncs = if benching { 200 } else { 5 };
+    let mut worst = Duration::ZERO;
+    time(
+        "buffer: fsync after a 200 ms batch (20 publications)",
+        syncs,
+        |i| {
+            for _ in 0..20 {
+                store.push(
+                    topic.clone(),
+                    payload.clone(),
+                    Qos::AtLeastOnce,
+                    false,
+                    i as i64,
+                );
+            }
+            let t = Instant::now();
+            store.sync().expect("sync");
+            worst = worst.max(t.elapsed());
+        },
+    );
+    println!("buffer: worst fsync {:.2} ms", worst.as_secs_f64() * 1000.0);
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,6 +11,8 @@
 pub mod backoff;
 pub mod config;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod gateway;
 pub mod inputs;
 pub mod mappings;

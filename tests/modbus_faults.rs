@@ -53,6 +53,9 @@ devices:
       # request would show as a level other than 42 or a counter going backwards.
       - {{ name: level, kind: input_register, address: 0, publish: {{ topic: mf/b/level, format: json, mode: on_change }} }}
       - {{ name: reads, kind: input_register, address: 9, type: u32, publish: {{ topic: mf/b, format: json, mode: on_change }} }}
+      - {{ name: p1, kind: coil, address: 0, writable: true, publish: {{ topic: mf/b/p1, mode: on_change }} }}
+commands:
+  - {{ topic: mf/b/p1/set, write: b.p1 }}
 "#,
             mp = mqtt.port(),
             ap = a.port(),
@@ -91,6 +94,13 @@ devices:
             .wait_topic(since, "mf/b", |p| p.contains("\"stale\""))
             .await;
         assert!(json(&stale.payload)["value"].as_u64().unwrap() > 0);
+        if mode == "silent" {
+            // A command for the failing device is refused at once, not kept for later: a
+            // pump must not start when the device comes back.
+            obs.publish("mf/b/p1/set", "true", false).await;
+            let ack = obs.wait_topic(since, "mf/b/p1/set/ack", |_| true).await;
+            assert_eq!(json(&ack.payload)["result"], "error", "{}", ack.payload);
+        }
         // The healthy device keeps its rate: ~10 readings a second, against ~3 if it waited
         // behind b's 300 ms timeouts.
         let a_before = good(&obs, "mf/a").len();
@@ -110,7 +120,17 @@ devices:
             })
             .await;
         assert!(back.at > t0);
-        if mode != "silent" {
+        if mode == "silent" {
+            // (The device accepts one connection, the gateway's: ask through the gateway.)
+            obs.wait_topic(status.seq, "mf/b/p1", |p| p == "false")
+                .await;
+            assert!(
+                !obs.all()
+                    .iter()
+                    .any(|m| m.topic == "mf/b/p1" && m.payload == "true"),
+                "the refused command was written later"
+            );
+        } else {
             // late and close cost the connection: it was re-opened.
             gw.wait_count(&["modbus link connected"], connects + 1)
                 .await;

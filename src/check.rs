@@ -36,6 +36,69 @@ fn rule(r: &PublishRule) -> String {
     )
 }
 
+/// TLS, credentials and payload encryption: where each comes from, never a secret.
+fn security(s: &mut String, m: &Model) {
+    use crate::model::PasswordSource;
+    use crate::outputs::tls::{TlsVersion, Trust};
+    match &m.mqtt.tls {
+        None => {
+            let _ = writeln!(s, "  tls: off (plain TCP)");
+        }
+        Some(t) => {
+            let trust = match &t.trust {
+                Trust::System => "the system CA store".to_owned(),
+                Trust::CaFile(p) => format!("ca_file {}", p.display()),
+                Trust::Pins(p) => format!("{} pinned certificate(s)", p.len()),
+            };
+            let _ = writeln!(
+                s,
+                "  tls: min {}, trust {trust}{}{}",
+                match t.min_version {
+                    TlsVersion::V1_2 => "1.2",
+                    TlsVersion::V1_3 => "1.3",
+                },
+                t.client
+                    .as_ref()
+                    .map(|(c, _)| format!(", client certificate {}", c.display()))
+                    .unwrap_or_default(),
+                t.server_name
+                    .as_ref()
+                    .map(|n| format!(", server name {n}"))
+                    .unwrap_or_default(),
+            );
+            if matches!(&t.trust, Trust::Pins(p) if p.is_empty()) {
+                let _ = writeln!(
+                    s,
+                    "    warning: no pin yet: every connection will be refused; run `fieldgate tls inspect -c FILE --pin` to accept the broker's certificate"
+                );
+            }
+        }
+    }
+    if let Some(c) = &m.mqtt.credentials {
+        let from = match &c.source {
+            PasswordSource::None => "no password".to_owned(),
+            PasswordSource::File(p) => format!("password from file {}", p.display()),
+            PasswordSource::Env(v) => format!("password from ${v}"),
+            PasswordSource::Inline => "password inline in the mapping".to_owned(),
+        };
+        let _ = writeln!(s, "  user: {}, {from}", c.username);
+        if c.source == PasswordSource::Inline {
+            let _ = writeln!(
+                s,
+                "    WARNING: the broker password is written in the mapping file: anyone who can read the file can read it. Move it to password_file (mode 600) or password_env."
+            );
+        }
+    }
+    if let Some(e) = &m.mqtt.encryption {
+        let _ = writeln!(
+            s,
+            "  payload encryption: AES-256-GCM, key file {}, topics {}",
+            e.key_file.display(),
+            e.topics.join(", ")
+        );
+    }
+}
+
 /// Render the summary printed by `fieldgate check`.
 pub fn summary(m: &Model) -> String {
     let mut s = String::new();
@@ -44,6 +107,7 @@ pub fn summary(m: &Model) -> String {
         "mqtt: {}:{} client_id {} status {}",
         m.mqtt.host, m.mqtt.port, m.mqtt.client_id, m.mqtt.status_topic
     );
+    security(&mut s, m);
     let _ = writeln!(s, "links: {}", m.links.len());
     for l in &m.links {
         let _ = writeln!(s, "  {}: {}, {} device(s)", l.name, l.spec, l.devices.len());

@@ -188,7 +188,21 @@ pub fn mqtt_connected(broker: &str) {
     info!(broker, "mqtt connected");
 }
 
-pub fn mqtt_down(broker: &str, reason: &str, retry_in: std::time::Duration) {
+/// A connection attempt failed, or a connection was lost: `state` says why in a word
+/// (`certificate_expired`, `bad_credentials`, ...), `reason` in full.
+pub fn mqtt_down(broker: &str, state: &str, reason: &str, retry_in: std::time::Duration) {
     gauge!("fieldgate_mqtt_connected").set(0.0);
-    warn!(broker, reason, retry_in = ?retry_in, "mqtt connection lost");
+    warn!(broker, state, reason, retry_in = ?retry_in, "mqtt connection lost");
+}
+
+/// The broker connection's state: `fieldgate_mqtt_connection_state{state}` is 1 for the
+/// current one and 0 for the others.
+pub fn mqtt_state(state: crate::outputs::tls::ConnState) {
+    for s in crate::outputs::tls::ConnState::ALL {
+        gauge!("fieldgate_mqtt_connection_state", "state" => s.as_str()).set(if s == state {
+            1.0
+        } else {
+            0.0
+        });
+    }
 }

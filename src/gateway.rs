@@ -313,6 +313,9 @@ async fn reload(
         || m.0.keep_alive != m.1.keep_alive
         || m.0.status_topic != m.1.status_topic
         || m.0.buffer != m.1.buffer
+        || m.0.tls != m.1.tls
+        || m.0.credentials != m.1.credentials
+        || m.0.encryption != m.1.encryption
         || new.metrics_listen != old.metrics_listen
     {
         return rejected(vec![format!(
@@ -452,20 +455,78 @@ fn rejection_kind(e: &CommandError) -> &'static str {
     }
 }
 
+/// Encrypted commands older (or newer) than this are refused: a captured command cannot be
+/// replayed later.
+const COMMAND_MAX_AGE: Duration = Duration::from_secs(30);
+
+/// Remembers the nonces of recent encrypted commands, so that a captured one is not replayed
+/// within [`COMMAND_MAX_AGE`].
+#[derive(Default)]
+struct ReplayGuard {
+    seen: std::collections::VecDeque<(SystemTime, Vec<u8>)>,
+}
+
+impl ReplayGuard {
+    fn open(
+        &mut self,
+        enc: &crate::model::Encryption,
+        topic: &str,
+        envelope: &[u8],
+        now: SystemTime,
+    ) -> Result<Vec<u8>, String> {
+        use crate::mappings::envelope;
+        let key: [u8; 32] = enc
+            .key
+            .0
+            .as_slice()
+            .try_into()
+            .map_err(|_| "no usable key".to_owned())?;
+        let (ts, plain) = envelope::open(&key, topic, envelope).map_err(|e| e.to_string())?;
+        let sent = SystemTime::UNIX_EPOCH + Duration::from_millis(ts);
+        let age = now.duration_since(sent).unwrap_or_else(|e| e.duration());
+        if age > COMMAND_MAX_AGE {
+            return Err(format!(
+                "stale: sent {} s from now (at most {} s allowed)",
+                age.as_secs(),
+                COMMAND_MAX_AGE.as_secs()
+            ));
+        }
+        while self
+            .seen
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t).unwrap_or_default() > COMMAND_MAX_AGE * 2)
+        {
+            self.seen.pop_front();
+        }
+        let nonce = envelope[1..1 + envelope::NONCE_LEN].to_vec();
+        if self.seen.iter().any(|(_, n)| *n == nonce) {
+            return Err("replayed: this exact message was already received".into());
+        }
+        self.seen.push_back((now, nonce));
+        Ok(plain)
+    }
+}
+
 async fn run_executor(
     snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
     mut commands: mpsc::Receiver<IncomingCommand>,
     out: mpsc::Sender<Publication>,
     stop: CancellationToken,
 ) {
+    let mut replays = ReplayGuard::default();
     loop {
-        let cmd = tokio::select! {
+        let mut cmd = tokio::select! {
             () = stop.cancelled() => return,
             c = commands.recv() => match c { Some(c) => c, None => return },
         };
         let snap = Arc::clone(&snapshots.borrow());
         let (model, router) = (&snap.model, &snap.router);
-        let text = printable(&String::from_utf8_lossy(&cmd.payload));
+        let encrypted = model
+            .mqtt
+            .encryption
+            .as_ref()
+            .filter(|e| e.covers(&cmd.topic, &model.mqtt.status_topic));
+        let mut text = printable(&String::from_utf8_lossy(&cmd.payload));
         let ack = |ci: usize, body: serde_json::Value| {
             let c = &model.commands[ci];
             Publication {
@@ -476,6 +537,28 @@ async fn run_executor(
                 created_at: SystemTime::now(),
             }
         };
+        if let Some(enc) = encrypted {
+            // Only a payload that authenticates, is fresh and was not seen before goes on.
+            match replays.open(enc, &cmd.topic, &cmd.payload, SystemTime::now()) {
+                Ok(plain) => {
+                    text = printable(&String::from_utf8_lossy(&plain));
+                    cmd.payload = plain.into();
+                }
+                Err(reason) => {
+                    events::command_rejected(&cmd.topic, "<encrypted>", &reason, "not_authentic");
+                    if let Some(ci) = router.command_for(&cmd.topic) {
+                        enqueue(
+                            &out,
+                            ack(
+                                ci,
+                                json!({"result": "rejected", "reason": reason, "ts": timestamp(SystemTime::now())}),
+                            ),
+                        );
+                    }
+                    continue;
+                }
+            }
+        }
         let accepted = match router.parse(&cmd.topic, &cmd.payload, cmd.retain) {
             Ok(a) => a,
             Err((ci, e)) => {

@@ -46,6 +46,18 @@ enum Command {
     Probe(ProbeArgs),
     /// Find which unit ids answer on a bus (or behind a TCP gateway), within a bounded time.
     Scan(ScanArgs),
+    /// TLS tools: `tls inspect` shows what a broker presents and whether the configured trust
+    /// accepts it; `--pin` accepts it explicitly.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
+    /// Encrypt or decrypt a payload (stdin to stdout) as the gateway does with
+    /// `mqtt.payload_encryption`, for operators and other clients' tests.
+    Crypt {
+        #[command(subcommand)]
+        command: CryptCommand,
+    },
     /// Print the JSON Schema of mapping files (for editors; also `docs/schemas/mapping.schema.json`).
     Schema,
     /// Run a simulated plant as a Modbus TCP slave.
@@ -181,6 +193,50 @@ enum Plant {
     EnergyMeter(TowerArgs),
 }
 
+#[derive(Debug, Subcommand)]
+enum TlsCommand {
+    /// Connect to the broker and print the certificate it presents: subject, issuer, names,
+    /// validity and SHA-256, and whether the configured trust accepts it.
+    Inspect {
+        /// The mapping file: its broker, `mqtt.tls` trust and client certificate.
+        #[arg(short, long, conflicts_with_all = ["host"])]
+        config: Option<PathBuf>,
+        /// The broker, when no mapping is given (judged against the system CA store).
+        #[arg(long, requires = "port")]
+        host: Option<String>,
+        #[arg(long)]
+        port: Option<u16>,
+        /// Trust the presented certificate from now on: add its SHA-256 to the mapping's
+        /// `mqtt.tls.pin_file`.
+        #[arg(long, requires = "config")]
+        pin: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CryptCommand {
+    /// Seal stdin for TOPIC: the envelope (binary) on stdout.
+    Encrypt {
+        /// The 32-byte key file (raw, base64 or hex).
+        #[arg(long)]
+        key: PathBuf,
+        /// The topic the message is for (bound into the envelope).
+        #[arg(long)]
+        topic: String,
+    },
+    /// Open an envelope from stdin (received on TOPIC): the payload on stdout. Fails, with
+    /// nothing on stdout, if it does not authenticate.
+    Decrypt {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        topic: String,
+        /// Print the sender's timestamp (RFC 3339) on stderr.
+        #[arg(long)]
+        show_time: bool,
+    },
+}
+
 #[derive(Debug, clap::Args)]
 struct TowerArgs {
     /// TCP address to listen on; port 0 picks a free port (printed on stdout).
@@ -237,6 +293,13 @@ fn main() -> ExitCode {
     fieldgate::telemetry::init_logging(cli.log_format == "json");
     match cli.command {
         Command::Check { config, sample } => check(&config, sample),
+        Command::Crypt { command } => match crypt(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fieldgate: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Schema => {
             println!(
                 "{}",
@@ -344,6 +407,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Demo { speed } => fieldgate::demo::run(speed, shutdown).await,
         Command::Probe(a) => probe(a, shutdown).await,
         Command::Scan(a) => scan(a).await,
+        Command::Crypt { .. } => anyhow::bail!("crypt runs before the runtime starts"),
+        Command::Tls {
+            command:
+                TlsCommand::Inspect {
+                    config,
+                    host,
+                    port,
+                    pin,
+                },
+        } => tls_inspect(config, host, port, pin).await,
     }
 }
 
@@ -530,6 +603,121 @@ async fn probe(a: ProbeArgs, shutdown: CancellationToken) -> anyhow::Result<()> 
             () = tokio::time::sleep(a.interval) => println!(),
         }
     }
+}
+
+fn crypt(command: CryptCommand) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let (key, topic) = match &command {
+        CryptCommand::Encrypt { key, topic } | CryptCommand::Decrypt { key, topic, .. } => {
+            (key, topic)
+        }
+    };
+    let key = fieldgate::config::read_key_file(key).map_err(anyhow::Error::msg)?;
+    let mut input = Vec::new();
+    std::io::stdin().read_to_end(&mut input)?;
+    let out = match command {
+        CryptCommand::Encrypt { .. } => {
+            use aes_gcm::aead::Generate;
+            let nonce: aes_gcm::Nonce<aes_gcm::aes::cipher::consts::U12> =
+                aes_gcm::Nonce::generate();
+            let ts = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis() as u64;
+            fieldgate::mappings::envelope::seal(&key, nonce.into(), topic, ts, &input)
+        }
+        CryptCommand::Decrypt { show_time, .. } => {
+            let (ts, plain) = fieldgate::mappings::envelope::open(&key, topic, &input)
+                .with_context(|| format!("message for {topic}"))?;
+            if show_time {
+                let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ts);
+                eprintln!("sent {}", fieldgate::mappings::engine::timestamp(at));
+            }
+            plain
+        }
+    };
+    std::io::stdout().write_all(&out)?;
+    Ok(())
+}
+
+async fn tls_inspect(
+    config: Option<PathBuf>,
+    host: Option<String>,
+    port: Option<u16>,
+    pin: bool,
+) -> anyhow::Result<()> {
+    use fieldgate::outputs::tls;
+    let (host, port, settings, source) = match &config {
+        Some(path) => {
+            let model = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let settings = model
+                .mqtt
+                .tls
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("{}: no mqtt.tls section", path.display()))?;
+            let source = match &settings.trust {
+                tls::Trust::System => "the system CA store".to_owned(),
+                tls::Trust::CaFile(p) => format!("ca_file {}", p.display()),
+                tls::Trust::Pins(p) => format!("{} pin(s)", p.len()),
+            };
+            (model.mqtt.host.clone(), model.mqtt.port, settings, source)
+        }
+        None => {
+            let (Some(h), Some(p)) = (host, port) else {
+                anyhow::bail!("give -c FILE, or --host and --port");
+            };
+            let settings = tls::TlsSettings {
+                trust: tls::Trust::System,
+                client: None,
+                min_version: tls::TlsVersion::V1_2,
+                server_name: None,
+                pin_file: None,
+            };
+            (h, p, settings, "the system CA store".to_owned())
+        }
+    };
+    let presented = tls::inspect(&host, port, &settings)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    println!(
+        "{host}:{port} presented {} certificate(s)",
+        presented.chain.len()
+    );
+    for (i, der) in presented.chain.iter().enumerate() {
+        print!("{}", tls::describe(der, i == 0));
+    }
+    match &presented.verdict {
+        Ok(()) => println!("trust ({source}): accepted"),
+        Err((state, reason)) => println!("trust ({source}): refused, {}: {reason}", state.as_str()),
+    }
+    if pin {
+        let file = settings.pin_file.clone().ok_or_else(|| {
+            anyhow::anyhow!("the mapping has no mqtt.tls.pin_file to write the pin to")
+        })?;
+        let leaf = &presented.chain[0];
+        let hex = tls::hex(&tls::sha256(leaf.as_ref()));
+        let existing = tls::read_pin_file(&file).map_err(anyhow::Error::msg)?;
+        if existing.contains(&tls::sha256(leaf.as_ref())) {
+            println!("already pinned in {}", file.display());
+        } else {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&file)
+                .with_context(|| format!("open {}", file.display()))?;
+            writeln!(
+                f,
+                "{hex}  # {}, pinned {}",
+                tls::subject(leaf),
+                fieldgate::mappings::engine::timestamp(std::time::SystemTime::now())
+            )?;
+            println!(
+                "pinned {hex} in {}; restart the gateway to use it",
+                file.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn scan(a: ScanArgs) -> anyhow::Result<()> {

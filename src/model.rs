@@ -82,6 +82,58 @@ pub struct MqttSettings {
     /// Retained `online` / `offline` (the last will).
     pub status_topic: Arc<str>,
     pub buffer: BufferSettings,
+    pub tls: Option<crate::outputs::tls::TlsSettings>,
+    pub credentials: Option<Credentials>,
+    pub encryption: Option<Encryption>,
+}
+
+/// A secret: compared and cloned, never shown (`Debug` prints `***`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Where the broker password came from (shown by `check`; the password never is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    None,
+    File(std::path::PathBuf),
+    Env(String),
+    Inline,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Option<Secret>,
+    pub source: PasswordSource,
+}
+
+/// End-to-end payload encryption: the key, and the topic filters it applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encryption {
+    pub key: Secret,
+    pub key_file: std::path::PathBuf,
+    pub topics: Vec<Arc<str>>,
+}
+
+impl Encryption {
+    /// Whether `topic`'s payloads are encrypted (and, for commands, must authenticate).
+    pub fn covers(&self, topic: &str, status_topic: &str) -> bool {
+        let status = topic == status_topic
+            || topic
+                .strip_prefix(status_topic)
+                .is_some_and(|rest| rest.starts_with('/'));
+        !status
+            && self
+                .topics
+                .iter()
+                .any(|f| crate::mappings::topic_matches(f, topic))
+    }
 }
 
 /// The outbound buffer (see `outputs::store`).

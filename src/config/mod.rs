@@ -4,6 +4,7 @@
 //! key and a message; all of them are reported, not only the first.
 
 mod compile;
+pub use compile::read_key_file;
 pub mod raw;
 pub mod yaml;
 
@@ -61,10 +62,23 @@ pub fn load(path: &Path) -> Result<Model, ConfigError> {
         path: path.to_owned(),
         source,
     })?;
+    load_str(path, &text, std::env::vars().collect(), &host_id())
+}
+
+/// This box, for the default MQTT client id: the host name and the first 8 digits of
+/// `/etc/machine-id`, so that two boxes with the same host name still differ and a box keeps
+/// its id across reboots.
+pub fn host_id() -> String {
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "gateway".to_owned());
-    load_str(path, &text, std::env::vars().collect(), &hostname)
+    let machine = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    let machine: String = machine.trim().chars().take(8).collect();
+    if machine.is_empty() {
+        hostname
+    } else {
+        format!("{hostname}-{machine}")
+    }
 }
 
 /// Compile mapping text; `path` is only used in messages.
@@ -84,8 +98,9 @@ pub fn load_str(
         .and_then(|d| d.split(':').next())
         .filter(|d| !d.is_empty())
         .map(PathBuf::from);
+    let env = vars.clone();
     let raw: raw::RawConfig = yaml::parse(text, vars).map_err(invalid)?;
-    compile::compile(raw, hostname, state_directory.as_deref()).map_err(invalid)
+    compile::compile(raw, hostname, state_directory.as_deref(), &env).map_err(invalid)
 }
 
 /// The JSON Schema of a mapping file, from the config types (their `///` docs are the

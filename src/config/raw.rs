@@ -227,6 +227,117 @@ pub struct RawMqtt {
     /// them, through outages and restarts.
     #[serde(default)]
     pub buffer: RawBuffer,
+    /// TLS to the broker (usually port 8883). Absent: plain TCP.
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+    /// User name for the broker.
+    #[serde(default)]
+    pub username: Option<Located<String>>,
+    /// File holding the broker password (its first line). Keep it readable by the gateway
+    /// only.
+    #[serde(default)]
+    pub password_file: Option<Located<String>>,
+    /// Environment variable holding the broker password.
+    #[serde(default)]
+    pub password_env: Option<Located<String>>,
+    /// The broker password inline. Works, but `check` warns: anyone who can read the mapping
+    /// can read it. Prefer `password_file` or `password_env`.
+    #[serde(default)]
+    pub password: Option<Located<String>>,
+    /// End-to-end payload encryption (AES-256-GCM) on top of TLS, for brokers or bridges
+    /// that must not read the data.
+    #[serde(default)]
+    pub payload_encryption: Option<RawPayloadEncryption>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM file of the CA certificate(s) that may sign the broker's certificate. Default: the
+    /// system's CA store. Exclusive with pins.
+    #[serde(default)]
+    pub ca_file: Option<Located<String>>,
+    /// PEM file of the client certificate (and its chain) for mutual TLS. Needs `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<Located<String>>,
+    /// PEM file of the client's private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+    #[serde(default)]
+    pub client_key: Option<Located<String>>,
+    /// Lowest TLS version accepted: 1.2 (default) or 1.3.
+    #[serde(default)]
+    pub min_version: Option<TlsMin>,
+    /// The name the broker's certificate must carry, when it differs from `host` (for example
+    /// when connecting by IP address to a certificate issued for a DNS name).
+    #[serde(default)]
+    pub server_name: Option<Located<String>>,
+    /// Trust exactly these broker certificates, by the SHA-256 of their DER (64 hex digits,
+    /// colons allowed): for self-signed brokers. The handshake signature is still checked.
+    #[serde(default)]
+    pub pin_sha256: Vec<Located<String>>,
+    /// A file of pins, one per line (`#` comments), as written by
+    /// `fieldgate tls inspect --pin`. Read at start; a missing file holds no pins.
+    #[serde(default)]
+    pub pin_file: Option<Located<String>>,
+}
+
+/// `1.2` or `1.3`, written as a number or a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsMin(pub bool);
+
+impl TlsMin {
+    pub const fn is_1_3(self) -> bool {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for TlsMin {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = TlsMin;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("1.2 or 1.3")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<TlsMin, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TlsMin, E> {
+                match v.trim() {
+                    "1.2" => Ok(TlsMin(false)),
+                    "1.3" => Ok(TlsMin(true)),
+                    other => Err(E::custom(format!(
+                        "min_version `{other}`: write 1.2 or 1.3"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for TlsMin {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TlsMinVersion".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Lowest TLS version: 1.2 or 1.3.",
+            "enum": [1.2, 1.3, "1.2", "1.3"]
+        })
+    }
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPayloadEncryption {
+    /// File with the 32-byte key: raw, or base64 or hex text. Keep it readable by the
+    /// gateway only; every client of the encrypted topics needs the same key.
+    pub key_file: Located<String>,
+    /// Topic filters whose payloads are encrypted (publications) and must authenticate
+    /// (commands). Default `["#"]`: every topic but the gateway status topic and its
+    /// subtopics, which stay readable.
+    #[serde(default)]
+    pub topics: Option<Vec<Located<String>>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -8,6 +8,7 @@ pub mod bustime;
 pub mod codec;
 pub mod command;
 pub mod engine;
+pub mod envelope;
 pub mod group;
 pub mod plan;
 pub mod probe;
@@ -127,6 +128,21 @@ impl std::fmt::Display for Fault {
     }
 }
 
+/// Whether an MQTT topic filter (`+` one level, `#` the rest) matches a topic.
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 /// The Modbus name of an exception code.
 pub fn exception_name(code: u8) -> &'static str {
     match code {
@@ -174,4 +190,21 @@ pub enum WriteValue {
     Coil(bool),
     /// FC 6 for one register, FC 16 for more.
     Registers(Vec<u16>),
+}
+
+#[cfg(test)]
+mod topic_tests {
+    use super::topic_matches;
+
+    #[test]
+    fn filters_match_as_mqtt_does() {
+        assert!(topic_matches("#", "a/b"));
+        assert!(topic_matches("a/#", "a/b/c"));
+        assert!(topic_matches("a/#", "a"));
+        assert!(topic_matches("a/+/c", "a/b/c"));
+        assert!(!topic_matches("a/+/c", "a/b/d"));
+        assert!(!topic_matches("a/+", "a/b/c"));
+        assert!(topic_matches("a/b", "a/b"));
+        assert!(!topic_matches("a/b", "a/b/c"));
+    }
 }

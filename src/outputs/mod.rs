@@ -7,3 +7,4 @@
 pub mod broker;
 pub mod mqtt;
 pub mod store;
+pub mod tls;

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::store::Store;
+use super::tls::ConnState;
 use crate::backoff::Backoff;
 use crate::events;
 use crate::mappings::{Publication, Qos};
@@ -73,6 +74,11 @@ enum Session {
     Up {
         conn: u64,
         client: AsyncClient,
+    },
+    /// A connection attempt failed, or a connection was lost.
+    Failed {
+        state: ConnState,
+        reason: String,
     },
     Down {
         conn: u64,
@@ -131,6 +137,25 @@ pub fn start(
         QoS::AtLeastOnce,
         true,
     ));
+    if let Some(tls) = &settings.tls {
+        // Checked when the mapping was loaded; a file that changed since fails the connect.
+        match super::tls::client_config(tls) {
+            Ok(cfg) => {
+                opts.set_transport(rumqttc::Transport::tls_with_config(
+                    rumqttc::TlsConfiguration::Rustls(Arc::new(cfg)),
+                ));
+            }
+            Err(e) => tracing::error!(error = %e, "tls configuration unusable"),
+        }
+    }
+    if let Some(c) = &settings.credentials {
+        let password = c
+            .password
+            .as_ref()
+            .map(|p| String::from_utf8_lossy(&p.0).into_owned())
+            .unwrap_or_default();
+        opts.set_credentials(c.username.clone(), password);
+    }
     let (store, recovery) = Store::open(&settings.buffer.store);
     let durable = store
         .is_durable()
@@ -159,6 +184,8 @@ pub fn start(
         conn: None,
         sync_interval: settings.buffer.sync_interval,
         shutdown_grace: SHUTDOWN_GRACE,
+        encryption: settings.encryption.clone(),
+        last_failure: None,
     };
     let publisher = tokio::spawn(publisher.run(outbound, session_rx, control_rx));
     MqttOutput {
@@ -215,6 +242,19 @@ struct Publisher {
     conn: Option<Conn>,
     sync_interval: Duration,
     shutdown_grace: Duration,
+    encryption: Option<crate::model::Encryption>,
+    /// The last failed connection attempt: state, reason, when.
+    last_failure: Option<(ConnState, String, SystemTime)>,
+}
+
+/// Seal a payload for `topic` with a fresh random nonce.
+fn seal(e: &crate::model::Encryption, topic: &str, payload: &[u8], at: SystemTime) -> Vec<u8> {
+    use aes_gcm::aead::Generate;
+    let key: [u8; 32] = e.key.0.as_slice().try_into().unwrap_or([0; 32]);
+    let nonce: aes_gcm::Nonce<aes_gcm::aes::cipher::consts::U12> = aes_gcm::Nonce::generate();
+    let nonce: [u8; 12] = nonce.into();
+    let ts = u64::try_from(millis(at)).unwrap_or(0);
+    crate::mappings::envelope::seal(&key, nonce, topic, ts, payload)
 }
 
 fn millis(t: SystemTime) -> i64 {
@@ -316,8 +356,13 @@ impl Publisher {
         }
     }
 
-    fn accept(&mut self, p: Publication) {
+    fn accept(&mut self, mut p: Publication) {
         events::publication_queued();
+        if let Some(e) = &self.encryption
+            && e.covers(&p.topic, &self.status_topic)
+        {
+            p.payload = seal(e, &p.topic, &p.payload, p.created_at);
+        }
         if p.qos == Qos::AtMostOnce {
             match &self.conn {
                 Some(c) => {
@@ -404,7 +449,32 @@ impl Publisher {
                 for p in self.announcements() {
                     Self::announce(&mut c, &p);
                 }
+                // Why the gateway was away, for consoles: retained on <status>/connection.
+                let failure = self.last_failure.take().map(|(state, reason, at)| {
+                    serde_json::json!({
+                        "state": state.as_str(),
+                        "reason": reason,
+                        "ts": crate::mappings::engine::timestamp(at),
+                    })
+                });
+                let connection = Publication {
+                    topic: Arc::from(format!("{}/connection", self.status_topic)),
+                    payload: serde_json::json!({
+                        "state": ConnState::Connected.as_str(),
+                        "ts": crate::mappings::engine::timestamp(SystemTime::now()),
+                        "last_failure": failure,
+                    })
+                    .to_string()
+                    .into_bytes(),
+                    qos: Qos::AtLeastOnce,
+                    retain: true,
+                    created_at: SystemTime::now(),
+                };
+                Self::announce(&mut c, &connection);
                 self.conn = Some(c);
+            }
+            Session::Failed { state, reason } => {
+                self.last_failure = Some((state, reason, SystemTime::now()));
             }
             Session::Down { conn } => {
                 if self.conn.as_ref().is_some_and(|c| c.id == conn) {
@@ -478,6 +548,27 @@ impl Publisher {
     }
 }
 
+/// A failed connection's state and a reason for the log. Never contains a secret: rumqttc's
+/// errors carry no credentials.
+fn classify(e: &rumqttc::ConnectionError) -> (ConnState, String) {
+    use rumqttc::ConnectReturnCode as Code;
+    let state = match e {
+        rumqttc::ConnectionError::ConnectionRefused(Code::BadUserNamePassword) => {
+            ConnState::BadCredentials
+        }
+        rumqttc::ConnectionError::ConnectionRefused(Code::NotAuthorized) => {
+            ConnState::NotAuthorised
+        }
+        rumqttc::ConnectionError::NetworkTimeout => ConnState::Unreachable,
+        other => super::tls::classify(other),
+    };
+    let reason = match e {
+        rumqttc::ConnectionError::ConnectionRefused(_) => e.to_string(),
+        _ => super::tls::reason(e).unwrap_or_else(|| e.to_string()),
+    };
+    (state, reason)
+}
+
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -519,6 +610,7 @@ async fn run_connection(
                     backoff.reset();
                     last_error.clear();
                     events::mqtt_connected(&broker);
+                    events::mqtt_state(ConnState::Connected);
                     let subscriptions = announce
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -569,13 +661,18 @@ async fn run_connection(
                 Err(e) => break e,
             }
         };
+        let (state, reason) = classify(&error);
+        events::mqtt_state(state);
+        let _ = sessions.send(Session::Failed {
+            state,
+            reason: reason.clone(),
+        });
         let _ = sessions.send(Session::Down { conn });
         // Dropping the event loop drops every request still queued for this connection.
         drop(event_loop);
-        let reason = error.to_string();
         let delay = backoff.next_delay();
         if was_up || reason != last_error {
-            events::mqtt_down(&broker, &reason, delay);
+            events::mqtt_down(&broker, state.as_str(), &reason, delay);
         }
         was_up = false;
         last_error = reason;

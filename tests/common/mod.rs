@@ -644,3 +644,24 @@ pub async fn metric(addr: SocketAddr, name: &str, labels: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Debian's mosquitto with a whole listener configuration of the test's (TLS, passwords,
+/// ACLs): `body` follows `listener PORT 127.0.0.1`. It stays root, so that it can read keys
+/// in the test's private temporary directory.
+pub async fn mosquitto_with(dir: &Path, body: &str) -> (Proc, SocketAddr) {
+    let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("mosquitto is not installed: apt-get install -y mosquitto mosquitto-clients");
+    let port = free_port();
+    let conf = dir.join(format!("mosquitto-{port}.conf"));
+    std::fs::write(
+        &conf,
+        format!("user root\npersistence false\nlistener {port} 127.0.0.1\n{body}\n"),
+    )
+    .unwrap();
+    let p = Proc::spawn(Command::new(exe).arg("-c").arg(&conf));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_accepting(addr).await;
+    (p, addr)
+}

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite. Installs the real peers the tests need when they are missing:
 # Debian's mosquitto and its clients, socat (virtual serial ports), mbpoll (an independent
-# Modbus master), systemd-analyze (to verify the unit), and pymodbus (an independent Modbus
-# slave) in target/peers-venv. Then runs
+# Modbus master), systemd-analyze (to verify the unit), openssl (certs/gen.sh makes the test
+# certificates), the system CA store, and pymodbus (an independent Modbus slave) in
+# target/peers-venv. Then runs
 # every test. A test whose peer is missing fails; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,8 @@ command -v socat >/dev/null || need+=(socat)
 command -v mbpoll >/dev/null || need+=(mbpoll)
 command -v python3 >/dev/null || need+=(python3 python3-venv)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v openssl >/dev/null || need+=(openssl)
+[ -d /etc/ssl/certs ] && ls /etc/ssl/certs/*.pem >/dev/null 2>&1 || need+=(ca-certificates)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}"
   sudo=""

@@ -195,6 +195,12 @@ pub fn mqtt_down(broker: &str, state: &str, reason: &str, retry_in: std::time::D
     warn!(broker, state, reason, retry_in = ?retry_in, "mqtt connection lost");
 }
 
+/// The broker refused a publication (MQTT 5: an ACL denial, a quota). It is not sent again.
+pub fn publication_refused(topic: &str, reason: &str) {
+    counter!("fieldgate_publications_refused_total").increment(1);
+    warn!(topic, reason, "broker refused a publication");
+}
+
 /// The broker connection's state: `fieldgate_mqtt_connection_state{state}` is 1 for the
 /// current one and 0 for the others.
 pub fn mqtt_state(state: crate::outputs::tls::ConnState) {

@@ -313,6 +313,7 @@ async fn reload(
         || m.0.keep_alive != m.1.keep_alive
         || m.0.status_topic != m.1.status_topic
         || m.0.buffer != m.1.buffer
+        || m.0.v5 != m.1.v5
         || m.0.tls != m.1.tls
         || m.0.credentials != m.1.credentials
         || m.0.encryption != m.1.encryption

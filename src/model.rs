@@ -82,6 +82,8 @@ pub struct MqttSettings {
     /// Retained `online` / `offline` (the last will).
     pub status_topic: Arc<str>,
     pub buffer: BufferSettings,
+    /// MQTT 5 instead of 3.1.1.
+    pub v5: bool,
     pub tls: Option<crate::outputs::tls::TlsSettings>,
     pub credentials: Option<Credentials>,
     pub encryption: Option<Encryption>,

@@ -277,6 +277,20 @@ async fn every_refusal_has_its_own_state() {
             mqtt,
             tls_lines(&good, "").replace("BASIN_PW", "WRONG_PW"),
         ),
+        (
+            // A client certificate from a CA the broker does not know.
+            "client_certificate_rejected",
+            mqtt,
+            tls_lines(&good, "").replace(
+                &format!("{}/gateway", good.display()),
+                &format!("{}/gateway", other.display()),
+            ),
+        ),
+        (
+            "unreachable",
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
+            tls_lines(&good, ""),
+        ),
     ];
     for (i, (state, broker_addr, security)) in cases.into_iter().enumerate() {
         let config = mapping(dir.path(), &format!("case{i}"), broker_addr, &security);
@@ -296,10 +310,62 @@ async fn every_refusal_has_its_own_state() {
         drop(gw);
     }
 
-    // The good configuration connects: the failures above were the settings, not the rig.
-    let config = mapping(dir.path(), "good", mqtt, &tls_lines(&good, ""));
+    // The good configuration connects (the failures above were the settings, not the rig),
+    // also when the certificate's name is given explicitly for an address.
+    let config = mapping(
+        dir.path(),
+        "good",
+        mqtt,
+        &tls_lines(&good, "    server_name: localhost\n"),
+    );
     let mut gw = run(&config);
     gw.wait_line("mqtt connected").await;
+    // The connection state is kept for consoles, retained on <status>/connection.
+    let sub = console("mosquitto_sub", &good, mqtt)
+        .args([
+            "-t",
+            "ISBTest/pumpcontrol/status/connection",
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ])
+        .output()
+        .unwrap();
+    let status = json(String::from_utf8_lossy(&sub.stdout).trim());
+    assert_eq!(status["state"], "connected", "{status}");
+}
+
+#[test]
+fn an_inline_password_works_but_check_warns_without_showing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("inline.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "mqtt:\n  host: 127.0.0.1\n  status_topic: s\n  username: ISBBasin\n  password: {BASIN_PASSWORD}\n\
+             devices:\n  - name: d\n    tcp: {{ host: 127.0.0.1 }}\n    points: [{{ name: x, kind: coil, address: 0 }}]\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("WARNING: the broker password is written in the mapping"),
+        "{text}"
+    );
+    assert!(!text.contains(BASIN_PASSWORD));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(BASIN_PASSWORD));
+    // The default client id is stable per box: host name and machine id.
+    let machine = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    if let Some(m) = machine.trim().get(..8) {
+        assert!(text.contains(&format!("-{m} ")), "{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -424,5 +490,66 @@ fn keys_in_all_three_encodings_load() {
     assert!(
         err.contains("mqtt.tls") && err.contains("do not fit together"),
         "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mqtt_5_a_publication_the_acl_denies_is_reported_not_lost_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = pki(dir.path(), "good", &[]);
+    let (_broker, mqtt) = secure_broker(dir.path(), &good).await;
+    let (_sim, modbus) = simulator("127.0.0.1:0", &["--speed", "0", "--level", "142"]).await;
+    let config = dir.path().join("v5.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "mqtt:\n  host: 127.0.0.1\n  port: {}\n  protocol: 5\n  status_topic: ISBTest/pumpcontrol/status\n{}\n\
+             metrics: {{ listen: \"127.0.0.1:0\" }}\n\
+             devices:\n  - name: tower\n    tcp: {{ host: 127.0.0.1, port: {} }}\n    poll_interval: 200ms\n    points:\n\
+             \x20     - {{ name: level, kind: input_register, address: 0, publish: {{ topic: ISBTest/pumpcontrol/waterlevel, mode: interval }} }}\n\
+             \x20     - {{ name: temp, kind: input_register, address: 1, publish: {{ topic: ISBTest/pumpcontrol/not_in_the_acl, mode: on_change }} }}\n",
+            mqtt.port(),
+            tls_lines(&good, ""),
+            modbus.port()
+        ),
+    )
+    .unwrap();
+    let mut gw = run(&config);
+    let line = gw.wait_line("broker refused a publication").await;
+    assert!(
+        line.contains("ISBTest/pumpcontrol/not_in_the_acl"),
+        "{line}"
+    );
+    assert!(line.contains("NotAuthorized"), "{line}");
+    // The permitted topic is delivered: the console reads the level.
+    let sub = console("mosquitto_sub", &good, mqtt)
+        .args([
+            "-t",
+            "ISBTest/pumpcontrol/waterlevel",
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&sub.stdout).trim(), "142");
+    let addr: SocketAddr = gw
+        .output()
+        .lines()
+        .find_map(|l| l.split("addr=").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(metric(addr, "fieldgate_publications_refused_total", "").await >= 1.0);
+    // Refused, reported and dropped: not retried for ever.
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit().await, Some(0));
+    assert_eq!(
+        gw.count_lines("broker refused a publication"),
+        1,
+        "{}",
+        gw.output()
     );
 }

@@ -522,6 +522,7 @@ pub(super) fn compile(
         .as_ref()
         .and_then(|e| compile_encryption(&mut ctx, e));
     let mqtt = MqttSettings {
+        v5: m.protocol.is_some_and(|p| p.is_v5()),
         tls,
         credentials,
         encryption,

@@ -227,6 +227,11 @@ pub struct RawMqtt {
     /// them, through outages and restarts.
     #[serde(default)]
     pub buffer: RawBuffer,
+    /// MQTT protocol version: `3.1.1` (default) or `5`. With 5 the broker tells the gateway
+    /// when it refuses a publication (for example, denied by its ACL); with 3.1.1 such a
+    /// message is dropped by the broker without a word.
+    #[serde(default)]
+    pub protocol: Option<MqttProtocol>,
     /// TLS to the broker (usually port 8883). Absent: plain TCP.
     #[serde(default)]
     pub tls: Option<RawTls>,
@@ -278,6 +283,54 @@ pub struct RawTls {
     /// `fieldgate tls inspect --pin`. Read at start; a missing file holds no pins.
     #[serde(default)]
     pub pin_file: Option<Located<String>>,
+}
+
+/// `3.1.1` or `5`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MqttProtocol(pub bool);
+
+impl MqttProtocol {
+    pub const fn is_v5(self) -> bool {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for MqttProtocol {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = MqttProtocol;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("3.1.1 or 5")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<MqttProtocol, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<MqttProtocol, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<MqttProtocol, E> {
+                match v.trim() {
+                    "3.1.1" => Ok(MqttProtocol(false)),
+                    "5" | "5.0" => Ok(MqttProtocol(true)),
+                    other => Err(E::custom(format!("protocol `{other}`: write 3.1.1 or 5"))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for MqttProtocol {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "MqttProtocol".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "MQTT protocol version: 3.1.1 or 5.",
+            "enum": ["3.1.1", 5, "5"]
+        })
+    }
 }
 
 /// `1.2` or `1.3`, written as a number or a string.

@@ -53,6 +53,125 @@ impl From<Qos> for QoS {
     }
 }
 
+/// The live connection's client, for either protocol version.
+#[derive(Debug, Clone)]
+enum Client {
+    V4(AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
+}
+
+fn v5_qos(q: Qos) -> rumqttc::v5::mqttbytes::QoS {
+    match q {
+        Qos::AtMostOnce => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+        Qos::AtLeastOnce => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        Qos::ExactlyOnce => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+impl Client {
+    /// Hand a publish to the connection; false when its queue is full or it is gone.
+    fn publish(&self, topic: &str, qos: Qos, retain: bool, payload: Vec<u8>) -> bool {
+        match self {
+            Client::V4(c) => c.try_publish(topic, qos.into(), retain, payload).is_ok(),
+            Client::V5(c) => c.try_publish(topic, v5_qos(qos), retain, payload).is_ok(),
+        }
+    }
+    fn subscribe(&self, topic: &str, qos: Qos) {
+        let _ = match self {
+            Client::V4(c) => c.try_subscribe(topic, qos.into()).is_ok(),
+            Client::V5(c) => c.try_subscribe(topic, v5_qos(qos)).is_ok(),
+        };
+    }
+    fn unsubscribe(&self, topic: &str) {
+        let _ = match self {
+            Client::V4(c) => c.try_unsubscribe(topic).is_ok(),
+            Client::V5(c) => c.try_unsubscribe(topic).is_ok(),
+        };
+    }
+    fn disconnect(&self) {
+        let _ = match self {
+            Client::V4(c) => c.try_disconnect().is_ok(),
+            Client::V5(c) => c.try_disconnect().is_ok(),
+        };
+    }
+}
+
+/// Connection options for either protocol version.
+#[derive(Debug, Clone)]
+enum Options {
+    V4(Box<MqttOptions>),
+    V5(Box<rumqttc::v5::MqttOptions>),
+}
+
+fn options(settings: &MqttSettings) -> Options {
+    let transport = settings.tls.as_ref().and_then(|tls| {
+        // Checked when the mapping was loaded; a file that changed since fails here.
+        match super::tls::client_config(tls) {
+            Ok(cfg) => Some(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(Arc::new(cfg)),
+            )),
+            Err(e) => {
+                tracing::error!(error = %e, "tls configuration unusable");
+                None
+            }
+        }
+    });
+    let credentials = settings.credentials.as_ref().map(|c| {
+        let password = c
+            .password
+            .as_ref()
+            .map(|p| String::from_utf8_lossy(&p.0).into_owned())
+            .unwrap_or_default();
+        (c.username.clone(), password)
+    });
+    if settings.v5 {
+        let mut o = rumqttc::v5::MqttOptions::new(
+            settings.client_id.clone(),
+            settings.host.clone(),
+            settings.port,
+        );
+        o.set_keep_alive(settings.keep_alive);
+        o.set_clean_start(true);
+        o.set_max_packet_size(Some(256 * 1024));
+        o.set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
+            settings.status_topic.as_ref(),
+            OFFLINE,
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            true,
+            None,
+        ));
+        if let Some(t) = transport {
+            o.set_transport(t);
+        }
+        if let Some((u, p)) = credentials {
+            o.set_credentials(u, p);
+        }
+        return Options::V5(Box::new(o));
+    }
+    let mut o = MqttOptions::new(
+        settings.client_id.clone(),
+        settings.host.clone(),
+        settings.port,
+    );
+    o.set_keep_alive(settings.keep_alive);
+    o.set_clean_session(true);
+    o.set_max_packet_size(256 * 1024, 256 * 1024);
+    o.set_inflight(u16::try_from(WINDOW * 2).unwrap_or(u16::MAX));
+    o.set_last_will(LastWill::new(
+        settings.status_topic.as_ref(),
+        OFFLINE,
+        QoS::AtLeastOnce,
+        true,
+    ));
+    if let Some(t) = transport {
+        o.set_transport(t);
+    }
+    if let Some((u, p)) = credentials {
+        o.set_credentials(u, p);
+    }
+    Options::V4(Box::new(o))
+}
+
 /// A message that arrived on a command topic.
 #[derive(Debug, Clone)]
 pub struct IncomingCommand {
@@ -73,7 +192,13 @@ struct Announce {
 enum Session {
     Up {
         conn: u64,
-        client: AsyncClient,
+        client: Client,
+    },
+    /// The broker refused the publish sent under `pkid` (MQTT 5 only).
+    Refused {
+        conn: u64,
+        pkid: u16,
+        reason: String,
     },
     /// A connection attempt failed, or a connection was lost.
     Failed {
@@ -122,40 +247,7 @@ pub fn start(
     outbound: mpsc::Receiver<Publication>,
     commands: mpsc::Sender<IncomingCommand>,
 ) -> MqttOutput {
-    let mut opts = MqttOptions::new(
-        settings.client_id.clone(),
-        settings.host.clone(),
-        settings.port,
-    );
-    opts.set_keep_alive(settings.keep_alive);
-    opts.set_clean_session(true);
-    opts.set_max_packet_size(256 * 1024, 256 * 1024);
-    opts.set_inflight(u16::try_from(WINDOW * 2).unwrap_or(u16::MAX));
-    opts.set_last_will(LastWill::new(
-        settings.status_topic.as_ref(),
-        OFFLINE,
-        QoS::AtLeastOnce,
-        true,
-    ));
-    if let Some(tls) = &settings.tls {
-        // Checked when the mapping was loaded; a file that changed since fails the connect.
-        match super::tls::client_config(tls) {
-            Ok(cfg) => {
-                opts.set_transport(rumqttc::Transport::tls_with_config(
-                    rumqttc::TlsConfiguration::Rustls(Arc::new(cfg)),
-                ));
-            }
-            Err(e) => tracing::error!(error = %e, "tls configuration unusable"),
-        }
-    }
-    if let Some(c) = &settings.credentials {
-        let password = c
-            .password
-            .as_ref()
-            .map(|p| String::from_utf8_lossy(&p.0).into_owned())
-            .unwrap_or_default();
-        opts.set_credentials(c.username.clone(), password);
-    }
+    let opts = options(settings);
     let (store, recovery) = Store::open(&settings.buffer.store);
     let durable = store
         .is_durable()
@@ -223,7 +315,7 @@ impl MqttOutput {
 /// The live connection as the publisher sees it.
 struct Conn {
     id: u64,
-    client: AsyncClient,
+    client: Client,
     /// QoS 1/2 requests handed to the client whose packet id is not known yet, in order:
     /// `Some(seq)` for buffered entries, `None` for announcements.
     unsent: VecDeque<Option<u64>>,
@@ -320,10 +412,13 @@ impl Publisher {
     /// Publish `offline` (retained) and disconnect; without a connection, nothing to do.
     fn goodbye(&mut self) {
         if let Some(c) = &self.conn {
-            let _ =
-                c.client
-                    .try_publish(self.status_topic.as_ref(), QoS::AtLeastOnce, true, OFFLINE);
-            let _ = c.client.try_disconnect();
+            c.client.publish(
+                &self.status_topic,
+                Qos::AtLeastOnce,
+                true,
+                OFFLINE.as_bytes().to_vec(),
+            );
+            c.client.disconnect();
         } else {
             self.conn = None;
         }
@@ -366,12 +461,8 @@ impl Publisher {
         if p.qos == Qos::AtMostOnce {
             match &self.conn {
                 Some(c) => {
-                    let _ = c.client.try_publish(
-                        p.topic.as_ref(),
-                        QoS::AtMostOnce,
-                        p.retain,
-                        p.payload,
-                    );
+                    c.client
+                        .publish(&p.topic, Qos::AtMostOnce, p.retain, p.payload);
                 }
                 None => events::publication_dropped(&p.topic, "offline_qos0"),
             }
@@ -397,10 +488,10 @@ impl Publisher {
             let Some(e) = self.store.next_unacked(c.cursor) else {
                 break;
             };
-            let sent =
-                c.client
-                    .try_publish(e.topic.as_ref(), e.qos.into(), e.retain, e.payload.to_vec());
-            if sent.is_err() {
+            if !c
+                .client
+                .publish(&e.topic, e.qos, e.retain, e.payload.to_vec())
+            {
                 break;
             }
             c.cursor = e.seq + 1;
@@ -420,8 +511,7 @@ impl Publisher {
     fn announce(c: &mut Conn, p: &Publication) {
         let ok = c
             .client
-            .try_publish(p.topic.as_ref(), p.qos.into(), p.retain, p.payload.clone())
-            .is_ok();
+            .publish(&p.topic, p.qos, p.retain, p.payload.clone());
         if ok && p.qos != Qos::AtMostOnce {
             c.unsent.push_back(None);
         }
@@ -472,6 +562,23 @@ impl Publisher {
                 };
                 Self::announce(&mut c, &connection);
                 self.conn = Some(c);
+            }
+            Session::Refused { conn, pkid, reason } => {
+                if let Some(c) = self.conn.as_mut().filter(|c| c.id == conn)
+                    && let Some((seq, _)) = c.in_flight.remove(&pkid)
+                    && let Some(seq) = seq
+                {
+                    // Sending it again would be refused again: report it, count it, drop it.
+                    let topic = self
+                        .store
+                        .next_unacked(seq)
+                        .filter(|e| e.seq == seq)
+                        .map(|e| e.topic.to_string())
+                        .unwrap_or_default();
+                    events::publication_refused(&topic, &reason);
+                    c.handed -= 1;
+                    self.store.ack(seq);
+                }
             }
             Session::Failed { state, reason } => {
                 self.last_failure = Some((state, reason, SystemTime::now()));
@@ -537,10 +644,10 @@ impl Publisher {
         };
         let Some(c) = &mut self.conn else { return };
         for t in removed {
-            let _ = c.client.try_unsubscribe(t.as_ref());
+            c.client.unsubscribe(&t);
         }
         for (t, q) in added {
-            let _ = c.client.try_subscribe(t.as_ref(), q.into());
+            c.client.subscribe(&t, q);
         }
         for p in &changed {
             Self::announce(c, p);
@@ -576,105 +683,233 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+/// How one connection ended.
+enum Ended {
+    /// We disconnected (shutdown): stop.
+    Disconnected,
+    /// `hard_stop`: stop.
+    Stopped,
+    Failed(ConnState, String),
+}
+
+/// What a connection reports to, shared by both protocol versions.
+struct Reporter<'a> {
+    conn: u64,
+    sessions: &'a mpsc::UnboundedSender<Session>,
+    commands: &'a mpsc::Sender<IncomingCommand>,
+    announce: &'a std::sync::Mutex<Announce>,
+    broker: &'a str,
+    /// The connection got as far as a ConnAck.
+    up: std::sync::atomic::AtomicBool,
+}
+
+impl Reporter<'_> {
+    fn connected(&self, client: Client) {
+        self.up.store(true, std::sync::atomic::Ordering::Relaxed);
+        events::mqtt_connected(self.broker);
+        events::mqtt_state(ConnState::Connected);
+        let subscriptions = self
+            .announce
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .subscriptions
+            .clone();
+        for (topic, qos) in subscriptions {
+            client.subscribe(&topic, qos);
+        }
+        self.send(Session::Up {
+            conn: self.conn,
+            client,
+        });
+    }
+    fn command(&self, topic: String, payload: Bytes, retain: bool) {
+        let cmd = IncomingCommand {
+            topic,
+            payload,
+            retain,
+        };
+        if let Err(e) = self.commands.try_send(cmd) {
+            let cmd = match e {
+                mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c,
+            };
+            events::command_rejected(&cmd.topic, "", "command queue full", "busy");
+        }
+    }
+    fn send(&self, s: Session) {
+        let _ = self.sessions.send(s);
+    }
+}
+
+/// One MQTT 3.1.1 connection, from connect to its end. Dropping its event loop at the end
+/// drops every request still queued for it.
+async fn drive_v4(
+    opts: &MqttOptions,
+    r: &Reporter<'_>,
+    beat: &crate::supervisor::Heartbeat,
+    hard_stop: &CancellationToken,
+) -> Ended {
+    let conn = r.conn;
+    let (client, mut event_loop) = AsyncClient::new(opts.clone(), REQUESTS);
+    loop {
+        beat.beat();
+        let event = tokio::select! {
+            () = hard_stop.cancelled() => return Ended::Stopped,
+            e = event_loop.poll() => e,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => r.connected(Client::V4(client.clone())),
+            Ok(Event::Incoming(Packet::Publish(p))) => r.command(p.topic, p.payload, p.retain),
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ended::Disconnected,
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
+                r.send(Session::Sent { conn, pkid });
+            }
+            Ok(Event::Incoming(Packet::PubAck(a))) => r.send(Session::Acked { conn, pkid: a.pkid }),
+            Ok(Event::Incoming(Packet::PubComp(c))) => {
+                r.send(Session::Acked { conn, pkid: c.pkid })
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let (state, reason) = classify(&e);
+                return Ended::Failed(state, reason);
+            }
+        }
+    }
+}
+
+/// One MQTT 5 connection. As `drive_v4`, and a PUBACK or PUBREC with a failure reason (an
+/// ACL denial, a quota) is reported as a refusal of that publication.
+async fn drive_v5(
+    opts: &rumqttc::v5::MqttOptions,
+    r: &Reporter<'_>,
+    beat: &crate::supervisor::Heartbeat,
+    hard_stop: &CancellationToken,
+) -> Ended {
+    use rumqttc::v5::mqttbytes::v5::{Packet as P5, PubAckReason, PubRecReason};
+    use rumqttc::v5::{AsyncClient as Client5, Event as Event5};
+    let conn = r.conn;
+    let (client, mut event_loop) = Client5::new(opts.clone(), REQUESTS);
+    loop {
+        beat.beat();
+        let event = tokio::select! {
+            () = hard_stop.cancelled() => return Ended::Stopped,
+            e = event_loop.poll() => e,
+        };
+        match event {
+            Ok(Event5::Incoming(P5::ConnAck(_))) => r.connected(Client::V5(client.clone())),
+            Ok(Event5::Incoming(P5::Publish(p))) => {
+                r.command(
+                    String::from_utf8_lossy(&p.topic).into_owned(),
+                    p.payload,
+                    p.retain,
+                );
+            }
+            Ok(Event5::Outgoing(Outgoing::Disconnect)) => return Ended::Disconnected,
+            Ok(Event5::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
+                r.send(Session::Sent { conn, pkid });
+            }
+            Ok(Event5::Incoming(P5::PubAck(a))) => match a.reason {
+                PubAckReason::Success | PubAckReason::NoMatchingSubscribers => {
+                    r.send(Session::Acked { conn, pkid: a.pkid });
+                }
+                reason => r.send(Session::Refused {
+                    conn,
+                    pkid: a.pkid,
+                    reason: format!("{reason:?}"),
+                }),
+            },
+            Ok(Event5::Incoming(P5::PubRec(rec)))
+                if !matches!(
+                    rec.reason,
+                    PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+                ) =>
+            {
+                r.send(Session::Refused {
+                    conn,
+                    pkid: rec.pkid,
+                    reason: format!("{:?}", rec.reason),
+                });
+            }
+            Ok(Event5::Incoming(P5::PubComp(c))) => r.send(Session::Acked { conn, pkid: c.pkid }),
+            Ok(_) => {}
+            Err(e) => {
+                let state = match &e {
+                    rumqttc::v5::ConnectionError::ConnectionRefused(code) => {
+                        use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as C;
+                        match code {
+                            C::BadUserNamePassword => ConnState::BadCredentials,
+                            C::NotAuthorized => ConnState::NotAuthorised,
+                            _ => ConnState::Error,
+                        }
+                    }
+                    other => super::tls::classify(other),
+                };
+                let reason = match &e {
+                    rumqttc::v5::ConnectionError::ConnectionRefused(_) => e.to_string(),
+                    _ => super::tls::reason(&e).unwrap_or_else(|| e.to_string()),
+                };
+                return Ended::Failed(state, reason);
+            }
+        }
+    }
+}
+
 /// Connect, run the connection until it fails, back off, repeat; a fresh client and event
 /// loop each time. Every event the publisher needs goes to `sessions`, in order.
 async fn run_connection(
-    opts: MqttOptions,
+    opts: Options,
     keep_alive: Duration,
     announce: Arc<std::sync::Mutex<Announce>>,
     sessions: mpsc::UnboundedSender<Session>,
     commands: mpsc::Sender<IncomingCommand>,
     hard_stop: CancellationToken,
 ) {
-    let (host, port) = opts.broker_address();
+    let (host, port) = match &opts {
+        Options::V4(o) => o.broker_address(),
+        Options::V5(o) => o.broker_address(),
+    };
     let broker = format!("{host}:{port}");
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
     let mut last_error = String::new();
-    let mut was_up = false;
     // `poll()` is never raced against a timer (it also connects and writes, which must not be
     // cut short), so this task beats when poll returns: at least once per keep-alive (the ping).
     let beat =
         crate::supervisor::heartbeat_within("mqtt", keep_alive * 2 + Duration::from_secs(10));
     let mut tick = tokio::time::interval(crate::supervisor::BEAT_EVERY);
     for conn in 1u64.. {
-        let (client, mut event_loop) = AsyncClient::new(opts.clone(), REQUESTS);
-        let error = loop {
-            beat.beat();
-            let event = tokio::select! {
-                () = hard_stop.cancelled() => return,
-                e = event_loop.poll() => e,
-            };
-            match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    was_up = true;
-                    backoff.reset();
-                    last_error.clear();
-                    events::mqtt_connected(&broker);
-                    events::mqtt_state(ConnState::Connected);
-                    let subscriptions = announce
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .subscriptions
-                        .clone();
-                    for (topic, qos) in subscriptions {
-                        let _ = client.try_subscribe(topic.as_ref(), qos.into());
-                    }
-                    let _ = sessions.send(Session::Up {
-                        conn,
-                        client: client.clone(),
-                    });
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let cmd = IncomingCommand {
-                        topic: p.topic,
-                        payload: p.payload,
-                        retain: p.retain,
-                    };
-                    if let Err(e) = commands.try_send(cmd) {
-                        let cmd = match e {
-                            mpsc::error::TrySendError::Full(c)
-                            | mpsc::error::TrySendError::Closed(c) => c,
-                        };
-                        events::command_rejected(&cmd.topic, "", "command queue full", "busy");
-                    }
-                }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                    let _ = sessions.send(Session::Down { conn });
-                    return;
-                }
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
-                    let _ = sessions.send(Session::Sent { conn, pkid });
-                }
-                Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                    let _ = sessions.send(Session::Acked {
-                        conn,
-                        pkid: ack.pkid,
-                    });
-                }
-                Ok(Event::Incoming(Packet::PubComp(comp))) => {
-                    let _ = sessions.send(Session::Acked {
-                        conn,
-                        pkid: comp.pkid,
-                    });
-                }
-                Ok(_) => {}
-                Err(e) => break e,
-            }
+        let reporter = Reporter {
+            conn,
+            sessions: &sessions,
+            commands: &commands,
+            announce: &announce,
+            broker: &broker,
+            up: std::sync::atomic::AtomicBool::new(false),
         };
-        let (state, reason) = classify(&error);
+        let ended = match &opts {
+            Options::V4(o) => drive_v4(o, &reporter, &beat, &hard_stop).await,
+            Options::V5(o) => drive_v5(o, &reporter, &beat, &hard_stop).await,
+        };
+        let was_up = reporter.up.load(std::sync::atomic::Ordering::Relaxed);
+        let (state, reason) = match ended {
+            Ended::Disconnected => {
+                let _ = sessions.send(Session::Down { conn });
+                return;
+            }
+            Ended::Stopped => return,
+            Ended::Failed(state, reason) => (state, reason),
+        };
+        if was_up {
+            backoff.reset();
+        }
         events::mqtt_state(state);
         let _ = sessions.send(Session::Failed {
             state,
             reason: reason.clone(),
         });
         let _ = sessions.send(Session::Down { conn });
-        // Dropping the event loop drops every request still queued for this connection.
-        drop(event_loop);
         let delay = backoff.next_delay();
         if was_up || reason != last_error {
             events::mqtt_down(&broker, state.as_str(), &reason, delay);
         }
-        was_up = false;
         last_error = reason;
         // Sleep out the backoff, beating as we go.
         let until = Instant::now() + delay;

@@ -520,7 +520,7 @@ pub enum ProxyMode {
     Pass,
     /// Reset (RST) every connection, and every new one at once: the broker is gone.
     Cut,
-    /// Like `Cut`, but each open connection is reset only after 30 ms without traffic, so
+    /// Like `Cut`, but each open connection is reset only after 80 ms without traffic, so
     /// that no publish or acknowledgement is half-way (for tests that count exactly).
     CutWhenQuiet,
     /// Keep connections open but let nothing through either way, as a half-open link does
@@ -588,7 +588,10 @@ async fn proxy_connection(
     let mut ubuf = vec![0u8; 16 * 1024];
     let mut holed = false;
     let mut upstream_open = true;
-    let quiet = Duration::from_millis(30);
+    // Long enough for the gateway to have read the last acknowledgement even on a loaded
+    // machine (an RST discards what the receiver has not read yet), short enough to fall
+    // between publications 100 ms apart.
+    let quiet = Duration::from_millis(80);
     let mut cut_at: Option<tokio::time::Instant> = None;
     let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
     loop {

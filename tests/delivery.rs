@@ -321,6 +321,16 @@ async fn a_full_buffer_drops_the_oldest_counts_them_and_delivers_the_newest() {
     rig.obs
         .wait_topic(error.seq, &topic, |p| p.contains("\"stale\""))
         .await;
+    // Delivered is not enough: the gateway must have seen every acknowledgement too, or a
+    // delivered message could still count as dropped later.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while metric(metrics, "fieldgate_mqtt_queue_depth", "").await > 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "acknowledgements never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     rig.proxy.set(ProxyMode::CutWhenQuiet);
     gw.wait_line("mqtt connection lost").await;
     rig.sim.send_line("fault 1 none");
@@ -398,4 +408,36 @@ async fn a_full_buffer_drops_the_oldest_counts_them_and_delivers_the_newest() {
         1,
         "one log line per episode"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_delivers_the_backlog_before_it_exits() {
+    let mut rig = Rig::start("d4").await;
+    let config = rig.config("");
+    let (mut gw, _) = rig.gateway(&config).await;
+    let topic = rig.topic();
+    rig.obs
+        .wait_topic(0, &topic, |p| p.contains("\"value\":5}"))
+        .await;
+    rig.proxy.set(ProxyMode::Cut);
+    gw.wait_line("mqtt connection lost").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let connects = gw.count_lines("mqtt connected");
+    rig.proxy.set(ProxyMode::Pass);
+    gw.wait_count(&["mqtt connected"], connects + 1).await;
+    // At once: the backlog (about 20 readings) and the last readings go out before the exit.
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit().await, Some(0));
+    let max = rig.max_seen();
+    let seen: BTreeSet<u64> = rig.readings().iter().map(|r| r.0).collect();
+    let missing: Vec<u64> = (1..=max).filter(|n| !seen.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "missing after a clean exit: {missing:?}"
+    );
+    assert!(max > 20, "{max}");
+    // Nothing was left behind for the next start.
+    let (mut again, _) = rig.gateway(&config).await;
+    let opened = again.wait_line("outbound buffer opened").await;
+    assert!(opened.contains("recovered=0"), "{opened}");
 }

@@ -413,6 +413,15 @@ async fn tls_inspect_shows_the_certificate_and_pin_accepts_it_explicitly() {
     ] {
         assert!(shown.contains(needle), "missing `{needle}` in:\n{shown}");
     }
+    // Without a mapping, judged against the system CA store, which does not know our CA.
+    let bare = Command::new(bin())
+        .args(["tls", "inspect", "--host", "127.0.0.1", "--port"])
+        .arg(mqtt.port().to_string())
+        .output()
+        .unwrap();
+    let bare = String::from_utf8_lossy(&bare.stdout);
+    assert!(bare.contains("subject:  CN=broker"), "{bare}");
+    assert!(bare.contains("refused, certificate_not_trusted"), "{bare}");
     let mut gw = run(&config);
     let refused = gw.wait_line("mqtt connection lost").await;
     assert!(
@@ -543,6 +552,24 @@ async fn with_mqtt_5_a_publication_the_acl_denies_is_reported_not_lost_silently(
         .parse()
         .unwrap();
     assert!(metric(addr, "fieldgate_publications_refused_total", "").await >= 1.0);
+    assert_eq!(
+        metric(
+            addr,
+            "fieldgate_mqtt_connection_state",
+            "state=\"connected\""
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            addr,
+            "fieldgate_mqtt_connection_state",
+            "state=\"not_authorised\""
+        )
+        .await,
+        0.0
+    );
     // Refused, reported and dropped: not retried for ever.
     gw.signal("TERM");
     assert_eq!(gw.wait_exit().await, Some(0));

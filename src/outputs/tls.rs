@@ -162,10 +162,7 @@ pub fn client_config(settings: &TlsSettings) -> Result<ClientConfig, String> {
 pub fn verifier(settings: &TlsSettings) -> Result<Arc<dyn ServerCertVerifier>, String> {
     let provider = provider();
     Ok(match &settings.trust {
-        Trust::Pins(pins) => Arc::new(PinVerifier {
-            pins: pins.clone(),
-            provider: Arc::clone(&provider),
-        }),
+        Trust::Pins(pins) => pinned(pins.clone(), Arc::clone(&provider)),
         trust => {
             let roots = Arc::new(roots(trust)?);
             let inner = WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider))
@@ -191,71 +188,23 @@ pub struct Presented {
     pub verdict: Result<(), (ConnState, String)>,
 }
 
-/// Records the chain the server presents and accepts it (the handshake signature is still
-/// verified), so that it can be shown and judged separately.
-#[derive(Debug)]
-struct Recorder {
-    chain: std::sync::Mutex<Vec<CertificateDer<'static>>>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Recorder {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let mut chain = vec![end_entity.clone().into_owned()];
-        chain.extend(intermediates.iter().map(|c| c.clone().into_owned()));
-        *self
-            .chain
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = chain;
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// Connect to `host:port`, take the certificate chain the broker presents, and judge it
 /// with `settings` (the configured trust). Sends no MQTT.
 pub async fn inspect(host: &str, port: u16, settings: &TlsSettings) -> Result<Presented, String> {
     let provider = provider();
-    let recorder = Arc::new(Recorder {
-        chain: std::sync::Mutex::new(Vec::new()),
+    // Record the chain the broker presents and accept it, to show and judge it separately.
+    let recorded: Arc<std::sync::Mutex<Vec<CertificateDer<'static>>>> = Arc::default();
+    let record = Arc::clone(&recorded);
+    let recorder = Arc::new(CheckedBy {
         provider: Arc::clone(&provider),
+        accept: move |leaf: &CertificateDer<'_>, rest: &[CertificateDer<'_>]| {
+            let mut chain = vec![leaf.clone().into_owned()];
+            chain.extend(rest.iter().map(|c| c.clone().into_owned()));
+            *record
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = chain;
+            Ok(())
+        },
     });
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
@@ -285,8 +234,7 @@ pub async fn inspect(host: &str, port: u16, settings: &TlsSettings) -> Result<Pr
         .await
         .map_err(|_| format!("{host}:{port}: no TLS answer within 10 s"))??;
     let chain = std::mem::take(
-        &mut *recorder
-            .chain
+        &mut *recorded
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner),
     );
@@ -352,31 +300,32 @@ impl ServerCertVerifier for NamedVerifier {
 #[error("certificate SHA-256 {0} matches no pin")]
 pub struct PinMismatch(pub String);
 
-/// Accepts exactly the pinned leaf certificates, and still verifies that the server holds
-/// the certificate's key (the handshake signature).
-#[derive(Debug)]
-struct PinVerifier {
-    pins: Vec<[u8; 32]>,
+/// Decides on the leaf certificate by `accept` (a pin, a recording), and still verifies that
+/// the server holds the certificate's key: the handshake signature.
+struct CheckedBy<F> {
+    accept: F,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for PinVerifier {
+impl<F> std::fmt::Debug for CheckedBy<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CheckedBy")
+    }
+}
+
+impl<F> ServerCertVerifier for CheckedBy<F>
+where
+    F: Fn(&CertificateDer<'_>, &[CertificateDer<'_>]) -> Result<(), rustls::Error> + Send + Sync,
+{
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
+        intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let got = sha256(end_entity.as_ref());
-        if self.pins.contains(&got) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                rustls::OtherError(Arc::new(PinMismatch(hex(&got)))),
-            )))
-        }
+        (self.accept)(end_entity, intermediates).map(|()| ServerCertVerified::assertion())
     }
     fn verify_tls12_signature(
         &self,
@@ -409,6 +358,23 @@ impl ServerCertVerifier for PinVerifier {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// Accepts exactly the pinned leaf certificates.
+fn pinned(pins: Vec<[u8; 32]>, provider: Arc<CryptoProvider>) -> Arc<dyn ServerCertVerifier> {
+    Arc::new(CheckedBy {
+        provider,
+        accept: move |leaf: &CertificateDer<'_>, _: &[CertificateDer<'_>]| {
+            let got = sha256(leaf.as_ref());
+            if pins.contains(&got) {
+                Ok(())
+            } else {
+                Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                    rustls::OtherError(Arc::new(PinMismatch(hex(&got)))),
+                )))
+            }
+        },
+    })
 }
 
 /// The subject of a certificate, or `?`.

@@ -385,6 +385,25 @@ fn control_from_stdin(plant: Arc<Plant>, shutdown: CancellationToken) {
     });
 }
 
+type Admitted = std::io::Result<Option<(Service, Connection)>>;
+
+/// A new TCP connection's service, unless the plant's connection limit turns it away.
+fn admit(
+    plant: &Arc<Plant>,
+) -> impl Fn(tokio::net::TcpStream, SocketAddr) -> std::future::Ready<Admitted> {
+    let plant = Arc::clone(plant);
+    move |stream, _addr| {
+        let admitted = plant.admit(stream).map(|(closed, conn)| {
+            let service = Service {
+                plant: Arc::clone(&plant),
+                closed,
+            };
+            (service, conn)
+        });
+        std::future::ready(Ok(admitted))
+    }
+}
+
 /// Serve simulated plants at `endpoint` until `shutdown`. The physics ticks every 50 ms.
 pub async fn serve_water_tower(
     endpoint: Endpoint,
@@ -480,32 +499,14 @@ pub async fn serve_water_tower(
     let on_error = |e: std::io::Error| tracing::debug!(error = %e, "simulator connection ended");
     let result = match endpoint {
         Endpoint::Tcp(listener) => {
-            let on_connected = move |stream, _addr: SocketAddr| {
-                let admitted = plant.admit(stream).map(|(closed, conn)| {
-                    let service = Service {
-                        plant: Arc::clone(&plant),
-                        closed,
-                    };
-                    (service, conn)
-                });
-                async move { Ok(admitted) }
-            };
+            let on_connected = admit(&plant);
             tokio_modbus::server::tcp::Server::new(listener)
                 .serve_until(&on_connected, on_error, shutdown.cancelled_owned())
                 .await
                 .map(|_| ())
         }
         Endpoint::RtuOverTcp(listener) => {
-            let on_connected = move |stream, _addr: SocketAddr| {
-                let admitted = plant.admit(stream).map(|(closed, conn)| {
-                    let service = Service {
-                        plant: Arc::clone(&plant),
-                        closed,
-                    };
-                    (service, conn)
-                });
-                async move { Ok(admitted) }
-            };
+            let on_connected = admit(&plant);
             tokio_modbus::server::rtu_over_tcp::Server::new(listener)
                 .serve_until(&on_connected, on_error, shutdown.cancelled_owned())
                 .await

@@ -293,18 +293,22 @@ async fn wait_accepting(addr: SocketAddr) {
 /// Debian's mosquitto on a free loopback port. Fails (never skips) when it is not installed:
 /// `.ci/run` installs it.
 pub async fn mosquitto(dir: &Path, extra_conf: &str) -> (Proc, SocketAddr) {
+    start_mosquitto(dir, |port| {
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra_conf}")
+    })
+    .await
+}
+
+/// mosquitto with the configuration `conf(port)`, on a free port.
+async fn start_mosquitto(dir: &Path, conf: impl FnOnce(u16) -> String) -> (Proc, SocketAddr) {
     let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
         .into_iter()
         .find(|p| Path::new(p).exists())
         .expect("mosquitto is not installed: apt-get install -y mosquitto mosquitto-clients");
     let port = free_port();
-    let conf = dir.join(format!("mosquitto-{port}.conf"));
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra_conf}"),
-    )
-    .unwrap();
-    let p = Proc::spawn(Command::new(exe).arg("-c").arg(&conf));
+    let file = dir.join(format!("mosquitto-{port}.conf"));
+    std::fs::write(&file, conf(port)).unwrap();
+    let p = Proc::spawn(Command::new(exe).arg("-c").arg(&file));
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_accepting(addr).await;
     (p, addr)
@@ -652,19 +656,8 @@ pub async fn metric(addr: SocketAddr, name: &str, labels: &str) -> f64 {
 /// ACLs): `body` follows `listener PORT 127.0.0.1`. It stays root, so that it can read keys
 /// in the test's private temporary directory.
 pub async fn mosquitto_with(dir: &Path, body: &str) -> (Proc, SocketAddr) {
-    let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("mosquitto is not installed: apt-get install -y mosquitto mosquitto-clients");
-    let port = free_port();
-    let conf = dir.join(format!("mosquitto-{port}.conf"));
-    std::fs::write(
-        &conf,
-        format!("user root\npersistence false\nlistener {port} 127.0.0.1\n{body}\n"),
-    )
-    .unwrap();
-    let p = Proc::spawn(Command::new(exe).arg("-c").arg(&conf));
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_accepting(addr).await;
-    (p, addr)
+    start_mosquitto(dir, |port| {
+        format!("user root\npersistence false\nlistener {port} 127.0.0.1\n{body}\n")
+    })
+    .await
 }

@@ -309,17 +309,12 @@ async fn a_full_buffer_drops_the_oldest_counts_them_and_delivers_the_newest() {
         .wait_topic(0, &topic, |p| p.contains("\"value\":5}"))
         .await;
     // Cut when nothing is half-way, so that every drop is a gap: stop the readings (the
-    // device goes silent; its error status and the stale reading are delivered), cut the
-    // quiet link, then let the readings flow into the buffer again.
-    rig.sim.send_line("fault 1 silent");
-    rig.sim.wait_line("fault 1 silent ok").await;
-    let status = format!("{}/status/tower", rig.prefix);
-    let error = rig
-        .obs
-        .wait_topic(0, &status, |p| p.contains("\"error\""))
-        .await;
+    // device answers with an exception: one "bad" reading is published, the device status
+    // does not change), cut the quiet link, then let the readings flow into the buffer.
+    rig.sim.send_line("fault 1 exception:4");
+    rig.sim.wait_line("fault 1 exception:4 ok").await;
     rig.obs
-        .wait_topic(error.seq, &topic, |p| p.contains("\"stale\""))
+        .wait_topic(0, &topic, |p| p.contains("\"bad\""))
         .await;
     // Delivered is not enough: the gateway must have seen every acknowledgement too, or a
     // delivered message could still count as dropped later.
@@ -369,34 +364,40 @@ async fn a_full_buffer_drops_the_oldest_counts_them_and_delivers_the_newest() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let missing: Vec<u64> = (1..=max).filter(|n| !seen.contains(n)).collect();
-    // The device's "ok" status was the oldest publication of the outage: dropped first.
-    let status_ok_lost = !rig
-        .obs
-        .all()
-        .iter()
-        .skip(error.seq + 1)
-        .any(|m| m.topic == status && m.payload.contains("\"ok\""));
     let dropped = metric(
         metrics,
         "fieldgate_publications_dropped_total",
         "buffer_full",
     )
     .await;
-    assert!(
-        status_ok_lost,
-        "the oldest publication of the outage was delivered"
-    );
+    // Readings are not all: a device whose every request fails goes to status "error", and
+    // back to "ok" when it answers again. That "ok" was the oldest of the outage, so it was
+    // the first dropped. Count it when the subscriber never got it.
+    let status = format!("{}/status/tower", rig.prefix);
+    let statuses: Vec<String> = rig
+        .obs
+        .all()
+        .into_iter()
+        .filter(|m| m.topic == status)
+        .map(|m| m.payload)
+        .collect();
+    let ok_lost = statuses.iter().any(|p| p.contains("\"error\""))
+        && !statuses
+            .iter()
+            .skip_while(|p| !p.contains("\"error\""))
+            .any(|p| p.contains("\"ok\""));
     assert_eq!(
-        (missing.len() + 1) as f64,
+        (missing.len() + usize::from(ok_lost)) as f64,
         dropped,
-        "{} readings and the status missing, {dropped} drops counted",
+        "{} readings missing (and the ok status: {ok_lost}), {dropped} drops counted",
         missing.len()
     );
-    // The missing ones are one run: the oldest of the outage.
-    assert_eq!(
-        missing.last().unwrap() - missing[0] + 1,
-        missing.len() as u64,
-        "{missing:?}"
+    // The missing ones are old ones: the newest all arrived. (Not always one run: once the
+    // link is back, a full buffer spares what is already on its way and drops the oldest
+    // of the rest.)
+    assert!(
+        *missing.last().unwrap() < max - 45,
+        "a recent reading is missing: {missing:?}"
     );
     assert!(
         gw.wait_line("outbound buffer has room again")

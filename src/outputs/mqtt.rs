@@ -36,7 +36,8 @@ use crate::model::MqttSettings;
 pub const ONLINE: &str = "online";
 pub const OFFLINE: &str = "offline";
 
-/// Most buffered publications handed to a connection and not yet acknowledged.
+/// Most buffered publications handed to a connection and not yet acknowledged (and at most
+/// half the buffer's bound).
 pub const WINDOW: usize = 64;
 /// How long shutdown may spend delivering the buffer to the broker.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -484,7 +485,10 @@ impl Publisher {
     /// Hand buffered entries to the connection, oldest first, up to the window.
     fn pump(&mut self) {
         let Some(c) = &mut self.conn else { return };
-        while c.handed < WINDOW {
+        // At most half the buffer in flight, so that a full buffer always has an entry to
+        // drop that is not on its way (and so may yet arrive, though counted as lost).
+        let window = WINDOW.min((self.store.max_rows() / 2).max(1));
+        while c.handed < window {
             let Some(e) = self.store.next_unacked(c.cursor) else {
                 break;
             };
@@ -498,6 +502,7 @@ impl Publisher {
             c.unsent.push_back(Some(e.seq));
             c.handed += 1;
         }
+        self.store.set_in_flight_below(c.cursor);
     }
 
     fn announcements(&self) -> Vec<Publication> {
@@ -586,6 +591,7 @@ impl Publisher {
             Session::Down { conn } => {
                 if self.conn.as_ref().is_some_and(|c| c.id == conn) {
                     self.conn = None;
+                    self.store.set_in_flight_below(0);
                 }
             }
             Session::Sent { conn, pkid } => {

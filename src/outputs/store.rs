@@ -248,6 +248,8 @@ pub struct Store {
     log: Option<Log>,
     /// Drops since the buffer last had room, for one log line per episode.
     dropping: u64,
+    /// Seqs below this are in flight (see [`Store::set_in_flight_below`]).
+    in_flight_below: u64,
 }
 
 fn segment_name(first_seq: u64) -> String {
@@ -286,6 +288,7 @@ impl Store {
             max_bytes: settings.max_bytes.max(1),
             log: None,
             dropping: 0,
+            in_flight_below: 0,
         };
         let mut recovery = Recovery::default();
         let Some(dir) = &settings.path else {
@@ -420,6 +423,11 @@ impl Store {
         self.bytes
     }
 
+    /// The bound in entries.
+    pub fn max_rows(&self) -> usize {
+        self.max_rows
+    }
+
     /// Whether entries survive a restart.
     pub fn is_durable(&self) -> bool {
         self.log.is_some()
@@ -471,20 +479,38 @@ impl Store {
 
     fn enforce_bounds(&mut self) -> u64 {
         let mut dropped = 0;
-        while self.slots.len() > self.max_rows || self.bytes > self.max_bytes {
-            let Some(front) = self.slots.pop_front() else {
+        while self.unacked > 0 && (self.unacked > self.max_rows || self.bytes > self.max_bytes) {
+            // The oldest entry not already on its way to the broker (dropping one in flight
+            // would count as lost what may still arrive), but never the newest: when all
+            // older ones are in flight, the oldest of all goes.
+            let floor = self.in_flight_below;
+            let older = self.slots.len().saturating_sub(1);
+            let idx = self
+                .slots
+                .iter()
+                .take(older)
+                .position(|s| !s.acked && s.entry.seq >= floor)
+                .or_else(|| self.slots.iter().position(|s| !s.acked));
+            let Some(slot) = idx.and_then(|i| self.slots.get_mut(i)) else {
                 break;
             };
-            self.bytes -= front.entry.cost();
-            self.done_through = self.done_through.max(front.entry.seq);
-            if !front.acked {
-                dropped += 1;
-                self.unacked -= 1;
-            }
+            // A tombstone: done, its payload freed; it leaves when it reaches the front.
+            slot.acked = true;
+            let before = slot.entry.cost();
+            slot.entry.payload = Bytes::new();
+            self.bytes -= before - slot.entry.cost();
+            self.unacked -= 1;
+            dropped += 1;
+            self.pop_acked();
         }
-        self.pop_acked();
         self.dropping += dropped;
         dropped
+    }
+
+    /// Entries below `seq` have been handed to the live connection: the bounds drop them
+    /// only when nothing else is left to drop. 0 when there is no connection.
+    pub fn set_in_flight_below(&mut self, seq: u64) {
+        self.in_flight_below = seq;
     }
 
     /// Whether the buffer dropped entries since it last had room.
@@ -496,7 +522,7 @@ impl Store {
     /// buffer is below half its bounds again.
     pub fn drop_episode_over(&mut self) -> Option<u64> {
         if self.dropping > 0
-            && self.slots.len() <= self.max_rows / 2
+            && self.unacked <= self.max_rows / 2
             && self.bytes <= self.max_bytes / 2
         {
             return Some(std::mem::take(&mut self.dropping));
@@ -869,6 +895,36 @@ mod tests {
         }
         assert_eq!(dropped, 2);
         assert_eq!(s.bytes(), 3 * (ENTRY_OVERHEAD + 2));
+    }
+
+    #[test]
+    fn a_full_buffer_spares_what_is_in_flight() {
+        let (mut s, _) = Store::open(&StoreSettings {
+            path: None,
+            max_rows: 5,
+            max_bytes: 1 << 20,
+            segment_bytes: 1 << 20,
+        });
+        for i in 0..5 {
+            push(&mut s, i);
+        }
+        // 1 and 2 were handed to the connection.
+        s.set_in_flight_below(3);
+        assert_eq!(push(&mut s, 5), 6);
+        assert_eq!(seqs(&s), vec![1, 2, 4, 5, 6]);
+        // Acknowledged, they leave, and the dropped 3 with them.
+        s.ack(1);
+        s.ack(2);
+        assert_eq!(s.front_seq(), 4);
+        s.set_in_flight_below(7);
+        push(&mut s, 6);
+        push(&mut s, 7);
+        push(&mut s, 8);
+        assert_eq!(seqs(&s), vec![4, 5, 6, 8, 9]);
+        // Everything in flight: the oldest goes after all.
+        s.set_in_flight_below(10);
+        push(&mut s, 9);
+        assert_eq!(seqs(&s), vec![5, 6, 8, 9, 10]);
     }
 
     #[test]

@@ -46,6 +46,14 @@ impl Rig {
         }
     }
 
+    /// Wait until the first readings went through (value 5 arrived).
+    async fn flowing(&mut self) {
+        let topic = self.topic();
+        self.obs
+            .wait_topic(0, &topic, |p| p.contains("\"value\":5}"))
+            .await;
+    }
+
     fn topic(&self) -> String {
         format!("{}/{TOPIC_READS}", self.prefix)
     }
@@ -208,10 +216,7 @@ async fn nothing_is_lost_through_a_reset_link_and_a_half_open_link() {
     let mut rig = Rig::start("d1").await;
     let config = rig.config("");
     let (mut gw, _metrics) = rig.gateway(&config).await;
-    let topic = rig.topic();
-    rig.obs
-        .wait_topic(0, &topic, |p| p.contains("\"value\":5}"))
-        .await;
+    rig.flowing().await;
 
     // 30 s with the link reset: the gateway reconnects into resets the whole time.
     rig.proxy.set(ProxyMode::Cut);
@@ -259,10 +264,7 @@ async fn a_kill_9_during_an_outage_loses_nothing_it_accepted() {
     let mut rig = Rig::start("d2").await;
     let config = rig.config("");
     let (mut gw, _) = rig.gateway(&config).await;
-    let topic = rig.topic();
-    rig.obs
-        .wait_topic(0, &topic, |p| p.contains("\"value\":5}"))
-        .await;
+    rig.flowing().await;
     rig.proxy.set(ProxyMode::Cut);
     gw.wait_line("mqtt connection lost").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -305,9 +307,7 @@ async fn a_full_buffer_drops_the_oldest_counts_them_and_delivers_the_newest() {
     let config = rig.config(", max_messages: 50");
     let (mut gw, metrics) = rig.gateway(&config).await;
     let topic = rig.topic();
-    rig.obs
-        .wait_topic(0, &topic, |p| p.contains("\"value\":5}"))
-        .await;
+    rig.flowing().await;
     // Cut when nothing is half-way, so that every drop is a gap: stop the readings (the
     // device answers with an exception: one "bad" reading is published, the device status
     // does not change), cut the quiet link, then let the readings flow into the buffer.
@@ -416,10 +416,7 @@ async fn sigterm_delivers_the_backlog_before_it_exits() {
     let mut rig = Rig::start("d4").await;
     let config = rig.config("");
     let (mut gw, _) = rig.gateway(&config).await;
-    let topic = rig.topic();
-    rig.obs
-        .wait_topic(0, &topic, |p| p.contains("\"value\":5}"))
-        .await;
+    rig.flowing().await;
     rig.proxy.set(ProxyMode::Cut);
     gw.wait_line("mqtt connection lost").await;
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -476,13 +476,7 @@ impl ReplayGuard {
         now: SystemTime,
     ) -> Result<Vec<u8>, String> {
         use crate::mappings::envelope;
-        let key: [u8; 32] = enc
-            .key
-            .0
-            .as_slice()
-            .try_into()
-            .map_err(|_| "no usable key".to_owned())?;
-        let (ts, plain) = envelope::open(&key, topic, envelope).map_err(|e| e.to_string())?;
+        let (ts, plain) = envelope::open(&enc.key.0, topic, envelope).map_err(|e| e.to_string())?;
         let sent = SystemTime::UNIX_EPOCH + Duration::from_millis(ts);
         let age = now.duration_since(sent).unwrap_or_else(|e| e.duration());
         if age > COMMAND_MAX_AGE {

@@ -99,6 +99,16 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// A 32-byte AES key: compared and cloned, never shown (`Debug` prints `***`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Key(pub [u8; 32]);
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
 /// Where the broker password came from (shown by `check`; the password never is).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PasswordSource {
@@ -118,7 +128,7 @@ pub struct Credentials {
 /// End-to-end payload encryption: the key, and the topic filters it applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encryption {
-    pub key: Secret,
+    pub key: Key,
     pub key_file: std::path::PathBuf,
     pub topics: Vec<Arc<str>>,
 }

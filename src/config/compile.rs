@@ -244,7 +244,7 @@ fn compile_encryption(ctx: &mut Ctx, e: &RawPayloadEncryption) -> Option<Encrypt
         Some(list) => list.iter().map(|t| Arc::from(t.value.as_str())).collect(),
     };
     Some(Encryption {
-        key: Secret(key.to_vec()),
+        key: Key(key),
         key_file: path,
         topics,
     })

@@ -343,11 +343,10 @@ struct Publisher {
 /// Seal a payload for `topic` with a fresh random nonce.
 fn seal(e: &crate::model::Encryption, topic: &str, payload: &[u8], at: SystemTime) -> Vec<u8> {
     use aes_gcm::aead::Generate;
-    let key: [u8; 32] = e.key.0.as_slice().try_into().unwrap_or([0; 32]);
     let nonce: aes_gcm::Nonce<aes_gcm::aes::cipher::consts::U12> = aes_gcm::Nonce::generate();
     let nonce: [u8; 12] = nonce.into();
     let ts = u64::try_from(millis(at)).unwrap_or(0);
-    crate::mappings::envelope::seal(&key, nonce, topic, ts, payload)
+    crate::mappings::envelope::seal(&e.key.0, nonce, topic, ts, payload)
 }
 
 fn millis(t: SystemTime) -> i64 {

@@ -126,38 +126,97 @@ pub fn quarantine(device: &str, on: bool) {
     }
 }
 
-pub fn device_status(device: &str, ok: bool, reason: &str) {
-    gauge!("fieldgate_device_up", "device" => device.to_owned()).set(if ok { 1.0 } else { 0.0 });
-    if ok {
-        info!(device, "device ok");
+/// A device's state changed: `ok`, `degraded` (some points fail, the rest work) or `error`.
+pub fn device_status(device: &str, state: &str, reason: &str) {
+    gauge!("fieldgate_device_up", "device" => device.to_owned()).set(if state == "error" {
+        0.0
     } else {
-        warn!(device, reason, "device error");
+        1.0
+    });
+    gauge!("fieldgate_device_degraded", "device" => device.to_owned())
+        .set(if state == "degraded" { 1.0 } else { 0.0 });
+    match state {
+        "ok" => info!(device, "device ok"),
+        "degraded" => warn!(device, reason, "device degraded"),
+        _ => warn!(device, reason, "device error"),
     }
 }
 
-/// Every write is logged with what it wrote, where, and why (its origin).
+/// A read request started (`on`) or stopped failing with a Modbus exception: one line per
+/// episode, not per poll.
+pub fn read_exception(device: &str, function: u8, address: u16, count: u16, code: u8, on: bool) {
+    let exception = crate::mappings::exception_name(code);
+    if on {
+        warn!(
+            device,
+            function, address, count, code, exception, "read refused with a Modbus exception"
+        );
+    } else {
+        info!(device, function, address, count, "read works again");
+    }
+}
+
+/// A read the device refused was split to find the addresses it refuses; the split is kept.
+pub fn read_split(device: &str, function: u8, address: u16, count: u16, code: u8, parts: usize) {
+    counter!("fieldgate_read_splits_total", "device" => device.to_owned()).increment(1);
+    info!(
+        device,
+        function,
+        address,
+        count,
+        code,
+        parts,
+        "device refused a merged read; split it and kept the split"
+    );
+}
+
+/// A device answered ILLEGAL FUNCTION to FC 5 / FC 6; FC 15 / FC 16 are used from now on.
+pub fn write_function_fallback(device: &str, from: u8, to: u8) {
+    warn!(
+        device,
+        from,
+        to,
+        "device refuses the single-write function; using the multiple-write function from now on"
+    );
+}
+
+/// How a write ended, for the log and `fieldgate_writes_total{outcome}`.
+#[derive(Debug, Clone, Copy)]
+pub enum WriteOutcome<'a> {
+    /// Written, and the read-back holds the written value.
+    Ok,
+    /// Written, but the read-back holds something else (the device clamped or refused it).
+    Mismatch { readback: &'a str },
+    /// Not written (or not confirmed): why.
+    Failed { reason: &'a str },
+}
+
+/// Every write is logged with what it wrote, where, why (its origin), and how it ended.
 pub fn write_done(
     device: &str,
     point: &str,
     address: u16,
     value: &str,
     origin: &str,
-    result: Result<(), &str>,
+    outcome: WriteOutcome<'_>,
 ) {
-    match result {
-        Ok(()) => {
-            counter!("fieldgate_writes_total", "device" => device.to_owned(), "outcome" => "ok")
-                .increment(1);
-            info!(device, point, address, value, origin, "write ok");
-        }
-        Err(reason) => {
-            counter!("fieldgate_writes_total", "device" => device.to_owned(), "outcome" => "error")
-                .increment(1);
-            warn!(
-                device,
-                point, address, value, origin, reason, "write failed"
-            );
-        }
+    let label = match outcome {
+        WriteOutcome::Ok => "ok",
+        WriteOutcome::Mismatch { .. } => "mismatch",
+        WriteOutcome::Failed { .. } => "error",
+    };
+    counter!("fieldgate_writes_total", "device" => device.to_owned(), "outcome" => label)
+        .increment(1);
+    match outcome {
+        WriteOutcome::Ok => info!(device, point, address, value, origin, "write ok"),
+        WriteOutcome::Mismatch { readback } => warn!(
+            device,
+            point, address, value, readback, origin, "write read back a different value"
+        ),
+        WriteOutcome::Failed { reason } => warn!(
+            device,
+            point, address, value, origin, reason, "write failed"
+        ),
     }
 }
 

@@ -84,6 +84,7 @@ fn start_link(model: &Arc<Model>, link: usize, events: &mpsc::Sender<LinkEvent>)
         events: events.clone(),
         writes,
         beat: crate::supervisor::heartbeat(format!("link {}", l.name)),
+        multiple_writes: Default::default(),
     };
     Running {
         signature: link_signature(model, link),
@@ -584,12 +585,7 @@ async fn run_executor(
             let (reply_tx, reply_rx) = oneshot::channel();
             let written = op.value.clone();
             let device_timeout = device.timeout;
-            let target = WriteTarget {
-                device: device.name.clone(),
-                point: point.name.clone(),
-                unit: device.unit,
-                timeout: device.timeout,
-            };
+            let target = WriteTarget::of(device, point.name.clone());
             let req = WriteRequest {
                 op,
                 target,

@@ -211,6 +211,30 @@ impl std::fmt::Display for LinkSpec {
     }
 }
 
+/// How strictly a Modbus TCP reply's transaction id must match the request's (Modbus
+/// Messaging on TCP/IP Implementation Guide V1.0b, 3.1.3: the server copies it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TidPolicy {
+    /// Only our own id (stale frames with older ids are skipped).
+    #[default]
+    Strict,
+    /// Also id 0 and our id with its two bytes swapped (devices that do not echo it properly).
+    Lenient,
+}
+
+/// Which function codes write one coil or one register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum WriteFunction {
+    /// FC 5 / FC 6; after ILLEGAL FUNCTION, FC 15 / FC 16 from then on (remembered per device
+    /// until the link task restarts).
+    #[default]
+    Auto,
+    /// Always FC 5 / FC 6.
+    Single,
+    /// Always FC 15 / FC 16 (devices that implement only the "multiple" functions).
+    Multiple,
+}
+
 /// One link: a TCP connection or an RTU bus, owned by one task.
 #[derive(Debug, Clone)]
 pub struct Link {
@@ -225,6 +249,13 @@ pub struct Link {
     pub quarantine_after: u32,
     /// Longest poll spacing of a quarantined device.
     pub quarantine_max: Duration,
+    /// Modbus TCP: how strictly transaction ids must match.
+    pub tid: TidPolicy,
+    /// RTU: the adapter echoes each request before the reply; the echo is removed.
+    pub echo: bool,
+    /// Silence after opening the connection before the first request (devices that swallow
+    /// requests sent right after a connect): the largest of its devices' `connect_delay`.
+    pub connect_delay: Duration,
     pub devices: Vec<DeviceId>,
 }
 
@@ -236,6 +267,13 @@ pub struct Device {
     pub unit: u8,
     pub timeout: Duration,
     pub poll_interval: Duration,
+    /// Least time between the end of one exchange and the next request to this device.
+    pub request_delay: Duration,
+    /// Which function codes write one coil or register.
+    pub write_function: WriteFunction,
+    /// Most registers (FC 3/4) and bits (FC 1/2) one read may ask for.
+    pub max_registers: u16,
+    pub max_bits: u16,
     pub status_topic: Arc<str>,
     pub plan: ReadPlan,
     /// The points of this device, in plan-slot order (`plan.slots[i]` belongs to `points[i]`).

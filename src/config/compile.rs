@@ -674,6 +674,13 @@ pub(super) fn compile(
                 if t.host.is_empty() {
                     ctx.err(b, format!("{bpath}.tcp.host"), "host must not be empty");
                 }
+                if let Some(tid) = &t.transaction_id {
+                    ctx.err(
+                        tid,
+                        format!("{bpath}.tcp.transaction_id"),
+                        "RTU over TCP has no transaction id; `transaction_id` is for Modbus TCP devices",
+                    );
+                }
                 (
                     LinkSpec::RtuOverTcp {
                         host: t.host.clone(),
@@ -711,6 +718,9 @@ pub(super) fn compile(
             turnaround: b.turnaround.map_or(Duration::ZERO, |d| d.0),
             quarantine_after: b.quarantine_after.max(1),
             quarantine_max: b.quarantine_max.0,
+            tid: TidPolicy::Strict,
+            echo: b.echo,
+            connect_delay: Duration::ZERO,
             devices: Vec::new(),
         });
     }
@@ -781,11 +791,22 @@ pub(super) fn compile(
                             turnaround: Duration::ZERO,
                             quarantine_after: 3,
                             quarantine_max: Duration::from_secs(60),
+                            tid: TidPolicy::Strict,
+                            echo: false,
+                            connect_delay: Duration::ZERO,
                             devices: Vec::new(),
                         });
                         links.len() - 1
                     }
                 };
+                // One connection: lenient if any of its devices needs it.
+                if tcp
+                    .transaction_id
+                    .as_ref()
+                    .is_some_and(|t| t.value == RawTransactionId::Lenient)
+                {
+                    links[idx].tid = TidPolicy::Lenient;
+                }
                 (idx, Duration::from_secs(1))
             }
             (None, Some(bus)) => match bus_index.get(bus.as_str()) {
@@ -813,7 +834,26 @@ pub(super) fn compile(
                 (usize::MAX, Duration::from_secs(1))
             }
         };
+        let limit = |ctx: &mut Ctx, v: &Option<Located<u16>>, key: &str, max: u16| -> u16 {
+            match v {
+                Some(n) if n.value == 0 || n.value > max => {
+                    ctx.err(
+                        n,
+                        format!("{dpath}.{key}"),
+                        format!("{key} must be 1-{max}, not {}", n.value),
+                    );
+                    max
+                }
+                Some(n) => n.value,
+                None => max,
+            }
+        };
+        let max_registers = limit(&mut ctx, &d.max_registers, "max_registers", 125);
+        let max_bits = limit(&mut ctx, &d.max_bits, "max_bits", 2000);
         if let Some(l) = links.get_mut(link) {
+            if let Some(cd) = d.connect_delay {
+                l.connect_delay = l.connect_delay.max(cd.0);
+            }
             if let Some(&other) = l.devices.iter().find(|&&o| devices_units[o] == d.unit) {
                 ctx.err(
                     d,
@@ -891,6 +931,15 @@ pub(super) fn compile(
                     0
                 }
             };
+            if !p.kind.is_bit() && width > max_registers {
+                ctx.err(
+                    p,
+                    format!("{ppath}.type"),
+                    format!(
+                        "a {width}-register value cannot be read: the device's max_registers is {max_registers}"
+                    ),
+                );
+            }
             if !(p.scale.is_finite() && p.scale != 0.0) {
                 ctx.err(
                     p,
@@ -997,7 +1046,14 @@ pub(super) fn compile(
                 },
             });
         }
-        let plan = plan::plan(&spans, d.max_gap);
+        let plan = plan::plan_limited(
+            &spans,
+            d.max_gap,
+            plan::Limits {
+                registers: max_registers,
+                bits: max_bits,
+            },
+        );
         for (i, &pid) in ids.iter().enumerate() {
             points[pid].slot = plan.slots[i];
         }
@@ -1007,6 +1063,14 @@ pub(super) fn compile(
             unit: d.unit,
             timeout: d.timeout.map_or(link_timeout, |t| t.0),
             poll_interval: d.poll_interval.0,
+            request_delay: d.request_delay.map_or(Duration::ZERO, |d| d.0),
+            write_function: match d.write_function {
+                RawWriteFunction::Auto => WriteFunction::Auto,
+                RawWriteFunction::Single => WriteFunction::Single,
+                RawWriteFunction::Multiple => WriteFunction::Multiple,
+            },
+            max_registers,
+            max_bits,
             status_topic: status,
             plan,
             points: ids,

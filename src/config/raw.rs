@@ -457,11 +457,58 @@ pub struct RawDevice {
     /// Default 0: only adjacent points merge, so no unmapped address is ever read.
     #[serde(default)]
     pub max_gap: u16,
+    /// Most registers one read (FC 3, FC 4) may ask for, 1-125. Default 125, the protocol's
+    /// limit (Modbus application protocol V1.1b3, 6.3). Many energy meters accept 50, some
+    /// dongles 16. Without it, a device that refuses a long read with an exception still works:
+    /// the read is split until its parts succeed, and the split is remembered.
+    #[serde(default)]
+    pub max_registers: Option<Located<u16>>,
+    /// Most coils or discrete inputs one read (FC 1, FC 2) may ask for, 1-2000. Default 2000.
+    #[serde(default)]
+    pub max_bits: Option<Located<u16>>,
+    /// Silence after the connection is opened before the first request: for devices (some
+    /// Wi-Fi and USB dongles) that swallow requests sent in the first second or two. On a
+    /// shared link the largest of its devices' delays applies. Default 0.
+    #[serde(default)]
+    pub connect_delay: Option<Dur>,
+    /// Least pause between the end of one exchange and the next request to this device, for
+    /// slow PLCs and busy gateways. Default 0.
+    #[serde(default)]
+    pub request_delay: Option<Dur>,
+    /// Function codes for writing one coil or one register: `auto` (default: FC 5 / FC 6, and
+    /// after an ILLEGAL FUNCTION exception FC 15 / FC 16, remembered for the device), `single`
+    /// (always FC 5 / FC 6) or `multiple` (always FC 15 / FC 16). More than one register is
+    /// always written with FC 16.
+    #[serde(default)]
+    pub write_function: RawWriteFunction,
     /// Topic for this device's retained status. Default `<mqtt.status_topic>/<name>`.
     #[serde(default)]
     pub status_topic: Option<Located<String>>,
     /// The mapped values of this device.
     pub points: Vec<Located<RawPoint>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawWriteFunction {
+    /// FC 5 / FC 6, falling back to FC 15 / FC 16 after ILLEGAL FUNCTION.
+    #[default]
+    Auto,
+    /// Always FC 5 / FC 6.
+    Single,
+    /// Always FC 15 / FC 16.
+    Multiple,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawTransactionId {
+    /// Only a reply with the request's own transaction id is its answer; older ids (stale
+    /// replies) are skipped.
+    #[default]
+    Strict,
+    /// Also accept id 0 and the id with its two bytes swapped, for devices that do not echo it.
+    Lenient,
 }
 
 const fn default_baud() -> u32 {
@@ -508,6 +555,10 @@ pub struct RawBus {
     /// Longest time between polls of a quarantined device. Default 60s.
     #[serde(default = "default_quarantine_max")]
     pub quarantine_max: Dur,
+    /// The RS-485 adapter echoes every request before the slave's reply (no echo
+    /// suppression); the echo is removed before the reply is read. Default false.
+    #[serde(default)]
+    pub echo: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
@@ -547,6 +598,11 @@ pub struct RawTcp {
     /// TCP port. Default 502.
     #[serde(default = "default_modbus_port")]
     pub port: u16,
+    /// Modbus TCP only: `strict` (default) or `lenient`, which also accepts replies with
+    /// transaction id 0 or with its bytes swapped (devices that do not echo it). A strict
+    /// link that gets such a reply says so in the device's status.
+    #[serde(default)]
+    pub transaction_id: Option<Located<RawTransactionId>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]

@@ -13,15 +13,19 @@ use tokio_modbus::client::{Client as _, Context, Reader, Writer};
 use tokio_modbus::slave::{Slave, SlaveContext};
 use tokio_serial::SerialPort;
 
+use super::mbap::MbapClient;
 use crate::mappings::plan::ReadRequest;
 use crate::mappings::{BlockData, RegisterKind, WriteValue};
-use crate::model::{LinkSpec, Parity};
+use crate::model::{LinkSpec, Parity, TidPolicy};
 
 /// What can go wrong with one request, below the Modbus exception.
 #[derive(Debug)]
 pub enum LinkError {
     /// The connection or port failed.
     Transport(io::Error),
+    /// The device closed the connection (EOF, reset): some close after every reply, so the
+    /// link re-opens and asks once more before this counts as a failure.
+    Closed,
     /// A reply that is not the answer to this request (unit id, function code, framing).
     Protocol(String),
 }
@@ -30,8 +34,22 @@ impl std::fmt::Display for LinkError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LinkError::Transport(e) => write!(f, "transport: {e}"),
+            LinkError::Closed => f.write_str("connection closed by the device"),
             LinkError::Protocol(e) => write!(f, "protocol: {e}"),
         }
+    }
+}
+
+/// A transport error with a reason a person can read: a connection the peer closed says so,
+/// instead of the "Success (os error 0)" an EOF can turn into.
+pub fn transport_error(e: io::Error) -> LinkError {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionAborted => LinkError::Closed,
+        _ if e.raw_os_error() == Some(0) => LinkError::Closed,
+        _ => LinkError::Transport(e),
     }
 }
 
@@ -41,11 +59,15 @@ pub type ModbusResult<T> = Result<Result<T, u8>, LinkError>;
 pub trait ModbusClient: Send {
     fn set_unit(&mut self, unit: u8);
     fn read(&mut self, req: ReadRequest) -> impl Future<Output = ModbusResult<BlockData>> + Send;
+    /// Write `value`. One coil or one register goes with FC 5 / FC 6, or with FC 15 / FC 16
+    /// when `multiple` (devices that implement only the "multiple" functions); more than one
+    /// register always with FC 16.
     fn write(
         &mut self,
         kind: RegisterKind,
         address: u16,
         value: &WriteValue,
+        multiple: bool,
     ) -> impl Future<Output = ModbusResult<()>> + Send;
 }
 
@@ -56,7 +78,7 @@ fn split<T>(r: tokio_modbus::Result<T>) -> ModbusResult<T> {
         Err(tokio_modbus::Error::Transport(e)) if e.kind() == io::ErrorKind::InvalidData => {
             Err(LinkError::Protocol(e.to_string()))
         }
-        Err(tokio_modbus::Error::Transport(e)) => Err(LinkError::Transport(e)),
+        Err(tokio_modbus::Error::Transport(e)) => Err(transport_error(e)),
         Err(tokio_modbus::Error::Protocol(e)) => Err(LinkError::Protocol(e.to_string())),
     }
 }
@@ -64,6 +86,7 @@ fn split<T>(r: tokio_modbus::Result<T>) -> ModbusResult<T> {
 /// A serial port that discards its unread input each time a request is written: whatever
 /// arrived during the silence before a request (a late reply, noise) can never be read as the
 /// answer to it.
+#[derive(Debug)]
 struct FlushBeforeWrite(tokio_serial::SerialStream);
 
 impl tokio::io::AsyncRead for FlushBeforeWrite {
@@ -101,18 +124,131 @@ impl tokio::io::AsyncWrite for FlushBeforeWrite {
     }
 }
 
-/// A Modbus client on any of our link kinds.
-pub struct Client(Context);
+/// An RTU stream on an RS-485 adapter that echoes what it sends (no echo suppression): the
+/// bytes of each request, when they come back first, are removed before the reply is parsed.
+/// Input that does not start with the echo is passed on untouched (the expectation is dropped),
+/// so a bus whose adapter stops echoing still works. Off, it passes everything through.
+#[derive(Debug)]
+struct EchoStrip<S> {
+    inner: S,
+    enabled: bool,
+    /// Bytes written and not yet seen coming back.
+    pending: Vec<u8>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for EchoStrip<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if !this.enabled {
+            return std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        loop {
+            let mut tmp = [0u8; 256];
+            let room = buf.remaining().min(tmp.len());
+            let mut rb = tokio::io::ReadBuf::new(&mut tmp[..room]);
+            match std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+            let got = rb.filled();
+            if got.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let same = got
+                .iter()
+                .zip(&this.pending)
+                .take_while(|(a, b)| a == b)
+                .count();
+            let rest = if same == got.len().min(this.pending.len()) {
+                this.pending.drain(..same);
+                &got[same..]
+            } else {
+                // Not the echo: the adapter does not echo (any more); pass it all on.
+                this.pending.clear();
+                got
+            };
+            if !rest.is_empty() {
+                buf.put_slice(rest);
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for EchoStrip<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let r = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        if this.enabled
+            && let std::task::Poll::Ready(Ok(n)) = &r
+        {
+            this.pending.extend_from_slice(&buf[..*n]);
+        }
+        r
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A Modbus client on any of our link kinds: our own MBAP framing for Modbus TCP (see
+/// [`super::mbap`]), tokio-modbus's RTU framing on a serial port or a TCP socket.
+pub enum Client {
+    Tcp(MbapClient),
+    Rtu(Context),
+}
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Client")
+        f.write_str(match self {
+            Client::Tcp(_) => "Client::Tcp",
+            Client::Rtu(_) => "Client::Rtu",
+        })
+    }
+}
+
+/// How a link's connection is opened: where, and how its replies are framed.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenOptions {
+    pub connect_timeout: Duration,
+    /// Modbus TCP: how strictly transaction ids must match.
+    pub tid: TidPolicy,
+    /// RTU: the adapter echoes every request.
+    pub echo: bool,
+}
+
+impl OpenOptions {
+    /// Strict transaction ids and no echo, as for commissioning tools.
+    pub const fn plain(connect_timeout: Duration) -> Self {
+        OpenOptions {
+            connect_timeout,
+            tid: TidPolicy::Strict,
+            echo: false,
+        }
     }
 }
 
 /// Open a fresh connection for `spec`, addressed to `unit`. Serial ports are opened with their
 /// input buffer flushed, so nothing a slave sent before can be read as an answer.
-pub async fn open(spec: &LinkSpec, unit: u8, connect_timeout: Duration) -> Result<Client, String> {
+pub async fn open(spec: &LinkSpec, unit: u8, o: OpenOptions) -> Result<Client, String> {
     let resolve = |host: String, port: u16| async move {
         tokio::net::lookup_host((host.as_str(), port))
             .await
@@ -124,24 +260,27 @@ pub async fn open(spec: &LinkSpec, unit: u8, connect_timeout: Duration) -> Resul
     match spec {
         LinkSpec::Tcp { host, port } => {
             let addr = resolve(host.clone(), *port).await?;
-            tokio::time::timeout(
-                connect_timeout,
-                tokio_modbus::client::tcp::connect_slave(addr, Slave(unit)),
-            )
-            .await
-            .map_err(timed(format!("connect {addr}")))?
-            .map(Client)
-            .map_err(|e| format!("connect {addr}: {e}"))
+            let stream =
+                tokio::time::timeout(o.connect_timeout, tokio::net::TcpStream::connect(addr))
+                    .await
+                    .map_err(timed(format!("connect {addr}")))?
+                    .map_err(|e| format!("connect {addr}: {e}"))?;
+            Ok(Client::Tcp(MbapClient::new(stream, unit, o.tid)))
         }
         LinkSpec::RtuOverTcp { host, port } => {
             let addr = resolve(host.clone(), *port).await?;
             let stream =
-                tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
+                tokio::time::timeout(o.connect_timeout, tokio::net::TcpStream::connect(addr))
                     .await
                     .map_err(timed(format!("connect {addr}")))?
                     .map_err(|e| format!("connect {addr}: {e}"))?;
             let _ = stream.set_nodelay(true);
-            Ok(Client(tokio_modbus::client::rtu::attach_slave(
+            let stream = EchoStrip {
+                inner: stream,
+                enabled: o.echo,
+                pending: Vec::new(),
+            };
+            Ok(Client::Rtu(tokio_modbus::client::rtu::attach_slave(
                 stream,
                 Slave(unit),
             )))
@@ -168,8 +307,13 @@ pub async fn open(spec: &LinkSpec, unit: u8, connect_timeout: Duration) -> Resul
                 .map_err(|e| format!("open {}: {e}", s.path))?;
             port.clear(tokio_serial::ClearBuffer::Input)
                 .map_err(|e| format!("flush {}: {e}", s.path))?;
-            Ok(Client(tokio_modbus::client::rtu::attach_slave(
-                FlushBeforeWrite(port),
+            let stream = EchoStrip {
+                inner: FlushBeforeWrite(port),
+                enabled: o.echo,
+                pending: Vec::new(),
+            };
+            Ok(Client::Rtu(tokio_modbus::client::rtu::attach_slave(
+                stream,
                 Slave(unit),
             )))
         }
@@ -179,17 +323,28 @@ pub async fn open(spec: &LinkSpec, unit: u8, connect_timeout: Duration) -> Resul
 impl Client {
     /// Close the connection (socket or port) now, before a new one is opened.
     pub async fn close(&mut self) {
-        let _ = self.0.disconnect().await;
+        match self {
+            Client::Tcp(c) => c.close().await,
+            Client::Rtu(c) => {
+                let _ = c.disconnect().await;
+            }
+        }
     }
 }
 
 impl ModbusClient for Client {
     fn set_unit(&mut self, unit: u8) {
-        self.0.set_slave(Slave(unit));
+        match self {
+            Client::Tcp(c) => c.set_unit(unit),
+            Client::Rtu(c) => c.set_slave(Slave(unit)),
+        }
     }
 
     async fn read(&mut self, req: ReadRequest) -> ModbusResult<BlockData> {
-        let c = &mut self.0;
+        let c = match self {
+            Client::Tcp(c) => return c.read(req).await,
+            Client::Rtu(c) => c,
+        };
         match req.kind {
             RegisterKind::Coil => {
                 split(c.read_coils(req.start, req.count).await).map(|r| r.map(BlockData::Bits))
@@ -214,13 +369,32 @@ impl ModbusClient for Client {
         kind: RegisterKind,
         address: u16,
         value: &WriteValue,
+        multiple: bool,
     ) -> ModbusResult<()> {
-        let c = &mut self.0;
+        let c = match self {
+            Client::Tcp(c) => {
+                return match (kind, value) {
+                    (RegisterKind::Coil, WriteValue::Coil(v)) => {
+                        c.write_coil(address, *v, multiple).await
+                    }
+                    (RegisterKind::HoldingRegister, WriteValue::Registers(w)) if !w.is_empty() => {
+                        c.write_registers(address, w, multiple).await
+                    }
+                    _ => Ok(Err(1)),
+                };
+            }
+            Client::Rtu(c) => c,
+        };
         match (kind, value) {
+            (RegisterKind::Coil, WriteValue::Coil(v)) if multiple => {
+                split(c.write_multiple_coils(address, &[*v]).await)
+            }
             (RegisterKind::Coil, WriteValue::Coil(v)) => {
                 split(c.write_single_coil(address, *v).await)
             }
-            (RegisterKind::HoldingRegister, WriteValue::Registers(w)) if w.len() == 1 => {
+            (RegisterKind::HoldingRegister, WriteValue::Registers(w))
+                if w.len() == 1 && !multiple =>
+            {
                 split(c.write_single_register(address, w[0]).await)
             }
             (RegisterKind::HoldingRegister, WriteValue::Registers(w)) => {
@@ -229,5 +403,47 @@ impl ModbusClient for Client {
             // The compiler only lets coils and holding registers be writable.
             _ => Ok(Err(1)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn echo_is_stripped_and_a_missing_echo_passes_through() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut s = EchoStrip {
+            inner: a,
+            enabled: true,
+            pending: Vec::new(),
+        };
+        s.write_all(&[1, 3, 0, 0, 0, 1, 0x84, 0x0A]).await.unwrap();
+        let mut req = [0u8; 8];
+        b.read_exact(&mut req).await.unwrap();
+        // The adapter echoes the request in two pieces, then the reply follows.
+        b.write_all(&req[..3]).await.unwrap();
+        b.write_all(&req[3..]).await.unwrap();
+        b.write_all(&[1, 3, 2, 0, 42]).await.unwrap();
+        let mut reply = [0u8; 5];
+        s.read_exact(&mut reply).await.unwrap();
+        assert_eq!(reply, [1, 3, 2, 0, 42]);
+        // No echo this time: the reply passes untouched.
+        s.write_all(&[1, 3, 0, 0, 0, 1, 0x84, 0x0A]).await.unwrap();
+        b.read_exact(&mut req).await.unwrap();
+        b.write_all(&[1, 3, 2, 0, 43]).await.unwrap();
+        s.read_exact(&mut reply).await.unwrap();
+        assert_eq!(reply, [1, 3, 2, 0, 43]);
+    }
+
+    #[test]
+    fn a_closed_connection_has_a_readable_reason() {
+        let e = transport_error(io::Error::from_raw_os_error(0));
+        assert_eq!(e.to_string(), "connection closed by the device");
+        let e = transport_error(io::ErrorKind::UnexpectedEof.into());
+        assert!(matches!(e, LinkError::Closed));
+        let e = transport_error(io::ErrorKind::PermissionDenied.into());
+        assert!(matches!(e, LinkError::Transport(_)));
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, timeout};
 
-use super::client::{LinkError, ModbusClient, open};
+use super::client::{LinkError, ModbusClient, OpenOptions, open};
 use crate::mappings::plan::ReadRequest;
 use crate::mappings::{BlockData, RegisterKind, WriteValue, exception_name};
 use crate::model::LinkSpec;
@@ -17,7 +17,7 @@ pub async fn read(
     req: ReadRequest,
     wait: Duration,
 ) -> Result<BlockData, String> {
-    let mut c = open(spec, unit, Duration::from_secs(3)).await?;
+    let mut c = open(spec, unit, OpenOptions::plain(Duration::from_secs(3))).await?;
     match timeout(wait, c.read(req)).await {
         Err(_) => Err(format!("no answer within {wait:?}")),
         Ok(Err(e)) => Err(e.to_string()),
@@ -35,8 +35,8 @@ pub async fn write(
     value: &WriteValue,
     wait: Duration,
 ) -> Result<BlockData, String> {
-    let mut c = open(spec, unit, Duration::from_secs(3)).await?;
-    match timeout(wait, c.write(kind, address, value)).await {
+    let mut c = open(spec, unit, OpenOptions::plain(Duration::from_secs(3))).await?;
+    match timeout(wait, c.write(kind, address, value, false)).await {
         Err(_) => return Err(format!("no answer within {wait:?}")),
         Ok(Err(e)) => return Err(e.to_string()),
         Ok(Ok(Err(code))) => {
@@ -78,7 +78,7 @@ pub async fn scan(
     gap: Duration,
 ) -> Result<Vec<u8>, String> {
     let first = *units.start();
-    let mut c = open(spec, first, Duration::from_secs(3)).await?;
+    let mut c = open(spec, first, OpenOptions::plain(Duration::from_secs(3))).await?;
     let mut found = Vec::new();
     let mut last = Instant::now();
     for unit in units {
@@ -101,10 +101,10 @@ pub async fn scan(
             Ok(Ok(Err(_))) => {}
             Ok(Err(LinkError::Transport(e))) => return Err(format!("transport: {e}")),
             // A timeout or a garbled reply: flush by re-opening, as the link task does.
-            Ok(Err(LinkError::Protocol(_))) | Err(_) => {
+            Ok(Err(LinkError::Protocol(_) | LinkError::Closed)) | Err(_) => {
                 c.close().await;
                 tokio::time::sleep_until(last + gap).await;
-                c = open(spec, unit, Duration::from_secs(3)).await?;
+                c = open(spec, unit, OpenOptions::plain(Duration::from_secs(3))).await?;
                 last = Instant::now();
             }
         }

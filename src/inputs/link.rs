@@ -14,28 +14,54 @@
 //!   often, with backoff) so it cannot starve the others; the earliest-due device goes first,
 //!   and of two equally due the one polled longest ago;
 //! - a Modbus exception is reported for that request's points and the connection stays up;
+//!   when ILLEGAL DATA ADDRESS or ILLEGAL DATA VALUE refuses a read that covers several points
+//!   (one address inside does not exist, or the read is longer than the device takes), the
+//!   read is split at point boundaries until its parts succeed or each failing part holds one
+//!   point; the split is remembered, and the merged read tried again every [`REPROBE`];
+//! - a connection the device closed (some close after every reply) is re-opened and the
+//!   request asked once more before anything counts as failed;
+//! - a device that answers FC 5 / FC 6 with ILLEGAL FUNCTION is written with FC 15 / FC 16 from
+//!   then on (`write_function: auto`);
+//! - a device's `request_delay` and the link's `connect_delay` are waited out before requests;
 //! - only a link that cannot be (re)opened takes all its devices down, with backoff.
+//!
+//! Waits are skipped when their time has already passed: tokio's timer rounds even a zero
+//! wait up to its next millisecond tick.
 //!
 //! While the link is down, writes are refused at once: a pump must not start late.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
-use super::client::{Client, LinkError, ModbusClient, open};
+use super::client::{Client, LinkError, ModbusClient, OpenOptions, open};
 use super::{LinkEvent, WriteRequest, WriteTarget};
 use crate::backoff::Backoff;
-use crate::events;
-use crate::mappings::command::{format_number, write_width};
+use crate::events::{self, WriteOutcome};
+use crate::mappings::command::{format_number, readback_matches, write_width};
 use crate::mappings::plan::ReadRequest;
-use crate::mappings::{BlockData, DeviceId, DeviceStatus, Fault, PollResult, WriteValue};
-use crate::model::Model;
+use crate::mappings::{
+    BadRange, BlockData, DeviceId, DeviceStatus, Fault, PollResult, RegisterKind, WriteValue,
+};
+use crate::model::{Model, WriteFunction};
 
 /// How long opening a connection may take before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a learned split of a refused read is kept before the merged read is tried again
+/// (a device may have been re-configured, or the refusal was passing).
+pub const REPROBE: Duration = Duration::from_secs(600);
+
+/// Sleep until `t`, or not at all when `t` has passed (no timer tick for a zero wait).
+async fn wait_until(t: Instant) {
+    if t > Instant::now() {
+        sleep_until(t).await;
+    }
+}
 
 /// The task of one link.
 #[derive(Debug)]
@@ -47,6 +73,8 @@ pub struct Link {
     pub writes: mpsc::Receiver<WriteRequest>,
     /// Beaten from this task's loop; the systemd watchdog watches it.
     pub beat: crate::supervisor::Heartbeat,
+    /// Devices (by name) that refused FC 5 / FC 6 and are written with FC 15 / FC 16.
+    pub multiple_writes: Mutex<HashSet<Arc<str>>>,
 }
 
 #[derive(Debug)]
@@ -57,6 +85,12 @@ struct DeviceState {
     failures: u32,
     quarantine: Duration,
     status: Option<DeviceStatus>,
+    /// Requests of the read plan (by index) the device refused whole, and the parts it takes.
+    splits: HashMap<usize, Vec<ReadRequest>>,
+    /// When the learned splits are dropped and the merged reads tried again.
+    reprobe_at: Option<Instant>,
+    /// Reads refused with an exception in the last poll (one log line per episode).
+    refused: HashMap<ReadRequest, u8>,
 }
 
 /// Why `serve` returned.
@@ -77,17 +111,20 @@ struct Bus {
     client: Client,
     /// When the last frame on the link ended (for the inter-frame gap).
     last_frame: Instant,
+    /// No request before this (the link's `connect_delay` after opening).
+    ready_at: Instant,
     /// Time spent in exchanges since `window`, for the bus utilisation metric.
     busy: Duration,
     window: Instant,
 }
 
 impl Bus {
-    fn new(client: Client) -> Self {
+    fn new(client: Client, connect_delay: Duration) -> Self {
         let now = Instant::now();
         Bus {
             client,
             last_frame: now,
+            ready_at: now + connect_delay,
             busy: Duration::ZERO,
             window: now,
         }
@@ -123,6 +160,9 @@ impl Link {
                 failures: 0,
                 quarantine: Duration::ZERO,
                 status: None,
+                splits: HashMap::new(),
+                reprobe_at: None,
+                refused: HashMap::new(),
             })
             .collect();
         if states.is_empty() {
@@ -136,7 +176,7 @@ impl Link {
                 Ok(client) => {
                     events::link_connected(&name);
                     backoff.reset();
-                    let mut bus = Bus::new(client);
+                    let mut bus = Bus::new(client, self.model.links[self.link].connect_delay);
                     match self.serve(&mut bus, &mut states, &shutdown).await {
                         Stop::Shutdown => return,
                         Stop::LinkDown(e) => e,
@@ -162,13 +202,22 @@ impl Link {
         }
     }
 
+    fn open_options(&self) -> OpenOptions {
+        let link = &self.model.links[self.link];
+        OpenOptions {
+            connect_timeout: CONNECT_TIMEOUT,
+            tid: link.tid,
+            echo: link.echo,
+        }
+    }
+
     /// Open the link; `Err(None)` on shutdown.
     async fn open(&self, shutdown: &CancellationToken) -> Result<Client, Option<String>> {
         let link = &self.model.links[self.link];
         let unit = self.model.devices[link.devices[0]].unit;
         tokio::select! {
             () = shutdown.cancelled() => Err(None),
-            r = open(&link.spec, unit, CONNECT_TIMEOUT) => r.map_err(Some),
+            r = open(&link.spec, unit, self.open_options()) => r.map_err(Some),
         }
     }
 
@@ -176,11 +225,11 @@ impl Link {
         if st.status.as_ref() == Some(&status) {
             return;
         }
-        let (ok, reason) = match &status {
-            DeviceStatus::Ok => (true, ""),
-            DeviceStatus::Error(r) => (false, r.as_str()),
+        let reason = match &status {
+            DeviceStatus::Ok => "",
+            DeviceStatus::Degraded { reason, .. } | DeviceStatus::Error(reason) => reason.as_str(),
         };
-        events::device_status(&self.model.devices[st.device].name, ok, reason);
+        events::device_status(&self.model.devices[st.device].name, status.as_str(), reason);
         st.status = Some(status.clone());
         let name = self.model.devices[st.device].name.clone();
         let at = SystemTime::now();
@@ -206,7 +255,7 @@ impl Link {
                 _ = tick.tick() => self.beat.beat(),
                 Some(w) = self.writes.recv() => {
                     let t = &w.target;
-                    events::write_done(&t.device, &t.point, w.op.address, &value_text(&w.op.value), &w.origin, Err("device not connected"));
+                    events::write_done(&t.device, &t.point, w.op.address, &value_text(&w.op.value), &w.origin, WriteOutcome::Failed { reason: "device not connected" });
                     let _ = w.reply.send(Err(Fault::NotConnected));
                 }
             }
@@ -250,24 +299,35 @@ impl Link {
         let link = &self.model.links[self.link];
         // Close first: a serial port is opened exclusively.
         bus.client.close().await;
-        sleep_until(bus.last_frame + link.frame_gap).await;
-        bus.client = open(&link.spec, unit, CONNECT_TIMEOUT).await?;
+        wait_until(bus.last_frame + link.frame_gap).await;
+        bus.client = open(&link.spec, unit, self.open_options()).await?;
         bus.last_frame = Instant::now();
+        bus.ready_at = bus.last_frame + link.connect_delay;
         Ok(())
     }
 
-    /// One read with the gap, the timeout, and one retry after a mismatched reply.
+    /// Wait out the link's gap and turnaround, the device's request delay, and the connect
+    /// delay; then address the device.
+    async fn before_request(&self, bus: &mut Bus, dev: &WriteTarget) {
+        let link = &self.model.links[self.link];
+        let at = (bus.last_frame + link.frame_gap + link.turnaround)
+            .max(bus.last_frame + dev.request_delay)
+            .max(bus.ready_at);
+        wait_until(at).await;
+        bus.client.set_unit(dev.unit);
+        self.beat.beat();
+    }
+
+    /// One read with the gap, the timeout, one retry after a mismatched reply, and one retry on
+    /// a fresh connection after the device closed the old one.
     async fn read(
         &self,
         bus: &mut Bus,
         dev: &WriteTarget,
         req: ReadRequest,
     ) -> Result<Result<BlockData, u8>, Fail> {
-        let link = &self.model.links[self.link];
         for attempt in 0..2 {
-            sleep_until(bus.last_frame + link.frame_gap + link.turnaround).await;
-            bus.client.set_unit(dev.unit);
-            self.beat.beat();
+            self.before_request(bus, dev).await;
             let sent = Instant::now();
             let r = timeout(dev.timeout, bus.client.read(req)).await;
             bus.last_frame = Instant::now();
@@ -290,9 +350,15 @@ impl Link {
                     events::modbus_exception(&dev.device, req.kind.read_function(), code);
                     return Ok(Err(code));
                 }
-                Ok(Err(LinkError::Transport(e))) => {
+                Ok(Err(LinkError::Closed)) if attempt == 0 => {
+                    // Some devices close after every reply: a fresh connection, and once more.
+                    events::modbus_request(&dev.device, "closed");
+                    self.reopen(bus, dev.unit).await.map_err(Fail::Link)?;
+                    continue;
+                }
+                Ok(Err(e @ (LinkError::Transport(_) | LinkError::Closed))) => {
                     events::modbus_request(&dev.device, "transport");
-                    return Err(Fail::Link(format!("transport: {e}")));
+                    return Err(Fail::Link(e.to_string()));
                 }
                 Ok(Err(LinkError::Protocol(e))) => {
                     events::modbus_request(&dev.device, "protocol");
@@ -303,13 +369,7 @@ impl Link {
                     self.reopen(bus, dev.unit).await.map_err(Fail::Link)?;
                     return Err(Fail::Device(
                         Fault::Timeout,
-                        format!(
-                            "timeout after {:?} reading {} {}+{}",
-                            dev.timeout,
-                            req.kind.name(),
-                            req.start,
-                            req.count
-                        ),
+                        format!("timeout after {:?} reading {}", dev.timeout, describe(req)),
                     ));
                 }
             };
@@ -320,7 +380,55 @@ impl Link {
             }
             tracing::debug!(device = %dev.device, reason = %fault, "discarded a reply; retrying once");
         }
-        unreachable!("the loop returns on its second attempt")
+        Err(Fail::Device(
+            Fault::Transport("connection closed by the device".into()),
+            "connection closed by the device twice in a row".into(),
+        ))
+    }
+
+    /// Read request `ri` of the device's plan, in the parts learned for it, splitting a part
+    /// the device refuses with ILLEGAL DATA ADDRESS / VALUE at point boundaries. Returns the
+    /// parts and their results.
+    async fn read_parts(
+        &self,
+        bus: &mut Bus,
+        st: &mut DeviceState,
+        target: &WriteTarget,
+        ri: usize,
+    ) -> Result<Vec<(ReadRequest, Result<BlockData, u8>)>, Fail> {
+        let dev = &self.model.devices[st.device];
+        let req = dev.plan.requests[ri];
+        let mut stack: Vec<ReadRequest> = st.splits.get(&ri).cloned().unwrap_or_else(|| vec![req]);
+        stack.reverse();
+        let mut leaves = Vec::with_capacity(stack.len());
+        let mut split_by = None;
+        while let Some(piece) = stack.pop() {
+            match self.read(bus, target, piece).await? {
+                Err(code @ (2 | 3)) => match split(piece, &spans(&self.model, st.device, ri)) {
+                    Some((a, b)) => {
+                        split_by.get_or_insert((piece, code));
+                        stack.push(b);
+                        stack.push(a);
+                    }
+                    None => leaves.push((piece, Err(code))),
+                },
+                r => leaves.push((piece, r)),
+            }
+        }
+        if let Some((piece, code)) = split_by {
+            events::read_split(
+                &dev.name,
+                piece.kind.read_function(),
+                piece.start,
+                piece.count,
+                code,
+                leaves.len(),
+            );
+            st.splits
+                .insert(ri, leaves.iter().map(|(p, _)| *p).collect());
+            st.reprobe_at.get_or_insert(Instant::now() + REPROBE);
+        }
+        Ok(leaves)
     }
 
     async fn poll_device(
@@ -331,19 +439,27 @@ impl Link {
     ) -> Result<(), String> {
         let link = &self.model.links[self.link];
         let dev = &self.model.devices[st.device];
-        let target = WriteTarget {
-            device: dev.name.clone(),
-            point: Arc::from(""),
-            unit: dev.unit,
-            timeout: dev.timeout,
-        };
+        let target = WriteTarget::of(dev, Arc::from(""));
         let started = Instant::now();
         let read_at = SystemTime::now();
+        if st.reprobe_at.is_some_and(|t| started >= t) {
+            st.splits.clear();
+            st.reprobe_at = None;
+        }
         let mut blocks = Vec::with_capacity(dev.plan.requests.len());
+        let mut bad = Vec::new();
+        let mut refused = HashMap::new();
         let mut failed: Option<String> = None;
-        for &req in &dev.plan.requests {
-            match self.read(bus, &target, req).await {
-                Ok(r) => blocks.push(r.map_err(Fault::Exception)),
+        for (ri, &req) in dev.plan.requests.iter().enumerate() {
+            match self.read_parts(bus, st, &target, ri).await {
+                Ok(leaves) => {
+                    for (piece, r) in &leaves {
+                        if let Err(code) = r {
+                            refused.insert(*piece, *code);
+                        }
+                    }
+                    blocks.push(assemble(req, ri, leaves, &mut bad));
+                }
                 Err(Fail::Link(e)) => return Err(e),
                 Err(Fail::Device(_, reason)) => {
                     failed = Some(reason);
@@ -352,6 +468,9 @@ impl Link {
             }
         }
         st.last_polled = Instant::now();
+        if failed.is_none() {
+            self.report_refusals(st, refused);
+        }
         match failed {
             None => {
                 events::poll_done(&dev.name, started.elapsed().as_secs_f64());
@@ -360,17 +479,14 @@ impl Link {
                 }
                 st.failures = 0;
                 st.quarantine = Duration::ZERO;
-                let all_failed = blocks.iter().all(Result::is_err);
-                let status = match blocks.first() {
-                    Some(Err(f)) if all_failed => DeviceStatus::Error(f.to_string()),
-                    _ => DeviceStatus::Ok,
-                };
-                self.set_status(st, status).await;
                 let poll = PollResult {
                     device: st.device,
                     read_at,
                     blocks,
+                    bad,
                 };
+                let status = self.status_of(&poll, &st.refused);
+                self.set_status(st, status).await;
                 let ev = LinkEvent::Poll {
                     model: Arc::clone(&self.model),
                     name: dev.name.clone(),
@@ -409,69 +525,288 @@ impl Link {
         Ok(())
     }
 
+    /// One log line per episode of a refused read: when it starts, and when it works again.
+    fn report_refusals(&self, st: &mut DeviceState, now: HashMap<ReadRequest, u8>) {
+        let name = &self.model.devices[st.device].name;
+        for (r, &code) in &now {
+            if st.refused.get(r) != Some(&code) {
+                events::read_exception(name, r.kind.read_function(), r.start, r.count, code, true);
+            }
+        }
+        for r in st.refused.keys() {
+            if !now.contains_key(r) {
+                events::read_exception(name, r.kind.read_function(), r.start, r.count, 0, false);
+            }
+        }
+        st.refused = now;
+    }
+
+    /// `error` when nothing of the device could be read, `degraded` (with the failing points)
+    /// when some of it could, else `ok`.
+    fn status_of(&self, poll: &PollResult, refused: &HashMap<ReadRequest, u8>) -> DeviceStatus {
+        let dev = &self.model.devices[poll.device];
+        let first = refused
+            .iter()
+            .min_by_key(|(r, _)| (r.kind, r.start))
+            .map(|(r, &code)| format!("{} reading {}", Fault::Exception(code), describe(*r)));
+        if !poll.blocks.is_empty() && poll.blocks.iter().all(Result::is_err) {
+            return DeviceStatus::Error(first.unwrap_or_else(|| "every read failed".into()));
+        }
+        let failing: Vec<Arc<str>> = dev
+            .points
+            .iter()
+            .map(|&pid| &self.model.points[pid])
+            .filter(|p| {
+                let width = if p.kind.is_bit() { 1 } else { p.dtype.width() };
+                matches!(poll.blocks.get(p.slot.request), Some(Err(_)))
+                    || poll.bad_at(p.slot.request, p.slot.offset, width).is_some()
+            })
+            .map(|p| p.full_name.clone())
+            .collect();
+        match (failing.is_empty(), first) {
+            (false, Some(reason)) => DeviceStatus::Degraded { failing, reason },
+            (false, None) => DeviceStatus::Degraded {
+                failing,
+                reason: "some reads failed".into(),
+            },
+            (true, _) => DeviceStatus::Ok,
+        }
+    }
+
+    /// The function for writing one coil or register to `dev`: FC 5 / FC 6, or FC 15 / FC 16.
+    fn multiple(&self, dev: &WriteTarget) -> bool {
+        match dev.write_function {
+            WriteFunction::Single => false,
+            WriteFunction::Multiple => true,
+            WriteFunction::Auto => self
+                .multiple_writes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(&dev.device),
+        }
+    }
+
     /// Write, then read the address back. `Err` means the link is down (the requester has been
-    /// answered already).
+    /// answered already). A write is asked again once on a fresh connection when the device had
+    /// closed the old one (Modbus writes set absolute values, so a repeat writes the same), and
+    /// once with FC 15 / FC 16 after an ILLEGAL FUNCTION to FC 5 / FC 6 under `auto`.
     async fn write(&self, bus: &mut Bus, w: WriteRequest) -> Result<(), String> {
-        let link = &self.model.links[self.link];
         let op = &w.op;
         // From the sender's model: this link may be running on an older one.
         let dev = &w.target;
         let value = value_text(&op.value);
-        sleep_until(bus.last_frame + link.frame_gap + link.turnaround).await;
-        bus.client.set_unit(dev.unit);
-        let r = timeout(
-            dev.timeout,
-            bus.client.write(op.kind, op.address, &op.value),
-        )
-        .await;
-        bus.last_frame = Instant::now();
+        let single = match &op.value {
+            WriteValue::Coil(_) => true,
+            WriteValue::Registers(r) => r.len() == 1,
+        };
+        let mut multiple = self.multiple(dev);
         let mut link_down = None;
-        let reply = match r {
-            Err(_) => {
-                if let Err(e) = self.reopen(bus, dev.unit).await {
-                    link_down = Some(e);
+        let mut reply = Err(Fault::NotConnected);
+        for attempt in 0..3 {
+            self.before_request(bus, dev).await;
+            let r = timeout(
+                dev.timeout,
+                bus.client.write(op.kind, op.address, &op.value, multiple),
+            )
+            .await;
+            bus.last_frame = Instant::now();
+            reply = match r {
+                Err(_) => {
+                    if let Err(e) = self.reopen(bus, dev.unit).await {
+                        link_down = Some(e);
+                    }
+                    Err(Fault::Timeout)
                 }
-                Err(Fault::Timeout)
-            }
-            Ok(Err(LinkError::Transport(e))) => {
-                link_down = Some(format!("transport: {e}"));
-                Err(Fault::Transport(e.to_string()))
-            }
-            // Never retried: the write may have happened. The read-back below is the truth.
-            Ok(Err(LinkError::Protocol(e))) => {
-                if let Err(e) = self.reopen(bus, dev.unit).await {
-                    link_down = Some(e);
-                }
-                Err(Fault::Transport(format!("bad reply: {e}")))
-            }
-            Ok(Ok(Err(code))) => Err(Fault::Exception(code)),
-            Ok(Ok(Ok(()))) => {
-                let req = ReadRequest {
-                    kind: op.kind,
-                    start: op.address,
-                    count: write_width(&op.value),
-                };
-                match self.read(bus, dev, req).await {
-                    Ok(r) => r.map_err(Fault::Exception),
-                    Err(Fail::Device(f, _)) => Err(f),
-                    Err(Fail::Link(e)) => {
+                Ok(Err(LinkError::Closed)) if attempt == 0 => {
+                    if let Err(e) = self.reopen(bus, dev.unit).await {
                         link_down = Some(e.clone());
                         Err(Fault::Transport(e))
+                    } else {
+                        continue;
                     }
                 }
+                Ok(Err(e @ (LinkError::Transport(_) | LinkError::Closed))) => {
+                    link_down = Some(e.to_string());
+                    Err(Fault::Transport(e.to_string()))
+                }
+                // Never retried: the write may have happened. The read-back below is the truth.
+                Ok(Err(LinkError::Protocol(e))) => {
+                    if let Err(e) = self.reopen(bus, dev.unit).await {
+                        link_down = Some(e);
+                    }
+                    Err(Fault::Transport(format!("bad reply: {e}")))
+                }
+                Ok(Ok(Err(1)))
+                    if single && !multiple && dev.write_function == WriteFunction::Auto =>
+                {
+                    let (from, to) = match op.kind {
+                        RegisterKind::Coil => (5, 15),
+                        _ => (6, 16),
+                    };
+                    events::write_function_fallback(&dev.device, from, to);
+                    self.multiple_writes
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(dev.device.clone());
+                    multiple = true;
+                    continue;
+                }
+                Ok(Ok(Err(code))) => Err(Fault::Exception(code)),
+                Ok(Ok(Ok(()))) => {
+                    let req = ReadRequest {
+                        kind: op.kind,
+                        start: op.address,
+                        count: write_width(&op.value),
+                    };
+                    match self.read(bus, dev, req).await {
+                        Ok(r) => r.map_err(Fault::Exception),
+                        Err(Fail::Device(f, _)) => Err(f),
+                        Err(Fail::Link(e)) => {
+                            link_down = Some(e.clone());
+                            Err(Fault::Transport(e))
+                        }
+                    }
+                }
+            };
+            break;
+        }
+        let failure = reply.as_ref().err().map(ToString::to_string);
+        let readback = reply.as_ref().ok().map(block_text);
+        let outcome = match (&reply, &failure, &readback) {
+            (Ok(data), _, Some(text)) if !readback_matches(&op.value, data) => {
+                WriteOutcome::Mismatch { readback: text }
             }
+            (Ok(_), _, _) => WriteOutcome::Ok,
+            (Err(_), Some(reason), _) => WriteOutcome::Failed { reason },
+            (Err(_), None, _) => WriteOutcome::Failed { reason: "failed" },
         };
-        let result = reply.as_ref().map(|_| ()).map_err(ToString::to_string);
         events::write_done(
             &dev.device,
             &dev.point,
             op.address,
             &value,
             &w.origin,
-            result.as_ref().map(|_| ()).map_err(String::as_str),
+            outcome,
         );
         let _ = w.reply.send(reply);
         link_down.map_or(Ok(()), Err)
+    }
+}
+
+/// `holding_register 40000+2 (FC 3)`, for logs and status reasons.
+fn describe(r: ReadRequest) -> String {
+    format!(
+        "{} {}+{} (FC {})",
+        r.kind.name(),
+        r.start,
+        r.count,
+        r.kind.read_function()
+    )
+}
+
+/// The address spans `[start, end)` of the points read by request `ri` of `device`, sorted.
+fn spans(model: &Model, device: DeviceId, ri: usize) -> Vec<(u32, u32)> {
+    let dev = &model.devices[device];
+    let start = u32::from(dev.plan.requests[ri].start);
+    let mut out: Vec<(u32, u32)> = dev
+        .points
+        .iter()
+        .map(|&pid| &model.points[pid])
+        .filter(|p| p.slot.request == ri)
+        .map(|p| {
+            let width = if p.kind.is_bit() { 1 } else { p.dtype.width() };
+            let a = start + u32::from(p.slot.offset);
+            (a, a + u32::from(width))
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// Split `piece` in two at the point boundary nearest its middle, each part shrunk to the
+/// points it holds; `None` when it holds one point (or points that overlap each other).
+fn split(piece: ReadRequest, spans: &[(u32, u32)]) -> Option<(ReadRequest, ReadRequest)> {
+    let (lo, hi) = (
+        u32::from(piece.start),
+        u32::from(piece.start) + u32::from(piece.count),
+    );
+    let inside: Vec<(u32, u32)> = spans
+        .iter()
+        .copied()
+        .filter(|&(a, b)| a >= lo && b <= hi)
+        .collect();
+    let mid = lo + (hi - lo) / 2;
+    let cut = inside
+        .iter()
+        .map(|&(a, _)| a)
+        .filter(|&c| c > inside[0].0 && !inside.iter().any(|&(a, b)| a < c && c < b))
+        .min_by_key(|&c| c.abs_diff(mid))?;
+    let part = |f: &dyn Fn(&(u32, u32)) -> bool| {
+        let s: Vec<_> = inside.iter().filter(|x| f(x)).collect();
+        let a = s.iter().map(|x| x.0).min()?;
+        let b = s.iter().map(|x| x.1).max()?;
+        Some(ReadRequest {
+            kind: piece.kind,
+            start: u16::try_from(a).ok()?,
+            count: u16::try_from(b - a).ok()?,
+        })
+    };
+    Some((part(&|x| x.0 < cut)?, part(&|x| x.0 >= cut)?))
+}
+
+/// Put the parts of request `ri` back together: one block, with the refused parts' addresses
+/// in `bad`; an error when every part was refused.
+fn assemble(
+    req: ReadRequest,
+    ri: usize,
+    leaves: Vec<(ReadRequest, Result<BlockData, u8>)>,
+    bad: &mut Vec<BadRange>,
+) -> Result<BlockData, Fault> {
+    if leaves.len() == 1 && leaves[0].0 == req {
+        let (_, r) = leaves.into_iter().next().expect("one leaf");
+        return r.map_err(Fault::Exception);
+    }
+    if let Some(code) = leaves
+        .iter()
+        .map(|(_, r)| r.as_ref().err().copied())
+        .collect::<Option<Vec<u8>>>()
+        .and_then(|codes| codes.first().copied())
+    {
+        return Err(Fault::Exception(code));
+    }
+    let n = usize::from(req.count);
+    let mut block = if req.kind.is_bit() {
+        BlockData::Bits(vec![false; n])
+    } else {
+        BlockData::Words(vec![0; n])
+    };
+    for (piece, r) in leaves {
+        let off = usize::from(piece.start - req.start);
+        match (r, &mut block) {
+            (Ok(BlockData::Words(w)), BlockData::Words(all)) => {
+                let k = w.len().min(n.saturating_sub(off));
+                all[off..off + k].copy_from_slice(&w[..k]);
+            }
+            (Ok(BlockData::Bits(w)), BlockData::Bits(all)) => {
+                let k = w.len().min(n.saturating_sub(off));
+                all[off..off + k].copy_from_slice(&w[..k]);
+            }
+            (Ok(_), _) => {}
+            (Err(code), _) => bad.push(BadRange {
+                request: ri,
+                offset: piece.start - req.start,
+                len: piece.count,
+                fault: Fault::Exception(code),
+            }),
+        }
+    }
+    Ok(block)
+}
+
+fn block_text(b: &BlockData) -> String {
+    match b {
+        BlockData::Words(w) => format!("{w:?}"),
+        BlockData::Bits(v) => format!("{:?}", v.iter().map(|&x| u8::from(x)).collect::<Vec<_>>()),
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod commission;
 pub mod link;
+pub mod mbap;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -43,6 +44,24 @@ pub struct WriteTarget {
     pub point: Arc<str>,
     pub unit: u8,
     pub timeout: std::time::Duration,
+    /// Least pause after the previous exchange before a request to this device.
+    pub request_delay: std::time::Duration,
+    /// Which function codes write one coil or register.
+    pub write_function: crate::model::WriteFunction,
+}
+
+impl WriteTarget {
+    /// The target for `point` of `device` (`point` may be empty for reads).
+    pub fn of(device: &crate::model::Device, point: Arc<str>) -> Self {
+        WriteTarget {
+            device: device.name.clone(),
+            point,
+            unit: device.unit,
+            timeout: device.timeout,
+            request_delay: device.request_delay,
+            write_function: device.write_function,
+        }
+    }
 }
 
 /// A write for the link's device, with where it came from and where to send the result.

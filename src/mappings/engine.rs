@@ -278,7 +278,11 @@ impl Engine {
         for &pid in &device.points {
             let p = &model.points[pid];
             let st = &mut self.points[pid];
+            let width = if p.kind.is_bit() { 1 } else { p.dtype.width() };
             let result = match poll.blocks.get(p.slot.request) {
+                Some(Ok(_)) if let Some(f) = poll.bad_at(p.slot.request, p.slot.offset, width) => {
+                    Err(f.clone())
+                }
                 Some(Ok(data)) => point_value(p, data).ok_or(Fault::Exception(0)),
                 Some(Err(f)) => Err(f.clone()),
                 None => Err(Fault::NotConnected),
@@ -376,9 +380,13 @@ impl Engine {
             return out;
         }
         self.groups
-            .device_status(device, status == DeviceStatus::Ok);
+            .device_status(device, !matches!(status, DeviceStatus::Error(_)));
         let payload = match &status {
             DeviceStatus::Ok => json!({"status": "ok", "ts": timestamp(at)}),
+            DeviceStatus::Degraded { failing, reason } => {
+                let failing: Vec<&str> = failing.iter().map(|f| &**f).collect();
+                json!({"status": "degraded", "failing": failing, "reason": reason, "ts": timestamp(at)})
+            }
             DeviceStatus::Error(reason) => {
                 json!({"status": "error", "reason": reason, "ts": timestamp(at)})
             }
@@ -469,6 +477,7 @@ derived:
                     f as u16,
                 ])),
             ],
+            bad: Vec::new(),
         }
     }
 

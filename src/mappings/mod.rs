@@ -165,13 +165,57 @@ pub struct PollResult {
     pub device: DeviceId,
     pub read_at: SystemTime,
     pub blocks: Vec<Result<BlockData, Fault>>,
+    /// Addresses inside an `Ok` block that the device refused (the link split the request to
+    /// find them): the points there are bad, the rest of the block is good.
+    pub bad: Vec<BadRange>,
+}
+
+/// `len` addresses from `offset` of request `request` of a poll, and why they failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadRange {
+    pub request: usize,
+    pub offset: u16,
+    pub len: u16,
+    pub fault: Fault,
+}
+
+impl PollResult {
+    /// The fault of the addresses `offset..offset + width` of `request`, if any is bad.
+    pub fn bad_at(&self, request: usize, offset: u16, width: u16) -> Option<&Fault> {
+        let (a, b) = (u32::from(offset), u32::from(offset) + u32::from(width));
+        self.bad
+            .iter()
+            .find(|r| {
+                r.request == request
+                    && u32::from(r.offset) < b
+                    && a < u32::from(r.offset) + u32::from(r.len)
+            })
+            .map(|r| &r.fault)
+    }
 }
 
 /// A device's availability, as published on its status topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceStatus {
     Ok,
+    /// Some points fail (a Modbus exception), the others are read and published.
+    Degraded {
+        /// `device.point` names, in mapping order.
+        failing: Vec<Arc<str>>,
+        reason: String,
+    },
     Error(String),
+}
+
+impl DeviceStatus {
+    /// `ok`, `degraded` or `error`, as on the status topic.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeviceStatus::Ok => "ok",
+            DeviceStatus::Degraded { .. } => "degraded",
+            DeviceStatus::Error(_) => "error",
+        }
+    }
 }
 
 /// What to write, produced by command parsing and consumed by the device's link task.

@@ -7,7 +7,7 @@
 use super::RegisterKind;
 
 /// One Modbus read of one poll cycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ReadRequest {
     pub kind: RegisterKind,
     pub start: u16,
@@ -43,9 +43,40 @@ pub struct Span {
     pub width: u16,
 }
 
-/// Plan the requests for `spans`. Spans must have `width >= 1`, fit the 16-bit address space,
-/// and be no wider than one request (`check` rejects anything else before planning).
+/// The most one read request of a device may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// FC 3 / FC 4: 1-125 (Modbus application protocol V1.1b3, 6.3 and 6.4).
+    pub registers: u16,
+    /// FC 1 / FC 2: 1-2000 (6.1 and 6.2).
+    pub bits: u16,
+}
+
+impl Limits {
+    /// The protocol's own limits.
+    pub const PROTOCOL: Limits = Limits {
+        registers: 125,
+        bits: 2000,
+    };
+
+    fn of(self, kind: RegisterKind) -> u16 {
+        if kind.is_bit() {
+            self.bits.min(kind.max_per_request())
+        } else {
+            self.registers.min(kind.max_per_request())
+        }
+    }
+}
+
+/// Plan the requests for `spans` within the protocol's limits.
 pub fn plan(spans: &[Span], max_gap: u16) -> ReadPlan {
+    plan_limited(spans, max_gap, Limits::PROTOCOL)
+}
+
+/// Plan the requests for `spans`, no request asking for more than `limits`. Spans must have
+/// `width >= 1`, fit the 16-bit address space, and be no wider than one request (`check`
+/// rejects anything else before planning).
+pub fn plan_limited(spans: &[Span], max_gap: u16, limits: Limits) -> ReadPlan {
     let mut order: Vec<usize> = (0..spans.len()).collect();
     order.sort_by_key(|&i| (spans[i].kind, spans[i].address, spans[i].width));
 
@@ -64,7 +95,7 @@ pub fn plan(spans: &[Span], max_gap: u16) -> ReadPlan {
         if let Some(last) = requests.last_mut() {
             let gap_ok = u32::from(s.address) <= last.end() + 1 + u32::from(max_gap);
             let new_end = s_end.max(last.end());
-            let fits = new_end - u32::from(last.start) < u32::from(s.kind.max_per_request());
+            let fits = new_end - u32::from(last.start) < u32::from(limits.of(s.kind));
             if last.kind == s.kind && gap_ok && fits {
                 last.count = (new_end - u32::from(last.start) + 1) as u16;
                 slots[i] = Slot {
@@ -214,6 +245,39 @@ mod tests {
                 request: 0,
                 offset: 1
             }
+        );
+    }
+
+    #[test]
+    fn device_limits_split_reads() {
+        // 60 adjacent registers on a meter that takes at most 50 per read.
+        let spans: Vec<_> = (0..60).map(|a| span(InputRegister, a, 1)).collect();
+        let limits = Limits {
+            registers: 50,
+            bits: 16,
+        };
+        let p = plan_limited(&spans, 0, limits);
+        assert_eq!(
+            p.requests,
+            [req(InputRegister, 0, 50), req(InputRegister, 50, 10)]
+        );
+        assert_eq!(
+            p.slots[55],
+            Slot {
+                request: 1,
+                offset: 5
+            }
+        );
+        // A 2-register value never straddles two requests.
+        let spans = [span(HoldingRegister, 0, 49), span(HoldingRegister, 49, 2)];
+        assert_eq!(
+            plan_limited(&spans, 0, limits).requests,
+            [req(HoldingRegister, 0, 49), req(HoldingRegister, 49, 2)]
+        );
+        let bits: Vec<_> = (0..20).map(|a| span(Coil, a, 1)).collect();
+        assert_eq!(
+            plan_limited(&bits, 0, limits).requests,
+            [req(Coil, 0, 16), req(Coil, 16, 4)]
         );
     }
 

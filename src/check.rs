@@ -111,6 +111,22 @@ pub fn summary(m: &Model) -> String {
     let _ = writeln!(s, "links: {}", m.links.len());
     for l in &m.links {
         let _ = writeln!(s, "  {}: {}, {} device(s)", l.name, l.spec, l.devices.len());
+        let mut quirks = Vec::new();
+        if l.tid == crate::model::TidPolicy::Lenient {
+            quirks.push("transaction_id lenient (accepts id 0 and byte-swapped ids)".to_owned());
+        }
+        if l.echo {
+            quirks.push("echo: each request's echo is removed before the reply".to_owned());
+        }
+        if !l.connect_delay.is_zero() {
+            quirks.push(format!(
+                "connect_delay {}: no request that soon after a connect",
+                humantime::format_duration(l.connect_delay)
+            ));
+        }
+        if !quirks.is_empty() {
+            let _ = writeln!(s, "    {}", quirks.join("; "));
+        }
         if let LinkSpec::Rtu(serial) = &l.spec {
             let _ = writeln!(
                 s,
@@ -173,6 +189,30 @@ pub fn summary(m: &Model) -> String {
             d.points.len(),
             d.status_topic
         );
+        let mut quirks = Vec::new();
+        if d.max_registers < 125 {
+            quirks.push(format!("max_registers {}", d.max_registers));
+        }
+        if d.max_bits < 2000 {
+            quirks.push(format!("max_bits {}", d.max_bits));
+        }
+        if !d.request_delay.is_zero() {
+            quirks.push(format!(
+                "request_delay {}",
+                humantime::format_duration(d.request_delay)
+            ));
+        }
+        quirks.push(
+            match d.write_function {
+                crate::model::WriteFunction::Auto => {
+                    "writes one coil/register with FC 5/6, FC 15/16 after ILLEGAL FUNCTION"
+                }
+                crate::model::WriteFunction::Single => "writes one coil/register with FC 5/6",
+                crate::model::WriteFunction::Multiple => "writes one coil/register with FC 15/16",
+            }
+            .to_owned(),
+        );
+        let _ = writeln!(s, "    {}", quirks.join("; "));
         for &pid in &d.points {
             let p = &m.points[pid];
             let mut line = format!(

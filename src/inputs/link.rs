@@ -816,3 +816,95 @@ fn value_text(v: &WriteValue) -> String {
         WriteValue::Registers(w) => format!("{w:?}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(start: u16, count: u16) -> ReadRequest {
+        ReadRequest {
+            kind: RegisterKind::HoldingRegister,
+            start,
+            count,
+        }
+    }
+
+    #[test]
+    fn split_cuts_at_the_point_boundary_nearest_the_middle() {
+        // Points: 0 (1 reg), 1-2 (f32), 3 (1), 10 (1) inside a merged read 0+11.
+        let spans = [(0, 1), (1, 3), (3, 4), (10, 11)];
+        let (a, b) = split(req(0, 11), &spans).unwrap();
+        assert_eq!((a, b), (req(0, 3), req(3, 8)));
+        // Each part shrinks to its points: the hole 4..10 is no longer read.
+        let (a, b) = split(req(3, 8), &spans).unwrap();
+        assert_eq!((a, b), (req(3, 1), req(10, 1)));
+        // Never through a multi-register value.
+        let (a, b) = split(req(0, 3), &spans).unwrap();
+        assert_eq!((a, b), (req(0, 1), req(1, 2)));
+        let (a, b) = split(req(1, 3), &spans).unwrap();
+        assert_eq!((a, b), (req(1, 2), req(3, 1)));
+        // One point (or only overlapping ones): nothing to split.
+        assert_eq!(split(req(1, 2), &spans), None);
+        assert_eq!(split(req(0, 2), &[(0, 2), (1, 2)]), None);
+    }
+
+    #[test]
+    fn splitting_finds_every_refused_address_and_only_those() {
+        // 60 single-register points; the device refuses reads over 50 and address 17.
+        let spans: Vec<(u32, u32)> = (0..60).map(|a| (a, a + 1)).collect();
+        let refuses = |r: ReadRequest| r.count > 50 || (r.start..r.start + r.count).contains(&17);
+        let mut stack = vec![req(0, 60)];
+        let mut leaves = Vec::new();
+        while let Some(p) = stack.pop() {
+            if refuses(p) {
+                match split(p, &spans) {
+                    Some((a, b)) => {
+                        stack.push(b);
+                        stack.push(a);
+                    }
+                    None => leaves.push((p, Err(2))),
+                }
+            } else {
+                leaves.push((
+                    p,
+                    Ok(BlockData::Words((p.start..p.start + p.count).collect())),
+                ));
+            }
+        }
+        // Few requests: a binary search, not one per point.
+        assert!(leaves.len() <= 12, "{} parts", leaves.len());
+        let mut bad = Vec::new();
+        let block = assemble(req(0, 60), 0, leaves, &mut bad).unwrap();
+        assert_eq!(
+            bad,
+            [BadRange {
+                request: 0,
+                offset: 17,
+                len: 1,
+                fault: Fault::Exception(2)
+            }]
+        );
+        let BlockData::Words(w) = block else { panic!() };
+        for (a, v) in w.iter().enumerate() {
+            if a != 17 {
+                assert_eq!(usize::from(*v), a);
+            }
+        }
+    }
+
+    #[test]
+    fn assemble_reports_a_whole_failure_as_the_block_error() {
+        let mut bad = Vec::new();
+        let leaves = vec![(req(0, 1), Err(2)), (req(1, 1), Err(2))];
+        assert_eq!(
+            assemble(req(0, 2), 3, leaves, &mut bad),
+            Err(Fault::Exception(2))
+        );
+        assert!(bad.is_empty());
+        let one = vec![(req(0, 2), Ok(BlockData::Words(vec![4, 5])))];
+        assert_eq!(
+            assemble(req(0, 2), 0, one, &mut bad),
+            Ok(BlockData::Words(vec![4, 5]))
+        );
+    }
+}

@@ -68,6 +68,8 @@ fn main() {
                         level, 215, 200, 0x4396, 0, 1, 0, 2, 0,
                     ])),
                 ],
+                first: 0,
+                complete: true,
                 bad: Vec::new(),
             };
             // 500 ms of simulated time per poll, so interval publications are due every time.

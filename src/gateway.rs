@@ -388,13 +388,28 @@ async fn reload(
 }
 
 /// Hand a publication to the MQTT task, which buffers it. Never blocks the caller: if the
-/// hand-off is full (the MQTT task is stuck), the publication is dropped and counted.
+/// hand-off is full (the MQTT task is stuck), the publication is dropped and counted. For
+/// reload reports only; values and acks go through [`hand_off`].
 fn enqueue(out: &mpsc::Sender<Publication>, p: Publication) {
     if let Err(e) = out.try_send(p) {
         let p = match e {
             mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => p,
         };
         events::publication_dropped(&p.topic, "handoff_full");
+    }
+}
+
+/// Hand a publication to the MQTT task. QoS 1/2 waits for room: the MQTT task only moves
+/// publications into its buffer (it never waits for the broker), so this is backpressure
+/// against a busy CPU, never against a slow broker, and the buffer's bounds and drop-oldest
+/// policy decide what is lost, counted there. QoS 0 is dropped and counted as `handoff_full`
+/// when there is no room.
+async fn hand_off(out: &mpsc::Sender<Publication>, p: Publication) {
+    if p.qos == crate::mappings::Qos::AtMostOnce {
+        return enqueue(out, p);
+    }
+    if let Err(mpsc::error::SendError(p)) = out.send(p).await {
+        events::publication_dropped(&p.topic, "shutdown");
     }
 }
 
@@ -442,7 +457,7 @@ async fn run_engine(
             }
         };
         for p in pubs {
-            enqueue(&out, p);
+            hand_off(&out, p).await;
         }
     }
 }
@@ -543,13 +558,14 @@ async fn run_executor(
                 Err(reason) => {
                     events::command_rejected(&cmd.topic, "<encrypted>", &reason, "not_authentic");
                     if let Some(ci) = router.command_for(&cmd.topic) {
-                        enqueue(
+                        hand_off(
                             &out,
                             ack(
                                 ci,
                                 json!({"result": "rejected", "reason": reason, "ts": timestamp(SystemTime::now())}),
                             ),
-                        );
+                        )
+                        .await;
                     }
                     continue;
                 }
@@ -560,13 +576,14 @@ async fn run_executor(
             Err((ci, e)) => {
                 events::command_rejected(&cmd.topic, &text, &e.to_string(), rejection_kind(&e));
                 if let Some(ci) = ci {
-                    enqueue(
+                    hand_off(
                         &out,
                         ack(
                             ci,
                             json!({"command": text, "result": "rejected", "reason": e.to_string(), "ts": timestamp(SystemTime::now())}),
                         ),
-                    );
+                    )
+                    .await;
                 }
                 continue;
             }
@@ -634,6 +651,6 @@ async fn run_executor(
             }
         };
         events::command_done(started.elapsed().as_secs_f64());
-        enqueue(&out, ack(accepted.command, body));
+        hand_off(&out, ack(accepted.command, body)).await;
     }
 }

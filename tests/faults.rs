@@ -130,12 +130,21 @@ devices:
             .contains("illegal data address"),
         "{bad}"
     );
-    // The good point keeps publishing on the same connection; the device is ok.
+    // The good point keeps publishing on the same connection; the device is degraded, and
+    // says which point fails and why.
     let m = obs.wait_topic(0, "f2/level", |p| p == "99").await;
     obs.wait(m.seq + 1, "another level", |m| m.topic == "f2/level")
         .await;
-    let status = obs.wait_topic(0, "f2/status/tower", |_| true).await;
-    assert_eq!(json(&status.payload)["status"], "ok");
+    let status = json(&obs.wait_topic(0, "f2/status/tower", |_| true).await.payload);
+    assert_eq!(status["status"], "degraded", "{status}");
+    assert_eq!(status["failing"], serde_json::json!(["tower.missing"]));
+    assert!(
+        status["reason"]
+            .as_str()
+            .unwrap()
+            .contains("input_register 50+2"),
+        "{status}"
+    );
     // Bad quality is published once, not every poll.
     assert_eq!(
         obs.all().iter().filter(|m| m.topic == "f2/missing").count(),

@@ -441,16 +441,26 @@ impl Link {
         let dev = &self.model.devices[st.device];
         let target = WriteTarget::of(dev, Arc::from(""));
         let started = Instant::now();
-        let read_at = SystemTime::now();
         if st.reprobe_at.is_some_and(|t| started >= t) {
             st.splits.clear();
             st.reprobe_at = None;
         }
-        let mut blocks = Vec::with_capacity(dev.plan.requests.len());
-        let mut bad = Vec::new();
+        let n = dev.plan.requests.len();
+        // What the status is judged on: each block's outcome (without its data) and the
+        // refused addresses of the whole cycle.
+        let mut shadow = PollResult {
+            device: st.device,
+            read_at: SystemTime::now(),
+            first: 0,
+            blocks: Vec::with_capacity(n),
+            complete: true,
+            bad: Vec::new(),
+        };
+        let mut last = None;
         let mut refused = HashMap::new();
         let mut failed: Option<String> = None;
         for (ri, &req) in dev.plan.requests.iter().enumerate() {
+            let read_at = SystemTime::now();
             match self.read_parts(bus, st, &target, ri).await {
                 Ok(leaves) => {
                     for (piece, r) in &leaves {
@@ -458,7 +468,29 @@ impl Link {
                             refused.insert(*piece, *code);
                         }
                     }
-                    blocks.push(assemble(req, ri, leaves, &mut bad));
+                    let mut bad = Vec::new();
+                    let block = assemble(req, ri, leaves, &mut bad);
+                    shadow.blocks.push(
+                        block
+                            .as_ref()
+                            .map(|_| BlockData::Words(Vec::new()))
+                            .map_err(Clone::clone),
+                    );
+                    shadow.bad.extend(bad.iter().cloned());
+                    let part = PollResult {
+                        device: st.device,
+                        read_at,
+                        first: ri,
+                        blocks: vec![block],
+                        complete: ri + 1 == n,
+                        bad,
+                    };
+                    // Each block goes out as soon as it is read; the last one after the status.
+                    if part.complete {
+                        last = Some(part);
+                    } else {
+                        self.hand_over(dev, part).await?;
+                    }
                 }
                 Err(Fail::Link(e)) => return Err(e),
                 Err(Fail::Device(_, reason)) => {
@@ -479,21 +511,10 @@ impl Link {
                 }
                 st.failures = 0;
                 st.quarantine = Duration::ZERO;
-                let poll = PollResult {
-                    device: st.device,
-                    read_at,
-                    blocks,
-                    bad,
-                };
-                let status = self.status_of(&poll, &st.refused);
+                let status = self.status_of(&shadow, &st.refused);
                 self.set_status(st, status).await;
-                let ev = LinkEvent::Poll {
-                    model: Arc::clone(&self.model),
-                    name: dev.name.clone(),
-                    poll,
-                };
-                if self.events.send(ev).await.is_err() {
-                    return Err("shutting down".into());
+                if let Some(part) = last {
+                    self.hand_over(dev, part).await?;
                 }
                 // Keep the rhythm, but never try to catch up a backlog of missed cycles.
                 st.due = (due + dev.poll_interval).max(Instant::now());
@@ -523,6 +544,19 @@ impl Link {
             }
         }
         Ok(())
+    }
+
+    /// Send (part of) a poll cycle to the engine.
+    async fn hand_over(&self, dev: &crate::model::Device, poll: PollResult) -> Result<(), String> {
+        let ev = LinkEvent::Poll {
+            model: Arc::clone(&self.model),
+            name: dev.name.clone(),
+            poll,
+        };
+        self.events
+            .send(ev)
+            .await
+            .map_err(|_| "shutting down".to_owned())
     }
 
     /// One log line per episode of a refused read: when it starts, and when it works again.

@@ -279,13 +279,15 @@ impl Engine {
             let p = &model.points[pid];
             let st = &mut self.points[pid];
             let width = if p.kind.is_bit() { 1 } else { p.dtype.width() };
-            let result = match poll.blocks.get(p.slot.request) {
-                Some(Ok(_)) if let Some(f) = poll.bad_at(p.slot.request, p.slot.offset, width) => {
+            let Some(block) = poll.block(p.slot.request) else {
+                continue;
+            };
+            let result = match block {
+                Ok(_) if let Some(f) = poll.bad_at(p.slot.request, p.slot.offset, width) => {
                     Err(f.clone())
                 }
-                Some(Ok(data)) => point_value(p, data).ok_or(Fault::Exception(0)),
-                Some(Err(f)) => Err(f.clone()),
-                None => Err(Fault::NotConnected),
+                Ok(data) => point_value(p, data).ok_or(Fault::Exception(0)),
+                Err(f) => Err(f.clone()),
             };
             match result {
                 Ok(v) => {
@@ -324,6 +326,9 @@ impl Engine {
                     st.quality = Quality::Bad;
                 }
             }
+        }
+        if !poll.complete {
+            return out;
         }
         for &di in &self.derived_by_device[poll.device] {
             let d = &model.derived[di];
@@ -477,6 +482,8 @@ derived:
                     f as u16,
                 ])),
             ],
+            first: 0,
+            complete: true,
             bad: Vec::new(),
         }
     }

@@ -164,7 +164,12 @@ pub fn exception_name(code: u8) -> &'static str {
 pub struct PollResult {
     pub device: DeviceId,
     pub read_at: SystemTime,
+    /// The plan index of `blocks[0]`: a link hands each block over as soon as it is read, so
+    /// a result may hold part of a cycle (requests `first..first + blocks.len()`).
+    pub first: usize,
     pub blocks: Vec<Result<BlockData, Fault>>,
+    /// The last part of the cycle: derived values are computed once the cycle is whole.
+    pub complete: bool,
     /// Addresses inside an `Ok` block that the device refused (the link split the request to
     /// find them): the points there are bad, the rest of the block is good.
     pub bad: Vec<BadRange>,
@@ -180,6 +185,11 @@ pub struct BadRange {
 }
 
 impl PollResult {
+    /// The result of plan request `request`; `None` when this part of the cycle lacks it.
+    pub fn block(&self, request: usize) -> Option<&Result<BlockData, Fault>> {
+        self.blocks.get(request.checked_sub(self.first)?)
+    }
+
     /// The fault of the addresses `offset..offset + width` of `request`, if any is bad.
     pub fn bad_at(&self, request: usize, offset: u16, width: u16) -> Option<&Fault> {
         let (a, b) = (u32::from(offset), u32::from(offset) + u32::from(width));

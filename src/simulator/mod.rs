@@ -664,3 +664,45 @@ pub async fn serve_water_tower(
     ticker.abort();
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plant() -> Plant {
+        Plant {
+            units: Mutex::new(vec![Unit {
+                id: 1,
+                tower: Box::new(WaterTower::new(1, 100.0)),
+                fault: FaultMode::None,
+            }]),
+            late: Duration::from_secs(1),
+            raw: None,
+            rtu: false,
+            live: Arc::new(AtomicUsize::new(0)),
+            max_connections: AtomicUsize::new(0),
+            quirks: Arc::new(Mutex::new(Quirks::default())),
+            last_reply: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    #[test]
+    fn control_lines_switch_quirks_on_all_or_none_and_clear_them() {
+        let p = plant();
+        assert_eq!(control(&p, "quirk no-fc6 max-read=3"), Ok(()));
+        let want = Quirks::parse(&["no-fc6", "max-read=3"]).unwrap();
+        assert_eq!(*lock(&p.quirks), want);
+        let e = control(&p, "quirk echo bogus").unwrap_err();
+        assert!(e.contains("unknown quirk `bogus`"), "{e}");
+        assert_eq!(*lock(&p.quirks), want, "nothing of a bad line applies");
+        assert_eq!(control(&p, "quirk clear"), Ok(()));
+        assert_eq!(*lock(&p.quirks), Quirks::default());
+        assert!(control(&p, "quirk").unwrap_err().contains("quirk SPEC"));
+        // The other lines still work, and an unknown unit is refused.
+        assert_eq!(control(&p, "fault 1 silent"), Ok(()));
+        assert_eq!(lock(&p.units)[0].fault, FaultMode::Silent);
+        assert!(control(&p, "fault 9 silent").is_err());
+        assert_eq!(control(&p, "connections 1"), Ok(()));
+        assert_eq!(p.max_connections.load(Ordering::SeqCst), 1);
+    }
+}

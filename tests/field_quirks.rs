@@ -254,10 +254,10 @@ async fn max_registers_plans_short_reads_from_the_start() {
         .unwrap();
     let text = String::from_utf8_lossy(&check.stdout);
     assert!(text.contains("max_registers 2"), "{text}");
-    assert!(
-        text.contains("start 0 count 2") && text.contains("start 2 count 2"),
-        "{text}"
-    );
+    // The f32 at 3-4 cannot join register 2 within 2 registers.
+    for r in ["start 0 count 2", "start 2 count 1", "start 3 count 2"] {
+        assert!(text.contains(r), "{r}: {text}");
+    }
     let mut gw = gateway_yaml(dir.path(), &yaml);
     for t in ["fq4/level", "fq4/t1", "fq4/t2", "fq4/flow"] {
         wait_good(&mut obs, t, 3).await;

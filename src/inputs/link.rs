@@ -73,8 +73,9 @@ pub struct Link {
     pub writes: mpsc::Receiver<WriteRequest>,
     /// Beaten from this task's loop; the systemd watchdog watches it.
     pub beat: crate::supervisor::Heartbeat,
-    /// Devices (by name) that refused FC 5 / FC 6 and are written with FC 15 / FC 16.
-    pub multiple_writes: Mutex<HashSet<Arc<str>>>,
+    /// Devices (by name) that refused FC 5 (coils) or FC 6 (holding registers), and are
+    /// written with FC 15 / FC 16 for that kind.
+    pub multiple_writes: Mutex<HashSet<(Arc<str>, RegisterKind)>>,
 }
 
 #[derive(Debug)]
@@ -610,8 +611,8 @@ impl Link {
         }
     }
 
-    /// The function for writing one coil or register to `dev`: FC 5 / FC 6, or FC 15 / FC 16.
-    fn multiple(&self, dev: &WriteTarget) -> bool {
+    /// The function for writing one `kind` to `dev`: FC 5 / FC 6, or FC 15 / FC 16.
+    fn multiple(&self, dev: &WriteTarget, kind: RegisterKind) -> bool {
         match dev.write_function {
             WriteFunction::Single => false,
             WriteFunction::Multiple => true,
@@ -619,7 +620,7 @@ impl Link {
                 .multiple_writes
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .contains(&dev.device),
+                .contains(&(dev.device.clone(), kind)),
         }
     }
 
@@ -636,7 +637,7 @@ impl Link {
             WriteValue::Coil(_) => true,
             WriteValue::Registers(r) => r.len() == 1,
         };
-        let mut multiple = self.multiple(dev);
+        let mut multiple = self.multiple(dev, op.kind);
         let mut link_down = None;
         let mut reply = Err(Fault::NotConnected);
         for attempt in 0..3 {
@@ -684,7 +685,7 @@ impl Link {
                     self.multiple_writes
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(dev.device.clone());
+                        .insert((dev.device.clone(), op.kind));
                     multiple = true;
                     continue;
                 }

@@ -451,3 +451,23 @@ async fn a_silently_clamped_write_is_a_mismatch_not_ok() {
     );
     assert_eq!(ack["result"], "ok", "{ack}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_device_is_asked_again_not_reported() {
+    // Every third request answers SERVER DEVICE BUSY.
+    let (_sim, addr) = simulator("127.0.0.1:0", &["--speed", "0", "--quirk", "busy=3"]).await;
+    let (_broker, mqtt) = broker("127.0.0.1:0").await;
+    let mut obs = Observer::start(mqtt, "fq10/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let points = "      - { name: level, kind: input_register, address: 0, publish: { topic: fq10/level, format: json } }\n      - { name: reads, kind: input_register, address: 9, type: u32, publish: { topic: fq10/reads, format: json } }";
+    let gw = gateway_yaml(dir.path(), &mapping(mqtt, addr, "fq10", "", points));
+    wait_good(&mut obs, "fq10/reads", 10).await;
+    wait_good(&mut obs, "fq10/level", 10).await;
+    // Never a bad value, never a refusal logged: a busy answer is asked again.
+    assert!(
+        !obs.all().iter().any(|m| m.payload.contains("\"bad\"")),
+        "{:?}",
+        obs.all()
+    );
+    assert_eq!(gw.count_lines("read refused"), 0, "{}", gw.output());
+}

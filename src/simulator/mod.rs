@@ -383,7 +383,7 @@ impl Plant {
         if let Some(n) = quirks.busy_every {
             let mut served = lock(&self.served);
             *served += 1;
-            if *served % u64::from(n) == 0 {
+            if served.is_multiple_of(u64::from(n)) {
                 return Box::pin(std::future::ready(Err(ExceptionCode::ServerDeviceBusy)));
             }
         }

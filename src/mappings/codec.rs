@@ -129,7 +129,11 @@ pub enum DecodeError {
 
 #[derive(Debug, Error, PartialEq)]
 pub enum EncodeError {
-    #[error("value {value} does not fit {dtype:?} (raw {raw})")]
+    #[error(
+        "value {} does not fit {dtype:?} (raw {})",
+        super::number::display(*value),
+        super::number::display(*raw)
+    )]
     OutOfRange {
         value: f64,
         raw: f64,
@@ -441,6 +445,12 @@ mod tests {
         assert_eq!(
             encode(-200.4, DataType::I16, Order::ABCD).unwrap(),
             [0xFF38]
+        );
+        assert_eq!(
+            encode(65535.6, DataType::U16, Order::ABCD)
+                .unwrap_err()
+                .to_string(),
+            "value 65535.6 does not fit U16 (raw 65536)"
         );
     }
 

@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use crate::mappings::bustime;
+use crate::mappings::command::format_number;
 use crate::model::{
     Aggregate, CommandAction, Format, GroupFormat, LinkSpec, Model, PublishMode, PublishRule,
 };
@@ -97,6 +98,23 @@ fn security(s: &mut String, m: &Model) {
             e.topics.join(", ")
         );
     }
+}
+
+/// The warnings of a valid mapping, one per line as errors are written
+/// (`file:line:col: key.path: warning: ...`), then `N warning(s)`; empty when there are none.
+pub fn warnings(path: &std::path::Path, m: &Model) -> String {
+    let mut s = String::new();
+    for w in &m.warnings {
+        let _ = write!(s, "{}:{}:{}: ", path.display(), w.line, w.col);
+        if !w.path.is_empty() {
+            let _ = write!(s, "{}: ", w.path);
+        }
+        let _ = writeln!(s, "warning: {}", w.message);
+    }
+    if !m.warnings.is_empty() {
+        let _ = writeln!(s, "{} warning(s)", m.warnings.len());
+    }
+    s
 }
 
 /// Render the summary printed by `fieldgate check`.
@@ -232,7 +250,21 @@ pub fn summary(m: &Model) -> String {
                 let _ = write!(line, " [{u}]");
             }
             if let Some(w) = p.write {
-                let _ = write!(line, " writable {}..={}", w.min, w.max);
+                let _ = write!(
+                    line,
+                    " writable {}..={}",
+                    format_number(w.min),
+                    format_number(w.max)
+                );
+            }
+            if !p.no_value.is_empty() {
+                let digits = usize::from(p.dtype.width()) * 4;
+                let codes: Vec<String> = p
+                    .no_value
+                    .iter()
+                    .map(|c| format!("0x{c:0digits$X}"))
+                    .collect();
+                let _ = write!(line, " no value {}", codes.join(", "));
             }
             if let Some(r) = &p.publish {
                 let _ = write!(line, " -> {}", rule(r));

@@ -469,6 +469,7 @@ fn rejection_kind(e: &CommandError) -> &'static str {
         CommandError::UnknownPayload(..) => "unknown_payload",
         CommandError::TooLong | CommandError::NotUtf8 | CommandError::NotAValue(_) => "malformed",
         CommandError::OutOfRange { .. } | CommandError::Encode(_) => "out_of_range",
+        CommandError::WrongType { .. } => "wrong_type",
     }
 }
 

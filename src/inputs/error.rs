@@ -42,4 +42,3 @@ pub fn transport_error(e: io::Error) -> LinkError {
 
 /// Outer: link error. Inner: Modbus exception code.
 pub type ModbusResult<T> = Result<Result<T, u8>, LinkError>;
-

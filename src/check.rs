@@ -220,17 +220,24 @@ pub fn summary(m: &Model) -> String {
                 humantime::format_duration(d.request_delay)
             ));
         }
-        quirks.push(
-            match d.write_function {
-                crate::model::WriteFunction::Auto => {
-                    "writes one coil/register with FC 5/6, FC 15/16 after ILLEGAL FUNCTION"
+        let writes = d.points.iter().any(|&p| m.points[p].write.is_some());
+        if writes {
+            quirks.push(
+                match d.write_function {
+                    crate::model::WriteFunction::Auto => {
+                        "writes one coil/register with FC 5/6, FC 15/16 after ILLEGAL FUNCTION"
+                    }
+                    crate::model::WriteFunction::Single => "writes one coil/register with FC 5/6",
+                    crate::model::WriteFunction::Multiple => {
+                        "writes one coil/register with FC 15/16"
+                    }
                 }
-                crate::model::WriteFunction::Single => "writes one coil/register with FC 5/6",
-                crate::model::WriteFunction::Multiple => "writes one coil/register with FC 15/16",
-            }
-            .to_owned(),
-        );
-        let _ = writeln!(s, "    {}", quirks.join("; "));
+                .to_owned(),
+            );
+        }
+        if !quirks.is_empty() {
+            let _ = writeln!(s, "    {}", quirks.join("; "));
+        }
         for &pid in &d.points {
             let p = &m.points[pid];
             let mut line = format!(

@@ -13,7 +13,13 @@
 //! The session is clean (`clean_session = true`), so a broker never hands us commands that
 //! were queued while we were away; the buffer, not the broker, is our session. After every
 //! ConnAck the connection task subscribes and the publisher sends the retained `online` and
-//! the announcements; the last will publishes `offline`.
+//! the announcements; the last will publishes `offline`, and a clean shutdown publishes it
+//! itself and sends DISCONNECT, so that the broker discards the will.
+//!
+//! Between connections the connection task backs off ([`Policy`]): the backoff survives a
+//! ConnAck and is reset only by a connection that stayed up, and sessions the broker keeps
+//! ending right after accepting them are reported as taken over by another client with the
+//! same client id.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;

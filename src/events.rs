@@ -254,6 +254,30 @@ pub fn mqtt_down(broker: &str, state: &str, reason: &str, retry_in: std::time::D
     warn!(broker, state, reason, retry_in = ?retry_in, "mqtt connection lost");
 }
 
+/// The broker took the session away soon after accepting it, again: most likely another
+/// client uses the same client id (a broker keeps one session per id and disconnects the older
+/// client; MQTT 3.1.1 section 3.1.4, MQTT 5 section 3.1.4). Logged as an error on every
+/// takeover, since each one also cost the other client its session.
+pub fn mqtt_taken_over(
+    broker: &str,
+    client_id: &str,
+    up_for: std::time::Duration,
+    reason: &str,
+    retry_in: std::time::Duration,
+) {
+    gauge!("fieldgate_mqtt_connected").set(0.0);
+    counter!("fieldgate_mqtt_takeovers_total").increment(1);
+    tracing::error!(
+        broker,
+        client_id,
+        state = "session_taken_over",
+        up_for = ?up_for,
+        reason,
+        retry_in = ?retry_in,
+        "mqtt session taken over: another client with client id {client_id} is probably connected to the broker; give each gateway its own mqtt.client_id"
+    );
+}
+
 /// The broker refused a publication (MQTT 5: an ACL denial, a quota). It is not sent again.
 pub fn publication_refused(topic: &str, reason: &str) {
     counter!("fieldgate_publications_refused_total").increment(1);

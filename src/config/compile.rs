@@ -549,6 +549,7 @@ fn data_type(ctx: &mut Ctx, p: &Located<RawPoint>, path: &str) -> DataType {
 pub(super) fn compile(
     raw: RawConfig,
     hostname: &str,
+    mapping: &std::path::Path,
     state_directory: Option<&std::path::Path>,
     env: &HashMap<String, String>,
 ) -> Result<Model, Vec<Issue>> {
@@ -627,7 +628,7 @@ pub(super) fn compile(
         client_id: m
             .client_id
             .clone()
-            .unwrap_or_else(|| format!("fieldgate-{hostname}")),
+            .unwrap_or_else(|| super::default_client_id(hostname, mapping, &m.status_topic.value)),
         keep_alive: m.keep_alive.0,
         status_topic: status_topic.clone(),
         buffer: BufferSettings {

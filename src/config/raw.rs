@@ -230,7 +230,11 @@ pub struct RawMqtt {
     /// Broker TCP port. Default 1883.
     #[serde(default = "default_mqtt_port")]
     pub port: u16,
-    /// MQTT client id. Default `fieldgate-<hostname>`.
+    /// MQTT client id; must be unique among the broker's clients: a broker disconnects a
+    /// client when another connects with the same id. Default
+    /// `fieldgate-<hostname>-<machine-id, 8 digits>-<instance>`, where `<instance>` is 6 hex
+    /// digits of a SHA-256 of the mapping file's absolute path and the status topic: stable
+    /// across restarts, different for two gateways on one host.
     #[serde(default)]
     pub client_id: Option<String>,
     /// MQTT keep-alive. Default 30s.

@@ -234,8 +234,27 @@ pub fn publication_queued() {
     counter!("fieldgate_publications_total").increment(1);
 }
 
-/// A publication was dropped before it reached the buffer: `reason` is `handoff_full` (the
-/// MQTT task is stuck) or `offline_qos0` (QoS 0 is never buffered).
+/// Every reason a publication can be dropped for, so that each shows in `/metrics` (at 0)
+/// from the start: a reason that never appears cannot be told from one nobody counts.
+pub const DROP_REASONS: [&str; 5] = [
+    "buffer_full",
+    "handoff_full",
+    "offline",
+    "client_busy",
+    "shutdown",
+];
+
+/// Register the drop counters at 0.
+pub fn drop_counters_at_zero() {
+    for reason in DROP_REASONS {
+        counter!("fieldgate_publications_dropped_total", "reason" => reason).increment(0);
+    }
+}
+
+/// A publication was dropped before it reached the buffer: `reason` is `handoff_full` (a
+/// QoS 0 value found the hand-off to the MQTT task full), `offline` (QoS 0 while disconnected:
+/// it is never buffered), `client_busy` (QoS 0 found the MQTT client's request queue full) or
+/// `shutdown`.
 pub fn publication_dropped(topic: &str, reason: &'static str) {
     counter!("fieldgate_publications_dropped_total", "reason" => reason).increment(1);
     debug!(topic, reason, "publication dropped");

@@ -48,7 +48,10 @@ pub const WINDOW: usize = 64;
 /// How long shutdown may spend delivering the buffer to the broker.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Capacity of rumqttc's request channel: the window plus announcements.
-const REQUESTS: usize = 1024;
+/// Sized for bursts of QoS 0 values (10 devices x 1,000 registers in one poll); the queue
+/// holds only what is waiting, so its size costs nothing until used. A QoS 0 value that finds
+/// it full is counted as `client_busy`.
+const REQUESTS: usize = 65_536;
 /// MQTT 3.1.1: the largest incoming packet the transport takes, the protocol's largest
 /// Remaining Length (MQTT 3.1.1 section 2.2.3). rumqttc ends the whole connection on a larger
 /// one, and 3.1.1 has no way to tell the broker our limit, so a big retained message on a
@@ -501,10 +504,15 @@ impl Publisher {
         if p.qos == Qos::AtMostOnce {
             match &self.conn {
                 Some(c) => {
-                    c.client
-                        .publish(&p.topic, Qos::AtMostOnce, p.retain, p.payload);
+                    // Never silent: a full request queue is counted, not ignored.
+                    if !c
+                        .client
+                        .publish(&p.topic, Qos::AtMostOnce, p.retain, p.payload)
+                    {
+                        events::publication_dropped(&p.topic, "client_busy");
+                    }
                 }
-                None => events::publication_dropped(&p.topic, "offline_qos0"),
+                None => events::publication_dropped(&p.topic, "offline"),
             }
             return;
         }

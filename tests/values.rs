@@ -9,12 +9,10 @@
 
 mod common;
 
-use std::future::{Ready, ready};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use tokio_modbus::{ExceptionCode, Request, Response};
 
 /// Holding registers 0-1 NaN (f32 ABCD), 2-3 +Inf (f32 CDAB), 4-5 5.83 (f32 ABCD), 6 0x8000
 /// (i16), 7-10 NaN (f64 DCBA).
@@ -41,46 +39,13 @@ fn registers() -> Vec<u16> {
     r
 }
 
-#[derive(Clone)]
-struct Meter(Arc<Mutex<Vec<u16>>>);
-
-impl tokio_modbus::server::Service for Meter {
-    type Request = Request<'static>;
-    type Response = Response;
-    type Exception = ExceptionCode;
-    type Future = Ready<Result<Response, ExceptionCode>>;
-
-    fn call(&self, req: Request<'static>) -> Self::Future {
-        let regs = self.0.lock().unwrap();
-        ready(match req {
-            Request::ReadHoldingRegisters(a, n) => {
-                let (a, n) = (usize::from(a), usize::from(n));
-                regs.get(a..a + n)
-                    .map(|w| Response::ReadHoldingRegisters(w.to_vec()))
-                    .ok_or(ExceptionCode::IllegalDataAddress)
-            }
-            _ => Err(ExceptionCode::IllegalFunction),
-        })
+async fn meter(registers: Arc<Mutex<Vec<u16>>>) -> SocketAddr {
+    common::bank::Bank {
+        registers,
+        ..Default::default()
     }
-}
-
-async fn meter(regs: Arc<Mutex<Vec<u16>>>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio_modbus::server::tcp::Server::new(listener);
-    tokio::spawn(async move {
-        let meter = Meter(regs);
-        let on_connected = move |stream, socket_addr| {
-            let meter = meter.clone();
-            async move {
-                tokio_modbus::server::tcp::accept_tcp_connection(stream, socket_addr, |_| {
-                    Ok(Some(meter.clone()))
-                })
-            }
-        };
-        let _ = server.serve(&on_connected, |_e| {}).await;
-    });
-    addr
+    .serve()
+    .await
 }
 
 const MAPPING: &str = r#"

@@ -1034,7 +1034,7 @@ pub(super) fn compile(
                     p,
                     format!("{ppath}.type"),
                     format!(
-                        "a {width}-register value cannot be read: the device's max_registers is {max_registers}"
+                        "a value of {width} registers cannot be read in one request: the device's max_registers is {max_registers}"
                     ),
                 );
             }

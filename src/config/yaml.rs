@@ -1,7 +1,8 @@
 //! The one place that calls the YAML crate (serde-saphyr).
 //!
-//! Swapping the YAML library means changing this file only: [`parse`] and [`Located`]. No other
-//! file may call the YAML crate, and nothing here checks meaning (that is `compile/`).
+//! Swapping the YAML library means changing this file only: [`parse`] and [`Located`], with the
+//! one call into the crate in `from_str`. No other file may call the YAML crate, and nothing here
+//! checks meaning (that is `compile/`).
 //! `${VAR}` / `${VAR:-default}` interpolation is done by the parser itself, inside scalars
 //! (quoted or not), so a variable's value can never change the document's structure. A
 //! `${VAR}` with no value and no default is an error with its location, never an empty string:
@@ -136,12 +137,7 @@ pub fn parse<T: for<'de> Deserialize<'de>>(
     opts.property_syntax = serde_saphyr::PropertySyntax::DockerCompose;
     let mut path = String::new();
     OWN_ERROR.with(|e| e.borrow_mut().take());
-    let result = serde_saphyr::with_deserializer_from_str_with_options(text, opts, |de| {
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            path = e.path().to_string();
-            e.into_inner()
-        })
-    });
+    let result = from_str(text, opts, Some(&mut path));
     result.map_err(|e| {
         let (line, col) = e
             .location()
@@ -157,6 +153,22 @@ pub fn parse<T: for<'de> Deserialize<'de>>(
             path,
             message,
         }]
+    })
+}
+
+/// The one call into the YAML crate: `text` as one `T` document, read with `opts`. With `path`,
+/// the key path where it failed is written there (`devices[0].points[1].address`).
+fn from_str<T: for<'de> Deserialize<'de>>(
+    text: &str,
+    opts: serde_saphyr::Options,
+    path: Option<&mut String>,
+) -> Result<T, serde_saphyr::Error> {
+    serde_saphyr::with_deserializer_from_str_with_options(text, opts, |de| match path {
+        Some(path) => serde_path_to_error::deserialize(de).map_err(|e| {
+            *path = e.path().to_string();
+            e.into_inner()
+        }),
+        None => T::deserialize(de),
     })
 }
 
@@ -315,7 +327,7 @@ struct Names {
 fn named_path(path: &str, text: &str) -> String {
     let opts =
         serde_saphyr::options! { duplicate_keys: serde_saphyr::DuplicateKeyPolicy::FirstWins };
-    let Ok(names) = serde_saphyr::from_str_with_options::<Names>(text, opts) else {
+    let Ok(names) = from_str::<Names>(text, opts, None) else {
         return path.to_owned();
     };
     let index = |seg: &str, key: &str| -> Option<usize> {

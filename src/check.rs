@@ -1,11 +1,16 @@
 //! The `check` summary: what a valid mapping file will do, without touching the network.
+//!
+//! One function per part of the summary (mqtt and security, links, devices, derived values,
+//! groups, publishes and subscriptions), each appending its lines. It must not open a socket or
+//! a serial port, and it must not print secrets: only where they come from.
 
 use std::fmt::Write;
 
 use crate::mappings::bustime;
 use crate::mappings::command::format_number;
 use crate::model::{
-    Aggregate, CommandAction, Format, GroupFormat, LinkSpec, Model, PublishMode, PublishRule,
+    Aggregate, CommandAction, Device, Format, Group, GroupFormat, GroupValue, Link, LinkSpec,
+    Model, Point, PublishMode, PublishRule, SerialSpec,
 };
 
 fn rule(r: &PublishRule) -> String {
@@ -120,12 +125,27 @@ pub fn warnings(path: &std::path::Path, m: &Model) -> String {
 /// Render the summary printed by `fieldgate check`.
 pub fn summary(m: &Model) -> String {
     let mut s = String::new();
+    mqtt(&mut s, m);
+    links(&mut s, m);
+    devices(&mut s, m);
+    derived(&mut s, m);
+    groups(&mut s, m);
+    publishes(&mut s, m);
+    s
+}
+
+/// The broker, the session and its security.
+fn mqtt(s: &mut String, m: &Model) {
     let _ = writeln!(
         s,
         "mqtt: {}:{} client_id {} status {}",
         m.mqtt.host, m.mqtt.port, m.mqtt.client_id, m.mqtt.status_topic
     );
-    security(&mut s, m);
+    security(s, m);
+}
+
+/// Each link with its quirks and, for a serial bus, its timing and load.
+fn links(s: &mut String, m: &Model) {
     let _ = writeln!(s, "links: {}", m.links.len());
     for l in &m.links {
         let _ = writeln!(s, "  {}: {}, {} device(s)", l.name, l.spec, l.devices.len());
@@ -146,54 +166,63 @@ pub fn summary(m: &Model) -> String {
             let _ = writeln!(s, "    {}", quirks.join("; "));
         }
         if let LinkSpec::Rtu(serial) = &l.spec {
-            let _ = writeln!(
-                s,
-                "    timing: character {:.3} ms, frame gap {:.3} ms, turnaround {:.3} ms",
-                bustime::char_time(serial).as_secs_f64() * 1e3,
-                l.frame_gap.as_secs_f64() * 1e3,
-                l.turnaround.as_secs_f64() * 1e3
-            );
-            let mut load = 0.0;
-            for &d in &l.devices {
-                let dev = &m.devices[d];
-                let e = bustime::estimate(&dev.plan.requests, serial, l.frame_gap, l.turnaround);
-                let share = e.time.as_secs_f64() / dev.poll_interval.as_secs_f64();
-                load += share;
-                let _ = writeln!(
-                    s,
-                    "    bus time per poll cycle: {} (unit {}) {} requests, {} B out, {} B in, {:.1} ms every {} ({:.1} %)",
-                    dev.name,
-                    dev.unit,
-                    e.requests,
-                    e.bytes_out,
-                    e.bytes_in,
-                    e.time.as_secs_f64() * 1e3,
-                    humantime::format_duration(dev.poll_interval),
-                    share * 100.0
-                );
-                if e.time > dev.poll_interval {
-                    let _ = writeln!(
-                        s,
-                        "    warning: {}'s poll cycle needs {:.1} ms of bus time but its poll_interval is {}",
-                        dev.name,
-                        e.time.as_secs_f64() * 1e3,
-                        humantime::format_duration(dev.poll_interval)
-                    );
-                }
-            }
-            let _ = writeln!(
-                s,
-                "    bus utilisation: {:.1} % (without retries and writes)",
-                load * 100.0
-            );
-            if load > 1.0 {
-                let _ = writeln!(
-                    s,
-                    "    warning: the bus is over-subscribed; polls will run late (raise poll intervals or the baud rate)"
-                );
-            }
+            bus_time(s, m, l, serial);
         }
     }
+}
+
+/// A serial bus's character and gap times, and the bus time each device's poll cycle needs.
+fn bus_time(s: &mut String, m: &Model, l: &Link, serial: &SerialSpec) {
+    let _ = writeln!(
+        s,
+        "    timing: character {:.3} ms, frame gap {:.3} ms, turnaround {:.3} ms",
+        bustime::char_time(serial).as_secs_f64() * 1e3,
+        l.frame_gap.as_secs_f64() * 1e3,
+        l.turnaround.as_secs_f64() * 1e3
+    );
+    let mut load = 0.0;
+    for &d in &l.devices {
+        let dev = &m.devices[d];
+        let e = bustime::estimate(&dev.plan.requests, serial, l.frame_gap, l.turnaround);
+        let share = e.time.as_secs_f64() / dev.poll_interval.as_secs_f64();
+        load += share;
+        let _ = writeln!(
+            s,
+            "    bus time per poll cycle: {} (unit {}) {} requests, {} B out, {} B in, {:.1} ms every {} ({:.1} %)",
+            dev.name,
+            dev.unit,
+            e.requests,
+            e.bytes_out,
+            e.bytes_in,
+            e.time.as_secs_f64() * 1e3,
+            humantime::format_duration(dev.poll_interval),
+            share * 100.0
+        );
+        if e.time > dev.poll_interval {
+            let _ = writeln!(
+                s,
+                "    warning: {}'s poll cycle needs {:.1} ms of bus time but its poll_interval is {}",
+                dev.name,
+                e.time.as_secs_f64() * 1e3,
+                humantime::format_duration(dev.poll_interval)
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "    bus utilisation: {:.1} % (without retries and writes)",
+        load * 100.0
+    );
+    if load > 1.0 {
+        let _ = writeln!(
+            s,
+            "    warning: the bus is over-subscribed; polls will run late (raise poll intervals or the baud rate)"
+        );
+    }
+}
+
+/// Each device with its quirks, its points and its read plan.
+fn devices(s: &mut String, m: &Model) {
     let _ = writeln!(s, "devices: {}", m.devices.len());
     for d in &m.devices {
         let _ = writeln!(
@@ -207,76 +236,12 @@ pub fn summary(m: &Model) -> String {
             d.points.len(),
             d.status_topic
         );
-        let mut quirks = Vec::new();
-        if d.max_registers < 125 {
-            quirks.push(format!("max_registers {}", d.max_registers));
-        }
-        if d.max_bits < 2000 {
-            quirks.push(format!("max_bits {}", d.max_bits));
-        }
-        if !d.request_delay.is_zero() {
-            quirks.push(format!(
-                "request_delay {}",
-                humantime::format_duration(d.request_delay)
-            ));
-        }
-        let writes = d.points.iter().any(|&p| m.points[p].write.is_some());
-        if writes {
-            quirks.push(
-                match d.write_function {
-                    crate::model::WriteFunction::Auto => {
-                        "writes one coil/register with FC 5/6, FC 15/16 after ILLEGAL FUNCTION"
-                    }
-                    crate::model::WriteFunction::Single => "writes one coil/register with FC 5/6",
-                    crate::model::WriteFunction::Multiple => {
-                        "writes one coil/register with FC 15/16"
-                    }
-                }
-                .to_owned(),
-            );
-        }
+        let quirks = device_quirks(m, d);
         if !quirks.is_empty() {
             let _ = writeln!(s, "    {}", quirks.join("; "));
         }
         for &pid in &d.points {
-            let p = &m.points[pid];
-            let mut line = format!(
-                "    {} {} {} {:?}",
-                p.name,
-                p.kind.name(),
-                p.address,
-                p.dtype
-            );
-            if p.dtype.width() > 1 {
-                let _ = write!(line, " {:?}", p.order);
-            }
-            if !p.is_unscaled() {
-                let _ = write!(line, " x{} {:+}", p.scale, p.offset);
-            }
-            if let Some(u) = &p.unit {
-                let _ = write!(line, " [{u}]");
-            }
-            if let Some(w) = p.write {
-                let _ = write!(
-                    line,
-                    " writable {}..={}",
-                    format_number(w.min),
-                    format_number(w.max)
-                );
-            }
-            if !p.no_value.is_empty() {
-                let digits = usize::from(p.dtype.width()) * 4;
-                let codes: Vec<String> = p
-                    .no_value
-                    .iter()
-                    .map(|c| format!("0x{c:0digits$X}"))
-                    .collect();
-                let _ = write!(line, " no value {}", codes.join(", "));
-            }
-            if let Some(r) = &p.publish {
-                let _ = write!(line, " -> {}", rule(r));
-            }
-            let _ = writeln!(s, "{line}");
+            let _ = writeln!(s, "{}", point_line(&m.points[pid]));
         }
         let _ = writeln!(
             s,
@@ -295,6 +260,82 @@ pub fn summary(m: &Model) -> String {
             );
         }
     }
+}
+
+/// What a device does differently from the defaults: request limits, delay, write function.
+fn device_quirks(m: &Model, d: &Device) -> Vec<String> {
+    let mut quirks = Vec::new();
+    if d.max_registers < 125 {
+        quirks.push(format!("max_registers {}", d.max_registers));
+    }
+    if d.max_bits < 2000 {
+        quirks.push(format!("max_bits {}", d.max_bits));
+    }
+    if !d.request_delay.is_zero() {
+        quirks.push(format!(
+            "request_delay {}",
+            humantime::format_duration(d.request_delay)
+        ));
+    }
+    let writes = d.points.iter().any(|&p| m.points[p].write.is_some());
+    if writes {
+        quirks.push(
+            match d.write_function {
+                crate::model::WriteFunction::Auto => {
+                    "writes one coil/register with FC 5/6, FC 15/16 after ILLEGAL FUNCTION"
+                }
+                crate::model::WriteFunction::Single => "writes one coil/register with FC 5/6",
+                crate::model::WriteFunction::Multiple => "writes one coil/register with FC 15/16",
+            }
+            .to_owned(),
+        );
+    }
+    quirks
+}
+
+/// One point: where it is, its type and scaling, limits, no-value codes and publish rule.
+fn point_line(p: &Point) -> String {
+    let mut line = format!(
+        "    {} {} {} {:?}",
+        p.name,
+        p.kind.name(),
+        p.address,
+        p.dtype
+    );
+    if p.dtype.width() > 1 {
+        let _ = write!(line, " {:?}", p.order);
+    }
+    if !p.is_unscaled() {
+        let _ = write!(line, " x{} {:+}", p.scale, p.offset);
+    }
+    if let Some(u) = &p.unit {
+        let _ = write!(line, " [{u}]");
+    }
+    if let Some(w) = p.write {
+        let _ = write!(
+            line,
+            " writable {}..={}",
+            format_number(w.min),
+            format_number(w.max)
+        );
+    }
+    if !p.no_value.is_empty() {
+        let digits = usize::from(p.dtype.width()) * 4;
+        let codes: Vec<String> = p
+            .no_value
+            .iter()
+            .map(|c| format!("0x{c:0digits$X}"))
+            .collect();
+        let _ = write!(line, " no value {}", codes.join(", "));
+    }
+    if let Some(r) = &p.publish {
+        let _ = write!(line, " -> {}", rule(r));
+    }
+    line
+}
+
+/// The derived values and what they read.
+fn derived(s: &mut String, m: &Model) {
     if !m.derived.is_empty() {
         let _ = writeln!(s, "derived: {}", m.derived.len());
         for d in &m.derived {
@@ -312,65 +353,83 @@ pub fn summary(m: &Model) -> String {
             );
         }
     }
+}
+
+/// The groups: format, interval, topics and each value with its aggregate.
+fn groups(s: &mut String, m: &Model) {
     if !m.groups.is_empty() {
         let _ = writeln!(s, "groups: {}", m.groups.len());
         for g in &m.groups {
-            let fmt = match g.format {
-                GroupFormat::Simple => "simple",
-                GroupFormat::Detailed => "detailed",
-                GroupFormat::PerPoint => "per_point",
-            };
-            let _ = writeln!(
-                s,
-                "  {} ({fmt}, every {}, id {})",
-                g.source,
-                humantime::format_duration(g.interval),
-                g.id
-            );
-            if let Some(c) = &g.configuration_topic {
-                let _ = writeln!(
-                    s,
-                    "    configuration -> {c} (qos {}, retained)",
-                    g.configuration_qos.level()
-                );
-            }
-            let suffix = if g.format == GroupFormat::PerPoint {
-                "/<key>"
-            } else {
-                ""
-            };
-            let _ = writeln!(
-                s,
-                "    messages -> {}{suffix} (qos {}{})",
-                g.topic,
-                g.qos.level(),
-                if g.retain { ", retained" } else { "" }
-            );
-            for v in &g.values {
-                let agg = match v.aggregate {
-                    Aggregate::Mean => "mean",
-                    Aggregate::Last => "last",
-                    Aggregate::Min => "min",
-                    Aggregate::Max => "max",
-                    Aggregate::Sum => "sum",
-                };
-                let mut line = format!("    {} = {agg}({})", v.key, m.points[v.point].full_name);
-                if v.factor != 1.0 {
-                    let _ = write!(line, " x{}", v.factor);
-                }
-                if let Some(u) = &v.unit {
-                    let _ = write!(line, " [{u}]");
-                }
-                let obis = g.configuration["values"][v.key.as_ref()]["obis_code"]
-                    .as_str()
-                    .unwrap_or("");
-                if !obis.is_empty() {
-                    let _ = write!(line, " obis {obis}");
-                }
-                let _ = writeln!(s, "{line}");
-            }
+            group(s, m, g);
         }
     }
+}
+
+/// One group.
+fn group(s: &mut String, m: &Model, g: &Group) {
+    let fmt = match g.format {
+        GroupFormat::Simple => "simple",
+        GroupFormat::Detailed => "detailed",
+        GroupFormat::PerPoint => "per_point",
+    };
+    let _ = writeln!(
+        s,
+        "  {} ({fmt}, every {}, id {})",
+        g.source,
+        humantime::format_duration(g.interval),
+        g.id
+    );
+    if let Some(c) = &g.configuration_topic {
+        let _ = writeln!(
+            s,
+            "    configuration -> {c} (qos {}, retained)",
+            g.configuration_qos.level()
+        );
+    }
+    let suffix = if g.format == GroupFormat::PerPoint {
+        "/<key>"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        s,
+        "    messages -> {}{suffix} (qos {}{})",
+        g.topic,
+        g.qos.level(),
+        if g.retain { ", retained" } else { "" }
+    );
+    for v in &g.values {
+        let _ = writeln!(s, "{}", group_value_line(m, g, v));
+    }
+}
+
+/// One value of a group: key, aggregate, source point, conversion and OBIS code.
+fn group_value_line(m: &Model, g: &Group, v: &GroupValue) -> String {
+    let agg = match v.aggregate {
+        Aggregate::Mean => "mean",
+        Aggregate::Last => "last",
+        Aggregate::Min => "min",
+        Aggregate::Max => "max",
+        Aggregate::Sum => "sum",
+    };
+    let mut line = format!("    {} = {agg}({})", v.key, m.points[v.point].full_name);
+    if v.factor != 1.0 {
+        let _ = write!(line, " x{}", v.factor);
+    }
+    if let Some(u) = &v.unit {
+        let _ = write!(line, " [{u}]");
+    }
+    let obis = g.configuration["values"][v.key.as_ref()]["obis_code"]
+        .as_str()
+        .unwrap_or("");
+    if !obis.is_empty() {
+        let _ = write!(line, " obis {obis}");
+    }
+    line
+}
+
+/// Every topic published, then the subscriptions and what each command does.
+fn publishes(s: &mut String, m: &Model) {
     let topics = m.publish_topics();
     let _ = writeln!(s, "publishes: {} topics", topics.len());
     for t in &topics {
@@ -403,7 +462,6 @@ pub fn summary(m: &Model) -> String {
             c.ack_topic
         );
     }
-    s
 }
 
 /// What `check --sample` adds: every group message with null values.

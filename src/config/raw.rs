@@ -1,7 +1,7 @@
 //! The mapping file as written: serde structs, checked for shape only.
 //!
 //! Every struct denies unknown fields; defaults are `const fn`s. The `///` comments on the
-//! fields are the configuration reference. Meaning is checked in `compile.rs`, not here.
+//! fields are the configuration reference. Meaning is checked in `compile/`, not here.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

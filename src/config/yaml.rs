@@ -1,6 +1,8 @@
 //! The one place that calls the YAML crate (serde-saphyr).
 //!
-//! Swapping the YAML library means changing this file only: [`parse`] and [`Located`].
+//! Swapping the YAML library means changing this file only: [`parse`] and [`Located`], with the
+//! one call into the crate in `from_str`. No other file may call the YAML crate, and nothing here
+//! checks meaning (that is `compile/`).
 //! `${VAR}` / `${VAR:-default}` interpolation is done by the parser itself, inside scalars
 //! (quoted or not), so a variable's value can never change the document's structure. A
 //! `${VAR}` with no value and no default is an error with its location, never an empty string:
@@ -135,45 +137,13 @@ pub fn parse<T: for<'de> Deserialize<'de>>(
     opts.property_syntax = serde_saphyr::PropertySyntax::DockerCompose;
     let mut path = String::new();
     OWN_ERROR.with(|e| e.borrow_mut().take());
-    let result = serde_saphyr::with_deserializer_from_str_with_options(text, opts, |de| {
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            path = e.path().to_string();
-            e.into_inner()
-        })
-    });
+    let result = from_str(text, opts, Some(&mut path));
     result.map_err(|e| {
         let (line, col) = e
             .location()
             .map(|l| (l.line() as u32, l.column() as u32))
             .unwrap_or((0, 0));
-        // The crate prefixes "error: line L column C: " (or suffixes "at line L, column C");
-        // we print the location ourselves, once.
-        let mut message = e.to_string();
-        if let Some(rest) = message.strip_prefix("error: ") {
-            message = rest.to_owned();
-        }
-        let prefix = format!("line {line} column {col}: ");
-        if let Some(rest) = message.strip_prefix(&prefix) {
-            message = rest.to_owned();
-        }
-        let suffix = format!(" at line {line}, column {col}");
-        if let Some(rest) = message.strip_suffix(&suffix) {
-            message = rest.to_owned();
-        }
-        // Advice addressed to programmers using the crate, not to the person editing the file.
-        if let Some(rest) =
-            message.strip_suffix(", set DuplicateKeyPolicy in Options if acceptable")
-        {
-            message = rest.to_owned();
-        }
-        // `{ port: ${PORT} }`: braces end a plain scalar inside a flow collection.
-        if let Some(src) = text.lines().nth(line.saturating_sub(1) as usize)
-            && let Some(at) = src.find("${")
-            && src[..at].contains(['{', '['])
-            && !src[..at].ends_with(['"', '\''])
-        {
-            message.push_str(" (inside { } or [ ], write \"${VAR}\" in quotes)");
-        }
+        let message = clean_message(e.to_string(), text, line, col);
         let own = OWN_ERROR.with(|e| e.borrow_mut().take());
         let message = unredact(message, text, line, col, own);
         let path = named_path(&clean_path(&path), text);
@@ -184,6 +154,54 @@ pub fn parse<T: for<'de> Deserialize<'de>>(
             message,
         }]
     })
+}
+
+/// The one call into the YAML crate: `text` as one `T` document, read with `opts`. With `path`,
+/// the key path where it failed is written there (`devices[0].points[1].address`).
+fn from_str<T: for<'de> Deserialize<'de>>(
+    text: &str,
+    opts: serde_saphyr::Options,
+    path: Option<&mut String>,
+) -> Result<T, serde_saphyr::Error> {
+    serde_saphyr::with_deserializer_from_str_with_options(text, opts, |de| match path {
+        Some(path) => serde_path_to_error::deserialize(de).map_err(|e| {
+            *path = e.path().to_string();
+            e.into_inner()
+        }),
+        None => T::deserialize(de),
+    })
+}
+
+/// The crate's message for the person editing the file: without the location (printed once, by
+/// the caller) or advice meant for programmers, and with a hint for `${VAR}` inside a flow
+/// collection.
+fn clean_message(mut message: String, text: &str, line: u32, col: u32) -> String {
+    // The crate prefixes "error: line L column C: " (or suffixes "at line L, column C");
+    // we print the location ourselves, once.
+    if let Some(rest) = message.strip_prefix("error: ") {
+        message = rest.to_owned();
+    }
+    let prefix = format!("line {line} column {col}: ");
+    if let Some(rest) = message.strip_prefix(&prefix) {
+        message = rest.to_owned();
+    }
+    let suffix = format!(" at line {line}, column {col}");
+    if let Some(rest) = message.strip_suffix(&suffix) {
+        message = rest.to_owned();
+    }
+    // Advice addressed to programmers using the crate, not to the person editing the file.
+    if let Some(rest) = message.strip_suffix(", set DuplicateKeyPolicy in Options if acceptable") {
+        message = rest.to_owned();
+    }
+    // `{ port: ${PORT} }`: braces end a plain scalar inside a flow collection.
+    if let Some(src) = text.lines().nth(line.saturating_sub(1) as usize)
+        && let Some(at) = src.find("${")
+        && src[..at].contains(['{', '['])
+        && !src[..at].ends_with(['"', '\''])
+    {
+        message.push_str(" (inside { } or [ ], write \"${VAR}\" in quotes)");
+    }
+    message
 }
 
 /// Every `${NAME}` (no default) whose variable is not set, with its location. Comments are
@@ -309,7 +327,7 @@ struct Names {
 fn named_path(path: &str, text: &str) -> String {
     let opts =
         serde_saphyr::options! { duplicate_keys: serde_saphyr::DuplicateKeyPolicy::FirstWins };
-    let Ok(names) = serde_saphyr::from_str_with_options::<Names>(text, opts) else {
+    let Ok(names) = from_str::<Names>(text, opts, None) else {
         return path.to_owned();
     };
     let index = |seg: &str, key: &str| -> Option<usize> {

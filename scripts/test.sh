@@ -8,12 +8,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The Rust toolchain: Cargo.toml's rust-version is the oldest that builds fieldgate.
+want=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
+if ! command -v cargo >/dev/null; then
+  echo "cargo is not installed: install Rust $want or newer (https://rustup.rs: rustup toolchain install stable)" >&2
+  exit 1
+fi
+have=$(cargo --version | awk '{print $2}')
+if [ "$(printf '%s\n%s\n' "$want" "$have" | sort -V | head -n1)" != "$want" ]; then
+  echo "Rust $have is too old: fieldgate needs $want or newer (rustup update stable)" >&2
+  exit 1
+fi
+
 need=()
 [ -x /usr/sbin/mosquitto ] || [ -x /usr/bin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_sub >/dev/null && command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
 command -v socat >/dev/null || need+=(socat)
 command -v mbpoll >/dev/null || need+=(mbpoll)
-command -v python3 >/dev/null || need+=(python3 python3-venv)
+command -v python3 >/dev/null || need+=(python3)
+# Debian's python3 has no venv module without python3-venv.
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v openssl >/dev/null || need+=(openssl)
 [ -d /etc/ssl/certs ] && ls /etc/ssl/certs/*.pem >/dev/null 2>&1 || need+=(ca-certificates)

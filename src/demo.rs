@@ -29,6 +29,7 @@ pub async fn run(speed: f64, shutdown: CancellationToken) -> anyhow::Result<()> 
         late: Duration::from_secs(1),
         control: false,
         max_connections: 0,
+        quirks: crate::simulator::Quirks::default(),
     };
     tokio::spawn(serve_water_tower(
         Endpoint::Tcp(listener),

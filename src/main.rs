@@ -286,6 +286,13 @@ struct TowerArgs {
     /// limit). At run time, write `connections N` to stdin.
     #[arg(long, default_value_t = 0)]
     max_connections: usize,
+    /// A quirk of real devices, for every unit; repeatable: close-after-reply, no-fc5,
+    /// no-fc6, no-fc16, max-read=N, hole=KIND:ADDR, connect-silence=DURATION,
+    /// min-gap=DURATION, tid-zero, tid-swap, stale-prefix, echo, clamp=ADDR:MIN:MAX,
+    /// poke=KIND:ADDR:VALUE, delay=DURATION (KIND: co, di, ir, hr). At run time, write
+    /// `quirk SPEC` or `quirk clear` to stdin.
+    #[arg(long = "quirk", value_name = "SPEC")]
+    quirks: Vec<fieldgate::simulator::Quirk>,
 }
 
 fn main() -> ExitCode {
@@ -456,6 +463,13 @@ async fn simulate(
         late: a.late,
         control: true,
         max_connections: a.max_connections,
+        quirks: a
+            .quirks
+            .iter()
+            .fold(fieldgate::simulator::Quirks::default(), |mut q, &quirk| {
+                q.add(quirk);
+                q
+            }),
     };
     let endpoint = match a.rtu {
         Some(path) => {

@@ -135,7 +135,7 @@ async fn single_write_functions_fall_back_to_the_multiple_ones_and_remember() {
             .payload,
     );
     assert_eq!(ack["result"], "ok", "{ack}");
-    assert_eq!(read_coils(addr).await[0], true);
+    assert!(read_coils(addr).await[0]);
     // One fallback line per function, not per write.
     assert_eq!(
         gw.count_lines("using the multiple-write function"),
@@ -349,7 +349,7 @@ async fn transaction_ids_not_echoed_need_lenient_and_stale_frames_are_skipped() 
     let mut obs = Observer::start(mqtt, "fq7/#").await;
     let dir = tempfile::tempdir().unwrap();
     let p = points.replace("X/", "fq7/");
-    let mut gw = gateway_yaml(dir.path(), &mapping(mqtt, addr, "fq7", "", &p));
+    let gw = gateway_yaml(dir.path(), &mapping(mqtt, addr, "fq7", "", &p));
     wait_good(&mut obs, "fq7/reads", 10).await;
     let reads: Vec<u64> = good(&obs, "fq7/reads")
         .iter()

@@ -456,7 +456,10 @@ impl Link {
             complete: true,
             bad: Vec::new(),
         };
-        let mut last = None;
+        // Blocks stream out as they are read while the device is ok; on the way back from an
+        // error they wait for the status, so consumers see `ok` before the values.
+        let stream = st.status == Some(DeviceStatus::Ok);
+        let mut held = Vec::new();
         let mut refused = HashMap::new();
         let mut failed: Option<String> = None;
         for (ri, &req) in dev.plan.requests.iter().enumerate() {
@@ -486,8 +489,8 @@ impl Link {
                         bad,
                     };
                     // Each block goes out as soon as it is read; the last one after the status.
-                    if part.complete {
-                        last = Some(part);
+                    if part.complete || !stream {
+                        held.push(part);
                     } else {
                         self.hand_over(dev, part).await?;
                     }
@@ -513,7 +516,7 @@ impl Link {
                 st.quarantine = Duration::ZERO;
                 let status = self.status_of(&shadow, &st.refused);
                 self.set_status(st, status).await;
-                if let Some(part) = last {
+                for part in held {
                     self.hand_over(dev, part).await?;
                 }
                 // Keep the rhythm, but never try to catch up a backlog of missed cycles.

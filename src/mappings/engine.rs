@@ -282,12 +282,9 @@ impl Engine {
             let Some(block) = poll.block(p.slot.request) else {
                 continue;
             };
-            let result = match block {
-                Ok(_) if let Some(f) = poll.bad_at(p.slot.request, p.slot.offset, width) => {
-                    Err(f.clone())
-                }
-                Ok(data) => point_value(p, data).ok_or(Fault::Exception(0)),
-                Err(f) => Err(f.clone()),
+            let result = match (block, poll.bad_at(p.slot.request, p.slot.offset, width)) {
+                (Ok(_), Some(f)) | (Err(f), _) => Err(f.clone()),
+                (Ok(data), None) => point_value(p, data).ok_or(Fault::Exception(0)),
             };
             match result {
                 Ok(v) => {

@@ -4,12 +4,19 @@
 //! in pure modules (`water_tower`); this file serves one or more units, ticks simulated time,
 //! and injects faults per unit: no answer, a late (valid) answer, garbage bytes, a Modbus
 //! exception, or closing the connection. A TCP listener can also be limited to a number of
-//! connections at a time (many real devices accept one). Faults are set at start and changed
-//! at run time over stdin (`fault UNIT MODE`, `connections N`).
+//! connections at a time (many real devices accept one). Quirks (`quirks`) make every unit
+//! bend the Modbus rules the way some real devices do: the function-code and address quirks
+//! are applied where requests are served, the framing ones (transaction id, stale frame,
+//! echo, close after reply) in the stream wrappers. Faults and quirks are set at start and
+//! changed at run time over stdin (`fault UNIT MODE`, `connections N`, `quirk SPEC`,
+//! `quirk clear`).
 
 pub mod energy_meter;
+pub mod quirks;
 pub mod rtu_frame;
 pub mod water_tower;
+
+pub use quirks::{Quirk, QuirkError, Quirks};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,12 +24,12 @@ use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
-use tokio::io::AsyncBufReadExt;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
+use tokio_modbus::{ExceptionCode, Response, SlaveRequest};
 use tokio_serial::SerialPort as _;
 use tokio_util::sync::CancellationToken;
 
@@ -138,6 +145,8 @@ pub struct TowerOptions {
     pub control: bool,
     /// TCP: most connections served at a time (0: no limit); more are closed at once.
     pub max_connections: usize,
+    /// Quirks at start, for every unit.
+    pub quirks: Quirks,
 }
 
 /// Where the simulator serves.
@@ -167,14 +176,72 @@ struct Plant {
     /// TCP: connections open now, and the most allowed (0: no limit).
     live: Arc<AtomicUsize>,
     max_connections: AtomicUsize,
+    /// The quirks in force; the connections read them too.
+    quirks: Arc<Mutex<Quirks>>,
+    /// When the last reply (of any unit, on any connection) was made, for `min-gap`.
+    last_reply: Arc<Mutex<Option<Instant>>>,
 }
 
 /// A served TCP connection: reads end (EOF) once a `close` fault fired on it, so the server
 /// drops it; its slot in the connection limit is freed when it is dropped.
+///
+/// It also applies the framing quirks. The server hands over each reply as writes followed
+/// by one flush, so the bytes written since the last flush are one reply: on flush they get
+/// their transaction id rewritten (`tid-zero`, `tid-swap`), the previous reply put in front
+/// (`stale-prefix`), and the connection is shut down after them (`close-after-reply`). With
+/// `echo` (RTU over TCP) every byte read is written back at once.
 struct Connection {
     stream: tokio::net::TcpStream,
     closed: Arc<AtomicBool>,
     live: Arc<AtomicUsize>,
+    quirks: Arc<Mutex<Quirks>>,
+    /// RTU framing (RTU over TCP) rather than MBAP.
+    rtu: bool,
+    /// The reply being written: the bytes handed over since the last flush.
+    reply: Vec<u8>,
+    /// Bytes due on the wire, in order (echoes and replies), and how many of them went out.
+    out: Vec<u8>,
+    sent: usize,
+    /// MBAP: the previous reply as it went out, for `stale-prefix`.
+    previous: Option<Vec<u8>>,
+    /// Shut the connection down once `out` is written (`close-after-reply`).
+    close_when_sent: bool,
+}
+
+impl Connection {
+    /// Write out what is due.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while self.sent < self.out.len() {
+            let n = ready!(Pin::new(&mut self.stream).poll_write(cx, &self.out[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.out.clear();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Queue the reply handed over since the last flush, with the framing quirks applied.
+    fn queue_reply(&mut self) {
+        if self.reply.is_empty() {
+            return;
+        }
+        let mut reply = std::mem::take(&mut self.reply);
+        let q = lock(&self.quirks);
+        if !self.rtu {
+            if let [a, b, ..] = reply[..] {
+                reply[..2].copy_from_slice(&q.transaction_id([a, b]));
+            }
+            if let (true, Some(previous)) = (q.stale_prefix, &self.previous) {
+                self.out.extend_from_slice(previous);
+            }
+            self.previous = Some(reply.clone());
+        }
+        self.out.extend_from_slice(&reply);
+        self.close_when_sent |= q.close_after_reply;
+    }
 }
 
 impl Drop for Connection {
@@ -183,7 +250,7 @@ impl Drop for Connection {
     }
 }
 
-impl tokio::io::AsyncRead for Connection {
+impl AsyncRead for Connection {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -192,20 +259,43 @@ impl tokio::io::AsyncRead for Connection {
         if self.closed.load(Ordering::SeqCst) {
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        // Echoes the socket had no room for go out as soon as it has.
+        if let Poll::Ready(Err(e)) = self.poll_drain(cx) {
+            return Poll::Ready(Err(e));
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.stream).poll_read(cx, buf))?;
+        if self.rtu && lock(&self.quirks).echo {
+            let echo = buf.filled()[before..].to_vec();
+            self.out.extend_from_slice(&echo);
+            if let Poll::Ready(Err(e)) = self.poll_drain(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
-impl tokio::io::AsyncWrite for Connection {
+impl AsyncWrite for Connection {
+    /// Takes the bytes into the reply being written; they go out on flush.
     fn poll_write(
         mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        self.reply.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        self.queue_reply();
+        ready!(self.poll_drain(cx))?;
+        ready!(Pin::new(&mut self.stream).poll_flush(cx))?;
+        if self.close_when_sent {
+            // A FIN now; the server drops the connection at its next read (EOF).
+            let _ = ready!(Pin::new(&mut self.stream).poll_shutdown(cx));
+            self.closed.store(true, Ordering::SeqCst);
+        }
+        Poll::Ready(Ok(()))
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
@@ -215,34 +305,6 @@ impl tokio::io::AsyncWrite for Connection {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A poisoned lock only means a panic elsewhere; the plant state is still usable.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn serve(t: &mut dyn Profile, req: Request<'static>) -> Result<Response, ExceptionCode> {
-    match req {
-        Request::ReadInputRegisters(a, n) => t
-            .read_input_registers(a, n)
-            .map(Response::ReadInputRegisters),
-        Request::ReadHoldingRegisters(a, n) => t
-            .read_holding_registers(a, n)
-            .map(Response::ReadHoldingRegisters),
-        Request::ReadDiscreteInputs(a, n) => t
-            .read_discrete_inputs(a, n)
-            .map(Response::ReadDiscreteInputs),
-        Request::ReadCoils(a, n) => t.read_coils(a, n).map(Response::ReadCoils),
-        Request::WriteSingleCoil(a, v) => t
-            .write_coils(a, &[v])
-            .map(|()| Response::WriteSingleCoil(a, v)),
-        Request::WriteMultipleCoils(a, v) => t
-            .write_coils(a, &v)
-            .map(|()| Response::WriteMultipleCoils(a, v.len() as u16)),
-        Request::WriteSingleRegister(a, v) => t
-            .write_holding_registers(a, &[v])
-            .map(|()| Response::WriteSingleRegister(a, v)),
-        Request::WriteMultipleRegisters(a, v) => t
-            .write_holding_registers(a, &v)
-            .map(|()| Response::WriteMultipleRegisters(a, v.len() as u16)),
-        _ => Err(ExceptionCode::IllegalFunction),
-    }
 }
 
 type Reply = Pin<Box<dyn Future<Output = Result<Option<Response>, ExceptionCode>> + Send>>;
@@ -269,6 +331,13 @@ impl Plant {
             stream,
             closed: Arc::clone(&closed),
             live: Arc::clone(&self.live),
+            quirks: Arc::clone(&self.quirks),
+            rtu: self.rtu,
+            reply: Vec::new(),
+            out: Vec::new(),
+            sent: 0,
+            previous: None,
+            close_when_sent: false,
         };
         if max > 0 && now > max {
             tracing::debug!(max, "connection refused: limit reached");
@@ -277,7 +346,54 @@ impl Plant {
         Some((closed, conn))
     }
 
-    fn call(&self, req: SlaveRequest<'static>, closed: &AtomicBool) -> Reply {
+    /// RTU serial `echo`: the request's frame goes back on the bus before anything else.
+    /// A blocking write, but of a few bytes to a port that is not flow-controlled, so it does
+    /// not hold the task; the reply is written after it, so the order on the wire is kept.
+    fn echo_on_serial(&self, req: &SlaveRequest<'static>) {
+        let (Some(raw), Some(frame)) = (&self.raw, rtu_frame::encode_request(req)) else {
+            return;
+        };
+        if let Err(error) = std::io::Write::write_all(&mut **lock(raw), &frame) {
+            tracing::debug!(%error, "echo not written");
+        }
+    }
+
+    /// Serve one request, with the unit's fault and the simulator's quirks. `accepted`: when
+    /// the TCP connection was accepted (`None` on a serial bus).
+    fn call(
+        &self,
+        req: SlaveRequest<'static>,
+        closed: &AtomicBool,
+        accepted: Option<Instant>,
+    ) -> Reply {
+        let quirks = lock(&self.quirks).clone();
+        if quirks.echo {
+            self.echo_on_serial(&req);
+        }
+        let last_reply = *lock(&self.last_reply);
+        if quirks.swallows(Instant::now(), accepted, last_reply) {
+            tracing::debug!(
+                unit = req.slave,
+                "request swallowed (connect-silence or min-gap)"
+            );
+            return Box::pin(std::future::ready(Ok(None)));
+        }
+        let reply = self.call_unit(req, closed, &quirks);
+        let delay = quirks.delay;
+        let last_reply = Arc::clone(&self.last_reply);
+        Box::pin(async move {
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            let reply = reply.await;
+            if !matches!(reply, Ok(None)) {
+                *lock(&last_reply) = Some(Instant::now());
+            }
+            reply
+        })
+    }
+
+    fn call_unit(&self, req: SlaveRequest<'static>, closed: &AtomicBool, quirks: &Quirks) -> Reply {
         let function = req.request.function_code().value();
         let (reply, fault) = {
             let mut units = lock(&self.units);
@@ -287,7 +403,7 @@ impl Plant {
                 // A unit that will not answer does not act on the request either (reads have
                 // a side effect: the read counter).
                 Some(u) if matches!(u.fault, FaultMode::None | FaultMode::Late) => {
-                    (serve(u.tower.as_mut(), req.request), u.fault)
+                    (quirks.serve(u.tower.as_mut(), req.request), u.fault)
                 }
                 Some(u) => (Err(ExceptionCode::ServerDeviceFailure), u.fault),
                 None if self.rtu => return Box::pin(std::future::ready(Ok(None))),
@@ -332,6 +448,8 @@ struct Service {
     plant: Arc<Plant>,
     /// Set to close this connection (TCP).
     closed: Arc<AtomicBool>,
+    /// When this TCP connection was accepted (`None` on a serial bus), for `connect-silence`.
+    accepted: Option<Instant>,
 }
 
 impl tokio_modbus::server::Service for Service {
@@ -341,11 +459,56 @@ impl tokio_modbus::server::Service for Service {
     type Future = Reply;
 
     fn call(&self, req: Self::Request) -> Self::Future {
-        self.plant.call(req, &self.closed)
+        self.plant.call(req, &self.closed, self.accepted)
     }
 }
 
-/// Reads `fault UNIT MODE` lines from stdin and applies them; prints `fault UNIT MODE ok`.
+/// What a control line that is not understood is told.
+const CONTROL_USAGE: &str = "not understood (fault UNIT none|silent|late|garbage|close|\
+     exception:CODE, connections N, quirk SPEC..., or quirk clear)";
+
+/// Apply one control line: `fault UNIT MODE`, `connections N`, `quirk SPEC...` (one or more
+/// specs, all or none applied) or `quirk clear`. The error is the reply line's tail.
+fn control(plant: &Plant, line: &str) -> Result<(), String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["connections", n] => match n.parse::<usize>() {
+            Ok(n) => {
+                plant.max_connections.store(n, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(_) => Err(CONTROL_USAGE.to_owned()),
+        },
+        ["fault", unit, mode] => match (unit.parse::<u8>(), mode.parse::<FaultMode>()) {
+            (Ok(id), Ok(m)) => lock(&plant.units)
+                .iter_mut()
+                .find(|u| u.id == id)
+                .map(|u| u.fault = m)
+                .ok_or_else(|| CONTROL_USAGE.to_owned()),
+            _ => Err(CONTROL_USAGE.to_owned()),
+        },
+        ["quirk", "clear"] => {
+            *lock(&plant.quirks) = Quirks::default();
+            Ok(())
+        }
+        ["quirk", specs @ ..] if !specs.is_empty() => {
+            let parsed = specs
+                .iter()
+                .map(|s| s.parse::<Quirk>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            let mut quirks = lock(&plant.quirks);
+            for q in parsed {
+                quirks.add(q);
+            }
+            Ok(())
+        }
+        _ => Err(CONTROL_USAGE.to_owned()),
+    }
+}
+
+/// Reads control lines (see [`control`]) from stdin and applies them; prints the line and
+/// `ok` (`fault 1 silent ok`, `quirk no-fc6 ok`), or the line and what is wrong.
 fn control_from_stdin(plant: Arc<Plant>, shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
@@ -354,32 +517,9 @@ fn control_from_stdin(plant: Arc<Plant>, shutdown: CancellationToken) {
                 () = shutdown.cancelled() => return,
                 l = lines.next_line() => match l { Ok(Some(l)) => l, _ => return },
             };
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let applied = match words.as_slice() {
-                ["connections", n] => match n.parse::<usize>() {
-                    Ok(n) => {
-                        plant.max_connections.store(n, Ordering::SeqCst);
-                        true
-                    }
-                    Err(_) => false,
-                },
-                ["fault", unit, mode] => match (unit.parse::<u8>(), mode.parse::<FaultMode>()) {
-                    (Ok(id), Ok(m)) => lock(&plant.units)
-                        .iter_mut()
-                        .find(|u| u.id == id)
-                        .map(|u| u.fault = m)
-                        .is_some(),
-                    _ => false,
-                },
-                _ => false,
-            };
-            if applied {
-                println!("{line} ok");
-            } else {
-                println!(
-                    "{line}: not understood (fault UNIT none|silent|late|garbage|close|\
-                     exception:CODE, or connections N)"
-                );
+            match control(&plant, &line) {
+                Ok(()) => println!("{line} ok"),
+                Err(e) => println!("{line}: {e}"),
             }
         }
     });
@@ -397,6 +537,7 @@ fn admit(
             let service = Service {
                 plant: Arc::clone(&plant),
                 closed,
+                accepted: Some(Instant::now()),
             };
             (service, conn)
         });
@@ -466,6 +607,8 @@ pub async fn serve_water_tower(
         rtu,
         live: Arc::new(AtomicUsize::new(0)),
         max_connections: AtomicUsize::new(opts.max_connections),
+        quirks: Arc::new(Mutex::new(opts.quirks)),
+        last_reply: Arc::new(Mutex::new(None)),
     });
     if opts.control {
         control_from_stdin(Arc::clone(&plant), shutdown.clone());
@@ -495,6 +638,7 @@ pub async fn serve_water_tower(
     let service = Service {
         plant: Arc::clone(&plant),
         closed: Arc::new(AtomicBool::new(false)),
+        accepted: None,
     };
     let on_error = |e: std::io::Error| tracing::debug!(error = %e, "simulator connection ended");
     let result = match endpoint {
@@ -519,4 +663,46 @@ pub async fn serve_water_tower(
     };
     ticker.abort();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plant() -> Plant {
+        Plant {
+            units: Mutex::new(vec![Unit {
+                id: 1,
+                tower: Box::new(WaterTower::new(1, 100.0)),
+                fault: FaultMode::None,
+            }]),
+            late: Duration::from_secs(1),
+            raw: None,
+            rtu: false,
+            live: Arc::new(AtomicUsize::new(0)),
+            max_connections: AtomicUsize::new(0),
+            quirks: Arc::new(Mutex::new(Quirks::default())),
+            last_reply: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    #[test]
+    fn control_lines_switch_quirks_on_all_or_none_and_clear_them() {
+        let p = plant();
+        assert_eq!(control(&p, "quirk no-fc6 max-read=3"), Ok(()));
+        let want = Quirks::parse(&["no-fc6", "max-read=3"]).unwrap();
+        assert_eq!(*lock(&p.quirks), want);
+        let e = control(&p, "quirk echo bogus").unwrap_err();
+        assert!(e.contains("unknown quirk `bogus`"), "{e}");
+        assert_eq!(*lock(&p.quirks), want, "nothing of a bad line applies");
+        assert_eq!(control(&p, "quirk clear"), Ok(()));
+        assert_eq!(*lock(&p.quirks), Quirks::default());
+        assert!(control(&p, "quirk").unwrap_err().contains("quirk SPEC"));
+        // The other lines still work, and an unknown unit is refused.
+        assert_eq!(control(&p, "fault 1 silent"), Ok(()));
+        assert_eq!(lock(&p.units)[0].fault, FaultMode::Silent);
+        assert!(control(&p, "fault 9 silent").is_err());
+        assert_eq!(control(&p, "connections 1"), Ok(()));
+        assert_eq!(p.max_connections.load(Ordering::SeqCst), 1);
+    }
 }

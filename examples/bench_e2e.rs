@@ -119,6 +119,8 @@ fn now_ns() -> u64 {
 /// One Modbus TCP device: any holding or input register answers `counter + address`, where
 /// `counter` counts this device's read requests, so every value changes on every read.
 struct Slave {
+    /// Set at the end of a run: every read answers SERVER DEVICE FAILURE, so no more values.
+    stopped: AtomicBool,
     reads: AtomicU32,
     registers: AtomicU64,
     /// When read `counter` was answered (ns of [`now_ns`]), indexed by `counter mod 65536`:
@@ -129,6 +131,7 @@ struct Slave {
 impl Slave {
     fn new() -> Slave {
         Slave {
+            stopped: AtomicBool::new(false),
             reads: AtomicU32::new(0),
             registers: AtomicU64::new(0),
             replied_at: (0..=u16::MAX).map(|_| AtomicU64::new(0)).collect(),
@@ -155,6 +158,9 @@ impl tokio_modbus::server::Service for SlaveService {
     type Future = std::future::Ready<Result<Response, ExceptionCode>>;
 
     fn call(&self, req: Request<'static>) -> Self::Future {
+        if self.0.stopped.load(Relaxed) {
+            return std::future::ready(Err(ExceptionCode::ServerDeviceFailure));
+        }
         std::future::ready(match req {
             Request::ReadHoldingRegisters(a, n) => {
                 Ok(Response::ReadHoldingRegisters(self.0.read(a, n)))
@@ -390,8 +396,10 @@ struct Received {
     /// Bit d: a value of device d arrived.
     devices: AtomicU64,
     unparsed: AtomicU64,
-    /// `$SYS/broker/publish/messages/dropped`, the broker's own drops.
+    /// `$SYS/broker/publish/messages/dropped` and `.../received`: the broker's own drops,
+    /// and the publications it received (mosquitto publishes them once they are non-zero).
     broker_dropped: AtomicU64,
+    broker_received: AtomicU64,
 }
 
 /// One value received inside the window: latency from the slave's reply, and from the
@@ -432,7 +440,7 @@ fn subscribe(
                     Event::Incoming(Packet::ConnAck(_)) => {
                         let _ = client.subscribe("bench/#", QoS::AtLeastOnce).await;
                         let _ = client
-                            .subscribe("$SYS/broker/publish/messages/dropped", QoS::AtMostOnce)
+                            .subscribe("$SYS/broker/publish/messages/+", QoS::AtMostOnce)
                             .await;
                     }
                     Event::Incoming(Packet::SubAck(_)) => rx.subscribed.store(true, Relaxed),
@@ -444,7 +452,11 @@ fn subscribe(
                                 .ok()
                                 .and_then(|s| s.trim().parse().ok())
                             {
-                                rx.broker_dropped.store(n, Relaxed);
+                                if p.topic.ends_with("/dropped") {
+                                    rx.broker_dropped.store(n, Relaxed);
+                                } else if p.topic.ends_with("/received") {
+                                    rx.broker_received.store(n, Relaxed);
+                                }
                             }
                             continue;
                         }
@@ -568,6 +580,8 @@ struct Figures {
     latency: (f64, f64),
     latency_ts: (f64, f64),
     queued: f64,
+    /// Whole run: publications the gateway accepted, the broker received, the subscriber got.
+    totals: (u64, u64, u64),
 }
 
 fn percentile<T: Copy + Ord>(sorted: &[T], q: f64) -> Option<T> {
@@ -639,8 +653,14 @@ fn run(env: &Env, s: &Scenario, qos: u8) -> anyhow::Result<Figures> {
     }
     let after = scrape(gw.metrics);
     let rss = rss_mb(pid);
-    // Let the broker's `$SYS` counters (published every second) catch up.
-    std::thread::sleep(Duration::from_millis(1100));
+    // Whole-run totals along the way, with the values stopped (each point publishes one
+    // `bad` message, on every side alike): where do the unaccounted ones go? Wait for the
+    // broker's `$SYS` counters, published every second, to catch up.
+    for sl in &slaves {
+        sl.stopped.store(true, Relaxed);
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    let end = scrape(gw.metrics);
     rx.stop.store(true, Relaxed);
     let mut samples = sub
         .join()
@@ -651,7 +671,7 @@ fn run(env: &Env, s: &Scenario, qos: u8) -> anyhow::Result<Figures> {
     let (d0, d1) = (drops(&before), drops(&after));
     let drops = d1
         .iter()
-        .map(|(k, v)| (k.clone(), v - d0.get(k).copied().unwrap_or(0)))
+        .map(|(k, v)| (k.clone(), v.saturating_sub(d0.get(k).copied().unwrap_or(0))))
         .filter(|(_, v)| *v > 0)
         .collect();
     let read = read1 - read0;
@@ -686,6 +706,13 @@ fn run(env: &Env, s: &Scenario, qos: u8) -> anyhow::Result<Figures> {
             .get("fieldgate_mqtt_queue_depth")
             .copied()
             .unwrap_or(0.0),
+        totals: (
+            end.get("fieldgate_publications_total")
+                .copied()
+                .unwrap_or(0.0) as u64,
+            rx.broker_received.load(Relaxed),
+            rx.total.load(Relaxed),
+        ),
     })
 }
 
@@ -842,8 +869,18 @@ fn print_row(f: &Figures) {
         f.latency.1,
     );
     println!(
-        "{:<12}     (ts-based latency p50 {:.1} ms p99 {:.1} ms; broker CPU {:.3} ms per 1,000; broker drops {}; {} still in the gateway's buffer)",
-        "", f.latency_ts.0, f.latency_ts.1, f.broker_cpu_ms_per_1000, f.broker_dropped, f.queued,
+        "{:<12}     ts-based latency p50 {:.1} ms p99 {:.1} ms; broker CPU {:.3} ms per 1,000; {} still in the gateway's buffer",
+        "", f.latency_ts.0, f.latency_ts.1, f.broker_cpu_ms_per_1000, f.queued,
+    );
+    let counted: u64 = f.drops.values().sum();
+    println!(
+        "{:<12}     window: {} read, not delivered, not counted as dropped; whole run: gateway accepted {}, broker received {} (incl. status), dropped {}, subscriber got {}",
+        "",
+        f.read as i64 - f.delivered as i64 - counted as i64 - f.queued as i64,
+        f.totals.0,
+        f.totals.1,
+        f.broker_dropped,
+        f.totals.2,
     );
 }
 

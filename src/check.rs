@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use crate::mappings::bustime;
+use crate::mappings::command::format_number;
 use crate::model::{
     Aggregate, CommandAction, Format, GroupFormat, LinkSpec, Model, PublishMode, PublishRule,
 };
@@ -97,6 +98,23 @@ fn security(s: &mut String, m: &Model) {
             e.topics.join(", ")
         );
     }
+}
+
+/// The warnings of a valid mapping, one per line as errors are written
+/// (`file:line:col: key.path: warning: ...`), then `N warning(s)`; empty when there are none.
+pub fn warnings(path: &std::path::Path, m: &Model) -> String {
+    let mut s = String::new();
+    for w in &m.warnings {
+        let _ = write!(s, "{}:{}:{}: ", path.display(), w.line, w.col);
+        if !w.path.is_empty() {
+            let _ = write!(s, "{}: ", w.path);
+        }
+        let _ = writeln!(s, "warning: {}", w.message);
+    }
+    if !m.warnings.is_empty() {
+        let _ = writeln!(s, "{} warning(s)", m.warnings.len());
+    }
+    s
 }
 
 /// Render the summary printed by `fieldgate check`.
@@ -202,17 +220,24 @@ pub fn summary(m: &Model) -> String {
                 humantime::format_duration(d.request_delay)
             ));
         }
-        quirks.push(
-            match d.write_function {
-                crate::model::WriteFunction::Auto => {
-                    "writes one coil/register with FC 5/6, FC 15/16 after ILLEGAL FUNCTION"
+        let writes = d.points.iter().any(|&p| m.points[p].write.is_some());
+        if writes {
+            quirks.push(
+                match d.write_function {
+                    crate::model::WriteFunction::Auto => {
+                        "writes one coil/register with FC 5/6, FC 15/16 after ILLEGAL FUNCTION"
+                    }
+                    crate::model::WriteFunction::Single => "writes one coil/register with FC 5/6",
+                    crate::model::WriteFunction::Multiple => {
+                        "writes one coil/register with FC 15/16"
+                    }
                 }
-                crate::model::WriteFunction::Single => "writes one coil/register with FC 5/6",
-                crate::model::WriteFunction::Multiple => "writes one coil/register with FC 15/16",
-            }
-            .to_owned(),
-        );
-        let _ = writeln!(s, "    {}", quirks.join("; "));
+                .to_owned(),
+            );
+        }
+        if !quirks.is_empty() {
+            let _ = writeln!(s, "    {}", quirks.join("; "));
+        }
         for &pid in &d.points {
             let p = &m.points[pid];
             let mut line = format!(
@@ -232,7 +257,21 @@ pub fn summary(m: &Model) -> String {
                 let _ = write!(line, " [{u}]");
             }
             if let Some(w) = p.write {
-                let _ = write!(line, " writable {}..={}", w.min, w.max);
+                let _ = write!(
+                    line,
+                    " writable {}..={}",
+                    format_number(w.min),
+                    format_number(w.max)
+                );
+            }
+            if !p.no_value.is_empty() {
+                let digits = usize::from(p.dtype.width()) * 4;
+                let codes: Vec<String> = p
+                    .no_value
+                    .iter()
+                    .map(|c| format!("0x{c:0digits$X}"))
+                    .collect();
+                let _ = write!(line, " no value {}", codes.join(", "));
             }
             if let Some(r) = &p.publish {
                 let _ = write!(line, " -> {}", rule(r));

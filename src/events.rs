@@ -234,8 +234,27 @@ pub fn publication_queued() {
     counter!("fieldgate_publications_total").increment(1);
 }
 
-/// A publication was dropped before it reached the buffer: `reason` is `handoff_full` (the
-/// MQTT task is stuck) or `offline_qos0` (QoS 0 is never buffered).
+/// Every reason a publication can be dropped for, so that each shows in `/metrics` (at 0)
+/// from the start: a reason that never appears cannot be told from one nobody counts.
+pub const DROP_REASONS: [&str; 5] = [
+    "buffer_full",
+    "handoff_full",
+    "offline",
+    "client_busy",
+    "shutdown",
+];
+
+/// Register the drop counters at 0.
+pub fn drop_counters_at_zero() {
+    for reason in DROP_REASONS {
+        counter!("fieldgate_publications_dropped_total", "reason" => reason).increment(0);
+    }
+}
+
+/// A publication was dropped before it reached the buffer: `reason` is `handoff_full` (a
+/// QoS 0 value found the hand-off to the MQTT task full), `offline` (QoS 0 while disconnected:
+/// it is never buffered), `client_busy` (QoS 0 found the MQTT client's request queue full) or
+/// `shutdown`.
 pub fn publication_dropped(topic: &str, reason: &'static str) {
     counter!("fieldgate_publications_dropped_total", "reason" => reason).increment(1);
     debug!(topic, reason, "publication dropped");
@@ -252,6 +271,30 @@ pub fn mqtt_connected(broker: &str) {
 pub fn mqtt_down(broker: &str, state: &str, reason: &str, retry_in: std::time::Duration) {
     gauge!("fieldgate_mqtt_connected").set(0.0);
     warn!(broker, state, reason, retry_in = ?retry_in, "mqtt connection lost");
+}
+
+/// The broker took the session away soon after accepting it, again: most likely another
+/// client uses the same client id (a broker keeps one session per id and disconnects the older
+/// client; MQTT 3.1.1 section 3.1.4, MQTT 5 section 3.1.4). Logged as an error on every
+/// takeover, since each one also cost the other client its session.
+pub fn mqtt_taken_over(
+    broker: &str,
+    client_id: &str,
+    up_for: std::time::Duration,
+    reason: &str,
+    retry_in: std::time::Duration,
+) {
+    gauge!("fieldgate_mqtt_connected").set(0.0);
+    counter!("fieldgate_mqtt_takeovers_total").increment(1);
+    tracing::error!(
+        broker,
+        client_id,
+        state = "session_taken_over",
+        up_for = ?up_for,
+        reason,
+        retry_in = ?retry_in,
+        "mqtt session taken over: another client with client id {client_id} is probably connected to the broker; give each gateway its own mqtt.client_id"
+    );
 }
 
 /// The broker refused a publication (MQTT 5: an ACL denial, a quota). It is not sent again.

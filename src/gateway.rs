@@ -257,6 +257,9 @@ pub async fn run_reloadable(
     drop(ev_tx);
     drop(engine_tx);
     let _ = engine.await;
+    // The last sender: with it gone the publisher sees the end of the stream, says `offline`
+    // and disconnects as soon as the buffer is delivered, instead of waiting out the grace.
+    drop(out_tx);
     mqtt.shutdown(mqtt::SHUTDOWN_GRACE).await;
     tracing::info!("stopped");
     Ok(())
@@ -469,6 +472,7 @@ fn rejection_kind(e: &CommandError) -> &'static str {
         CommandError::UnknownPayload(..) => "unknown_payload",
         CommandError::TooLong | CommandError::NotUtf8 | CommandError::NotAValue(_) => "malformed",
         CommandError::OutOfRange { .. } | CommandError::Encode(_) => "out_of_range",
+        CommandError::WrongType { .. } => "wrong_type",
     }
 }
 

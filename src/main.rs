@@ -349,6 +349,7 @@ fn check(path: &Path, sample: bool) -> ExitCode {
                 println!("sample messages:");
                 print!("{}", fieldgate::check::samples(&model));
             }
+            eprint!("{}", fieldgate::check::warnings(path, &model));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -391,6 +392,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Check { .. } | Command::Schema => unreachable!("handled without a runtime"),
         Command::Run { config, watch } => {
             let model = config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            for w in &model.warnings {
+                tracing::warn!(
+                    file = %config.display(),
+                    line = w.line,
+                    col = w.col,
+                    key = %w.path,
+                    "{}",
+                    w.message
+                );
+            }
             let reloads = fieldgate::gateway::reload_requests(config, watch, shutdown.clone());
             fieldgate::gateway::run_reloadable(Arc::new(model), Some(reloads), shutdown).await
         }

@@ -22,6 +22,8 @@ pub struct Model {
     pub derived: Vec<Derived>,
     pub commands: Vec<Command>,
     pub groups: Vec<Group>,
+    /// What `check` warns about: allowed, but probably not what was meant.
+    pub warnings: Vec<crate::config::Issue>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -294,6 +296,9 @@ pub struct Point {
     pub offset: f64,
     /// Round published values to this many decimals.
     pub decimals: Option<u8>,
+    /// Raw register contents that mean "no value" (as [`crate::mappings::codec::raw_bits`]
+    /// gives them, e.g. `0x8000` for an i16): such a read is bad, like NaN.
+    pub no_value: Vec<u64>,
     pub unit: Option<Arc<str>>,
     pub write: Option<WriteLimits>,
     pub publish: Option<PublishRule>,

@@ -51,6 +51,7 @@ pub async fn serve_metrics(
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let handle = recorder();
+    crate::events::drop_counters_at_zero();
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tracing::info!(addr = %bound, "metrics listening");

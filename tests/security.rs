@@ -273,6 +273,15 @@ async fn every_refusal_has_its_own_state() {
             ),
         ),
         (
+            // MQTT 5: rumqttc reports the same alert through another error path.
+            "client_certificate_required",
+            mqtt,
+            format!(
+                "  protocol: 5\n  username: ISBBasin\n  password_env: BASIN_PW\n  tls:\n    ca_file: {}/ca.crt\n",
+                good.display()
+            ),
+        ),
+        (
             "not_authorised",
             mqtt,
             tls_lines(&good, "").replace("BASIN_PW", "WRONG_PW"),
@@ -361,10 +370,11 @@ fn an_inline_password_works_but_check_warns_without_showing_it() {
     );
     assert!(!text.contains(BASIN_PASSWORD));
     assert!(!String::from_utf8_lossy(&out.stderr).contains(BASIN_PASSWORD));
-    // The default client id is stable per box: host name and machine id.
+    // The default client id is stable per box and instance: host name, machine id and a
+    // hash of the mapping's path and status topic.
     let machine = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
     if let Some(m) = machine.trim().get(..8) {
-        assert!(text.contains(&format!("-{m} ")), "{text}");
+        assert!(text.contains(&format!("-{m}-")), "{text}");
     }
 }
 

@@ -17,11 +17,21 @@ use crate::outputs::tls::{self, TlsSettings};
 
 struct Ctx {
     issues: Vec<Issue>,
+    /// Allowed, but probably not what was meant: `check` prints them, the gateway logs them.
+    warnings: Vec<Issue>,
 }
 
 impl Ctx {
     fn err<T>(&mut self, at: &Located<T>, path: impl Into<String>, message: impl Into<String>) {
         self.err_at(at.line, at.col, path, message);
+    }
+    fn warn<T>(&mut self, at: &Located<T>, path: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(Issue {
+            line: at.line,
+            col: at.col,
+            path: path.into(),
+            message: message.into(),
+        });
     }
     fn err_at(&mut self, line: u32, col: u32, path: impl Into<String>, message: impl Into<String>) {
         self.issues.push(Issue {
@@ -374,6 +384,89 @@ fn decimals_of(scale: f64) -> Option<u8> {
     )
 }
 
+/// The 1-based register numbering of manuals: the leading digit names the table (Modicon
+/// convention: 3 input registers, 4 holding registers), the rest counts from 1. Coils (0xxxx)
+/// and discrete inputs (1xxxx) are left alone: their numbers look like ordinary addresses.
+fn table_digit(kind: RegisterKind) -> Option<u32> {
+    match kind {
+        RegisterKind::InputRegister => Some(3),
+        RegisterKind::HoldingRegister => Some(4),
+        RegisterKind::Coil | RegisterKind::DiscreteInput => None,
+    }
+}
+
+/// A warning for an address that looks like a 5-digit register number (40001-49999 for a
+/// holding register, 30001-39999 for an input register), naming the likely protocol address.
+fn five_digit_register_number(kind: RegisterKind, address: u32) -> Option<String> {
+    let d = table_digit(kind)?;
+    let base = d * 10_000;
+    if !(base + 1..=base + 9_999).contains(&address) {
+        return None;
+    }
+    Some(format!(
+        "address {address} looks like a register number from a manual ({d}xxxx, 1-based); \
+         the protocol address is probably {} (or {}, if the manual's {} is the first {})",
+        address - 1,
+        address - base - 1,
+        base + 1,
+        kind.name().replace('_', " ")
+    ))
+}
+
+/// For an out-of-range address that looks like a 6-digit register number (400001-465536 for a
+/// holding register, 300001-365536 for an input register): what it probably means.
+fn six_digit_register_number(kind: RegisterKind, address: u32) -> Option<String> {
+    let d = table_digit(kind)?;
+    let base = d * 100_000;
+    (base + 1..=base + 65_536).contains(&address).then(|| {
+        format!(
+            "it looks like a 6-digit register number from a manual ({d}xxxxx, 1-based): the protocol address is probably {}",
+            address - base - 1
+        )
+    })
+}
+
+/// The raw bit patterns of a point's `no_value` codes; a code that does not fit the point's
+/// type is an error at the code.
+fn no_value_codes(ctx: &mut Ctx, p: &Located<RawPoint>, dtype: DataType, path: &str) -> Vec<u64> {
+    let mut out = Vec::new();
+    for (i, c) in p.no_value.iter().enumerate() {
+        let at = format!("{path}.no_value[{i}]");
+        if matches!(
+            dtype,
+            DataType::Bool | DataType::Bit(_) | DataType::String(_)
+        ) {
+            ctx.err(
+                c,
+                at,
+                format!("no_value applies to numeric types, not {dtype:?}"),
+            );
+            continue;
+        }
+        match crate::mappings::codec::code_bits(c.value, dtype) {
+            Some(bits) => out.push(bits),
+            None => {
+                let bits = u32::from(dtype.width()) * 16;
+                let signed = matches!(dtype, DataType::I16 | DataType::I32 | DataType::I64);
+                let range = if signed {
+                    format!("-{} to 0x{:X}", 1u128 << (bits - 1), (1u128 << bits) - 1)
+                } else {
+                    format!("0 to 0x{:X}", (1u128 << bits) - 1)
+                };
+                ctx.err(
+                    c,
+                    at,
+                    format!(
+                        "no_value code {} does not fit a {dtype:?} ({range})",
+                        c.value
+                    ),
+                );
+            }
+        }
+    }
+    out
+}
+
 fn data_type(ctx: &mut Ctx, p: &Located<RawPoint>, path: &str) -> DataType {
     let default = if p.kind.is_bit() {
         RawType::Bool
@@ -456,10 +549,14 @@ fn data_type(ctx: &mut Ctx, p: &Located<RawPoint>, path: &str) -> DataType {
 pub(super) fn compile(
     raw: RawConfig,
     hostname: &str,
+    mapping: &std::path::Path,
     state_directory: Option<&std::path::Path>,
     env: &HashMap<String, String>,
 ) -> Result<Model, Vec<Issue>> {
-    let mut ctx = Ctx { issues: Vec::new() };
+    let mut ctx = Ctx {
+        issues: Vec::new(),
+        warnings: Vec::new(),
+    };
 
     // --- mqtt
     let m = &raw.mqtt;
@@ -531,7 +628,7 @@ pub(super) fn compile(
         client_id: m
             .client_id
             .clone()
-            .unwrap_or_else(|| format!("fieldgate-{hostname}")),
+            .unwrap_or_else(|| super::default_client_id(hostname, mapping, &m.status_topic.value)),
         keep_alive: m.keep_alive.0,
         status_topic: status_topic.clone(),
         buffer: BufferSettings {
@@ -918,16 +1015,17 @@ pub(super) fn compile(
             let address = match u16::try_from(p.address.value) {
                 Ok(a) if u32::from(a) + u32::from(width) - 1 <= 65_535 => a,
                 _ => {
-                    ctx.err(
-                        &p.address,
-                        format!("{ppath}.address"),
-                        format!(
-                            "address {} out of range: a {}-register value must start at 0-{}",
-                            p.address.value,
-                            width,
-                            65_536 - u32::from(width)
-                        ),
+                    let mut message = format!(
+                        "address {} out of range: a {}-register value must start at 0-{}",
+                        p.address.value,
+                        width,
+                        65_536 - u32::from(width)
                     );
+                    if let Some(hint) = six_digit_register_number(p.kind, p.address.value) {
+                        message.push_str("; ");
+                        message.push_str(&hint);
+                    }
+                    ctx.err(&p.address, format!("{ppath}.address"), message);
                     0
                 }
             };
@@ -940,6 +1038,10 @@ pub(super) fn compile(
                     ),
                 );
             }
+            if let Some(hint) = five_digit_register_number(p.kind, p.address.value) {
+                ctx.warn(&p.address, format!("{ppath}.address"), hint);
+            }
+            let no_value = no_value_codes(&mut ctx, p, dtype, &ppath);
             if !(p.scale.is_finite() && p.scale != 0.0) {
                 ctx.err(
                     p,
@@ -987,14 +1089,26 @@ pub(super) fn compile(
                 };
                 let min = p.min.unwrap_or(emin);
                 let max = p.max.unwrap_or(emax);
+                let n = crate::mappings::number::display;
                 if !(min.is_finite() && max.is_finite()) || min > max {
                     ctx.err(
                         w,
                         format!("{ppath}.min"),
-                        format!("min ({min}) must not exceed max ({max})"),
+                        format!("min ({}) must not exceed max ({})", n(min), n(max)),
                     );
                 } else if min < emin || max > emax {
-                    ctx.err(w, format!("{ppath}.max"), format!("min/max {min}..{max} exceed what {:?} can hold after scaling ({emin}..{emax})", dtype));
+                    ctx.err(
+                        w,
+                        format!("{ppath}.max"),
+                        format!(
+                            "min/max {}..{} exceed what {:?} can hold after scaling ({}..{})",
+                            n(min),
+                            n(max),
+                            dtype,
+                            n(emin),
+                            n(emax)
+                        ),
+                    );
                 }
                 Some(WriteLimits { min, max })
             } else {
@@ -1036,7 +1150,12 @@ pub(super) fn compile(
                 order: p.order,
                 scale: p.scale,
                 offset: p.offset,
-                decimals: p.decimals.or_else(|| decimals_of(p.scale)),
+                // A float is published as its shortest decimal; a default from the scale
+                // would cut it (scale 2 would give 0 decimals).
+                decimals: p
+                    .decimals
+                    .or_else(|| dtype.is_integer().then(|| decimals_of(p.scale)).flatten()),
+                no_value,
                 unit: p.unit.as_deref().map(Arc::from),
                 write,
                 publish,
@@ -1532,6 +1651,7 @@ pub(super) fn compile(
             points,
             derived,
             commands,
+            warnings: ctx.warnings,
         })
     } else {
         ctx.issues.sort_by_key(|i| (i.line, i.col));

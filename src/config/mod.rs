@@ -81,7 +81,35 @@ pub fn host_id() -> String {
     }
 }
 
-/// Compile mapping text; `path` is only used in messages.
+/// The default MQTT client id: `fieldgate-<host_id>-<instance>`, where `<instance>` is six hex
+/// digits of the SHA-256 of the mapping file's absolute path and the status topic (after
+/// `${VAR}` interpolation). Two gateways on one box (two mappings, or one mapping run twice
+/// with different variables) get different ids, and a broker does not hand one's session to
+/// the other (MQTT 3.1.1 section 3.1.4: a second CONNECT with the same id disconnects the first
+/// client). The same instance keeps its id across restarts, as long as the file stays where it
+/// is and the status topic stays the same.
+pub fn default_client_id(host_id: &str, mapping: &Path, status_topic: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(mapping.as_os_str().as_encoded_bytes());
+    h.update([0]);
+    h.update(status_topic.as_bytes());
+    let digest = h.finalize();
+    format!(
+        "fieldgate-{host_id}-{}",
+        crate::outputs::tls::hex(&digest[..3])
+    )
+}
+
+/// The mapping file's path as the default client id uses it: canonical (symbolic links
+/// resolved) when the file exists, else made absolute against the working directory.
+fn instance_path(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_owned())
+}
+
+/// Compile mapping text; `path` is used in messages and for the default client id.
 pub fn load_str(
     path: &Path,
     text: &str,
@@ -100,7 +128,8 @@ pub fn load_str(
         .map(PathBuf::from);
     let env = vars.clone();
     let raw: raw::RawConfig = yaml::parse(text, vars).map_err(invalid)?;
-    compile::compile(raw, hostname, state_directory.as_deref(), &env).map_err(invalid)
+    let instance = instance_path(path);
+    compile::compile(raw, hostname, &instance, state_directory.as_deref(), &env).map_err(invalid)
 }
 
 /// The JSON Schema of a mapping file, from the config types (their `///` docs are the
@@ -143,4 +172,41 @@ pub fn schema() -> serde_json::Value {
         "pattern": "\\$\\{[A-Za-z_][A-Za-z0-9_]*([:]?[-?+][^}]*)?\\}"
     });
     schema
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_client_id_differs_per_instance_and_is_stable() {
+        let a = default_client_id("box-1234abcd", Path::new("/etc/fieldgate/m.yaml"), "site/a");
+        assert!(a.starts_with("fieldgate-box-1234abcd-"), "{a}");
+        assert_eq!(a.len(), "fieldgate-box-1234abcd-".len() + 6, "{a}");
+        // The same instance again: the same id.
+        assert_eq!(
+            a,
+            default_client_id("box-1234abcd", Path::new("/etc/fieldgate/m.yaml"), "site/a")
+        );
+        // Another status topic, or another file: another id.
+        let b = default_client_id("box-1234abcd", Path::new("/etc/fieldgate/m.yaml"), "site/b");
+        let c = default_client_id("box-1234abcd", Path::new("/etc/fieldgate/n.yaml"), "site/a");
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn an_explicit_client_id_is_kept() {
+        let yaml = "mqtt:\n  host: h\n  client_id: cabinet-7\n  status_topic: s\n\
+                    devices:\n  - name: d\n    tcp: { host: 127.0.0.1 }\n    points: [{ name: x, kind: coil, address: 0 }]\n";
+        let m = load_str(Path::new("m.yaml"), yaml, HashMap::new(), "h").unwrap();
+        assert_eq!(m.mqtt.client_id, "cabinet-7");
+        let default = yaml.replace("  client_id: cabinet-7\n", "");
+        let m = load_str(Path::new("m.yaml"), &default, HashMap::new(), "h").unwrap();
+        assert!(
+            m.mqtt.client_id.starts_with("fieldgate-h-"),
+            "{}",
+            m.mqtt.client_id
+        );
+    }
 }

@@ -32,12 +32,28 @@ impl JsonSchema for Dur {
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map(Dur).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration `{s}` ({e}); write a number with a unit, e.g. 500ms, 2s, 1m"
-            ))
-        })
+        parse_duration(&s)
+            .map(Dur)
+            .map_err(super::yaml::custom_error)
     }
+}
+
+/// A duration with its unit (humantime's syntax), or the message that says how to write it. A
+/// bare number gets its own advice: `poll_interval: 1000` is milliseconds in some tools and
+/// seconds in others, so the unit must be written.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if let Ok(n) = t.parse::<f64>() {
+        let also = if n >= 1000.0 && n % 1000.0 == 0.0 {
+            format!("{}s", n / 1000.0)
+        } else {
+            format!("{t}s")
+        };
+        return Err(format!("a duration needs a unit: write {t}ms or {also}"));
+    }
+    humantime::parse_duration(t).map_err(|e| {
+        format!("invalid duration `{s}` ({e}); write a number with a unit, e.g. 500ms, 2s, 1m")
+    })
 }
 
 const fn d_ms(ms: u64) -> Dur {
@@ -214,7 +230,11 @@ pub struct RawMqtt {
     /// Broker TCP port. Default 1883.
     #[serde(default = "default_mqtt_port")]
     pub port: u16,
-    /// MQTT client id. Default `fieldgate-<hostname>`.
+    /// MQTT client id; must be unique among the broker's clients: a broker disconnects a
+    /// client when another connects with the same id. Default
+    /// `fieldgate-<hostname>-<machine-id, 8 digits>-<instance>`, where `<instance>` is 6 hex
+    /// digits of a SHA-256 of the mapping file's absolute path and the status topic: stable
+    /// across restarts, different for two gateways on one host.
     #[serde(default)]
     pub client_id: Option<String>,
     /// MQTT keep-alive. Default 30s.
@@ -313,7 +333,9 @@ impl<'de> Deserialize<'de> for MqttProtocol {
                 match v.trim() {
                     "3.1.1" => Ok(MqttProtocol(false)),
                     "5" | "5.0" => Ok(MqttProtocol(true)),
-                    other => Err(E::custom(format!("protocol `{other}`: write 3.1.1 or 5"))),
+                    other => Err(super::yaml::custom_error(format!(
+                        "protocol `{other}`: write 3.1.1 or 5"
+                    ))),
                 }
             }
         }
@@ -358,7 +380,7 @@ impl<'de> Deserialize<'de> for TlsMin {
                 match v.trim() {
                     "1.2" => Ok(TlsMin(false)),
                     "1.3" => Ok(TlsMin(true)),
-                    other => Err(E::custom(format!(
+                    other => Err(super::yaml::custom_error(format!(
                         "min_version `{other}`: write 1.2 or 1.3"
                     ))),
                 }
@@ -648,9 +670,18 @@ pub struct RawPoint {
     /// Added after scaling. Default 0.
     #[serde(default)]
     pub offset: f64,
-    /// Round published values to this many decimals. Default: from `scale` (0.1 gives 1).
+    /// Round published values to this many decimals, in every format (plain, JSON, read-back
+    /// acks). Default: from `scale` for integer types (0.1 gives 1); floats are published as
+    /// their shortest decimal (`5.83`).
     #[serde(default)]
     pub decimals: Option<u8>,
+    /// Raw register values that mean "no value", e.g. `[0x8000]` for an i16 or
+    /// `[0xFFFFFFFF]` for a u32 (SunSpec's "not implemented"). Compared with the registers
+    /// before scaling, as one unsigned integer of the type's width after `order`; a negative
+    /// code of a signed type is its two's complement. Such a read is published like a NaN:
+    /// JSON `"value": null, "quality": "bad"`, nothing on a plain topic, skipped by groups.
+    #[serde(default)]
+    pub no_value: Vec<Located<i128>>,
     /// Engineering unit, e.g. `cm`, `°C`; shown in JSON payloads.
     #[serde(default)]
     pub unit: Option<String>,

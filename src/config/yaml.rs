@@ -6,6 +6,7 @@
 //! `${VAR}` with no value and no default is an error with its location, never an empty string:
 //! [`unset_references`] finds them all before parsing.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -55,6 +56,69 @@ impl<T> std::ops::Deref for Located<T> {
     }
 }
 
+thread_local! {
+    /// The message of the last error raised by one of our own `Deserialize` impls on this
+    /// thread (see [`custom_error`]).
+    static OWN_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// The error for a value our own `Deserialize` impl refuses (a duration without a unit, an
+/// unknown protocol version). Use it instead of `E::custom`: once any `${VAR}` has been
+/// interpolated, the YAML crate replaces the text of such errors by "invalid interpolated
+/// scalar value", lest it echo a variable's value; [`parse`] puts the message back when the
+/// value it is about was written in the file, not interpolated.
+pub fn custom_error<E: serde::de::Error>(message: String) -> E {
+    OWN_ERROR.with(|e| *e.borrow_mut() = Some(message.clone()));
+    E::custom(message)
+}
+
+/// The scalar (a key or a value) that starts at `line`:`col` (1-based) of `text`, unquoted:
+/// `pol_interval` for `  pol_interval: 1s`, `input_registr` in `{ kind: input_registr }`.
+fn token_at(text: &str, line: u32, col: u32) -> Option<String> {
+    let src = text.lines().nth(line.checked_sub(1)? as usize)?;
+    let rest: String = src.chars().skip(col.checked_sub(1)? as usize).collect();
+    if let Some(q) = rest.chars().next().filter(|c| *c == '"' || *c == '\'') {
+        let inner = &rest[1..];
+        return inner.find(q).map(|end| inner[..end].to_owned());
+    }
+    let mut end = rest.len();
+    for (i, c) in rest.char_indices() {
+        let next = rest[i + c.len_utf8()..].chars().next();
+        let stop = match c {
+            ':' => next.is_none_or(char::is_whitespace),
+            ',' | '}' | ']' => true,
+            '#' => rest[..i].ends_with(char::is_whitespace),
+            _ => false,
+        };
+        if stop {
+            end = i;
+            break;
+        }
+    }
+    let token = rest[..end].trim();
+    (!token.is_empty()).then(|| token.to_owned())
+}
+
+/// Undo the crate's redaction where it hides what the file says, not a variable's value. The
+/// crate redacts every unknown key, unknown variant and custom message in a section where any
+/// `${VAR}` was interpolated, even when the bad scalar itself came from the file: then the
+/// message would name "an interpolated field" instead of the misspelt key. The scalar at the
+/// error's location is read back from the text; if it holds no `${`, it is not secret.
+fn unredact(message: String, text: &str, line: u32, col: u32, own: Option<String>) -> String {
+    let Some(token) = token_at(text, line, col).filter(|t| !t.contains("${")) else {
+        return message;
+    };
+    for hidden in ["`an interpolated field`", "`an interpolated variant`"] {
+        if message.contains(hidden) {
+            return message.replacen(hidden, &format!("`{token}`"), 1);
+        }
+    }
+    match own {
+        Some(own) if message.contains("invalid interpolated scalar value") => own,
+        _ => message,
+    }
+}
+
 /// Parse `text` into `T`, interpolating `${VAR}` from `vars`. On failure, the issues with their
 /// locations and the path of the key (`devices[tank].points[level].address`): every unset
 /// variable, or else the first shape error.
@@ -70,6 +134,7 @@ pub fn parse<T: for<'de> Deserialize<'de>>(
     opts.property_map = Some(Rc::new(vars));
     opts.property_syntax = serde_saphyr::PropertySyntax::DockerCompose;
     let mut path = String::new();
+    OWN_ERROR.with(|e| e.borrow_mut().take());
     let result = serde_saphyr::with_deserializer_from_str_with_options(text, opts, |de| {
         serde_path_to_error::deserialize(de).map_err(|e| {
             path = e.path().to_string();
@@ -109,6 +174,8 @@ pub fn parse<T: for<'de> Deserialize<'de>>(
         {
             message.push_str(" (inside { } or [ ], write \"${VAR}\" in quotes)");
         }
+        let own = OWN_ERROR.with(|e| e.borrow_mut().take());
+        let message = unredact(message, text, line, col, own);
         let path = named_path(&clean_path(&path), text);
         vec![Issue {
             line,
@@ -283,6 +350,54 @@ mod tests {
         let at: Vec<_> = issues.iter().map(|i| (i.line, i.col)).collect();
         assert_eq!(at, [(2, 10), (3, 16)]);
         assert!(issues[0].message.contains("${NOPE}"));
+    }
+
+    #[test]
+    fn tokens_are_read_back_from_the_text() {
+        let text = "a:\n  pol_interval: 1s\n  p: { kind: input_registr, x: 1 }\n  \"q k\": 2 # c\n";
+        assert_eq!(token_at(text, 2, 3).as_deref(), Some("pol_interval"));
+        assert_eq!(token_at(text, 3, 14).as_deref(), Some("input_registr"));
+        assert_eq!(token_at(text, 4, 3).as_deref(), Some("q k"));
+        assert_eq!(token_at(text, 9, 1), None);
+        assert_eq!(
+            unredact(
+                "unknown field `an interpolated field`, expected one of a".into(),
+                text,
+                2,
+                3,
+                None
+            ),
+            "unknown field `pol_interval`, expected one of a"
+        );
+    }
+
+    /// A `${VAR}` earlier in a section used to hide the misspelt key and our own messages behind
+    /// "an interpolated field" and "invalid interpolated scalar value".
+    #[test]
+    fn errors_after_an_interpolation_name_what_the_file_says() {
+        let text = "mqtt: { host: h, status_topic: s }\ndevices:\n  - name: d\n    tcp: { host: h, port: \"${P:-502}\" }\n    pol_interval: 1s\n    points: []\n";
+        let e = crate::config::load_str(std::path::Path::new("m.yaml"), text, HashMap::new(), "h")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("m.yaml:5:5: devices[d].pol_interval: unknown field `pol_interval`, expected one of name, tcp,"),
+            "{e}"
+        );
+        let text = text.replace("pol_interval: 1s", "poll_interval: 1000");
+        let e = crate::config::load_str(std::path::Path::new("m.yaml"), &text, HashMap::new(), "h")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "m.yaml:5:20: devices[d].poll_interval: a duration needs a unit: write 1000ms or 1s"
+        );
+        // A value that came from a variable stays hidden.
+        let vars = HashMap::from([("POLL".to_owned(), "1000".to_owned())]);
+        let text = text.replace("poll_interval: 1000", "poll_interval: ${POLL}");
+        let e = crate::config::load_str(std::path::Path::new("m.yaml"), &text, vars, "h")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("1000"), "{e}");
     }
 
     #[test]

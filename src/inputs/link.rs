@@ -56,6 +56,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// (a device may have been re-configured, or the refusal was passing).
 pub const REPROBE: Duration = Duration::from_secs(600);
 
+/// How often a read answered SERVER DEVICE BUSY is asked again (after 1, 2, 3 pauses of a tenth
+/// of the timeout, 10-100 ms) before the exception counts.
+pub const BUSY_RETRIES: u32 = 3;
+
 /// Sleep until `t`, or not at all when `t` has passed (no timer tick for a zero wait).
 async fn wait_until(t: Instant) {
     if t > Instant::now() {
@@ -73,8 +77,9 @@ pub struct Link {
     pub writes: mpsc::Receiver<WriteRequest>,
     /// Beaten from this task's loop; the systemd watchdog watches it.
     pub beat: crate::supervisor::Heartbeat,
-    /// Devices (by name) that refused FC 5 / FC 6 and are written with FC 15 / FC 16.
-    pub multiple_writes: Mutex<HashSet<Arc<str>>>,
+    /// Devices (by name) that refused FC 5 (coils) or FC 6 (holding registers), and are
+    /// written with FC 15 / FC 16 for that kind.
+    pub multiple_writes: Mutex<HashSet<(Arc<str>, RegisterKind)>>,
 }
 
 #[derive(Debug)]
@@ -318,15 +323,19 @@ impl Link {
         self.beat.beat();
     }
 
-    /// One read with the gap, the timeout, one retry after a mismatched reply, and one retry on
-    /// a fresh connection after the device closed the old one.
+    /// One read with the gap, the timeout, one retry after a mismatched reply, one retry on a
+    /// fresh connection after the device closed the old one, and up to [`BUSY_RETRIES`] after
+    /// SERVER DEVICE BUSY (Modbus application protocol V1.1b3, 7: "the client should retransmit
+    /// the message later").
     async fn read(
         &self,
         bus: &mut Bus,
         dev: &WriteTarget,
         req: ReadRequest,
     ) -> Result<Result<BlockData, u8>, Fail> {
-        for attempt in 0..2 {
+        let mut busy = 0;
+        let mut attempt = 0;
+        while attempt < 2 {
             self.before_request(bus, dev).await;
             let sent = Instant::now();
             let r = timeout(dev.timeout, bus.client.read(req)).await;
@@ -345,6 +354,14 @@ impl Link {
                     events::modbus_request(&dev.device, "protocol");
                     format!("short reply: {got} of {} values", req.count)
                 }
+                Ok(Ok(Err(6))) if busy < BUSY_RETRIES => {
+                    events::modbus_request(&dev.device, "busy");
+                    busy += 1;
+                    let pause = (dev.timeout / 10)
+                        .clamp(Duration::from_millis(10), Duration::from_millis(100));
+                    sleep_until(Instant::now() + pause * busy).await;
+                    continue;
+                }
                 Ok(Ok(Err(code))) => {
                     events::modbus_request(&dev.device, "exception");
                     events::modbus_exception(&dev.device, req.kind.read_function(), code);
@@ -354,6 +371,7 @@ impl Link {
                     // Some devices close after every reply: a fresh connection, and once more.
                     events::modbus_request(&dev.device, "closed");
                     self.reopen(bus, dev.unit).await.map_err(Fail::Link)?;
+                    attempt += 1;
                     continue;
                 }
                 Ok(Err(e @ (LinkError::Transport(_) | LinkError::Closed))) => {
@@ -379,6 +397,7 @@ impl Link {
                 return Err(Fail::Device(Fault::Transport(fault.clone()), fault));
             }
             tracing::debug!(device = %dev.device, reason = %fault, "discarded a reply; retrying once");
+            attempt += 1;
         }
         Err(Fail::Device(
             Fault::Transport("connection closed by the device".into()),
@@ -610,8 +629,8 @@ impl Link {
         }
     }
 
-    /// The function for writing one coil or register to `dev`: FC 5 / FC 6, or FC 15 / FC 16.
-    fn multiple(&self, dev: &WriteTarget) -> bool {
+    /// The function for writing one `kind` to `dev`: FC 5 / FC 6, or FC 15 / FC 16.
+    fn multiple(&self, dev: &WriteTarget, kind: RegisterKind) -> bool {
         match dev.write_function {
             WriteFunction::Single => false,
             WriteFunction::Multiple => true,
@@ -619,7 +638,7 @@ impl Link {
                 .multiple_writes
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .contains(&dev.device),
+                .contains(&(dev.device.clone(), kind)),
         }
     }
 
@@ -636,7 +655,7 @@ impl Link {
             WriteValue::Coil(_) => true,
             WriteValue::Registers(r) => r.len() == 1,
         };
-        let mut multiple = self.multiple(dev);
+        let mut multiple = self.multiple(dev, op.kind);
         let mut link_down = None;
         let mut reply = Err(Fault::NotConnected);
         for attempt in 0..3 {
@@ -684,7 +703,7 @@ impl Link {
                     self.multiple_writes
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(dev.device.clone());
+                        .insert((dev.device.clone(), op.kind));
                     multiple = true;
                     continue;
                 }

@@ -18,7 +18,7 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::client::{LinkError, ModbusResult, transport_error as transport};
+use super::error::{LinkError, ModbusResult, transport_error as transport};
 use crate::mappings::BlockData;
 #[cfg(test)]
 use crate::mappings::RegisterKind;

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod commission;
+pub mod error;
 pub mod link;
 pub mod mbap;
 

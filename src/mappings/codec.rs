@@ -129,7 +129,11 @@ pub enum DecodeError {
 
 #[derive(Debug, Error, PartialEq)]
 pub enum EncodeError {
-    #[error("value {value} does not fit {dtype:?} (raw {raw})")]
+    #[error(
+        "value {} does not fit {dtype:?} (raw {})",
+        super::number::display(*value),
+        super::number::display(*raw)
+    )]
     OutOfRange {
         value: f64,
         raw: f64,
@@ -221,6 +225,48 @@ pub fn decode(words: &[u16], dtype: DataType, order: Order) -> Result<Raw, Decod
             Raw::Text(text.trim_end_matches(['\0', ' ']).to_owned())
         }
     })
+}
+
+/// The registers of a numeric value as one unsigned integer, after word and byte order: what a
+/// device's "no value" code is compared with. An i16 of -32768 is `0x8000`, an f32 gives its
+/// IEEE-754 bits, a 64-bit type all four registers. `None` for bools, bits and strings, and
+/// when `words` is too short.
+pub fn raw_bits(words: &[u16], dtype: DataType, order: Order) -> Option<u64> {
+    let words = words.get(..usize::from(dtype.width()))?;
+    Some(match dtype {
+        DataType::U16 | DataType::I16 => {
+            u64::from(u16::from_be_bytes(to_be_bytes::<2>(words, order)))
+        }
+        DataType::U32 | DataType::I32 | DataType::F32 => {
+            u64::from(u32::from_be_bytes(to_be_bytes::<4>(words, order)))
+        }
+        DataType::U64 | DataType::I64 | DataType::F64 => {
+            u64::from_be_bytes(to_be_bytes::<8>(words, order))
+        }
+        DataType::Bool | DataType::Bit(_) | DataType::String(_) => return None,
+    })
+}
+
+/// The bit pattern of a "no value" code written as a number: a negative code of a signed type
+/// is its two's complement (`-32768` for an i16 is `0x8000`). `None` when the code does not
+/// fit the type, or the type has no codes (bools, bits, strings).
+pub fn code_bits(code: i128, dtype: DataType) -> Option<u64> {
+    let (bits, signed) = match dtype {
+        DataType::U16 => (16, false),
+        DataType::I16 => (16, true),
+        DataType::U32 | DataType::F32 => (32, false),
+        DataType::I32 => (32, true),
+        DataType::U64 | DataType::F64 => (64, false),
+        DataType::I64 => (64, true),
+        DataType::Bool | DataType::Bit(_) | DataType::String(_) => return None,
+    };
+    let max_unsigned = (1i128 << bits) - 1;
+    let min = if signed { -(1i128 << (bits - 1)) } else { 0 };
+    if code < min || code > max_unsigned {
+        return None;
+    }
+    // Two's complement of the code in `bits` bits.
+    Some((code & max_unsigned) as u64)
 }
 
 /// Encode a raw (already inverse-scaled) number as the registers to write, lowest address first.
@@ -400,6 +446,90 @@ mod tests {
             encode(-200.4, DataType::I16, Order::ABCD).unwrap(),
             [0xFF38]
         );
+        assert_eq!(
+            encode(65535.6, DataType::U16, Order::ABCD)
+                .unwrap_err()
+                .to_string(),
+            "value 65535.6 does not fit U16 (raw 65536)"
+        );
+    }
+
+    /// Every float type in every word order: NaN and both infinities decode as such (the
+    /// engine refuses them; the codec reports what the registers hold).
+    #[test]
+    fn nan_and_infinities_in_every_float_type_and_order() {
+        for order in ORDERS {
+            for (v32, v64) in [
+                (f32::NAN, f64::NAN),
+                (f32::INFINITY, f64::INFINITY),
+                (f32::NEG_INFINITY, f64::NEG_INFINITY),
+            ] {
+                let w = from_be_bytes(&v32.to_bits().to_be_bytes(), order);
+                let Ok(Raw::F32(got)) = decode(&w, DataType::F32, order) else {
+                    panic!("f32 {order:?}")
+                };
+                assert_eq!(got.is_nan(), v32.is_nan(), "{order:?}");
+                assert!(got.is_nan() || got == v32, "{order:?}");
+                let w = from_be_bytes(&v64.to_bits().to_be_bytes(), order);
+                let Ok(Raw::F64(got)) = decode(&w, DataType::F64, order) else {
+                    panic!("f64 {order:?}")
+                };
+                assert_eq!(got.is_nan(), v64.is_nan(), "{order:?}");
+                assert!(got.is_nan() || got == v64, "{order:?}");
+            }
+            // The quiet NaN a meter sends, 0x7FC0_0000, and its raw bits in this order.
+            let w = from_be_bytes(&0x7FC0_0000u32.to_be_bytes(), order);
+            assert_eq!(raw_bits(&w, DataType::F32, order), Some(0x7FC0_0000));
+        }
+    }
+
+    #[test]
+    fn raw_bits_of_each_width_follow_the_order() {
+        let table: [(DataType, u64, &[u16]); 5] = [
+            (DataType::I16, 0x8000, &[0x8000]),
+            (DataType::U16, 0xFFFF, &[0xFFFF]),
+            (DataType::I32, 0x8000_0000, &[0x8000, 0x0000]),
+            (DataType::U32, 0xFFFF_FFFF, &[0xFFFF, 0xFFFF]),
+            (DataType::I64, 0x8000_0000_0000_0000, &[0x8000, 0, 0, 0]),
+        ];
+        for (dtype, bits, abcd) in table {
+            for order in ORDERS {
+                let bytes = &bits.to_be_bytes()[8 - 2 * abcd.len()..];
+                let words = from_be_bytes(bytes, order);
+                assert_eq!(
+                    raw_bits(&words, dtype, order),
+                    Some(bits),
+                    "{dtype:?} {order:?}"
+                );
+            }
+            assert_eq!(raw_bits(abcd, dtype, Order::ABCD), Some(bits));
+        }
+        assert_eq!(raw_bits(&[1], DataType::U32, Order::ABCD), None);
+        assert_eq!(raw_bits(&[1], DataType::Bool, Order::ABCD), None);
+    }
+
+    #[test]
+    fn codes_fit_their_type_or_are_refused() {
+        assert_eq!(code_bits(0x8000, DataType::I16), Some(0x8000));
+        assert_eq!(code_bits(-32768, DataType::I16), Some(0x8000));
+        assert_eq!(code_bits(-1, DataType::I16), Some(0xFFFF));
+        assert_eq!(code_bits(0xFFFF, DataType::U16), Some(0xFFFF));
+        assert_eq!(code_bits(0x1_0000, DataType::U16), None);
+        assert_eq!(code_bits(-1, DataType::U16), None);
+        assert_eq!(code_bits(-32769, DataType::I16), None);
+        assert_eq!(code_bits(0x8000_0000, DataType::I32), Some(0x8000_0000));
+        assert_eq!(code_bits(0xFFFF_FFFF, DataType::U32), Some(0xFFFF_FFFF));
+        assert_eq!(code_bits(0x7FC0_0000, DataType::F32), Some(0x7FC0_0000));
+        assert_eq!(code_bits(0x1_0000_0000, DataType::F32), None);
+        assert_eq!(
+            code_bits(i128::from(u64::MAX), DataType::U64),
+            Some(u64::MAX)
+        );
+        assert_eq!(
+            code_bits(i128::from(i64::MIN), DataType::I64),
+            Some(1 << 63)
+        );
+        assert_eq!(code_bits(1, DataType::Bool), None);
     }
 
     proptest! {

@@ -29,8 +29,20 @@ pub enum CommandError {
     NotUtf8,
     #[error("payload `{0}` is not a number, true/false, or {{\"value\": ...}}")]
     NotAValue(String),
-    #[error("value {value} is outside the allowed range {min}..={max}")]
+    #[error(
+        "value {} is outside the allowed range {}..={}",
+        format_number(*value),
+        format_number(*min),
+        format_number(*max)
+    )]
     OutOfRange { value: f64, min: f64, max: f64 },
+    /// A switch word for a number, or a number other than 0/1 for a switch.
+    #[error("`{given}` is not a value for {point}: {expected}")]
+    WrongType {
+        given: String,
+        point: String,
+        expected: &'static str,
+    },
     #[error("{0}")]
     Encode(#[from] EncodeError),
 }
@@ -79,22 +91,52 @@ pub fn encode_point(
     )?))
 }
 
-/// Parse a value payload: `42`, `-3.5`, `true`/`false`/`on`/`off`, or `{"value": 42}`.
-fn parse_value(text: &str) -> Option<f64> {
+/// A value payload as sent, before it meets its point.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Given {
+    /// `true`/`false`/`on`/`off` (any case), or a JSON `{"value": true}`.
+    Switch(bool),
+    /// `42`, `-3.5`, or `{"value": 42}`.
+    Number(f64),
+}
+
+/// Parse a value payload: `42`, `-3.5`, `true`/`false`/`on`/`off`, or `{"value": ...}`.
+/// NaN and infinities are not values.
+fn parse_value(text: &str) -> Option<Given> {
     let t = text.trim();
     match t.to_ascii_lowercase().as_str() {
-        "true" | "on" => return Some(1.0),
-        "false" | "off" => return Some(0.0),
+        "true" | "on" => return Some(Given::Switch(true)),
+        "false" | "off" => return Some(Given::Switch(false)),
         _ => {}
     }
     if let Ok(v) = t.parse::<f64>() {
-        return v.is_finite().then_some(v);
+        return v.is_finite().then_some(Given::Number(v));
     }
     let json: serde_json::Value = serde_json::from_str(t).ok()?;
     match json.get("value")? {
-        serde_json::Value::Bool(b) => Some(f64::from(u8::from(*b))),
-        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::Bool(b) => Some(Given::Switch(*b)),
+        serde_json::Value::Number(n) => n.as_f64().filter(|v| v.is_finite()).map(Given::Number),
         _ => None,
+    }
+}
+
+/// The number to write to `p`, or why the payload is the wrong kind of value: a coil takes
+/// true/false/on/off or 1/0; a register takes numbers only (`on` for a setpoint is a mistake,
+/// not 1).
+fn typed_value(p: &Point, given: Given, text: &str) -> Result<f64, CommandError> {
+    let wrong = |expected| CommandError::WrongType {
+        given: printable(text.trim()),
+        point: p.full_name.to_string(),
+        expected,
+    };
+    match (p.kind == RegisterKind::Coil, given) {
+        (true, Given::Switch(b)) => Ok(f64::from(u8::from(b))),
+        (true, Given::Number(v)) if v == 0.0 || v == 1.0 => Ok(v),
+        (true, Given::Number(_)) => Err(wrong("a coil takes true/false, on/off or 1/0")),
+        (false, Given::Switch(_)) => Err(wrong(
+            "it is a number; send a number, not true/false/on/off",
+        )),
+        (false, Given::Number(v)) => Ok(v),
     }
 }
 
@@ -163,9 +205,10 @@ impl Router {
                 }
                 CommandAction::Value(pid) => {
                     let p = &model.points[*pid];
-                    let Some(value) = parse_value(text) else {
+                    let Some(given) = parse_value(text) else {
                         return Err((Some(ci), CommandError::NotAValue(printable(text))));
                     };
+                    let value = typed_value(p, given, text).map_err(|e| (Some(ci), e))?;
                     let limits = p.write.ok_or((Some(ci), CommandError::UnknownTopic))?;
                     let v = encode_point(p, value, limits).map_err(|e| (Some(ci), e))?;
                     return Ok(Accepted {
@@ -215,13 +258,10 @@ pub fn printable(text: &str) -> String {
     s
 }
 
-/// Shortest text for a number: `1`, not `1.0`.
+/// Shortest tidy text for a number in an ack or a message: `1`, not `1.0`; `3276.7`, not
+/// `3276.7000000000003` (see [`super::number::display`]).
 pub fn format_number(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{}", v as i64)
-    } else {
-        format!("{v}")
-    }
+    super::number::display(v)
 }
 
 /// Whether the words read back after a write equal what was written.
@@ -347,6 +387,69 @@ commands:
             a.writes[0].value,
             WriteValue::Registers(vec![0x0000, 0x3FC0])
         );
+    }
+
+    #[test]
+    fn a_setpoint_refuses_switch_words_and_a_coil_refuses_other_numbers() {
+        let r = router();
+        for payload in ["true", "ON", "off", r#"{"value": true}"#] {
+            let e = r.parse("t/sp/set", payload.as_bytes(), false).unwrap_err();
+            assert!(
+                matches!(e, (Some(1), CommandError::WrongType { .. })),
+                "{payload}: {e:?}"
+            );
+            assert!(e.1.to_string().contains("tower.sp"), "{}", e.1);
+        }
+        assert_eq!(
+            r.parse("t/big/set", b"on", false)
+                .unwrap_err()
+                .1
+                .to_string(),
+            "`on` is not a value for tower.big: it is a number; send a number, not true/false/on/off"
+        );
+        // The coil: switch words and 1/0, nothing else.
+        let yaml = YAML.replace(
+            "  - topic: t/big/set\n    write: tower.big\n",
+            "  - topic: t/big/set\n    write: tower.big\n  - topic: t/p1/set\n    write: tower.p1\n",
+        );
+        let m = load_str(Path::new("t.yaml"), &yaml, Default::default(), "h").unwrap();
+        let r = Router::new(Arc::new(m));
+        for (payload, want) in [
+            ("on", true),
+            ("FALSE", false),
+            ("1", true),
+            ("0", false),
+            (r#"{"value": false}"#, false),
+        ] {
+            let a = r.parse("t/p1/set", payload.as_bytes(), false).unwrap();
+            assert_eq!(a.writes[0].value, WriteValue::Coil(want), "{payload}");
+        }
+        let e = r.parse("t/p1/set", b"2", false).unwrap_err();
+        assert!(
+            matches!(e, (Some(3), CommandError::WrongType { .. })),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn limits_in_messages_have_no_float_artefacts() {
+        let e = CommandError::OutOfRange {
+            value: 4000.0,
+            min: -32768.0 * 0.1,
+            max: 32767.0 * 0.1,
+        };
+        assert_eq!(
+            e.to_string(),
+            "value 4000 is outside the allowed range -3276.8..=3276.7"
+        );
+        let r = router();
+        let (_, e) = r.parse("t/sp/set", b"80.1", false).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "value 80.1 is outside the allowed range -20..=80"
+        );
+        assert_eq!(format_number(0.1 + 0.2), "0.3");
+        assert_eq!(format_number(1.0), "1");
     }
 
     #[test]

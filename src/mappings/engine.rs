@@ -11,7 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::json;
 
 use super::codec::{self, Raw};
-use super::{BlockData, DeviceId, DeviceStatus, Fault, PollResult, Publication, Qos};
+use super::number;
+use super::{BlockData, DeviceId, DeviceStatus, PollResult, Publication, Qos};
 use crate::model::{Format, Model, Point, PublishMode, PublishRule};
 
 /// A decoded, scaled engineering value.
@@ -31,7 +32,7 @@ impl Value {
             Value::Bool(b) => Some(f64::from(u8::from(b))),
             Value::Int(i) => Some(i as f64),
             Value::UInt(u) => Some(u as f64),
-            Value::F32(f) => Some(f64::from(f)),
+            Value::F32(f) => Some(number::f32_to_f64(f)),
             Value::Float(f) => Some(f),
             Value::Text(_) => None,
         }
@@ -77,71 +78,137 @@ pub struct Engine {
     groups: super::group::Groups,
 }
 
-/// Decode and scale one point from its request's data.
-pub fn point_value(p: &Point, data: &BlockData) -> Option<Value> {
-    decode_at(p, data, usize::from(p.slot.offset))
+/// Why a point's registers hold no usable value, though the read itself succeeded. Such a
+/// point is published like a failed read: JSON says `"value": null`, `"quality": "bad"` and this
+/// reason; a plain topic gets nothing; groups skip the sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unusable {
+    /// A float register holds NaN (IEEE 754-2008, 6.2): meters send it for an absent phase.
+    NotANumber,
+    /// A float register holds ±infinity, or scaling overflowed.
+    Infinite,
+    /// The raw registers hold one of the point's `no_value` codes (as an unsigned integer of
+    /// the type's width, e.g. `0x8000` for an i16: SunSpec's "not implemented" value).
+    NoValue { code: u64, width: u16 },
+    /// The reply holds fewer registers or bits than the point needs.
+    Short,
 }
 
-/// Decode and scale `p` from `data` starting at `off` (0 for a read-back of the point alone).
-pub fn decode_at(p: &Point, data: &BlockData, off: usize) -> Option<Value> {
-    let raw = match data {
-        BlockData::Bits(bits) => Raw::Bool(*bits.get(off)?),
-        BlockData::Words(words) => codec::decode(words.get(off..)?, p.dtype, p.order).ok()?,
-    };
-    Some(scale(p, raw))
-}
-
-fn scale(p: &Point, raw: Raw) -> Value {
-    if p.is_unscaled() && (p.decimals.is_none() || matches!(raw, Raw::Int(_) | Raw::UInt(_))) {
-        return match raw {
-            Raw::Bool(b) => Value::Bool(b),
-            Raw::Int(i) => Value::Int(i),
-            Raw::UInt(u) => Value::UInt(u),
-            Raw::F32(f) => Value::F32(f),
-            Raw::F64(f) => Value::Float(f),
-            Raw::Text(t) => Value::Text(t),
-        };
-    }
-    match raw.as_f64() {
-        Some(r) => {
-            let v = r * p.scale + p.offset;
-            Value::Float(match p.decimals {
-                Some(d) => {
-                    let m = 10f64.powi(i32::from(d));
-                    (v * m).round() / m
-                }
-                None => v,
-            })
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Unusable::NotANumber => f.write_str("not a number"),
+            Unusable::Infinite => f.write_str("infinite"),
+            Unusable::NoValue { code, width } => {
+                let digits = usize::from(width) * 4;
+                write!(f, "no value (0x{code:0digits$X})")
+            }
+            Unusable::Short => f.write_str("the reply is shorter than the point"),
         }
-        None => match raw {
-            Raw::Text(t) => Value::Text(t),
-            _ => Value::Bool(false),
-        },
     }
 }
 
-/// The value as plain text: `123`, `21.5`, `true`.
+/// Decode and scale one point from its request's data; `None` when there is no usable value.
+pub fn point_value(p: &Point, data: &BlockData) -> Option<Value> {
+    read_value(p, data, usize::from(p.slot.offset)).ok()
+}
+
+/// Decode and scale `p` from `data` starting at `off` (0 for a read-back of the point alone);
+/// `None` when there is no usable value (see [`read_value`]).
+pub fn decode_at(p: &Point, data: &BlockData, off: usize) -> Option<Value> {
+    read_value(p, data, off).ok()
+}
+
+/// Decode and scale `p` from `data` starting at `off`, or say why the registers hold no value:
+/// a `no_value` code (checked on the raw registers, before scaling), NaN, or an infinity.
+pub fn read_value(p: &Point, data: &BlockData, off: usize) -> Result<Value, Unusable> {
+    let raw = match data {
+        BlockData::Bits(bits) => Raw::Bool(*bits.get(off).ok_or(Unusable::Short)?),
+        BlockData::Words(words) => {
+            let words = words.get(off..).ok_or(Unusable::Short)?;
+            if !p.no_value.is_empty()
+                && let Some(code) = codec::raw_bits(words, p.dtype, p.order)
+                && p.no_value.contains(&code)
+            {
+                return Err(Unusable::NoValue {
+                    code,
+                    width: p.dtype.width(),
+                });
+            }
+            codec::decode(words, p.dtype, p.order).map_err(|_| Unusable::Short)?
+        }
+    };
+    scale(p, raw)
+}
+
+/// Whether a float is a value at all.
+fn finite(x: f64) -> Result<f64, Unusable> {
+    if x.is_nan() {
+        Err(Unusable::NotANumber)
+    } else if x.is_infinite() {
+        Err(Unusable::Infinite)
+    } else {
+        Ok(x)
+    }
+}
+
+/// Engineering value from a raw one. An f32 enters as its shortest decimal (`5.83`, not
+/// 5.829999923706055); a scaled value is tidied to 15 significant digits, then rounded to the
+/// point's `decimals` where set.
+fn scale(p: &Point, raw: Raw) -> Result<Value, Unusable> {
+    let x = match raw {
+        Raw::Bool(b) => return Ok(Value::Bool(b)),
+        Raw::Text(t) => return Ok(Value::Text(t)),
+        Raw::Int(i) if p.is_unscaled() => return Ok(Value::Int(i)),
+        Raw::UInt(u) if p.is_unscaled() => return Ok(Value::UInt(u)),
+        Raw::F32(f) if p.is_unscaled() && p.decimals.is_none() => {
+            finite(f64::from(f))?;
+            return Ok(Value::F32(f));
+        }
+        Raw::F64(f) if p.is_unscaled() && p.decimals.is_none() => {
+            return finite(f).map(Value::Float);
+        }
+        Raw::Int(i) => i as f64,
+        Raw::UInt(u) => u as f64,
+        Raw::F32(f) => finite(number::f32_to_f64(f))?,
+        Raw::F64(f) => finite(f)?,
+    };
+    let v = finite(x * p.scale + p.offset)?;
+    Ok(Value::Float(match p.decimals {
+        Some(d) => number::round_to(v, d),
+        None if p.is_unscaled() => v,
+        None => number::tidy(v),
+    }))
+}
+
+/// The value as plain text: `123`, `21.5`, `5.83`, `true`; with `decimals`, exactly that many
+/// places (`21.0`). Numbers are written as [`number::text`] writes them.
 #[must_use]
 pub fn render_plain(v: &Value, decimals: Option<u8>) -> String {
     match v {
         Value::Bool(b) => b.to_string(),
         Value::Int(i) => i.to_string(),
         Value::UInt(u) => u.to_string(),
-        Value::F32(f) => f.to_string(),
+        Value::F32(f) => match decimals {
+            Some(d) => number::fixed(number::f32_to_f64(*f), d),
+            None => number::text(number::f32_to_f64(*f)),
+        },
         Value::Float(f) => match decimals {
-            Some(d) => format!("{f:.*}", usize::from(d)),
-            None => f.to_string(),
+            Some(d) => number::fixed(*f, d),
+            None => number::text(*f),
         },
         Value::Text(t) => t.clone(),
     }
 }
 
+/// The value in a JSON payload. An f32 is written as its shortest decimal; a non-finite float
+/// (never produced by [`read_value`]) as `null`, never as the invalid JSON `NaN`.
 fn json_value(v: &Value) -> serde_json::Value {
     match v {
         Value::Bool(b) => json!(b),
         Value::Int(i) => json!(i),
         Value::UInt(u) => json!(u),
-        Value::F32(f) => json!(f),
+        Value::F32(f) => json!(number::f32_to_f64(*f)),
         Value::Float(f) => json!(f),
         Value::Text(t) => json!(t),
     }
@@ -194,7 +261,7 @@ fn json_payload(
     v: Option<&Value>,
     ts: SystemTime,
     quality: &str,
-    error: Option<&Fault>,
+    error: Option<&str>,
 ) -> Vec<u8> {
     let mut obj = json!({
         "value": v.map_or(serde_json::Value::Null, json_value),
@@ -205,7 +272,7 @@ fn json_payload(
         obj["unit"] = json!(u.as_ref());
     }
     if let Some(e) = error {
-        obj["error"] = json!(e.to_string());
+        obj["error"] = json!(e);
     }
     obj.to_string().into_bytes()
 }
@@ -282,9 +349,12 @@ impl Engine {
             let Some(block) = poll.block(p.slot.request) else {
                 continue;
             };
+            // A failed read and a read without a usable value take the same path.
             let result = match (block, poll.bad_at(p.slot.request, p.slot.offset, width)) {
-                (Ok(_), Some(f)) | (Err(f), _) => Err(f.clone()),
-                (Ok(data), None) => point_value(p, data).ok_or(Fault::Exception(0)),
+                (Ok(_), Some(f)) | (Err(f), _) => Err(f.to_string()),
+                (Ok(data), None) => {
+                    read_value(p, data, usize::from(p.slot.offset)).map_err(|u| u.to_string())
+                }
             };
             match result {
                 Ok(v) => {
@@ -316,7 +386,7 @@ impl Engine {
                     {
                         out.push(publication(
                             rule,
-                            json_payload(p, None, poll.read_at, "bad", Some(&fault)),
+                            json_payload(p, None, poll.read_at, "bad", Some(fault.as_str())),
                             poll.read_at,
                         ));
                     }
@@ -431,6 +501,7 @@ impl Engine {
 mod tests {
     use super::*;
     use crate::config::load_str;
+    use crate::mappings::Fault;
     use std::path::Path;
 
     const YAML: &str = r#"
@@ -636,8 +707,264 @@ derived:
     fn plain_rendering() {
         assert_eq!(render_plain(&Value::Float(21.0), Some(1)), "21.0");
         assert_eq!(render_plain(&Value::F32(0.1), None), "0.1");
+        assert_eq!(render_plain(&Value::F32(5.83), None), "5.83");
+        assert_eq!(render_plain(&Value::F32(5.83), Some(1)), "5.8");
+        assert_eq!(render_plain(&Value::F32(1e-7), None), "1e-7");
+        assert_eq!(render_plain(&Value::Float(3276.7), None), "3276.7");
         assert_eq!(render_plain(&Value::Bool(true), None), "true");
         assert_eq!(render_plain(&Value::Int(-3), None), "-3");
+    }
+
+    /// One device with an f32 and an f64 point, JSON and plain, in every word order; a group
+    /// averages the first; a good f32 sits next to them.
+    /// (point name, address, type, order) of each point of [`float_model`].
+    type Layout = Vec<(String, usize, codec::DataType, codec::Order)>;
+
+    fn float_model() -> (Arc<Model>, Layout) {
+        let mut yaml = String::from(
+            "mqtt: { host: localhost, status_topic: t/status }\ndevices:\n  - name: m\n    tcp: { host: 127.0.0.1 }\n    points:\n",
+        );
+        let mut layout = Vec::new();
+        let mut address = 0usize;
+        for (ty, dtype) in [("f32", codec::DataType::F32), ("f64", codec::DataType::F64)] {
+            for order in ["ABCD", "CDAB", "BADC", "DCBA"] {
+                for format in ["json", "plain"] {
+                    let name = format!("{ty}_{order}_{format}");
+                    yaml.push_str(&format!(
+                        "      - {{ name: {name}, kind: holding_register, address: {address}, type: {ty}, order: {order}, publish: {{ topic: t/{name}, format: {format} }} }}\n"
+                    ));
+                    let o = match order {
+                        "ABCD" => codec::Order::ABCD,
+                        "CDAB" => codec::Order::CDAB,
+                        "BADC" => codec::Order::BADC,
+                        _ => codec::Order::DCBA,
+                    };
+                    layout.push((name, address, dtype, o));
+                    address += usize::from(dtype.width());
+                }
+            }
+        }
+        yaml.push_str(&format!(
+            "      - {{ name: good, kind: holding_register, address: {address}, type: f32, publish: {{ topic: t/good, format: json }} }}\n"
+        ));
+        layout.push((
+            "good".into(),
+            address,
+            codec::DataType::F32,
+            codec::Order::ABCD,
+        ));
+        yaml.push_str(
+            "groups:\n  - { source: s, format: simple, interval: 10s, topic: t/g, values: [ { key: a, point: m.f32_ABCD_json, aggregate: max }, { key: b, point: m.good } ] }\n",
+        );
+        let m = load_str(Path::new("f.yaml"), &yaml, Default::default(), "h")
+            .unwrap_or_else(|e| panic!("{e}"));
+        (Arc::new(m), layout)
+    }
+
+    /// The registers of one poll where every float point reads `v` and `good` reads 5.83.
+    fn float_poll(layout: &Layout, v: f64) -> PollResult {
+        let mut words = Vec::new();
+        for (name, _, dtype, order) in layout {
+            let x = if name == "good" { 5.83 } else { v };
+            // Encode through the bits: `encode` refuses non-finite values, as it should.
+            let w = match dtype {
+                codec::DataType::F32 => {
+                    let be = (x as f32).to_bits();
+                    let abcd = [(be >> 16) as u16, be as u16];
+                    reorder(&abcd, *order)
+                }
+                _ => {
+                    let be = x.to_bits();
+                    let abcd = [
+                        (be >> 48) as u16,
+                        (be >> 32) as u16,
+                        (be >> 16) as u16,
+                        be as u16,
+                    ];
+                    reorder(&abcd, *order)
+                }
+            };
+            words.extend(w);
+        }
+        PollResult {
+            device: 0,
+            read_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_001),
+            first: 0,
+            blocks: vec![Ok(BlockData::Words(words))],
+            complete: true,
+            bad: Vec::new(),
+        }
+    }
+
+    /// Big-endian words (ABCD) into the registers of `order`.
+    fn reorder(abcd: &[u16], order: codec::Order) -> Vec<u16> {
+        let mut w: Vec<u16> = abcd.to_vec();
+        if matches!(order, codec::Order::CDAB | codec::Order::DCBA) {
+            w.reverse();
+        }
+        if matches!(order, codec::Order::BADC | codec::Order::DCBA) {
+            w.iter_mut().for_each(|x| *x = x.swap_bytes());
+        }
+        w
+    }
+
+    #[test]
+    fn nan_and_infinities_are_bad_in_every_float_type_order_and_format() {
+        let (model, layout) = float_model();
+        for (v, reason) in [
+            (f64::NAN, "not a number"),
+            (f64::INFINITY, "infinite"),
+            (f64::NEG_INFINITY, "infinite"),
+        ] {
+            let mut e = Engine::new(Arc::clone(&model));
+            let t0 = Instant::now();
+            // First a good reading everywhere: 1.5 publishes on every topic.
+            let out = topics(&e.on_poll(&float_poll(&layout, 1.5), t0));
+            assert_eq!(out.len(), layout.len(), "{out:?}");
+            let out = topics(&e.on_poll(&float_poll(&layout, v), t0 + Duration::from_millis(1000)));
+            for (name, ..) in &layout {
+                let topic = format!("t/{name}");
+                let got: Vec<&String> = out
+                    .iter()
+                    .filter(|(t, _)| *t == topic)
+                    .map(|(_, p)| p)
+                    .collect();
+                assert!(
+                    out.iter()
+                        .all(|(_, p)| !p.contains("NaN") && !p.contains("Infinity")),
+                    "{out:?}"
+                );
+                if name == "good" {
+                    assert_eq!(got.len(), 1, "{name}");
+                    let j: serde_json::Value = serde_json::from_str(got[0]).unwrap();
+                    assert_eq!(j["value"], json!(5.83));
+                    assert_eq!(j["quality"], "good");
+                } else if name.ends_with("json") {
+                    assert_eq!(got.len(), 1, "{name}: {out:?}");
+                    let j: serde_json::Value = serde_json::from_str(got[0]).unwrap();
+                    assert_eq!(j["value"], serde_json::Value::Null, "{name}");
+                    assert_eq!(j["quality"], "bad", "{name}");
+                    assert_eq!(j["error"], reason, "{name}");
+                } else {
+                    assert!(got.is_empty(), "plain {name} published {got:?}");
+                }
+            }
+            // Once per episode: the next bad reading is quiet, the good one carries on.
+            let out = topics(&e.on_poll(&float_poll(&layout, v), t0 + Duration::from_millis(2000)));
+            assert_eq!(out.iter().map(|(t, _)| *t).collect::<Vec<_>>(), ["t/good"]);
+            // The group skipped the bad samples: its max is the good 1.5.
+            let g = e.tick(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_010));
+            let j: serde_json::Value = serde_json::from_slice(&g[0].payload).unwrap();
+            assert_eq!(j["s"]["a"], json!(1.5), "{j}");
+            assert_eq!(j["s"]["b"], json!(5.83), "{j}");
+        }
+    }
+
+    fn one_point(extra: &str) -> Point {
+        let yaml = format!(
+            "mqtt: {{ host: localhost, status_topic: t/status }}\ndevices:\n  - name: m\n    tcp: {{ host: 127.0.0.1 }}\n    points:\n      - {{ name: p, kind: holding_register, address: 0, {extra} }}\n"
+        );
+        let m = load_str(Path::new("p.yaml"), &yaml, Default::default(), "h")
+            .unwrap_or_else(|e| panic!("{e}"));
+        m.points[0].clone()
+    }
+
+    #[test]
+    fn no_value_codes_of_each_width_are_bad_before_scaling() {
+        let words = |w: &[u16]| BlockData::Words(w.to_vec());
+        let table: [(&str, &[u16], &str); 6] = [
+            (
+                "type: i16, scale: 0.1, no_value: [0x8000]",
+                &[0x8000],
+                "no value (0x8000)",
+            ),
+            (
+                "type: i16, no_value: [-32768]",
+                &[0x8000],
+                "no value (0x8000)",
+            ),
+            (
+                "type: u16, no_value: [0xFFFF]",
+                &[0xFFFF],
+                "no value (0xFFFF)",
+            ),
+            (
+                "type: i32, no_value: [0x80000000]",
+                &[0x8000, 0],
+                "no value (0x80000000)",
+            ),
+            (
+                "type: u32, order: CDAB, no_value: [0xFFFFFFFF]",
+                &[0xFFFF, 0xFFFF],
+                "no value (0xFFFFFFFF)",
+            ),
+            (
+                "type: u64, no_value: [0xFFFFFFFFFFFFFFFF]",
+                &[0xFFFF; 4],
+                "no value (0xFFFFFFFFFFFFFFFF)",
+            ),
+        ];
+        for (extra, raw, reason) in table {
+            let p = one_point(extra);
+            let got = read_value(&p, &words(raw), 0);
+            assert_eq!(
+                got.map_err(|e| e.to_string()),
+                Err(reason.to_owned()),
+                "{extra}"
+            );
+        }
+        // The word order matters: 0x8000_0000 in CDAB is [0x0000, 0x8000].
+        let p = one_point("type: i32, order: CDAB, no_value: [0x80000000]");
+        assert!(read_value(&p, &words(&[0x8000, 0]), 0).is_ok());
+        assert!(read_value(&p, &words(&[0, 0x8000]), 0).is_err());
+        // Other values pass, scaled.
+        let p = one_point("type: i16, scale: 0.1, no_value: [0x8000]");
+        assert_eq!(
+            read_value(&p, &words(&[0x7FFF]), 0),
+            Ok(Value::Float(3276.7))
+        );
+    }
+
+    #[test]
+    fn floats_and_scaled_values_are_published_as_people_write_them() {
+        let words = |f: f32| {
+            let b = f.to_bits();
+            BlockData::Words(vec![(b >> 16) as u16, b as u16])
+        };
+        let p = one_point("type: f32");
+        let v = read_value(&p, &words(5.83), 0).unwrap();
+        assert_eq!(render_plain(&v, p.decimals), "5.83");
+        assert_eq!(json_value(&v).to_string(), "5.83");
+        // An f32 scaled by 2 stays a float (no decimals from an integer scale), tidy.
+        let p = one_point("type: f32, scale: 2");
+        let v = read_value(&p, &words(5.83), 0).unwrap();
+        assert_eq!(render_plain(&v, p.decimals), "11.66");
+        // decimals applies in plain and JSON alike.
+        let p = one_point("type: f32, decimals: 1");
+        let v = read_value(&p, &words(5.83), 0).unwrap();
+        assert_eq!(render_plain(&v, p.decimals), "5.8");
+        assert_eq!(json_value(&v).to_string(), "5.8");
+        // Raw 32767 * 0.1 is 3276.7, not 3276.7000000000003, with or without decimals.
+        let p = one_point("type: i16, scale: 0.1, decimals: 3");
+        let v = read_value(&p, &BlockData::Words(vec![32767]), 0).unwrap();
+        assert_eq!(json_value(&v).to_string(), "3276.7");
+        assert_eq!(render_plain(&v, p.decimals), "3276.700");
+        let p = one_point("type: u16, scale: 0.1, offset: 0.2, decimals: 9");
+        let v = read_value(&p, &BlockData::Words(vec![1]), 0).unwrap();
+        assert_eq!(json_value(&v).to_string(), "0.3");
+        // Scaling that overflows is infinite, not published.
+        let p = one_point("type: f64, scale: 1e300");
+        let b = 1e300f64.to_bits();
+        let w = vec![
+            (b >> 48) as u16,
+            (b >> 32) as u16,
+            (b >> 16) as u16,
+            b as u16,
+        ];
+        assert_eq!(
+            read_value(&p, &BlockData::Words(w), 0),
+            Err(Unusable::Infinite)
+        );
     }
 
     #[test]

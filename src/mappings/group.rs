@@ -172,11 +172,6 @@ impl Acc {
     }
 }
 
-fn round(v: f64, decimals: u8) -> f64 {
-    let m = 10f64.powi(i32::from(decimals));
-    (v * m).round() / m
-}
-
 fn since_epoch(t: SystemTime) -> Duration {
     t.duration_since(UNIX_EPOCH).unwrap_or_default()
 }
@@ -306,7 +301,7 @@ fn value_json(g: &Group, accs: &[Acc], i: usize) -> Json {
     let v = &g.values[i];
     match accs.get(i).and_then(|a| a.result(v.aggregate)) {
         Some(x) => {
-            let x = round(x * v.factor, v.decimals);
+            let x = super::number::round_to(x * v.factor, v.decimals);
             if x.fract() == 0.0 && x.abs() < 9.0e15 {
                 json!(x as i64)
             } else {

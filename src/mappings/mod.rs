@@ -10,6 +10,7 @@ pub mod command;
 pub mod engine;
 pub mod envelope;
 pub mod group;
+pub mod number;
 pub mod plan;
 pub mod probe;
 

@@ -13,7 +13,13 @@
 //! The session is clean (`clean_session = true`), so a broker never hands us commands that
 //! were queued while we were away; the buffer, not the broker, is our session. After every
 //! ConnAck the connection task subscribes and the publisher sends the retained `online` and
-//! the announcements; the last will publishes `offline`.
+//! the announcements; the last will publishes `offline`, and a clean shutdown publishes it
+//! itself and sends DISCONNECT, so that the broker discards the will.
+//!
+//! Between connections the connection task backs off ([`Policy`]): the backoff survives a
+//! ConnAck and is reset only by a connection that stayed up, and sessions the broker keeps
+//! ending right after accepting them are reported as taken over by another client with the
+//! same client id.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -42,7 +48,26 @@ pub const WINDOW: usize = 64;
 /// How long shutdown may spend delivering the buffer to the broker.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Capacity of rumqttc's request channel: the window plus announcements.
-const REQUESTS: usize = 1024;
+/// Sized for bursts of QoS 0 values (10 devices x 1,000 registers in one poll); the queue
+/// holds only what is waiting, so its size costs nothing until used. A QoS 0 value that finds
+/// it full is counted as `client_busy`.
+const REQUESTS: usize = 65_536;
+/// MQTT 3.1.1: the largest incoming packet the transport takes, the protocol's largest
+/// Remaining Length (MQTT 3.1.1 section 2.2.3). rumqttc ends the whole connection on a larger
+/// one, and 3.1.1 has no way to tell the broker our limit, so a big retained message on a
+/// command topic would end every new connection again; instead it is read and the command
+/// layer refuses it (`CommandError::TooLong`, an ack `rejected`).
+const V4_MAX_INCOMING: usize = 268_435_455;
+/// MQTT 5: the Maximum Packet Size announced in CONNECT (MQTT 5 section 3.1.2.11.4). The broker
+/// must not send us a larger packet: it drops it instead (section 3.1.2.11.4, 4.13.1).
+pub const V5_MAX_PACKET: u32 = 256 * 1024;
+/// A session that the broker closes sooner than this after its ConnAck counts towards a
+/// takeover.
+const SHORT_SESSION: Duration = Duration::from_secs(10);
+/// The first delay after a takeover; it doubles on every further one.
+const TAKEOVER_BACKOFF: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(300));
+/// The ordinary reconnect backoff: first step and cap.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(30));
 
 impl From<Qos> for QoS {
     fn from(q: Qos) -> QoS {
@@ -77,10 +102,17 @@ impl Client {
             Client::V5(c) => c.try_publish(topic, v5_qos(qos), retain, payload).is_ok(),
         }
     }
+    /// Subscribe. With MQTT 5, with Retain As Published (MQTT 5 section 3.8.3.1): the broker
+    /// keeps the retain flag of a retained message delivered live, so that the command layer
+    /// refuses it; 3.1.1 brokers clear it on live delivery (MQTT 3.1.1 section 3.3.1.3).
     fn subscribe(&self, topic: &str, qos: Qos) {
         let _ = match self {
             Client::V4(c) => c.try_subscribe(topic, qos.into()).is_ok(),
-            Client::V5(c) => c.try_subscribe(topic, v5_qos(qos)).is_ok(),
+            Client::V5(c) => {
+                let mut f = rumqttc::v5::mqttbytes::v5::Filter::new(topic, v5_qos(qos));
+                f.preserve_retain = true;
+                c.try_subscribe_many([f]).is_ok()
+            }
         };
     }
     fn unsubscribe(&self, topic: &str) {
@@ -133,7 +165,8 @@ fn options(settings: &MqttSettings) -> Options {
         );
         o.set_keep_alive(settings.keep_alive);
         o.set_clean_start(true);
-        o.set_max_packet_size(Some(256 * 1024));
+        o.set_max_packet_size(Some(V5_MAX_PACKET));
+        o.set_network_options(network_options());
         o.set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
             settings.status_topic.as_ref(),
             OFFLINE,
@@ -156,7 +189,7 @@ fn options(settings: &MqttSettings) -> Options {
     );
     o.set_keep_alive(settings.keep_alive);
     o.set_clean_session(true);
-    o.set_max_packet_size(256 * 1024, 256 * 1024);
+    o.set_max_packet_size(V4_MAX_INCOMING, 256 * 1024);
     o.set_inflight(u16::try_from(WINDOW * 2).unwrap_or(u16::MAX));
     o.set_last_will(LastWill::new(
         settings.status_topic.as_ref(),
@@ -171,6 +204,14 @@ fn options(settings: &MqttSettings) -> Options {
         o.set_credentials(u, p);
     }
     Options::V4(Box::new(o))
+}
+
+/// The socket options: TCP_NODELAY, so that a small publish or acknowledgement goes out at
+/// once rather than waiting for Nagle's algorithm; rumqttc's 5 s connect timeout.
+fn network_options() -> rumqttc::NetworkOptions {
+    let mut n = rumqttc::NetworkOptions::new();
+    n.set_tcp_nodelay(true);
+    n
 }
 
 /// A message that arrived on a command topic.
@@ -393,8 +434,10 @@ impl Publisher {
                 () = sleep_until_opt(deadline) => {
                     // Out of time: leave the rest in the buffer.
                     deadline = None;
-                    self.goodbye();
-                    goodbye_sent = true;
+                    if !goodbye_sent {
+                        self.goodbye();
+                        goodbye_sent = true;
+                    }
                 }
             }
             self.pump();
@@ -461,10 +504,15 @@ impl Publisher {
         if p.qos == Qos::AtMostOnce {
             match &self.conn {
                 Some(c) => {
-                    c.client
-                        .publish(&p.topic, Qos::AtMostOnce, p.retain, p.payload);
+                    // Never silent: a full request queue is counted, not ignored.
+                    if !c
+                        .client
+                        .publish(&p.topic, Qos::AtMostOnce, p.retain, p.payload)
+                    {
+                        events::publication_dropped(&p.topic, "client_busy");
+                    }
                 }
-                None => events::publication_dropped(&p.topic, "offline_qos0"),
+                None => events::publication_dropped(&p.topic, "offline"),
             }
             return;
         }
@@ -694,7 +742,86 @@ enum Ended {
     Disconnected,
     /// `hard_stop`: stop.
     Stopped,
-    Failed(ConnState, String),
+    Failed(Failure),
+}
+
+/// Why a connection (attempt) failed.
+struct Failure {
+    state: ConnState,
+    reason: String,
+    /// The broker ended it: end of stream, a reset, or a DISCONNECT from the broker.
+    by_broker: bool,
+    /// The broker said the session was taken over (MQTT 5 DISCONNECT reason 0x8E).
+    taken_over: bool,
+}
+
+/// An I/O error that means the other end closed or reset the connection.
+fn peer_closed_io(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof | K::BrokenPipe
+    )
+}
+
+fn failure_v4(e: &rumqttc::ConnectionError) -> Failure {
+    use rumqttc::{ConnectionError as E, StateError as S};
+    let (state, reason) = classify(e);
+    let by_broker = match e {
+        E::MqttState(S::ConnectionAborted) => true,
+        E::MqttState(S::Io(io)) | E::Io(io) => peer_closed_io(io),
+        _ => false,
+    };
+    Failure {
+        state,
+        reason,
+        by_broker,
+        taken_over: false,
+    }
+}
+
+fn failure_v5(e: &rumqttc::v5::ConnectionError) -> Failure {
+    use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode as D;
+    use rumqttc::v5::{ConnectionError as E, StateError as S};
+    // rumqttc's MQTT 5 reader wraps a failed read (and the TLS alert in it, such as a broker's
+    // "certificate required") in a variant that does not expose it as its source.
+    if let E::MqttState(S::Deserialization(rumqttc::v5::mqttbytes::Error::Io(io))) = e {
+        return Failure {
+            state: super::tls::classify(io),
+            reason: super::tls::reason(io).unwrap_or_else(|| io.to_string()),
+            by_broker: peer_closed_io(io),
+            taken_over: false,
+        };
+    }
+    let state = match e {
+        E::ConnectionRefused(code) => {
+            use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as C;
+            match code {
+                C::BadUserNamePassword => ConnState::BadCredentials,
+                C::NotAuthorized => ConnState::NotAuthorised,
+                _ => ConnState::Error,
+            }
+        }
+        other => super::tls::classify(other),
+    };
+    let reason = match e {
+        E::ConnectionRefused(_) => e.to_string(),
+        _ => super::tls::reason(e).unwrap_or_else(|| e.to_string()),
+    };
+    let (by_broker, taken_over) = match e {
+        E::MqttState(S::ServerDisconnect { reason_code, .. }) => {
+            (true, *reason_code == D::SessionTakenOver)
+        }
+        E::MqttState(S::ConnectionAborted) => (true, false),
+        E::MqttState(S::Io(io)) | E::Io(io) => (peer_closed_io(io), false),
+        _ => (false, false),
+    };
+    Failure {
+        state,
+        reason,
+        by_broker,
+        taken_over,
+    }
 }
 
 /// What a connection reports to, shared by both protocol versions.
@@ -704,13 +831,13 @@ struct Reporter<'a> {
     commands: &'a mpsc::Sender<IncomingCommand>,
     announce: &'a std::sync::Mutex<Announce>,
     broker: &'a str,
-    /// The connection got as far as a ConnAck.
-    up: std::sync::atomic::AtomicBool,
+    /// When the connection got its ConnAck, if it did.
+    up_at: std::sync::OnceLock<Instant>,
 }
 
 impl Reporter<'_> {
     fn connected(&self, client: Client) {
-        self.up.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.up_at.set(Instant::now());
         events::mqtt_connected(self.broker);
         events::mqtt_state(ConnState::Connected);
         let subscriptions = self
@@ -755,6 +882,7 @@ async fn drive_v4(
 ) -> Ended {
     let conn = r.conn;
     let (client, mut event_loop) = AsyncClient::new(opts.clone(), REQUESTS);
+    event_loop.set_network_options(network_options());
     loop {
         beat.beat();
         let event = tokio::select! {
@@ -773,10 +901,7 @@ async fn drive_v4(
                 r.send(Session::Acked { conn, pkid: c.pkid })
             }
             Ok(_) => {}
-            Err(e) => {
-                let (state, reason) = classify(&e);
-                return Ended::Failed(state, reason);
-            }
+            Err(e) => return Ended::Failed(failure_v4(&e)),
         }
     }
 }
@@ -836,25 +961,73 @@ async fn drive_v5(
             }
             Ok(Event5::Incoming(P5::PubComp(c))) => r.send(Session::Acked { conn, pkid: c.pkid }),
             Ok(_) => {}
-            Err(e) => {
-                let state = match &e {
-                    rumqttc::v5::ConnectionError::ConnectionRefused(code) => {
-                        use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as C;
-                        match code {
-                            C::BadUserNamePassword => ConnState::BadCredentials,
-                            C::NotAuthorized => ConnState::NotAuthorised,
-                            _ => ConnState::Error,
-                        }
-                    }
-                    other => super::tls::classify(other),
-                };
-                let reason = match &e {
-                    rumqttc::v5::ConnectionError::ConnectionRefused(_) => e.to_string(),
-                    _ => super::tls::reason(&e).unwrap_or_else(|| e.to_string()),
-                };
-                return Ended::Failed(state, reason);
+            Err(e) => return Ended::Failed(failure_v5(&e)),
+        }
+    }
+}
+
+/// What the connection task makes of one ended connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// An ordinary failure or loss: retry after the delay.
+    Retry(Duration),
+    /// The session was taken over (again): retry after the delay, which grows with every
+    /// takeover.
+    TakenOver(Duration),
+}
+
+/// Reconnect policy: tells a session taken over by another client with our id from other
+/// losses, and picks the delay before the next attempt.
+///
+/// - The ordinary backoff (250 ms doubling to 30 s) is not reset by a ConnAck, only by a
+///   connection that stayed up for `settled` (30 s or the keep-alive, whichever is longer):
+///   a broker that accepts and at once drops us is not hammered.
+/// - A takeover is a session the broker ends within [`SHORT_SESSION`] of its ConnAck, twice
+///   in a row, or one an MQTT 5 broker ends with reason "session taken over". From then on
+///   every session the broker ends before it settled counts as taken over, and waits a
+///   second backoff (5 s doubling to 5 min) that only a settled connection resets.
+struct Policy {
+    settled: Duration,
+    backoff: Backoff,
+    takeover_backoff: Backoff,
+    short_in_a_row: u32,
+    taken_over: bool,
+}
+
+impl Policy {
+    fn new(keep_alive: Duration) -> Policy {
+        Policy {
+            settled: keep_alive.max(Duration::from_secs(30)),
+            backoff: Backoff::new(BACKOFF.0, BACKOFF.1),
+            takeover_backoff: Backoff::new(TAKEOVER_BACKOFF.0, TAKEOVER_BACKOFF.1),
+            short_in_a_row: 0,
+            taken_over: false,
+        }
+    }
+
+    /// A connection ended: `up_for` is how long it had been up since its ConnAck (`None`: it
+    /// never got one).
+    fn ended(&mut self, up_for: Option<Duration>, f: &Failure) -> Verdict {
+        if up_for.is_some_and(|d| d >= self.settled) {
+            self.backoff.reset();
+            self.takeover_backoff.reset();
+            self.short_in_a_row = 0;
+            self.taken_over = false;
+        }
+        if let Some(d) = up_for {
+            if f.by_broker && (f.taken_over || d < SHORT_SESSION) {
+                self.short_in_a_row += 1;
+            } else {
+                self.short_in_a_row = 0;
+            }
+            if f.taken_over || self.short_in_a_row >= 2 {
+                self.taken_over = true;
+            }
+            if self.taken_over && f.by_broker && d < self.settled {
+                return Verdict::TakenOver(self.takeover_backoff.next_delay());
             }
         }
+        Verdict::Retry(self.backoff.next_delay())
     }
 }
 
@@ -872,8 +1045,12 @@ async fn run_connection(
         Options::V4(o) => o.broker_address(),
         Options::V5(o) => o.broker_address(),
     };
+    let client_id = match &opts {
+        Options::V4(o) => o.client_id(),
+        Options::V5(o) => o.client_id(),
+    };
     let broker = format!("{host}:{port}");
-    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+    let mut policy = Policy::new(keep_alive);
     let mut last_error = String::new();
     // `poll()` is never raced against a timer (it also connects and writes, which must not be
     // cut short), so this task beats when poll returns: at least once per keep-alive (the ping).
@@ -887,32 +1064,47 @@ async fn run_connection(
             commands: &commands,
             announce: &announce,
             broker: &broker,
-            up: std::sync::atomic::AtomicBool::new(false),
+            up_at: std::sync::OnceLock::new(),
         };
         let ended = match &opts {
             Options::V4(o) => drive_v4(o, &reporter, &beat, &hard_stop).await,
             Options::V5(o) => drive_v5(o, &reporter, &beat, &hard_stop).await,
         };
-        let was_up = reporter.up.load(std::sync::atomic::Ordering::Relaxed);
-        let (state, reason) = match ended {
+        let up_for = reporter.up_at.get().map(|t| t.elapsed());
+        let failure = match ended {
             Ended::Disconnected => {
                 let _ = sessions.send(Session::Down { conn });
                 return;
             }
             Ended::Stopped => return,
-            Ended::Failed(state, reason) => (state, reason),
+            Ended::Failed(f) => f,
         };
-        if was_up {
-            backoff.reset();
-        }
+        let verdict = policy.ended(up_for, &failure);
+        let (state, reason, delay) = match verdict {
+            Verdict::Retry(delay) => (failure.state, failure.reason, delay),
+            Verdict::TakenOver(delay) => {
+                events::mqtt_taken_over(
+                    &broker,
+                    &client_id,
+                    up_for.unwrap_or_default(),
+                    &failure.reason,
+                    delay,
+                );
+                let reason = format!(
+                    "the broker closed the session {:.1} s after accepting it ({}): another client with client id {client_id} is probably connected",
+                    up_for.unwrap_or_default().as_secs_f64(),
+                    failure.reason
+                );
+                (ConnState::SessionTakenOver, reason, delay)
+            }
+        };
         events::mqtt_state(state);
         let _ = sessions.send(Session::Failed {
             state,
             reason: reason.clone(),
         });
         let _ = sessions.send(Session::Down { conn });
-        let delay = backoff.next_delay();
-        if was_up || reason != last_error {
+        if matches!(verdict, Verdict::Retry(_)) && (up_for.is_some() || reason != last_error) {
             events::mqtt_down(&broker, state.as_str(), &reason, delay);
         }
         last_error = reason;
@@ -925,6 +1117,105 @@ async fn run_connection(
                 () = tokio::time::sleep_until(until) => break,
                 _ = tick.tick() => {}
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closed(taken_over: bool) -> Failure {
+        Failure {
+            state: ConnState::Error,
+            reason: "closed".into(),
+            by_broker: true,
+            taken_over,
+        }
+    }
+
+    fn unreachable() -> Failure {
+        Failure {
+            state: ConnState::Unreachable,
+            reason: "refused".into(),
+            by_broker: false,
+            taken_over: false,
+        }
+    }
+
+    const S: fn(u64) -> Option<Duration> = |s| Some(Duration::from_secs(s));
+
+    #[test]
+    fn two_short_sessions_in_a_row_are_a_takeover_and_back_off_from_5_s() {
+        let mut p = Policy::new(Duration::from_secs(30));
+        assert!(matches!(p.ended(S(1), &closed(false)), Verdict::Retry(_)));
+        let Verdict::TakenOver(d) = p.ended(S(1), &closed(false)) else {
+            panic!("not a takeover")
+        };
+        assert!(d >= Duration::from_millis(3750), "{d:?}");
+        // Sessions that last longer but not until settled are still taken over, and the
+        // delay doubles.
+        let Verdict::TakenOver(d) = p.ended(S(20), &closed(false)) else {
+            panic!("not a takeover")
+        };
+        assert!(d >= Duration::from_millis(7500), "{d:?}");
+        // A settled connection ends it: an ordinary loss, back at the first step.
+        let Verdict::Retry(d) = p.ended(S(31), &closed(false)) else {
+            panic!("still a takeover")
+        };
+        assert!(d <= Duration::from_millis(320), "{d:?}");
+    }
+
+    #[test]
+    fn mqtt_5_says_so_at_once() {
+        let mut p = Policy::new(Duration::from_secs(30));
+        assert!(matches!(
+            p.ended(S(3), &closed(true)),
+            Verdict::TakenOver(_)
+        ));
+    }
+
+    #[test]
+    fn the_backoff_is_not_reset_by_a_connack_only_by_a_settled_connection() {
+        let mut p = Policy::new(Duration::from_secs(60));
+        let mut last = Duration::ZERO;
+        // Failed attempts and sessions the broker keeps up for 15 s (not short, not settled).
+        for i in 0..6 {
+            let up = if i % 2 == 0 { None } else { S(15) };
+            let f = if up.is_some() {
+                closed(false)
+            } else {
+                unreachable()
+            };
+            let Verdict::Retry(d) = p.ended(up, &f) else {
+                panic!("15 s sessions are not a takeover")
+            };
+            last = d;
+        }
+        assert!(last >= Duration::from_secs(6), "{last:?}");
+        // Settled is the keep-alive when that is longer than 30 s: 40 s is not enough.
+        let Verdict::Retry(d) = p.ended(S(40), &closed(false)) else {
+            panic!()
+        };
+        assert!(d >= Duration::from_secs(6), "{d:?}");
+        let Verdict::Retry(d) = p.ended(S(61), &closed(false)) else {
+            panic!()
+        };
+        assert!(d <= Duration::from_millis(320), "{d:?}");
+    }
+
+    #[test]
+    fn losses_we_caused_or_failed_attempts_are_no_takeover() {
+        let mut p = Policy::new(Duration::from_secs(30));
+        let ping = Failure {
+            state: ConnState::Unreachable,
+            reason: "ping".into(),
+            by_broker: false,
+            taken_over: false,
+        };
+        for _ in 0..5 {
+            assert!(matches!(p.ended(S(1), &ping), Verdict::Retry(_)));
+            assert!(matches!(p.ended(None, &unreachable()), Verdict::Retry(_)));
         }
     }
 }

@@ -478,12 +478,16 @@ pub enum ConnState {
     ClientCertificateRejected,
     BadCredentials,
     NotAuthorised,
+    /// The broker keeps closing the session soon after accepting it: most likely another
+    /// client connects with the same client id and takes the session over (MQTT 3.1.1
+    /// section 3.1.4; MQTT 5 says so in a DISCONNECT with reason 0x8E).
+    SessionTakenOver,
     /// Anything else (a protocol error, a TLS failure of another kind).
     Error,
 }
 
 impl ConnState {
-    pub const ALL: [ConnState; 10] = [
+    pub const ALL: [ConnState; 11] = [
         ConnState::Connected,
         ConnState::Unreachable,
         ConnState::CertificateNotTrusted,
@@ -493,6 +497,7 @@ impl ConnState {
         ConnState::ClientCertificateRejected,
         ConnState::BadCredentials,
         ConnState::NotAuthorised,
+        ConnState::SessionTakenOver,
         ConnState::Error,
     ];
 
@@ -507,6 +512,7 @@ impl ConnState {
             ConnState::ClientCertificateRejected => "client_certificate_rejected",
             ConnState::BadCredentials => "bad_credentials",
             ConnState::NotAuthorised => "not_authorised",
+            ConnState::SessionTakenOver => "session_taken_over",
             ConnState::Error => "error",
         }
     }

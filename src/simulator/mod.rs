@@ -178,6 +178,8 @@ struct Plant {
     max_connections: AtomicUsize,
     /// The quirks in force; the connections read them too.
     quirks: Arc<Mutex<Quirks>>,
+    /// Requests served, for `busy=N`.
+    served: Mutex<u64>,
     /// When the last reply (of any unit, on any connection) was made, for `min-gap`.
     last_reply: Arc<Mutex<Option<Instant>>>,
 }
@@ -377,6 +379,13 @@ impl Plant {
                 "request swallowed (connect-silence or min-gap)"
             );
             return Box::pin(std::future::ready(Ok(None)));
+        }
+        if let Some(n) = quirks.busy_every {
+            let mut served = lock(&self.served);
+            *served += 1;
+            if served.is_multiple_of(u64::from(n)) {
+                return Box::pin(std::future::ready(Err(ExceptionCode::ServerDeviceBusy)));
+            }
         }
         let reply = self.call_unit(req, closed, &quirks);
         let delay = quirks.delay;
@@ -608,6 +617,7 @@ pub async fn serve_water_tower(
         live: Arc::new(AtomicUsize::new(0)),
         max_connections: AtomicUsize::new(opts.max_connections),
         quirks: Arc::new(Mutex::new(opts.quirks)),
+        served: Mutex::new(0),
         last_reply: Arc::new(Mutex::new(None)),
     });
     if opts.control {
@@ -682,6 +692,7 @@ mod tests {
             live: Arc::new(AtomicUsize::new(0)),
             max_connections: AtomicUsize::new(0),
             quirks: Arc::new(Mutex::new(Quirks::default())),
+            served: Mutex::new(0),
             last_reply: Arc::new(Mutex::new(None)),
         }
     }

@@ -19,7 +19,7 @@ use crate::mappings::RegisterKind;
 /// Every quirk's spec form, for error messages and `--help`.
 pub const VALID: &str = "close-after-reply, no-fc5, no-fc6, no-fc16, max-read=N, \
      hole=KIND:ADDR, connect-silence=DURATION, min-gap=DURATION, tid-zero, tid-swap, \
-     stale-prefix, echo, clamp=ADDR:MIN:MAX, poke=KIND:ADDR:VALUE, delay=DURATION \
+     stale-prefix, echo, clamp=ADDR:MIN:MAX, poke=KIND:ADDR:VALUE, delay=DURATION, busy=N \
      (KIND: co, di, ir, hr)";
 
 /// One quirk, as written after `--quirk` or `quirk`.
@@ -75,6 +75,9 @@ pub enum Quirk {
     /// `delay=DURATION`: every request is answered after DURATION (a slow device, for all
     /// units; the `late` fault is per unit).
     Delay(Duration),
+    /// `busy=N`: every Nth request answers SERVER DEVICE BUSY (exception 6), like a device or
+    /// gateway that is serving another master at the time.
+    Busy(u32),
 }
 
 /// A bad quirk spec: the spec, why, and the list of valid ones.
@@ -165,6 +168,10 @@ impl FromStr for Quirk {
                 .and_then(duration)
                 .map(Quirk::MinGap),
             "delay" => need("delay=DURATION").and_then(duration).map(Quirk::Delay),
+            "busy" => need("busy=N").and_then(|v| match number(v)? {
+                0 => Err("busy must be at least 1".to_owned()),
+                n => Ok(Quirk::Busy(u32::from(n))),
+            }),
             "clamp" => need("clamp=ADDR:MIN:MAX").and_then(|v| {
                 let p = parts(v, 3, "clamp=ADDR:MIN:MAX")?;
                 let (address, min, max) = (number(p[0])?, number(p[1])?, number(p[2])?);
@@ -210,6 +217,7 @@ impl fmt::Display for Quirk {
             Quirk::Clamp { address, min, max } => write!(f, "clamp={address}:{min}:{max}"),
             Quirk::Poke(k, a, v) => write!(f, "poke={}:{a}:{v:#06x}", kind_name(*k)),
             Quirk::Delay(t) => write!(f, "delay={}", d(t)),
+            Quirk::Busy(n) => write!(f, "busy={n}"),
         }
     }
 }
@@ -248,6 +256,8 @@ pub struct Quirks {
     /// (table, address, value); a bit reads `value != 0`.
     pub pokes: Vec<(RegisterKind, u16, u16)>,
     pub delay: Option<Duration>,
+    /// Every Nth request answers SERVER DEVICE BUSY.
+    pub busy_every: Option<u32>,
 }
 
 impl Quirks {
@@ -288,6 +298,7 @@ impl Quirks {
                 self.pokes.push((k, a, v));
             }
             Quirk::Delay(t) => self.delay = Some(t),
+            Quirk::Busy(n) => self.busy_every = Some(n),
         }
     }
 
@@ -540,6 +551,7 @@ mod tests {
             ("poke=co:1:1", Quirk::Poke(Coil, 1, 1)),
             ("poke=di:0:0", Quirk::Poke(DiscreteInput, 0, 0)),
             ("delay=250ms", Quirk::Delay(ms(250))),
+            ("busy=3", Quirk::Busy(3)),
         ];
         for (spec, want) in table {
             let q = parse(spec);
@@ -566,6 +578,7 @@ mod tests {
             ("connect-silence=soon", "`soon` is not a duration"),
             ("min-gap", "write min-gap=DURATION"),
             ("delay=5", "`5` is not a duration"),
+            ("busy=0", "busy must be at least 1"),
             ("clamp=1:2", "write clamp=ADDR:MIN:MAX"),
             ("clamp=1:9:3", "MIN 9 is above MAX 3"),
             ("poke=ir:20", "write poke=KIND:ADDR:VALUE"),

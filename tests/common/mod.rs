@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod bank;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

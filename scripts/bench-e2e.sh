@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: the release gateway between fast Modbus TCP slaves and mosquitto, with
+# a subscriber counting what arrives (examples/bench_e2e.rs). Not part of `cargo test`.
+# Usage: bash scripts/bench-e2e.sh [--seconds N] [--qos 0|1]... [--scenario NAME]...
+#   scenarios: 10@1 1000@1 1000@0.1 10x1000@0.1 2000@0.1 link (all by default); both QoS by default.
+# Needs mosquitto (Debian: apt-get install -y mosquitto; the system service is not used).
+# Prints figures; asserts nothing. Run it on an otherwise idle machine: the gateway, the
+# broker, the slaves and the subscriber share its cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! [ -x /usr/sbin/mosquitto ] && ! [ -x /usr/bin/mosquitto ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get install -y mosquitto >/dev/null
+  else
+    echo "mosquitto is not installed: sudo apt-get install -y mosquitto" >&2
+    exit 1
+  fi
+fi
+cargo build --release --locked -q --bin fieldgate --example bench_e2e
+exec target/release/examples/bench_e2e "$@"

@@ -15,7 +15,7 @@
 //! A connection closed by the device reads as [`LinkError::Closed`], never as an OS error with
 //! code 0. Does no retrying and no timing: the link task does both.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use super::error::{LinkError, ModbusResult, transport_error as transport};
@@ -28,7 +28,9 @@ pub use crate::model::TidPolicy;
 /// One Modbus TCP connection to one device or gateway.
 #[derive(Debug)]
 pub struct MbapClient {
-    stream: TcpStream,
+    /// Buffered: a reply's header and body usually arrive in one segment and are read with one
+    /// system call.
+    stream: BufReader<TcpStream>,
     unit: u8,
     next_tid: u16,
     policy: TidPolicy,
@@ -44,7 +46,7 @@ impl MbapClient {
     pub fn new(stream: TcpStream, unit: u8, policy: TidPolicy) -> Self {
         let _ = stream.set_nodelay(true);
         MbapClient {
-            stream,
+            stream: BufReader::with_capacity(512, stream),
             unit,
             next_tid: 1,
             policy,

@@ -11,15 +11,19 @@
 pub mod backoff;
 pub mod config;
 pub mod events;
+pub mod executor;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod gateway;
+pub mod handoff;
 pub mod inputs;
 pub mod mappings;
 pub mod model;
 pub mod outputs;
+pub mod reload;
 pub mod simulator;
 pub mod telemetry;
+pub mod vocabulary;
 
 pub use gateway::run;
 pub mod check;

@@ -16,15 +16,9 @@ use thiserror::Error;
 
 use crate::model::Model;
 
-/// One problem in a mapping file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Issue {
-    pub line: u32,
-    pub col: u32,
-    /// Path of the key, e.g. `devices[tower].points[level].address`.
-    pub path: String,
-    pub message: String,
-}
+// `Issue` lives in the model (a model carries its warnings); this path stays for the
+// compiler and `check`.
+pub use crate::model::Issue;
 
 /// Every problem found in one file.
 #[derive(Debug, Error)]

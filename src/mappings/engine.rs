@@ -12,8 +12,9 @@ use serde_json::json;
 
 use super::codec::{self, Raw};
 use super::number;
-use super::{BlockData, DeviceId, DeviceStatus, PollResult, Publication, Qos};
 use crate::model::{Format, Model, Point, PublishMode, PublishRule};
+pub use crate::vocabulary::timestamp;
+use crate::vocabulary::{BlockData, DeviceId, DeviceStatus, PollResult, Publication, Qos};
 
 /// A decoded, scaled engineering value.
 #[derive(Debug, Clone, PartialEq)]
@@ -212,11 +213,6 @@ fn json_value(v: &Value) -> serde_json::Value {
         Value::Float(f) => json!(f),
         Value::Text(t) => json!(t),
     }
-}
-
-/// RFC 3339 UTC with milliseconds.
-pub fn timestamp(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
 }
 
 fn changed(old: Option<&Value>, new: &Value, deadband: f64) -> bool {
@@ -501,7 +497,7 @@ impl Engine {
 mod tests {
     use super::*;
     use crate::config::load_str;
-    use crate::mappings::Fault;
+    use crate::vocabulary::Fault;
     use std::path::Path;
 
     const YAML: &str = r#"

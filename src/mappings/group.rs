@@ -13,9 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Value as Json, json};
 use sha1::{Digest, Sha1};
 
-use super::engine::timestamp;
-use super::{DeviceId, PointId, Publication};
 use crate::model::{Aggregate, Group, GroupFormat, Model};
+use crate::vocabulary::{DeviceId, PointId, Publication, timestamp};
 
 /// SI prefixes we convert across: the factor from a prefixed unit to its base.
 fn prefix(unit: &str) -> (f64, &str) {

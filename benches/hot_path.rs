@@ -14,6 +14,8 @@ use std::time::{Duration, Instant, SystemTime};
 use fieldgate::mappings::codec::{DataType, Order, decode};
 use fieldgate::mappings::engine::Engine;
 use fieldgate::mappings::{BlockData, PollResult};
+use fieldgate::northbound::points::PointTopics;
+use fieldgate::northbound::{self, Profile};
 
 fn time(name: &str, iters: u64, mut f: impl FnMut(u64)) {
     let start = Instant::now();
@@ -49,11 +51,13 @@ fn main() {
         "bench",
     )
     .expect("shipped mapping compiles");
-    let mut engine = Engine::new(Arc::new(model));
+    let model = Arc::new(model);
+    let mut engine = Engine::new(Arc::clone(&model));
+    let mut profiles: Vec<Box<dyn Profile>> = vec![Box::new(PointTopics::new(model))];
     let t0 = Instant::now();
     let mut published = 0usize;
     time(
-        "engine.on_poll (water tower, 9 points + pumpcode)",
+        "engine + point topics (water tower, 9 points + pumpcode)",
         n / 4,
         |i| {
             let level = (i % 400) as u16;
@@ -73,9 +77,10 @@ fn main() {
                 bad: Vec::new(),
             };
             // 500 ms of simulated time per poll, so interval publications are due every time.
-            published += engine
-                .on_poll(&poll, t0 + Duration::from_millis(500 * i))
-                .len();
+            let updates = engine.on_poll(&poll);
+            published +=
+                northbound::publish(&mut profiles, &updates, t0 + Duration::from_millis(500 * i))
+                    .len();
         },
     );
     println!("publications produced: {published}");
@@ -84,8 +89,8 @@ fn main() {
 }
 
 fn store_figures(benching: bool) {
-    use fieldgate::mappings::Qos;
     use fieldgate::outputs::store::{Store, StoreSettings};
+    use fieldgate::vocabulary::Qos;
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-buffer");
     let _ = std::fs::remove_dir_all(&dir);
     let settings = StoreSettings {

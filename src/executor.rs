@@ -17,8 +17,9 @@ use crate::events;
 use crate::handoff::hand_off;
 use crate::inputs::{WriteRequest, WriteTarget};
 use crate::mappings::command::{CommandError, Router, printable, readback_matches};
-use crate::mappings::engine::{decode_at, render_plain};
+use crate::mappings::engine::decode_at;
 use crate::model::Model;
+use crate::northbound::points::render_plain;
 use crate::outputs::mqtt::IncomingCommand;
 use crate::vocabulary::{Fault, Publication, timestamp};
 

@@ -25,17 +25,29 @@ use crate::handoff::{HANDOFF, hand_off};
 use crate::inputs::LinkEvent;
 use crate::mappings::engine::Engine;
 use crate::model::Model;
+use crate::northbound::{self, Profile};
 use crate::outputs::mqtt::{self, IncomingCommand};
 pub use crate::reload::{Reloads, reload_requests};
 use crate::reload::{Running, reload, sd_reloading, start_link, writers};
-use crate::vocabulary::Publication;
+use crate::vocabulary::{Publication, Qos};
 
-fn group_configurations(model: &Model) -> Vec<Publication> {
-    model
-        .groups
-        .iter()
-        .filter_map(|g| crate::mappings::group::configuration_publication(g, SystemTime::now()))
-        .collect()
+/// The northbound profiles of `model`, in publication order. A new profile is one line here
+/// (it reads its own section of the model and stays quiet when that section is empty).
+fn profiles(model: &Arc<Model>) -> Vec<Box<dyn Profile>> {
+    vec![
+        Box::new(northbound::points::PointTopics::new(Arc::clone(model))),
+        Box::new(northbound::groups::GroupMessages::new(Arc::clone(model))),
+    ]
+}
+
+/// What the MQTT session needs from the profiles of `model`: the command topics they claim,
+/// and the retained messages they announce after every connect (like `online`).
+fn session(model: &Arc<Model>) -> (Vec<(Arc<str>, Qos)>, Vec<Publication>) {
+    let profiles = profiles(model);
+    (
+        northbound::subscriptions(&profiles),
+        northbound::announcements(&profiles, SystemTime::now()),
+    )
 }
 
 /// Run the gateway until `shutdown` is cancelled.
@@ -56,14 +68,8 @@ pub async fn run_reloadable(
     }
     let (out_tx, out_rx) = mpsc::channel::<Publication>(HANDOFF);
     let (cmd_tx, cmd_rx) = mpsc::channel::<IncomingCommand>(64);
-    // Retained group configurations go out after every connect, like `online`.
-    let mqtt = mqtt::start(
-        &model.mqtt,
-        model.subscriptions(),
-        group_configurations(&model),
-        out_rx,
-        cmd_tx,
-    );
+    let (subscriptions, announcements) = session(&model);
+    let mqtt = mqtt::start(&model.mqtt, subscriptions, announcements, out_rx, cmd_tx);
 
     // One task per link (a TCP connection or an RTU bus), as compiled into the model.
     let (ev_tx, ev_rx) = mpsc::channel::<LinkEvent>(256);
@@ -104,7 +110,7 @@ pub async fn run_reloadable(
                 let Some(r) = reloads.as_ref() else { continue };
                 let path = r.path.clone();
                 let _ = sd_reloading();
-                if let Some(new) = reload(&path, &model, &mut running, &ev_tx, &mqtt, &out_tx, group_configurations).await {
+                if let Some(new) = reload(&path, &model, &mut running, &ev_tx, &mqtt, &out_tx, session).await {
                     let _ = engine_tx.send(Arc::clone(&new)).await;
                     let _ = snap_tx.send(Snapshot::new(&new, writers(&running)));
                     model = new;
@@ -141,27 +147,26 @@ async fn run_engine(
     mut reloads: mpsc::Receiver<Arc<Model>>,
     out: mpsc::Sender<Publication>,
 ) {
+    let mut profiles = profiles(&model);
     let mut engine = Engine::new(model);
     let beat = crate::supervisor::heartbeat("engine");
     let mut tick = tokio::time::interval(crate::supervisor::BEAT_EVERY);
     loop {
         // Group windows close on the wall clock; the timer re-arms after every event.
-        let wait = engine
-            .next_deadline()
-            .map_or(Duration::from_secs(3600), |d| {
-                d.duration_since(SystemTime::now()).unwrap_or_default()
-            });
+        let wait = northbound::next_deadline(&profiles).map_or(Duration::from_secs(3600), |d| {
+            d.duration_since(SystemTime::now()).unwrap_or_default()
+        });
         let pubs = tokio::select! {
             ev = events.recv() => match ev {
                 Some(LinkEvent::Poll { name, model, mut poll }) => match engine.device_id(&name, poll.device, &model) {
                     Some(id) => {
                         poll.device = id;
-                        engine.on_poll(&poll, Instant::now())
+                        northbound::publish(&mut profiles, &engine.on_poll(&poll), Instant::now())
                     }
                     None => continue,
                 },
                 Some(LinkEvent::Status { name, model, device, status, at }) => match engine.device_id(&name, device, &model) {
-                    Some(id) => engine.on_device_status(id, status, at),
+                    Some(id) => northbound::publish(&mut profiles, &engine.on_device_status(id, status, at), Instant::now()),
                     None => continue,
                 },
                 None => break,
@@ -169,10 +174,11 @@ async fn run_engine(
             Some(new) = reloads.recv() => {
                 // Published values start afresh under the new mapping: every value goes out
                 // on its next poll.
+                profiles = self::profiles(&new);
                 engine = Engine::new(new);
                 continue;
             }
-            () = tokio::time::sleep(wait) => engine.tick(SystemTime::now()),
+            () = tokio::time::sleep(wait) => northbound::tick(&mut profiles, SystemTime::now()),
             _ = tick.tick() => {
                 beat.beat();
                 continue;

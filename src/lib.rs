@@ -19,6 +19,7 @@ pub mod handoff;
 pub mod inputs;
 pub mod mappings;
 pub mod model;
+pub mod northbound;
 pub mod outputs;
 pub mod reload;
 pub mod simulator;

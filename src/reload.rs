@@ -145,8 +145,9 @@ pub fn sd_reloading() -> std::io::Result<()> {
 }
 
 /// Apply a changed mapping file. Returns the new model, or `None` (old config kept) when the
-/// file is invalid or changes what cannot change without a restart. `announce` gives the
-/// retained messages the MQTT side sends on every connect under a model.
+/// file is invalid or changes what cannot change without a restart. `session` gives what
+/// the MQTT session needs under a model: the command topics to subscribe, and the retained
+/// messages to send on every connect.
 pub async fn reload(
     path: &Path,
     old: &Arc<Model>,
@@ -154,7 +155,7 @@ pub async fn reload(
     events: &mpsc::Sender<LinkEvent>,
     mqtt: &mqtt::MqttOutput,
     out: &mpsc::Sender<Publication>,
-    announce: impl Fn(&Model) -> Vec<Publication>,
+    session: impl Fn(&Arc<Model>) -> (Vec<(Arc<str>, Qos)>, Vec<Publication>),
 ) -> Option<Arc<Model>> {
     let report_topic: Arc<str> = Arc::from(format!("{}/reload", old.mqtt.status_topic));
     let report = |body: serde_json::Value| Publication {
@@ -251,7 +252,8 @@ pub async fn reload(
             );
         }
     }
-    mqtt.update(new.subscriptions(), announce(&new));
+    let (subscriptions, announcements) = session(&new);
+    mqtt.update(subscriptions, announcements);
     tracing::info!(
         links_kept = n_kept,
         links_stopped = stopped,

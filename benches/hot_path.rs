@@ -1,5 +1,5 @@
-//! Hot-path benchmark: decoding registers and running the mapping engine over poll results of
-//! the shipped water-tower mapping. `cargo bench --bench hot_path` prints ns per operation.
+//! Hot-path benchmark: decoding registers and running the mapping engine and the point-topics
+//! profile over poll results of the shipped water-tower mapping. `cargo bench --bench hot_path` prints ns per operation.
 //! Under `cargo test` it runs a few iterations only, as a smoke test.
 //!
 //! It also measures the outbound buffer on this machine's disk (the target directory):
@@ -11,11 +11,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use fieldgate::mappings::codec::{DataType, Order, decode};
+use fieldgate::mappings::codec::decode;
 use fieldgate::mappings::engine::Engine;
-use fieldgate::mappings::{BlockData, PollResult};
 use fieldgate::northbound::points::PointTopics;
 use fieldgate::northbound::{self, Profile};
+use fieldgate::vocabulary::{BlockData, PollResult};
+use fieldgate::vocabulary::{DataType, Order};
 
 fn time(name: &str, iters: u64, mut f: impl FnMut(u64)) {
     let start = Instant::now();

@@ -1,7 +1,8 @@
 //! Internal events: one log line and one metric per event, defined in this one place.
 //!
 //! Metric names follow Prometheus conventions (`fieldgate_..._total`, `_seconds`). Nothing
-//! here logs a payload of a command in full or any secret.
+//! here logs a payload of a command in full or any secret. Must not import the rooms that
+//! report events (it takes plain values), so that anything may use it without a circle.
 
 use metrics::{counter, gauge, histogram};
 use tracing::{debug, info, warn};

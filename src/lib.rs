@@ -1,8 +1,11 @@
 //! fieldgate: a Modbus TCP ⇄ MQTT protocol-converter gateway.
 //!
-//! The flow: `inputs` (one task per Modbus link) produce poll results; `mappings` (pure)
-//! turn them into publications and turn commands into writes; `outputs` speak MQTT. `config`
-//! compiles the YAML into the checked `model`. See `docs/ARCHITECTURE.md`.
+//! The flow: `inputs` (one task per Modbus link) produce poll results; the `mappings` engine
+//! (pure) turns them into typed updates, which the `northbound` profiles (pure) turn into
+//! publications; `outputs` speak MQTT; the `executor` turns commands into writes. `config`
+//! compiles the YAML into the checked `model`; `vocabulary` holds the words they all share.
+//! Imports run one way, down that list's layers; see `docs/ARCHITECTURE.md`. This file only
+//! declares the modules: it must not hold logic.
 
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]

@@ -1,7 +1,9 @@
 //! The checked model: what the YAML means, compiled once at load time.
 //!
 //! Pure data. Decoders are chosen, scale factors and topics are fixed, and every device's
-//! read plan is built. Nothing here is re-parsed on the hot path.
+//! read plan is built. Nothing here is re-parsed on the hot path. Must not import anything
+//! above it but the vocabulary: the plain settings other rooms read (`StoreSettings`,
+//! `TlsSettings`) and the `Issue` a model carries live here for that reason.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,7 +1,8 @@
 //! Loading a mapping file: read, parse (shape), compile (meaning), report every problem.
 //!
 //! `load` is the only entry point. Every problem carries `file:line:col`, the path of the
-//! key and a message; all of them are reported, not only the first.
+//! key and a message; all of them are reported, not only the first. Must not be imported by
+//! the model or the pure core (tests aside): it sits above them.
 
 mod compile;
 pub use compile::read_key_file;

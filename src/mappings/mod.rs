@@ -1,8 +1,10 @@
-//! The pure core: decoding, scaling, change detection, rendering, read planning and
-//! command parsing.
+//! The pure core: decoding, scaling and quality (the engine), the codec, command parsing,
+//! grouped aggregation, payload encryption and the RTU bus-time model.
 //!
 //! Nothing in here does I/O, spawns tasks or reads a clock: time comes in as an argument.
-//! Everything is plain synchronous code, tested with plain `#[test]`.
+//! Everything is plain synchronous code, tested with plain `#[test]`. Must not import the
+//! northbound profiles, the tasks or the wiring above it; what goes on the broker is the
+//! profiles' business (`crate::northbound`).
 
 pub mod bustime;
 pub mod codec;

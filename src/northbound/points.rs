@@ -258,8 +258,8 @@ mod tests {
     use super::*;
     use crate::config::load_str;
     use crate::mappings::codec;
-    use crate::mappings::engine::{Unusable, read_value};
     use crate::mappings::engine::tests::{YAML, one_point};
+    use crate::mappings::engine::{Unusable, read_value};
     use crate::northbound::Pipeline;
     use crate::vocabulary::{BlockData, Fault, PollResult};
     use std::path::Path;

@@ -1,7 +1,7 @@
-//! Hot-path benchmark: decoding registers and running the mapping engine over poll results of
-//! the shipped water-tower mapping, and over a 1,000-value block (a device of 1,000 registers,
-//! every value changed, rendered as JSON and taken into the outbound buffer).
-//! `cargo bench --bench hot_path` prints ns per operation.
+//! Hot-path benchmark: decoding registers and running the mapping engine and the point-topics
+//! profile over poll results of the shipped water-tower mapping, and over a 1,000-value block
+//! (a device of 1,000 registers, every value changed, rendered as JSON and taken into the
+//! outbound buffer). `cargo bench --bench hot_path` prints ns per operation.
 //! Under `cargo test` it runs a few iterations only, as a smoke test.
 //!
 //! It also measures the outbound buffer on this machine's disk (the target directory):
@@ -13,9 +13,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use fieldgate::mappings::codec::{DataType, Order, decode};
+use fieldgate::mappings::codec::decode;
 use fieldgate::mappings::engine::Engine;
-use fieldgate::mappings::{BlockData, PollResult};
+use fieldgate::northbound::points::PointTopics;
+use fieldgate::northbound::{self, Profile};
+use fieldgate::vocabulary::{BlockData, PollResult};
+use fieldgate::vocabulary::{DataType, Order};
 
 fn time(name: &str, iters: u64, mut f: impl FnMut(u64)) {
     let start = Instant::now();
@@ -51,11 +54,13 @@ fn main() {
         "bench",
     )
     .expect("shipped mapping compiles");
-    let mut engine = Engine::new(Arc::new(model));
+    let model = Arc::new(model);
+    let mut engine = Engine::new(Arc::clone(&model));
+    let mut profiles: Vec<Box<dyn Profile>> = vec![Box::new(PointTopics::new(model))];
     let t0 = Instant::now();
     let mut published = 0usize;
     time(
-        "engine.on_poll (water tower, 9 points + pumpcode)",
+        "engine + point topics (water tower, 9 points + pumpcode)",
         n / 4,
         |i| {
             let level = (i % 400) as u16;
@@ -75,9 +80,10 @@ fn main() {
                 bad: Vec::new(),
             };
             // 500 ms of simulated time per poll, so interval publications are due every time.
-            published += engine
-                .on_poll(&poll, t0 + Duration::from_millis(500 * i))
-                .len();
+            let updates = engine.on_poll(&poll);
+            published +=
+                northbound::publish(&mut profiles, &updates, t0 + Duration::from_millis(500 * i))
+                    .len();
         },
     );
     println!("publications produced: {published}");
@@ -105,7 +111,9 @@ fn block_figures(benching: bool) {
     let model =
         fieldgate::config::load_str(Path::new("block.yaml"), &yaml, Default::default(), "bench")
             .expect("generated mapping compiles");
-    let mut engine = Engine::new(Arc::new(model));
+    let model = Arc::new(model);
+    let mut engine = Engine::new(Arc::clone(&model));
+    let mut profiles: Vec<Box<dyn Profile>> = vec![Box::new(PointTopics::new(model))];
     // Two polls whose values all differ, alternated.
     let poll = |shift: u16| PollResult {
         device: 0,
@@ -127,7 +135,13 @@ fn block_figures(benching: bool) {
     let mut published = 0usize;
     time("engine.on_poll: 1,000 changed values (JSON)", iters, |i| {
         let p = &polls[(i % 2) as usize];
-        published += black_box(engine.on_poll(p, t0 + Duration::from_millis(100 * i))).len();
+        let updates = engine.on_poll(p);
+        published += black_box(northbound::publish(
+            &mut profiles,
+            &updates,
+            t0 + Duration::from_millis(100 * i),
+        ))
+        .len();
     });
     assert_eq!(
         published,
@@ -147,7 +161,8 @@ fn block_figures(benching: bool) {
     time("1,000-value block: render + buffer + ack", iters, |i| {
         let p = &polls[(i % 2) as usize];
         let now = t0 + Duration::from_millis(100 * (iters + i));
-        for publication in engine.on_poll(p, now) {
+        let updates = engine.on_poll(p);
+        for publication in northbound::publish(&mut profiles, &updates, now) {
             let ms = publication
                 .created_at
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -169,8 +184,8 @@ fn block_figures(benching: bool) {
 }
 
 fn store_figures(benching: bool) {
-    use fieldgate::mappings::Qos;
     use fieldgate::outputs::store::{Store, StoreSettings};
+    use fieldgate::vocabulary::Qos;
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-buffer");
     let _ = std::fs::remove_dir_all(&dir);
     let settings = StoreSettings {

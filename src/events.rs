@@ -1,7 +1,8 @@
 //! Internal events: one log line and one metric per event, defined in this one place.
 //!
 //! Metric names follow Prometheus conventions (`fieldgate_..._total`, `_seconds`). Nothing
-//! here logs a payload of a command in full or any secret.
+//! here logs a payload of a command in full or any secret. Must not import the rooms that
+//! report events (it takes plain values), so that anything may use it without a circle.
 
 use metrics::{counter, gauge, histogram};
 use tracing::{debug, info, warn};
@@ -56,7 +57,7 @@ pub fn buffer_drop_episode_over(total: u64) {
 }
 
 /// What opening the buffer found.
-pub fn buffer_opened(path: Option<&std::path::Path>, rec: &crate::outputs::store::Recovery) {
+pub fn buffer_opened(path: Option<&std::path::Path>, rec: &BufferRecovery<'_>) {
     match path {
         None => warn!(
             "outbound buffer in memory only (no mqtt.buffer.path, no STATE_DIRECTORY): \
@@ -69,12 +70,21 @@ pub fn buffer_opened(path: Option<&std::path::Path>, rec: &crate::outputs::store
             "outbound buffer opened"
         ),
     }
-    for aside in &rec.moved_aside {
+    for aside in rec.moved_aside {
         tracing::error!(moved_to = %aside.display(), "unreadable buffer data moved aside; starting without it");
     }
-    if let Some(why) = &rec.memory_only_because {
+    if let Some(why) = rec.memory_only_because {
         tracing::error!(reason = %why, "outbound buffer cannot use the disk; running in memory only");
     }
+}
+
+/// What opening the outbound buffer found (the store's `Recovery`, seen by the log).
+#[derive(Debug)]
+pub struct BufferRecovery<'a> {
+    pub recovered: usize,
+    pub truncated_bytes: usize,
+    pub moved_aside: &'a [std::path::PathBuf],
+    pub memory_only_because: Option<&'a str>,
 }
 
 /// A buffer write or fsync failed; the buffer keeps running in memory.
@@ -145,7 +155,7 @@ pub fn device_status(device: &str, state: &str, reason: &str) {
 /// A read request started (`on`) or stopped failing with a Modbus exception: one line per
 /// episode, not per poll.
 pub fn read_exception(device: &str, function: u8, address: u16, count: u16, code: u8, on: bool) {
-    let exception = crate::mappings::exception_name(code);
+    let exception = crate::vocabulary::exception_name(code);
     if on {
         warn!(
             device,
@@ -305,9 +315,9 @@ pub fn publication_refused(topic: &str, reason: &str) {
 
 /// The broker connection's state: `fieldgate_mqtt_connection_state{state}` is 1 for the
 /// current one and 0 for the others.
-pub fn mqtt_state(state: crate::outputs::tls::ConnState) {
-    for s in crate::outputs::tls::ConnState::ALL {
-        gauge!("fieldgate_mqtt_connection_state", "state" => s.as_str()).set(if s == state {
+pub fn mqtt_state(state: &'static str, all: &[&'static str]) {
+    for &s in all {
+        gauge!("fieldgate_mqtt_connection_state", "state" => s).set(if s == state {
             1.0
         } else {
             0.0

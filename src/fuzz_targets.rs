@@ -9,8 +9,8 @@ use std::sync::{Arc, OnceLock};
 
 use crate::mappings::codec::{self, DataType, Order, Raw};
 use crate::mappings::command::Router;
-use crate::mappings::{RegisterKind, WriteValue};
 use crate::outputs::store::{self, Store, StoreSettings};
+use crate::vocabulary::{RegisterKind, WriteValue};
 
 /// YAML text to a checked model: an error is fine, a panic is not; an error renders.
 pub fn config(data: &[u8]) {
@@ -174,7 +174,7 @@ pub fn store(data: &[u8]) {
         let (seq, _) = s.push(
             Arc::from("t"),
             bytes::Bytes::from_static(b"x"),
-            crate::mappings::Qos::AtLeastOnce,
+            crate::vocabulary::Qos::AtLeastOnce,
             false,
             0,
         );

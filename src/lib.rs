@@ -1,8 +1,11 @@
 //! fieldgate: a Modbus TCP ⇄ MQTT protocol-converter gateway.
 //!
-//! The flow: `inputs` (one task per Modbus link) produce poll results; `mappings` (pure)
-//! turn them into publications and turn commands into writes; `outputs` speak MQTT. `config`
-//! compiles the YAML into the checked `model`. See `docs/ARCHITECTURE.md`.
+//! The flow: `inputs` (one task per Modbus link) produce poll results; the `mappings` engine
+//! (pure) turns them into typed updates, which the `northbound` profiles (pure) turn into
+//! publications; `outputs` speak MQTT; the `executor` turns commands into writes. `config`
+//! compiles the YAML into the checked `model`; `vocabulary` holds the words they all share.
+//! Imports run one way, down that list's layers; see `docs/ARCHITECTURE.md`. This file only
+//! declares the modules: it must not hold logic.
 
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
@@ -11,15 +14,20 @@
 pub mod backoff;
 pub mod config;
 pub mod events;
+pub mod executor;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod gateway;
+pub mod handoff;
 pub mod inputs;
 pub mod mappings;
 pub mod model;
+pub mod northbound;
 pub mod outputs;
+pub mod reload;
 pub mod simulator;
 pub mod telemetry;
+pub mod vocabulary;
 
 pub use gateway::run;
 pub mod check;

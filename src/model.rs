@@ -1,15 +1,17 @@
 //! The checked model: what the YAML means, compiled once at load time.
 //!
 //! Pure data. Decoders are chosen, scale factors and topics are fixed, and every device's
-//! read plan is built. Nothing here is re-parsed on the hot path.
+//! read plan is built. Nothing here is re-parsed on the hot path. Must not import anything
+//! above it but the vocabulary: the plain settings other rooms read (`StoreSettings`,
+//! `TlsSettings`) and the `Issue` a model carries live here for that reason.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::mappings::plan::{ReadPlan, Slot};
-use crate::mappings::{DataType, DeviceId, Order, PointId, Qos, RegisterKind};
+use crate::vocabulary::{DataType, DeviceId, Order, PointId, Qos, ReadPlan, RegisterKind, Slot};
 
 #[derive(Debug, Clone)]
 pub struct Model {
@@ -23,7 +25,7 @@ pub struct Model {
     pub commands: Vec<Command>,
     pub groups: Vec<Group>,
     /// What `check` warns about: allowed, but probably not what was meant.
-    pub warnings: Vec<crate::config::Issue>,
+    pub warnings: Vec<Issue>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +88,7 @@ pub struct MqttSettings {
     pub buffer: BufferSettings,
     /// MQTT 5 instead of 3.1.1.
     pub v5: bool,
-    pub tls: Option<crate::outputs::tls::TlsSettings>,
+    pub tls: Option<TlsSettings>,
     pub credentials: Option<Credentials>,
     pub encryption: Option<Encryption>,
 }
@@ -146,14 +148,14 @@ impl Encryption {
             && self
                 .topics
                 .iter()
-                .any(|f| crate::mappings::topic_matches(f, topic))
+                .any(|f| crate::vocabulary::topic_matches(f, topic))
     }
 }
 
 /// The outbound buffer (see `outputs::store`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BufferSettings {
-    pub store: crate::outputs::store::StoreSettings,
+    pub store: StoreSettings,
     /// How often the disk buffer is fsynced.
     pub sync_interval: Duration,
 }
@@ -296,7 +298,7 @@ pub struct Point {
     pub offset: f64,
     /// Round published values to this many decimals.
     pub decimals: Option<u8>,
-    /// Raw register contents that mean "no value" (as [`crate::mappings::codec::raw_bits`]
+    /// Raw register contents that mean "no value" (as `mappings::codec::raw_bits`
     /// gives them, e.g. `0x8000` for an i16): such a read is bad, like NaN.
     pub no_value: Vec<u64>,
     pub unit: Option<Arc<str>>,
@@ -409,4 +411,64 @@ impl Model {
         }
         out
     }
+}
+
+/// One problem in a mapping file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub line: u32,
+    pub col: u32,
+    /// Path of the key, e.g. `devices[tower].points[level].address`.
+    pub path: String,
+    pub message: String,
+}
+
+/// Bounds and disk settings of the buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// The segment directory; `None` keeps the buffer in memory only.
+    pub path: Option<PathBuf>,
+    pub max_rows: usize,
+    pub max_bytes: usize,
+    /// A segment file is closed and a new one started past this size.
+    pub segment_bytes: usize,
+}
+
+impl StoreSettings {
+    /// Segments of a quarter of the byte bound, between 64 KiB and 8 MiB: small enough that
+    /// acknowledged data leaves the disk soon, large enough for few files.
+    pub fn segment_bytes_for(max_bytes: usize) -> usize {
+        (max_bytes / 4).clamp(64 * 1024, 8 * 1024 * 1024)
+    }
+}
+
+/// Where trust in the broker's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// The operating system's CA store.
+    System,
+    /// CA certificates in a PEM file.
+    CaFile(PathBuf),
+    /// Exactly these leaf certificates (SHA-256 of the DER), for self-signed brokers. The
+    /// handshake signature is still verified; chain, name and dates are not.
+    Pins(Vec<[u8; 32]>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
+}
+
+/// `mqtt.tls`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub trust: Trust,
+    /// Client certificate chain and key (PEM) for mutual TLS.
+    pub client: Option<(PathBuf, PathBuf)>,
+    pub min_version: TlsVersion,
+    /// The name the broker's certificate must carry, when it is not the host we connect to.
+    pub server_name: Option<String>,
+    /// Where `tls inspect --pin` writes accepted pins (also read into `Trust::Pins`).
+    pub pin_file: Option<PathBuf>,
 }

@@ -1,7 +1,8 @@
 //! Loading a mapping file: read, parse (shape), compile (meaning), report every problem.
 //!
 //! `load` is the only entry point. Every problem carries `file:line:col`, the path of the
-//! key and a message; all of them are reported, not only the first.
+//! key and a message; all of them are reported, not only the first. Must not be imported by
+//! the model or the pure core (tests aside): it sits above them.
 
 mod compile;
 pub use compile::read_key_file;
@@ -16,15 +17,9 @@ use thiserror::Error;
 
 use crate::model::Model;
 
-/// One problem in a mapping file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Issue {
-    pub line: u32,
-    pub col: u32,
-    /// Path of the key, e.g. `devices[tower].points[level].address`.
-    pub path: String,
-    pub message: String,
-}
+// `Issue` lives in the model (a model carries its warnings); this path stays for the
+// compiler and `check`.
+pub use crate::model::Issue;
 
 /// Every problem found in one file.
 #[derive(Debug, Error)]

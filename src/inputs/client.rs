@@ -14,9 +14,9 @@ use tokio_modbus::slave::{Slave, SlaveContext};
 use tokio_serial::SerialPort;
 
 use super::mbap::MbapClient;
-use crate::mappings::plan::ReadRequest;
-use crate::mappings::{BlockData, RegisterKind, WriteValue};
 use crate::model::{LinkSpec, Parity, TidPolicy};
+use crate::vocabulary::ReadRequest;
+use crate::vocabulary::{BlockData, RegisterKind, WriteValue};
 
 pub use super::error::{LinkError, ModbusResult, transport_error};
 

@@ -6,9 +6,9 @@ use std::time::Duration;
 use tokio::time::{Instant, timeout};
 
 use super::client::{LinkError, ModbusClient, OpenOptions, open};
-use crate::mappings::plan::ReadRequest;
-use crate::mappings::{BlockData, RegisterKind, WriteValue, exception_name};
 use crate::model::LinkSpec;
+use crate::vocabulary::ReadRequest;
+use crate::vocabulary::{BlockData, RegisterKind, WriteValue, exception_name};
 
 /// Read `count` values once.
 pub async fn read(

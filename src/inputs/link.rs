@@ -43,11 +43,11 @@ use super::{LinkEvent, WriteRequest, WriteTarget};
 use crate::backoff::Backoff;
 use crate::events::{self, WriteOutcome};
 use crate::mappings::command::{format_number, readback_matches, write_width};
-use crate::mappings::plan::ReadRequest;
-use crate::mappings::{
+use crate::model::{Model, WriteFunction};
+use crate::vocabulary::ReadRequest;
+use crate::vocabulary::{
     BadRange, BlockData, DeviceId, DeviceStatus, Fault, PollResult, RegisterKind, WriteValue,
 };
-use crate::model::{Model, WriteFunction};
 
 /// How long opening a connection may take before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);

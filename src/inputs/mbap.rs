@@ -19,11 +19,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use super::error::{LinkError, ModbusResult, transport_error as transport};
-use crate::mappings::BlockData;
-#[cfg(test)]
-use crate::mappings::RegisterKind;
-use crate::mappings::plan::ReadRequest;
 pub use crate::model::TidPolicy;
+use crate::vocabulary::BlockData;
+use crate::vocabulary::ReadRequest;
+#[cfg(test)]
+use crate::vocabulary::RegisterKind;
 
 /// One Modbus TCP connection to one device or gateway.
 #[derive(Debug)]

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 
 use tokio::sync::oneshot;
 
-use crate::mappings::{BlockData, DeviceId, DeviceStatus, Fault, PollResult, WriteOp};
+use crate::vocabulary::{BlockData, DeviceId, DeviceStatus, Fault, PollResult, WriteOp};
 
 /// What a link task reports, with the model it was produced under: after a hot reload a link
 /// that kept running still speaks of its devices by the ids and read plans of the model it

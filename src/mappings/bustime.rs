@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use super::plan::ReadRequest;
 use crate::model::SerialSpec;
+use crate::vocabulary::ReadRequest;
 
 /// Time of one character on the wire.
 pub fn char_time(s: &SerialSpec) -> Duration {
@@ -67,8 +67,8 @@ pub fn estimate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mappings::RegisterKind;
     use crate::model::Parity;
+    use crate::vocabulary::RegisterKind;
 
     fn spec(baud: u32, parity: Parity) -> SerialSpec {
         SerialSpec {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use super::codec::{self, EncodeError};
-use super::{RegisterKind, WriteOp, WriteValue};
 use crate::model::{CommandAction, Model, Point, WriteLimits};
+use crate::vocabulary::{RegisterKind, WriteOp, WriteValue};
 
 /// Longest payload we look at; anything longer is refused unread.
 pub const MAX_PAYLOAD: usize = 256;

@@ -1,19 +1,21 @@
-//! The mapping engine: poll results in, publications out.
+//! The mapping engine: poll results in, typed updates out.
 //!
 //! A synchronous state machine over the compiled model. It decodes and scales each point,
-//! tracks quality, applies the publish mode (interval, on-change with deadband, both,
-//! max-silence), packs derived bits and renders payloads. Time is passed in: `now` (monotonic)
-//! for publish timing, and the poll's wall-clock `read_at` for timestamps.
+//! tracks its quality, packs derived bits once a device's cycle is whole, and turns device
+//! status changes into lifecycle updates (marking the device's good values stale when it goes
+//! down). What those updates become on the broker is the northbound profiles' business
+//! (`crate::northbound`): this file must not render payloads, decide publish timing, know
+//! topics, do I/O or read a clock (the poll's wall-clock `read_at` comes in with it).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
-
-use serde_json::json;
+use std::time::SystemTime;
 
 use super::codec::{self, Raw};
 use super::number;
-use super::{BlockData, DeviceId, DeviceStatus, PollResult, Publication, Qos};
-use crate::model::{Format, Model, Point, PublishMode, PublishRule};
+use crate::model::{Model, Point};
+/// The timestamp format moved to the vocabulary; this path stays for the command line.
+pub use crate::vocabulary::timestamp;
+use crate::vocabulary::{BlockData, DeviceId, DeviceStatus, PointId, PollResult};
 
 /// A decoded, scaled engineering value.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,34 +50,6 @@ pub enum Quality {
     Bad,
     /// The device stopped answering; the last value is old.
     Stale,
-}
-
-#[derive(Debug, Default, Clone)]
-struct PubState {
-    last_value: Option<Value>,
-    last_pub: Option<Instant>,
-    /// Force the next good value out (after a quality change).
-    force: bool,
-}
-
-#[derive(Debug, Clone)]
-struct PointState {
-    value: Option<Value>,
-    read_at: Option<SystemTime>,
-    quality: Quality,
-    publish: PubState,
-}
-
-/// Turns raw reads into publications; see the module docs.
-#[derive(Debug)]
-pub struct Engine {
-    model: Arc<Model>,
-    points: Vec<PointState>,
-    derived: Vec<PubState>,
-    /// For each device, the derived values that use one of its points.
-    derived_by_device: Vec<Vec<usize>>,
-    status: Vec<Option<DeviceStatus>>,
-    groups: super::group::Groups,
 }
 
 /// Why a point's registers hold no usable value, though the read itself succeeded. Such a
@@ -181,100 +155,70 @@ fn scale(p: &Point, raw: Raw) -> Result<Value, Unusable> {
     }))
 }
 
-/// The value as plain text: `123`, `21.5`, `5.83`, `true`; with `decimals`, exactly that many
-/// places (`21.0`). Numbers are written as [`number::text`] writes them.
-#[must_use]
-pub fn render_plain(v: &Value, decimals: Option<u8>) -> String {
-    match v {
-        Value::Bool(b) => b.to_string(),
-        Value::Int(i) => i.to_string(),
-        Value::UInt(u) => u.to_string(),
-        Value::F32(f) => match decimals {
-            Some(d) => number::fixed(number::f32_to_f64(*f), d),
-            None => number::text(number::f32_to_f64(*f)),
-        },
-        Value::Float(f) => match decimals {
-            Some(d) => number::fixed(*f, d),
-            None => number::text(*f),
-        },
-        Value::Text(t) => t.clone(),
-    }
+/// Where a value comes from: a point of the model, or a derived value (index into
+/// `Model::derived`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Point(PointId),
+    Derived(usize),
 }
 
-/// The value in a JSON payload. An f32 is written as its shortest decimal; a non-finite float
-/// (never produced by [`read_value`]) as `null`, never as the invalid JSON `NaN`.
-fn json_value(v: &Value) -> serde_json::Value {
-    match v {
-        Value::Bool(b) => json!(b),
-        Value::Int(i) => json!(i),
-        Value::UInt(u) => json!(u),
-        Value::F32(f) => json!(number::f32_to_f64(*f)),
-        Value::Float(f) => json!(f),
-        Value::Text(t) => json!(t),
-    }
+/// What a value is after an update.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reading {
+    /// A fresh, usable value.
+    Good(Value),
+    /// No usable value, and why (a fault of the read, or [`Unusable`]); for a derived value,
+    /// one of its inputs has no good value.
+    Bad(String),
+    /// The device went down: the last good value, now old.
+    Stale(Value),
 }
 
-/// RFC 3339 UTC with milliseconds.
-pub fn timestamp(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+/// One value's news: a fresh reading, a failure, or staleness.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueUpdate {
+    pub source: Source,
+    /// The device whose poll (or status change) produced this update.
+    pub device: DeviceId,
+    pub reading: Reading,
+    /// The quality before this update (`Unknown` for a derived value seen for the first time).
+    pub previous: Quality,
+    /// When the value was read (for a stale one: when it was last read).
+    pub read_at: SystemTime,
+    /// When this update happened: the read time, or the time of the status change.
+    pub at: SystemTime,
 }
 
-fn changed(old: Option<&Value>, new: &Value, deadband: f64) -> bool {
-    let Some(old) = old else { return true };
-    match (old.as_f64(), new.as_f64()) {
-        (Some(a), Some(b)) if deadband > 0.0 => (a - b).abs() > deadband,
-        _ => old != new,
-    }
+/// What the engine tells the northbound profiles, in the order it happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
+    Value(ValueUpdate),
+    /// A device's status changed (only changes are reported).
+    Device {
+        device: DeviceId,
+        status: DeviceStatus,
+        at: SystemTime,
+    },
 }
 
-/// Whether a fresh value is due under `rule`. `poll` is the source device's poll interval:
-/// an interval equal to the poll interval publishes on every poll despite jitter.
-fn due(rule: &PublishRule, st: &PubState, v: &Value, now: Instant, poll: Duration) -> bool {
-    let Some(last) = st.last_pub else { return true };
-    if st.force {
-        return true;
-    }
-    let elapsed = now.saturating_duration_since(last);
-    let interval_due = elapsed + (poll / 2).min(rule.interval / 2) >= rule.interval;
-    match rule.mode {
-        PublishMode::Interval => interval_due,
-        PublishMode::OnChange => {
-            changed(st.last_value.as_ref(), v, rule.deadband)
-                || rule.max_silence.is_some_and(|s| elapsed >= s)
-        }
-        PublishMode::Both => changed(st.last_value.as_ref(), v, rule.deadband) || interval_due,
-    }
+#[derive(Debug, Clone)]
+struct PointState {
+    value: Option<Value>,
+    read_at: Option<SystemTime>,
+    quality: Quality,
 }
 
-fn publication(rule: &PublishRule, payload: Vec<u8>, created_at: SystemTime) -> Publication {
-    Publication {
-        topic: rule.topic.clone(),
-        payload,
-        qos: rule.qos,
-        retain: rule.retain,
-        created_at,
-    }
-}
-
-fn json_payload(
-    p: &Point,
-    v: Option<&Value>,
-    ts: SystemTime,
-    quality: &str,
-    error: Option<&str>,
-) -> Vec<u8> {
-    let mut obj = json!({
-        "value": v.map_or(serde_json::Value::Null, json_value),
-        "ts": timestamp(ts),
-        "quality": quality,
-    });
-    if let Some(u) = &p.unit {
-        obj["unit"] = json!(u.as_ref());
-    }
-    if let Some(e) = error {
-        obj["error"] = json!(e);
-    }
-    obj.to_string().into_bytes()
+/// Turns poll results and device status into [`Update`]s; see the module docs.
+#[derive(Debug)]
+pub struct Engine {
+    model: Arc<Model>,
+    points: Vec<PointState>,
+    /// The quality of each derived value.
+    derived: Vec<Quality>,
+    /// For each device, the derived values that use one of its points.
+    derived_by_device: Vec<Vec<usize>>,
+    status: Vec<Option<DeviceStatus>>,
 }
 
 impl Engine {
@@ -284,7 +228,6 @@ impl Engine {
                 value: None,
                 read_at: None,
                 quality: Quality::Unknown,
-                publish: PubState::default()
             };
             model.points.len()
         ];
@@ -298,13 +241,17 @@ impl Engine {
             }
         }
         Engine {
-            groups: super::group::Groups::new(Arc::clone(&model)),
-            derived: vec![PubState::default(); model.derived.len()],
+            derived: vec![Quality::Unknown; model.derived.len()],
             status: vec![None; model.devices.len()],
             derived_by_device,
             points,
             model,
         }
+    }
+
+    /// The model this engine decodes under.
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
     }
 
     /// The id in this engine's model of the device `name`, which a link running on `from`
@@ -319,24 +266,15 @@ impl Engine {
         (then.plan.requests == self.model.devices[id].plan.requests).then_some(id)
     }
 
-    /// Close the group windows that ended by `now`; returns their messages.
-    pub fn tick(&mut self, now: SystemTime) -> Vec<Publication> {
-        self.groups.tick(now)
-    }
-
-    /// When `tick` next has something to do.
-    pub fn next_deadline(&self) -> Option<SystemTime> {
-        self.groups.next_deadline()
-    }
-
     /// The current value and quality of a point (for tests and the probe).
     pub fn value(&self, point: usize) -> (Option<&Value>, Quality) {
         let s = &self.points[point];
         (s.value.as_ref(), s.quality)
     }
 
-    /// Process one poll cycle; returns what to publish.
-    pub fn on_poll(&mut self, poll: &PollResult, now: Instant) -> Vec<Publication> {
+    /// Process one poll result: one update per point it covers, then, once the cycle is whole,
+    /// one per derived value that uses the device.
+    pub fn on_poll(&mut self, poll: &PollResult) -> Vec<Update> {
         let mut out = Vec::new();
         let model = Arc::clone(&self.model);
         let Some(device) = model.devices.get(poll.device) else {
@@ -344,7 +282,6 @@ impl Engine {
         };
         for &pid in &device.points {
             let p = &model.points[pid];
-            let st = &mut self.points[pid];
             let width = if p.kind.is_bit() { 1 } else { p.dtype.width() };
             let Some(block) = poll.block(p.slot.request) else {
                 continue;
@@ -356,93 +293,80 @@ impl Engine {
                     read_value(p, data, usize::from(p.slot.offset)).map_err(|u| u.to_string())
                 }
             };
-            match result {
+            let st = &mut self.points[pid];
+            let previous = st.quality;
+            let reading = match result {
                 Ok(v) => {
-                    if st.quality != Quality::Good {
-                        st.publish.force = true;
-                    }
                     st.quality = Quality::Good;
                     st.read_at = Some(poll.read_at);
-                    if let Some(x) = v.as_f64() {
-                        self.groups.sample(pid, x, poll.read_at);
-                    }
-                    if let Some(rule) = &p.publish
-                        && due(rule, &st.publish, &v, now, device.poll_interval)
-                    {
-                        let payload = match rule.format {
-                            Format::Plain => render_plain(&v, p.decimals).into_bytes(),
-                            Format::Json => json_payload(p, Some(&v), poll.read_at, "good", None),
-                        };
-                        out.push(publication(rule, payload, poll.read_at));
-                        st.publish.last_pub = Some(now);
-                        st.publish.last_value = Some(v.clone());
-                        st.publish.force = false;
-                    }
-                    st.value = Some(v);
+                    st.value = Some(v.clone());
+                    Reading::Good(v)
                 }
                 Err(fault) => {
-                    if st.quality != Quality::Bad
-                        && let Some(rule) = p.publish.as_ref().filter(|r| r.format == Format::Json)
-                    {
-                        out.push(publication(
-                            rule,
-                            json_payload(p, None, poll.read_at, "bad", Some(fault.as_str())),
-                            poll.read_at,
-                        ));
-                    }
                     st.quality = Quality::Bad;
+                    Reading::Bad(fault)
                 }
-            }
+            };
+            out.push(Update::Value(ValueUpdate {
+                source: Source::Point(pid),
+                device: poll.device,
+                reading,
+                previous,
+                read_at: poll.read_at,
+                at: poll.read_at,
+            }));
         }
-        if !poll.complete {
-            return out;
-        }
-        for &di in &self.derived_by_device[poll.device] {
-            let d = &model.derived[di];
-            let mut bits = 0u64;
-            let mut ok = true;
-            for (i, &pid) in d.pack_bits.iter().enumerate() {
-                match (&self.points[pid].value, self.points[pid].quality) {
-                    (Some(v), Quality::Good) => {
-                        if v.as_f64().is_some_and(|x| x != 0.0) {
-                            bits |= 1 << i;
-                        }
-                    }
-                    _ => ok = false,
-                }
-            }
-            let st = &mut self.derived[di];
-            if !ok {
-                st.force = true;
-                continue;
-            }
-            let v = Value::UInt(bits);
-            if due(&d.publish, st, &v, now, device.poll_interval) {
-                let payload = match d.publish.format {
-                    Format::Plain => bits.to_string().into_bytes(),
-                    Format::Json => {
-                        json!({"value": bits, "ts": timestamp(poll.read_at), "quality": "good"})
-                            .to_string()
-                            .into_bytes()
-                    }
-                };
-                out.push(publication(&d.publish, payload, poll.read_at));
-                st.last_pub = Some(now);
-                st.last_value = Some(v);
-                st.force = false;
+        if poll.complete {
+            for i in 0..self.derived_by_device[poll.device].len() {
+                let di = self.derived_by_device[poll.device][i];
+                out.push(Update::Value(self.derive(di, poll.device, poll.read_at)));
             }
         }
         out
     }
 
-    /// A device's link reports its state; publishes the retained status when it changes, and
-    /// marks the device's values stale when it goes down.
+    /// Derived value `di`: its bits packed from good points, or bad when one is not good.
+    fn derive(&mut self, di: usize, device: DeviceId, read_at: SystemTime) -> ValueUpdate {
+        let d = &self.model.derived[di];
+        let mut bits = 0u64;
+        let mut ok = true;
+        for (i, &pid) in d.pack_bits.iter().enumerate() {
+            match (&self.points[pid].value, self.points[pid].quality) {
+                (Some(v), Quality::Good) => {
+                    if v.as_f64().is_some_and(|x| x != 0.0) {
+                        bits |= 1 << i;
+                    }
+                }
+                _ => ok = false,
+            }
+        }
+        let previous = self.derived[di];
+        let reading = if ok {
+            self.derived[di] = Quality::Good;
+            Reading::Good(Value::UInt(bits))
+        } else {
+            self.derived[di] = Quality::Bad;
+            Reading::Bad("an input point has no good value".into())
+        };
+        ValueUpdate {
+            source: Source::Derived(di),
+            device,
+            reading,
+            previous,
+            read_at,
+            at: read_at,
+        }
+    }
+
+    /// A device's link reports its state. When it changed: a lifecycle update, and when the
+    /// device went down, a stale update for each of its good points and a bad one for each
+    /// derived value that uses it.
     pub fn on_device_status(
         &mut self,
         device: DeviceId,
         status: DeviceStatus,
         at: SystemTime,
-    ) -> Vec<Publication> {
+    ) -> Vec<Update> {
         let mut out = Vec::new();
         let model = Arc::clone(&self.model);
         let Some(dev) = model.devices.get(device) else {
@@ -451,45 +375,40 @@ impl Engine {
         if self.status[device].as_ref() == Some(&status) {
             return out;
         }
-        self.groups
-            .device_status(device, !matches!(status, DeviceStatus::Error(_)));
-        let payload = match &status {
-            DeviceStatus::Ok => json!({"status": "ok", "ts": timestamp(at)}),
-            DeviceStatus::Degraded { failing, reason } => {
-                let failing: Vec<&str> = failing.iter().map(|f| &**f).collect();
-                json!({"status": "degraded", "failing": failing, "reason": reason, "ts": timestamp(at)})
-            }
-            DeviceStatus::Error(reason) => {
-                json!({"status": "error", "reason": reason, "ts": timestamp(at)})
-            }
-        };
-        out.push(Publication {
-            topic: dev.status_topic.clone(),
-            payload: payload.to_string().into_bytes(),
-            qos: Qos::AtLeastOnce,
-            retain: true,
-            created_at: at,
+        let down = matches!(status, DeviceStatus::Error(_));
+        out.push(Update::Device {
+            device,
+            status: status.clone(),
+            at,
         });
-        if matches!(status, DeviceStatus::Error(_)) {
+        if down {
             for &pid in &dev.points {
-                let p = &model.points[pid];
                 let st = &mut self.points[pid];
-                if st.quality == Quality::Good {
-                    if let (Some(rule), Some(read_at)) = (
-                        p.publish.as_ref().filter(|r| r.format == Format::Json),
-                        st.read_at,
-                    ) {
-                        out.push(publication(
-                            rule,
-                            json_payload(p, st.value.as_ref(), read_at, "stale", None),
-                            at,
-                        ));
-                    }
-                    st.quality = Quality::Stale;
+                if st.quality != Quality::Good {
+                    continue;
+                }
+                st.quality = Quality::Stale;
+                if let (Some(v), Some(read_at)) = (&st.value, st.read_at) {
+                    out.push(Update::Value(ValueUpdate {
+                        source: Source::Point(pid),
+                        device,
+                        reading: Reading::Stale(v.clone()),
+                        previous: Quality::Good,
+                        read_at,
+                        at,
+                    }));
                 }
             }
             for &di in &self.derived_by_device[device] {
-                self.derived[di].force = true;
+                let previous = std::mem::replace(&mut self.derived[di], Quality::Bad);
+                out.push(Update::Value(ValueUpdate {
+                    source: Source::Derived(di),
+                    device,
+                    reading: Reading::Bad(format!("device {} is down", dev.name)),
+                    previous,
+                    read_at: at,
+                    at,
+                }));
             }
         }
         self.status[device] = Some(status);
@@ -498,13 +417,12 @@ impl Engine {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::load_str;
-    use crate::mappings::Fault;
     use std::path::Path;
 
-    const YAML: &str = r#"
+    pub(crate) const YAML: &str = r#"
 mqtt: { host: localhost, status_topic: t/status }
 devices:
   - name: tower
@@ -535,158 +453,6 @@ derived:
         ))
     }
 
-    fn poll(level: u16, temp: i16, flow: f32, p1: bool, p2: bool) -> PollResult {
-        let f = flow.to_bits();
-        PollResult {
-            device: 0,
-            read_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-            blocks: vec![
-                Ok(BlockData::Bits(vec![p1, p2])),
-                Ok(BlockData::Words(vec![
-                    level,
-                    temp as u16,
-                    0,
-                    (f >> 16) as u16,
-                    f as u16,
-                ])),
-            ],
-            first: 0,
-            complete: true,
-            bad: Vec::new(),
-        }
-    }
-
-    fn topics(p: &[Publication]) -> Vec<(&'static str, String)> {
-        // Leaking a few test strings keeps the assertions short.
-        p.iter()
-            .map(|p| {
-                (
-                    &*String::leak(p.topic.to_string()),
-                    String::from_utf8_lossy(&p.payload).into_owned(),
-                )
-            })
-            .collect()
-    }
-
-    #[test]
-    fn first_poll_publishes_everything_with_scaling_and_formats() {
-        let mut e = engine();
-        let t0 = Instant::now();
-        let out = e.on_poll(&poll(123, -215, 1.5, true, false), t0);
-        let t = topics(&out);
-        assert!(t.contains(&("t/level", "123".into())), "{t:?}");
-        assert!(t.contains(&("t/flow", "1.5".into())));
-        assert!(t.contains(&("t/pumpcode", "1".into())));
-        let temp = t.iter().find(|(k, _)| *k == "t/temp").unwrap();
-        let j: serde_json::Value = serde_json::from_str(&temp.1).unwrap();
-        assert_eq!(j["value"], json!(-21.5));
-        assert_eq!(j["unit"], json!("°C"));
-        assert_eq!(j["quality"], json!("good"));
-        assert_eq!(j["ts"], json!("2023-11-14T22:13:20.000Z"));
-        assert_eq!(
-            out.iter().find(|p| &*p.topic == "t/level").unwrap().qos,
-            Qos::ExactlyOnce
-        );
-    }
-
-    #[test]
-    fn interval_on_change_deadband_and_both() {
-        let mut e = engine();
-        let t0 = Instant::now();
-        e.on_poll(&poll(100, 200, 1.0, false, false), t0);
-        // 500ms later: level (interval = poll) again; temp moved 0.3 < deadband: no; flow same, interval 2s: no.
-        let t = topics(&e.on_poll(
-            &poll(100, 203, 1.0, false, false),
-            t0 + Duration::from_millis(480),
-        ));
-        assert_eq!(t, [("t/level", "100".to_string())]);
-        // temp moves 0.6 from the last published value: yes; flow changes: yes (both).
-        let t = topics(&e.on_poll(
-            &poll(100, 206, 2.0, false, true),
-            t0 + Duration::from_millis(1000),
-        ));
-        let names: Vec<_> = t.iter().map(|(k, _)| *k).collect();
-        assert_eq!(names, ["t/level", "t/temp", "t/flow", "t/pumpcode"]);
-        assert!(t.contains(&("t/pumpcode", "2".into())));
-        // flow unchanged but 2s since its last publication: yes (both = change or interval).
-        let t = topics(&e.on_poll(
-            &poll(100, 206, 2.0, false, true),
-            t0 + Duration::from_millis(3000),
-        ));
-        assert!(t.iter().any(|(k, _)| *k == "t/flow"));
-        assert!(!t.iter().any(|(k, _)| *k == "t/pumpcode"));
-        // pumpcode's max_silence of 10s republishes the unchanged value.
-        let t = topics(&e.on_poll(
-            &poll(100, 206, 2.0, false, true),
-            t0 + Duration::from_millis(11_000),
-        ));
-        assert!(t.contains(&("t/pumpcode", "2".into())));
-    }
-
-    #[test]
-    fn exceptions_mark_quality_bad_and_recovery_forces_a_publication() {
-        let mut e = engine();
-        let t0 = Instant::now();
-        e.on_poll(&poll(100, 200, 1.0, false, false), t0);
-        let mut bad = poll(100, 200, 1.0, false, false);
-        bad.blocks[1] = Err(Fault::Exception(2));
-        let out = e.on_poll(&bad, t0 + Duration::from_millis(500));
-        let t = topics(&out);
-        // Plain points are not published; the JSON point says bad; pumpcode (bits ok) is quiet.
-        assert_eq!(t.len(), 1, "{t:?}");
-        assert_eq!(t[0].0, "t/temp");
-        assert!(t[0].1.contains("\"quality\":\"bad\"") && t[0].1.contains("illegal data address"));
-        assert_eq!(e.value(1).1, Quality::Bad);
-        // Same value as before the fault, well within the deadband: published anyway (recovered).
-        let t = topics(&e.on_poll(
-            &poll(100, 200, 1.0, false, false),
-            t0 + Duration::from_millis(1000),
-        ));
-        assert!(t.iter().any(|(k, _)| *k == "t/temp"));
-    }
-
-    #[test]
-    fn device_down_publishes_status_once_and_marks_stale() {
-        let mut e = engine();
-        let t0 = Instant::now();
-        let at = SystemTime::UNIX_EPOCH;
-        e.on_poll(&poll(100, 200, 1.0, true, true), t0);
-        let out = e.on_device_status(0, DeviceStatus::Error("timeout".into()), at);
-        let t = topics(&out);
-        assert_eq!(t[0].0, "t/status/tower");
-        assert!(t[0].1.contains("\"status\":\"error\"") && t[0].1.contains("timeout"));
-        assert!(out[0].retain);
-        // The JSON point is re-published as stale with its old value; plain ones are not.
-        assert_eq!(t.len(), 2);
-        assert!(t[1].1.contains("\"quality\":\"stale\"") && t[1].1.contains("20"));
-        assert!(
-            e.on_device_status(0, DeviceStatus::Error("timeout".into()), at)
-                .is_empty()
-        );
-        let t = topics(&e.on_device_status(0, DeviceStatus::Ok, at));
-        assert!(t[0].1.contains("\"status\":\"ok\""));
-        // After recovery, pumpcode is forced out even though it did not change.
-        let t = topics(&e.on_poll(
-            &poll(100, 200, 1.0, true, true),
-            t0 + Duration::from_millis(600),
-        ));
-        assert!(t.contains(&("t/pumpcode", "3".into())));
-    }
-
-    #[test]
-    fn short_block_is_bad_not_a_panic() {
-        let mut e = engine();
-        let mut p = poll(1, 1, 1.0, false, false);
-        p.blocks[1] = Ok(BlockData::Words(vec![1]));
-        p.blocks[0] = Ok(BlockData::Bits(vec![]));
-        let out = e.on_poll(&p, Instant::now());
-        assert!(
-            topics(&out)
-                .iter()
-                .all(|(k, _)| *k == "t/level" || *k == "t/temp")
-        );
-    }
-
     #[test]
     fn device_ids_map_by_name_only_under_the_same_read_plan() {
         let e = engine();
@@ -703,164 +469,7 @@ derived:
         assert_eq!(e.device_id("tower", 0, &other), None);
     }
 
-    #[test]
-    fn plain_rendering() {
-        assert_eq!(render_plain(&Value::Float(21.0), Some(1)), "21.0");
-        assert_eq!(render_plain(&Value::F32(0.1), None), "0.1");
-        assert_eq!(render_plain(&Value::F32(5.83), None), "5.83");
-        assert_eq!(render_plain(&Value::F32(5.83), Some(1)), "5.8");
-        assert_eq!(render_plain(&Value::F32(1e-7), None), "1e-7");
-        assert_eq!(render_plain(&Value::Float(3276.7), None), "3276.7");
-        assert_eq!(render_plain(&Value::Bool(true), None), "true");
-        assert_eq!(render_plain(&Value::Int(-3), None), "-3");
-    }
-
-    /// One device with an f32 and an f64 point, JSON and plain, in every word order; a group
-    /// averages the first; a good f32 sits next to them.
-    /// (point name, address, type, order) of each point of [`float_model`].
-    type Layout = Vec<(String, usize, codec::DataType, codec::Order)>;
-
-    fn float_model() -> (Arc<Model>, Layout) {
-        let mut yaml = String::from(
-            "mqtt: { host: localhost, status_topic: t/status }\ndevices:\n  - name: m\n    tcp: { host: 127.0.0.1 }\n    points:\n",
-        );
-        let mut layout = Vec::new();
-        let mut address = 0usize;
-        for (ty, dtype) in [("f32", codec::DataType::F32), ("f64", codec::DataType::F64)] {
-            for order in ["ABCD", "CDAB", "BADC", "DCBA"] {
-                for format in ["json", "plain"] {
-                    let name = format!("{ty}_{order}_{format}");
-                    yaml.push_str(&format!(
-                        "      - {{ name: {name}, kind: holding_register, address: {address}, type: {ty}, order: {order}, publish: {{ topic: t/{name}, format: {format} }} }}\n"
-                    ));
-                    let o = match order {
-                        "ABCD" => codec::Order::ABCD,
-                        "CDAB" => codec::Order::CDAB,
-                        "BADC" => codec::Order::BADC,
-                        _ => codec::Order::DCBA,
-                    };
-                    layout.push((name, address, dtype, o));
-                    address += usize::from(dtype.width());
-                }
-            }
-        }
-        yaml.push_str(&format!(
-            "      - {{ name: good, kind: holding_register, address: {address}, type: f32, publish: {{ topic: t/good, format: json }} }}\n"
-        ));
-        layout.push((
-            "good".into(),
-            address,
-            codec::DataType::F32,
-            codec::Order::ABCD,
-        ));
-        yaml.push_str(
-            "groups:\n  - { source: s, format: simple, interval: 10s, topic: t/g, values: [ { key: a, point: m.f32_ABCD_json, aggregate: max }, { key: b, point: m.good } ] }\n",
-        );
-        let m = load_str(Path::new("f.yaml"), &yaml, Default::default(), "h")
-            .unwrap_or_else(|e| panic!("{e}"));
-        (Arc::new(m), layout)
-    }
-
-    /// The registers of one poll where every float point reads `v` and `good` reads 5.83.
-    fn float_poll(layout: &Layout, v: f64) -> PollResult {
-        let mut words = Vec::new();
-        for (name, _, dtype, order) in layout {
-            let x = if name == "good" { 5.83 } else { v };
-            // Encode through the bits: `encode` refuses non-finite values, as it should.
-            let w = match dtype {
-                codec::DataType::F32 => {
-                    let be = (x as f32).to_bits();
-                    let abcd = [(be >> 16) as u16, be as u16];
-                    reorder(&abcd, *order)
-                }
-                _ => {
-                    let be = x.to_bits();
-                    let abcd = [
-                        (be >> 48) as u16,
-                        (be >> 32) as u16,
-                        (be >> 16) as u16,
-                        be as u16,
-                    ];
-                    reorder(&abcd, *order)
-                }
-            };
-            words.extend(w);
-        }
-        PollResult {
-            device: 0,
-            read_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_001),
-            first: 0,
-            blocks: vec![Ok(BlockData::Words(words))],
-            complete: true,
-            bad: Vec::new(),
-        }
-    }
-
-    /// Big-endian words (ABCD) into the registers of `order`.
-    fn reorder(abcd: &[u16], order: codec::Order) -> Vec<u16> {
-        let mut w: Vec<u16> = abcd.to_vec();
-        if matches!(order, codec::Order::CDAB | codec::Order::DCBA) {
-            w.reverse();
-        }
-        if matches!(order, codec::Order::BADC | codec::Order::DCBA) {
-            w.iter_mut().for_each(|x| *x = x.swap_bytes());
-        }
-        w
-    }
-
-    #[test]
-    fn nan_and_infinities_are_bad_in_every_float_type_order_and_format() {
-        let (model, layout) = float_model();
-        for (v, reason) in [
-            (f64::NAN, "not a number"),
-            (f64::INFINITY, "infinite"),
-            (f64::NEG_INFINITY, "infinite"),
-        ] {
-            let mut e = Engine::new(Arc::clone(&model));
-            let t0 = Instant::now();
-            // First a good reading everywhere: 1.5 publishes on every topic.
-            let out = topics(&e.on_poll(&float_poll(&layout, 1.5), t0));
-            assert_eq!(out.len(), layout.len(), "{out:?}");
-            let out = topics(&e.on_poll(&float_poll(&layout, v), t0 + Duration::from_millis(1000)));
-            for (name, ..) in &layout {
-                let topic = format!("t/{name}");
-                let got: Vec<&String> = out
-                    .iter()
-                    .filter(|(t, _)| *t == topic)
-                    .map(|(_, p)| p)
-                    .collect();
-                assert!(
-                    out.iter()
-                        .all(|(_, p)| !p.contains("NaN") && !p.contains("Infinity")),
-                    "{out:?}"
-                );
-                if name == "good" {
-                    assert_eq!(got.len(), 1, "{name}");
-                    let j: serde_json::Value = serde_json::from_str(got[0]).unwrap();
-                    assert_eq!(j["value"], json!(5.83));
-                    assert_eq!(j["quality"], "good");
-                } else if name.ends_with("json") {
-                    assert_eq!(got.len(), 1, "{name}: {out:?}");
-                    let j: serde_json::Value = serde_json::from_str(got[0]).unwrap();
-                    assert_eq!(j["value"], serde_json::Value::Null, "{name}");
-                    assert_eq!(j["quality"], "bad", "{name}");
-                    assert_eq!(j["error"], reason, "{name}");
-                } else {
-                    assert!(got.is_empty(), "plain {name} published {got:?}");
-                }
-            }
-            // Once per episode: the next bad reading is quiet, the good one carries on.
-            let out = topics(&e.on_poll(&float_poll(&layout, v), t0 + Duration::from_millis(2000)));
-            assert_eq!(out.iter().map(|(t, _)| *t).collect::<Vec<_>>(), ["t/good"]);
-            // The group skipped the bad samples: its max is the good 1.5.
-            let g = e.tick(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_010));
-            let j: serde_json::Value = serde_json::from_slice(&g[0].payload).unwrap();
-            assert_eq!(j["s"]["a"], json!(1.5), "{j}");
-            assert_eq!(j["s"]["b"], json!(5.83), "{j}");
-        }
-    }
-
-    fn one_point(extra: &str) -> Point {
+    pub(crate) fn one_point(extra: &str) -> Point {
         let yaml = format!(
             "mqtt: {{ host: localhost, status_topic: t/status }}\ndevices:\n  - name: m\n    tcp: {{ host: 127.0.0.1 }}\n    points:\n      - {{ name: p, kind: holding_register, address: 0, {extra} }}\n"
         );
@@ -922,48 +531,6 @@ derived:
         assert_eq!(
             read_value(&p, &words(&[0x7FFF]), 0),
             Ok(Value::Float(3276.7))
-        );
-    }
-
-    #[test]
-    fn floats_and_scaled_values_are_published_as_people_write_them() {
-        let words = |f: f32| {
-            let b = f.to_bits();
-            BlockData::Words(vec![(b >> 16) as u16, b as u16])
-        };
-        let p = one_point("type: f32");
-        let v = read_value(&p, &words(5.83), 0).unwrap();
-        assert_eq!(render_plain(&v, p.decimals), "5.83");
-        assert_eq!(json_value(&v).to_string(), "5.83");
-        // An f32 scaled by 2 stays a float (no decimals from an integer scale), tidy.
-        let p = one_point("type: f32, scale: 2");
-        let v = read_value(&p, &words(5.83), 0).unwrap();
-        assert_eq!(render_plain(&v, p.decimals), "11.66");
-        // decimals applies in plain and JSON alike.
-        let p = one_point("type: f32, decimals: 1");
-        let v = read_value(&p, &words(5.83), 0).unwrap();
-        assert_eq!(render_plain(&v, p.decimals), "5.8");
-        assert_eq!(json_value(&v).to_string(), "5.8");
-        // Raw 32767 * 0.1 is 3276.7, not 3276.7000000000003, with or without decimals.
-        let p = one_point("type: i16, scale: 0.1, decimals: 3");
-        let v = read_value(&p, &BlockData::Words(vec![32767]), 0).unwrap();
-        assert_eq!(json_value(&v).to_string(), "3276.7");
-        assert_eq!(render_plain(&v, p.decimals), "3276.700");
-        let p = one_point("type: u16, scale: 0.1, offset: 0.2, decimals: 9");
-        let v = read_value(&p, &BlockData::Words(vec![1]), 0).unwrap();
-        assert_eq!(json_value(&v).to_string(), "0.3");
-        // Scaling that overflows is infinite, not published.
-        let p = one_point("type: f64, scale: 1e300");
-        let b = 1e300f64.to_bits();
-        let w = vec![
-            (b >> 48) as u16,
-            (b >> 32) as u16,
-            (b >> 16) as u16,
-            b as u16,
-        ];
-        assert_eq!(
-            read_value(&p, &BlockData::Words(w), 0),
-            Err(Unusable::Infinite)
         );
     }
 

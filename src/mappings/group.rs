@@ -4,6 +4,8 @@
 //! Pure: wall-clock time comes in as an argument. Windows are aligned to multiples of the
 //! interval since the Unix epoch, so a 10 s group sends at :00, :10, :20 whatever the start
 //! time. A window that the gateway slept through is not sent afterwards as an empty burst.
+//! The groups profile (`northbound::groups`) drives it. Must not do I/O, read a clock, or
+//! import the engine or the profiles.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -13,9 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Value as Json, json};
 use sha1::{Digest, Sha1};
 
-use super::engine::timestamp;
-use super::{DeviceId, PointId, Publication};
 use crate::model::{Aggregate, Group, GroupFormat, Model};
+use crate::vocabulary::{DeviceId, PointId, Publication, timestamp};
 
 /// SI prefixes we convert across: the factor from a prefixed unit to its base.
 fn prefix(unit: &str) -> (f64, &str) {

@@ -6,7 +6,8 @@
 
 use std::fmt::Write as _;
 
-use super::codec::{DataType, Order, Raw, decode};
+use super::codec::{Raw, decode};
+use crate::vocabulary::{DataType, Order};
 
 const ORDERS: [Order; 4] = [Order::ABCD, Order::CDAB, Order::BADC, Order::DCBA];
 

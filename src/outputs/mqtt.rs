@@ -36,8 +36,8 @@ use super::store::Store;
 use super::tls::ConnState;
 use crate::backoff::Backoff;
 use crate::events;
-use crate::mappings::{Publication, Qos};
 use crate::model::MqttSettings;
+use crate::vocabulary::{Publication, Qos};
 
 pub const ONLINE: &str = "online";
 pub const OFFLINE: &str = "offline";
@@ -294,7 +294,15 @@ pub fn start(
     let durable = store
         .is_durable()
         .then(|| settings.buffer.store.path.clone());
-    events::buffer_opened(durable.flatten().as_deref(), &recovery);
+    events::buffer_opened(
+        durable.flatten().as_deref(),
+        &events::BufferRecovery {
+            recovered: recovery.recovered,
+            truncated_bytes: recovery.truncated_bytes,
+            moved_aside: &recovery.moved_aside,
+            memory_only_because: recovery.memory_only_because.as_deref(),
+        },
+    );
 
     let hard_stop = CancellationToken::new();
     let announce = Arc::new(std::sync::Mutex::new(Announce {
@@ -596,14 +604,14 @@ impl Publisher {
                     serde_json::json!({
                         "state": state.as_str(),
                         "reason": reason,
-                        "ts": crate::mappings::engine::timestamp(at),
+                        "ts": crate::vocabulary::timestamp(at),
                     })
                 });
                 let connection = Publication {
                     topic: Arc::from(format!("{}/connection", self.status_topic)),
                     payload: serde_json::json!({
                         "state": ConnState::Connected.as_str(),
-                        "ts": crate::mappings::engine::timestamp(SystemTime::now()),
+                        "ts": crate::vocabulary::timestamp(SystemTime::now()),
                         "last_failure": failure,
                     })
                     .to_string()
@@ -839,7 +847,7 @@ impl Reporter<'_> {
     fn connected(&self, client: Client) {
         let _ = self.up_at.set(Instant::now());
         events::mqtt_connected(self.broker);
-        events::mqtt_state(ConnState::Connected);
+        report_state(ConnState::Connected);
         let subscriptions = self
             .announce
             .lock()
@@ -1098,7 +1106,7 @@ async fn run_connection(
                 (ConnState::SessionTakenOver, reason, delay)
             }
         };
-        events::mqtt_state(state);
+        report_state(state);
         let _ = sessions.send(Session::Failed {
             state,
             reason: reason.clone(),
@@ -1119,6 +1127,11 @@ async fn run_connection(
             }
         }
     }
+}
+
+/// The connection state gauge: one series per state, 1 for the current one.
+fn report_state(state: ConnState) {
+    events::mqtt_state(state.as_str(), &ConnState::ALL.map(ConnState::as_str));
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::mappings::Qos;
+use crate::vocabulary::Qos;
 
 const MAGIC: &[u8; 4] = b"FGQ1";
 const KIND_PUBLISH: u8 = 1;
@@ -172,24 +172,8 @@ pub fn decode_segment(bytes: &[u8]) -> Decoded {
     }
 }
 
-/// Bounds and disk settings of the buffer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreSettings {
-    /// The segment directory; `None` keeps the buffer in memory only.
-    pub path: Option<PathBuf>,
-    pub max_rows: usize,
-    pub max_bytes: usize,
-    /// A segment file is closed and a new one started past this size.
-    pub segment_bytes: usize,
-}
-
-impl StoreSettings {
-    /// Segments of a quarter of the byte bound, between 64 KiB and 8 MiB: small enough that
-    /// acknowledged data leaves the disk soon, large enough for few files.
-    pub fn segment_bytes_for(max_bytes: usize) -> usize {
-        (max_bytes / 4).clamp(64 * 1024, 8 * 1024 * 1024)
-    }
-}
+// The settings are plain data of the model; this path stays for the config compiler.
+pub use crate::model::StoreSettings;
 
 /// What opening the store found, for the log.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 //! Reads certificate, key and pin files; does no networking. Never logs or returns key
 //! material.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
@@ -19,36 +19,9 @@ use rustls::{
 };
 use sha2::{Digest, Sha256};
 
-/// Where trust in the broker's certificate comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Trust {
-    /// The operating system's CA store.
-    System,
-    /// CA certificates in a PEM file.
-    CaFile(PathBuf),
-    /// Exactly these leaf certificates (SHA-256 of the DER), for self-signed brokers. The
-    /// handshake signature is still verified; chain, name and dates are not.
-    Pins(Vec<[u8; 32]>),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsVersion {
-    V1_2,
-    V1_3,
-}
-
-/// `mqtt.tls`, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsSettings {
-    pub trust: Trust,
-    /// Client certificate chain and key (PEM) for mutual TLS.
-    pub client: Option<(PathBuf, PathBuf)>,
-    pub min_version: TlsVersion,
-    /// The name the broker's certificate must carry, when it is not the host we connect to.
-    pub server_name: Option<String>,
-    /// Where `tls inspect --pin` writes accepted pins (also read into `Trust::Pins`).
-    pub pin_file: Option<PathBuf>,
-}
+// The settings are plain data of the model; these paths stay for the config compiler and
+// `check`.
+pub use crate::model::{TlsSettings, TlsVersion, Trust};
 
 /// The SHA-256 of a certificate's DER, as pinned.
 pub fn sha256(der: &[u8]) -> [u8; 32] {

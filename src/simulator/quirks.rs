@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio_modbus::{ExceptionCode, Request, Response};
 
 use super::Profile;
-use crate::mappings::RegisterKind;
+use crate::vocabulary::RegisterKind;
 
 /// Every quirk's spec form, for error messages and `--help`.
 pub const VALID: &str = "close-after-reply, no-fc5, no-fc6, no-fc16, max-read=N, \

@@ -1,0 +1,242 @@
+//! The command executor: the one path by which anything is written to a device.
+//!
+//! Does: open encrypted commands (freshness, replay), let the command router parse and
+//! validate them, hand each write to its device's link task, wait for the read-back, and
+//! publish the ack. One command at a time, with its origin in the log. Must not: parse command
+//! payloads itself (that is `mappings::command`), talk Modbus, or touch the MQTT client.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::events;
+use crate::handoff::hand_off;
+use crate::inputs::{WriteRequest, WriteTarget};
+use crate::mappings::command::{CommandError, Router, printable, readback_matches};
+use crate::mappings::engine::decode_at;
+use crate::model::Model;
+use crate::northbound::points::render_plain;
+use crate::outputs::mqtt::IncomingCommand;
+use crate::vocabulary::{Fault, Publication, timestamp};
+
+/// What the executor works from; replaced as a whole on reload.
+#[derive(Debug)]
+pub struct Snapshot {
+    model: Arc<Model>,
+    router: Router,
+    /// Device name -> the queue of its link task.
+    writers: HashMap<Arc<str>, mpsc::Sender<WriteRequest>>,
+}
+
+impl Snapshot {
+    /// The executor's view of `model`, writing through `writers` (device name -> link queue).
+    pub fn new(
+        model: &Arc<Model>,
+        writers: HashMap<Arc<str>, mpsc::Sender<WriteRequest>>,
+    ) -> Arc<Self> {
+        Arc::new(Snapshot {
+            model: Arc::clone(model),
+            router: Router::new(Arc::clone(model)),
+            writers,
+        })
+    }
+}
+
+fn rejection_kind(e: &CommandError) -> &'static str {
+    match e {
+        CommandError::Retained => "retained",
+        CommandError::UnknownTopic => "unknown_topic",
+        CommandError::UnknownPayload(..) => "unknown_payload",
+        CommandError::TooLong | CommandError::NotUtf8 | CommandError::NotAValue(_) => "malformed",
+        CommandError::OutOfRange { .. } | CommandError::Encode(_) => "out_of_range",
+        CommandError::WrongType { .. } => "wrong_type",
+    }
+}
+
+/// Encrypted commands older (or newer) than this are refused: a captured command cannot be
+/// replayed later.
+const COMMAND_MAX_AGE: Duration = Duration::from_secs(30);
+
+/// Remembers the nonces of recent encrypted commands, so that a captured one is not replayed
+/// within [`COMMAND_MAX_AGE`].
+#[derive(Default)]
+struct ReplayGuard {
+    seen: std::collections::VecDeque<(SystemTime, Vec<u8>)>,
+}
+
+impl ReplayGuard {
+    fn open(
+        &mut self,
+        enc: &crate::model::Encryption,
+        topic: &str,
+        envelope: &[u8],
+        now: SystemTime,
+    ) -> Result<Vec<u8>, String> {
+        use crate::mappings::envelope;
+        let (ts, plain) = envelope::open(&enc.key.0, topic, envelope).map_err(|e| e.to_string())?;
+        let sent = SystemTime::UNIX_EPOCH + Duration::from_millis(ts);
+        let age = now.duration_since(sent).unwrap_or_else(|e| e.duration());
+        if age > COMMAND_MAX_AGE {
+            return Err(format!(
+                "stale: sent {} s from now (at most {} s allowed)",
+                age.as_secs(),
+                COMMAND_MAX_AGE.as_secs()
+            ));
+        }
+        while self
+            .seen
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t).unwrap_or_default() > COMMAND_MAX_AGE * 2)
+        {
+            self.seen.pop_front();
+        }
+        let nonce = envelope[1..1 + envelope::NONCE_LEN].to_vec();
+        if self.seen.iter().any(|(_, n)| *n == nonce) {
+            return Err("replayed: this exact message was already received".into());
+        }
+        self.seen.push_back((now, nonce));
+        Ok(plain)
+    }
+}
+
+/// Run commands from `commands` one at a time until `stop` is cancelled; see the module docs.
+pub async fn run_executor(
+    snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    mut commands: mpsc::Receiver<IncomingCommand>,
+    out: mpsc::Sender<Publication>,
+    stop: CancellationToken,
+) {
+    let mut replays = ReplayGuard::default();
+    loop {
+        let mut cmd = tokio::select! {
+            () = stop.cancelled() => return,
+            c = commands.recv() => match c { Some(c) => c, None => return },
+        };
+        let snap = Arc::clone(&snapshots.borrow());
+        let (model, router) = (&snap.model, &snap.router);
+        let encrypted = model
+            .mqtt
+            .encryption
+            .as_ref()
+            .filter(|e| e.covers(&cmd.topic, &model.mqtt.status_topic));
+        let mut text = printable(&String::from_utf8_lossy(&cmd.payload));
+        let ack = |ci: usize, body: serde_json::Value| {
+            let c = &model.commands[ci];
+            Publication {
+                topic: c.ack_topic.clone(),
+                payload: body.to_string().into_bytes(),
+                qos: c.qos,
+                retain: false,
+                created_at: SystemTime::now(),
+            }
+        };
+        if let Some(enc) = encrypted {
+            // Only a payload that authenticates, is fresh and was not seen before goes on.
+            match replays.open(enc, &cmd.topic, &cmd.payload, SystemTime::now()) {
+                Ok(plain) => {
+                    text = printable(&String::from_utf8_lossy(&plain));
+                    cmd.payload = plain.into();
+                }
+                Err(reason) => {
+                    events::command_rejected(&cmd.topic, "<encrypted>", &reason, "not_authentic");
+                    if let Some(ci) = router.command_for(&cmd.topic) {
+                        hand_off(
+                            &out,
+                            ack(
+                                ci,
+                                json!({"result": "rejected", "reason": reason, "ts": timestamp(SystemTime::now())}),
+                            ),
+                        )
+                        .await;
+                    }
+                    continue;
+                }
+            }
+        }
+        let accepted = match router.parse(&cmd.topic, &cmd.payload, cmd.retain) {
+            Ok(a) => a,
+            Err((ci, e)) => {
+                events::command_rejected(&cmd.topic, &text, &e.to_string(), rejection_kind(&e));
+                if let Some(ci) = ci {
+                    hand_off(
+                        &out,
+                        ack(
+                            ci,
+                            json!({"command": text, "result": "rejected", "reason": e.to_string(), "ts": timestamp(SystemTime::now())}),
+                        ),
+                    )
+                    .await;
+                }
+                continue;
+            }
+        };
+        events::command_accepted(&cmd.topic, &accepted.label);
+        let started = Instant::now();
+        let origin: Arc<str> = Arc::from(format!("mqtt:{}", cmd.topic));
+        let mut readback = HashMap::new();
+        let mut failure: Option<String> = None;
+        for op in accepted.writes {
+            let point = &model.points[op.point];
+            let device = &model.devices[op.device];
+            let Some(writer) = snap.writers.get(&device.name) else {
+                continue;
+            };
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let written = op.value.clone();
+            let device_timeout = device.timeout;
+            let target = WriteTarget::of(device, point.name.clone());
+            let req = WriteRequest {
+                op,
+                target,
+                origin: origin.clone(),
+                reply: reply_tx,
+            };
+            let result = if writer.send(req).await.is_err() {
+                Err(Fault::NotConnected)
+            } else {
+                // The link answers within two device timeouts (write + read-back); the margin
+                // only guards against a link task that has gone away.
+                match tokio::time::timeout(device_timeout * 2 + Duration::from_secs(5), reply_rx)
+                    .await
+                {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_)) => Err(Fault::NotConnected),
+                    Err(_) => Err(Fault::Timeout),
+                }
+            };
+            match result {
+                Ok(data) if readback_matches(&written, &data) => {
+                    let v = decode_at(point, &data, 0).map(|v| render_plain(&v, point.decimals));
+                    readback.insert(point.full_name.to_string(), v);
+                }
+                Ok(data) => {
+                    let v = decode_at(point, &data, 0).map(|v| render_plain(&v, point.decimals));
+                    failure = Some(format!(
+                        "{}: read-back {} does not match the written value",
+                        point.full_name,
+                        v.unwrap_or_default()
+                    ));
+                    break;
+                }
+                Err(f) => {
+                    failure = Some(format!("{}: {f}", point.full_name));
+                    break;
+                }
+            }
+        }
+        let body = match &failure {
+            None => {
+                json!({"command": accepted.label, "result": "ok", "readback": readback, "ts": timestamp(SystemTime::now())})
+            }
+            Some(reason) => {
+                json!({"command": accepted.label, "result": "error", "reason": reason, "ts": timestamp(SystemTime::now())})
+            }
+        };
+        events::command_done(started.elapsed().as_secs_f64());
+        hand_off(&out, ack(accepted.command, body)).await;
+    }
+}

@@ -218,6 +218,9 @@ pub struct Engine {
     derived: Vec<Quality>,
     /// For each device, the derived values that use one of its points.
     derived_by_device: Vec<Vec<usize>>,
+    /// For each device and each request of its read plan, the points read by it (in mapping
+    /// order): a block is decoded without looking at the device's other points.
+    by_request: Vec<Vec<Vec<PointId>>>,
     status: Vec<Option<DeviceStatus>>,
 }
 
@@ -240,10 +243,24 @@ impl Engine {
                 }
             }
         }
+        let by_request = model
+            .devices
+            .iter()
+            .map(|d| {
+                let mut r = vec![Vec::new(); d.plan.requests.len()];
+                for &pid in &d.points {
+                    if let Some(list) = r.get_mut(model.points[pid].slot.request) {
+                        list.push(pid);
+                    }
+                }
+                r
+            })
+            .collect();
         Engine {
             derived: vec![Quality::Unknown; model.derived.len()],
             status: vec![None; model.devices.len()],
             derived_by_device,
+            by_request,
             points,
             model,
         }
@@ -277,10 +294,14 @@ impl Engine {
     pub fn on_poll(&mut self, poll: &PollResult) -> Vec<Update> {
         let mut out = Vec::new();
         let model = Arc::clone(&self.model);
-        let Some(device) = model.devices.get(poll.device) else {
+        let Some(requests) = self.by_request.get(poll.device) else {
             return out;
         };
-        for &pid in &device.points {
+        let pids = (poll.first..poll.first + poll.blocks.len())
+            .filter_map(|ri| requests.get(ri))
+            .flatten()
+            .copied();
+        for pid in pids {
             let p = &model.points[pid];
             let width = if p.kind.is_bit() { 1 } else { p.dtype.width() };
             let Some(block) = poll.block(p.slot.request) else {

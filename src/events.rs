@@ -108,6 +108,14 @@ pub fn link_connected(link: &str) {
     info!(link, "modbus link connected");
 }
 
+/// The link was re-opened after a device fault (a timeout, a garbled reply, a connection the
+/// device closed): counted with the connects, logged at debug (a device that closes after every
+/// reply would otherwise fill the log).
+pub fn link_reopened(link: &str, why: &str) {
+    counter!("fieldgate_modbus_connects_total", "link" => link.to_owned()).increment(1);
+    debug!(link, why, "modbus link re-opened");
+}
+
 pub fn link_down(link: &str, reason: &str, retry_in: std::time::Duration) {
     gauge!("fieldgate_modbus_link_up", "link" => link.to_owned()).set(0.0);
     warn!(link, reason, retry_in = ?retry_in, "modbus link down");
@@ -180,14 +188,24 @@ pub fn read_split(device: &str, function: u8, address: u16, count: u16, code: u8
     );
 }
 
-/// A device answered ILLEGAL FUNCTION to FC 5 / FC 6; FC 15 / FC 16 are used from now on.
+/// A device answered ILLEGAL FUNCTION to one way of writing a single coil or register
+/// (FC 5 / FC 6, or FC 15 / FC 16); the other is used from now on.
 pub fn write_function_fallback(device: &str, from: u8, to: u8) {
-    warn!(
-        device,
-        from,
-        to,
-        "device refuses the single-write function; using the multiple-write function from now on"
-    );
+    if to > from {
+        warn!(
+            device,
+            from,
+            to,
+            "device refuses the single-write function; using the multiple-write function from now on"
+        );
+    } else {
+        warn!(
+            device,
+            from,
+            to,
+            "device refuses the multiple-write function; using the single-write function from now on"
+        );
+    }
 }
 
 /// How a write ended, for the log and `fieldgate_writes_total{outcome}`.

@@ -119,6 +119,7 @@ async fn single_write_functions_fall_back_to_the_multiple_ones_and_remember() {
     let mut gw = gateway_yaml(dir.path(), &yaml);
     gw.wait_line("modbus link connected").await;
     obs.wait_subscribed(1).await;
+    obs.wait_topic(0, "fq2/status", |p| p == "online").await;
     for (i, v) in ["350", "360", "365"].iter().enumerate() {
         let since = obs.len();
         obs.publish("fq2/stop1/set", v, false).await;
@@ -148,9 +149,10 @@ async fn single_write_functions_fall_back_to_the_multiple_ones_and_remember() {
     let yaml = mapping(mqtt, addr, "fq2", "    write_function: single", points)
         + "commands:\n  - { topic: fq2/stop1/set, write: dev.stop1 }\n";
     let dir = tempfile::tempdir().unwrap();
+    let mark = obs.len();
     let mut gw = gateway_yaml(dir.path(), &yaml);
     gw.wait_line("modbus link connected").await;
-    obs.wait_subscribed(1).await;
+    obs.wait_topic(mark, "fq2/status", |p| p == "online").await;
     let since = obs.len();
     obs.publish("fq2/stop1/set", "300", false).await;
     let ack = json(
@@ -428,6 +430,7 @@ async fn a_silently_clamped_write_is_a_mismatch_not_ok() {
         .unwrap_or_else(|| panic!("no address in {line}"));
     gw.wait_line("modbus link connected").await;
     obs.wait_subscribed(1).await;
+    obs.wait_topic(0, "fq9/status", |p| p == "online").await;
     let since = obs.len();
     obs.publish("fq9/stop1/set", "350", false).await;
     let ack = json(
@@ -470,4 +473,111 @@ async fn a_busy_device_is_asked_again_not_reported() {
         obs.all()
     );
     assert_eq!(gw.count_lines("read refused"), 0, "{}", gw.output());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lenient_ids_with_two_replies_at_once_never_shift_values() {
+    // Replies with id 0, and the previous reply right in front of each: under lenient ids the
+    // two cannot be told apart, so nothing may be published as if it were the answer.
+    let (_sim, addr) = simulator(
+        "127.0.0.1:0",
+        &[
+            "--speed",
+            "0",
+            "--level",
+            "123",
+            "--quirk",
+            "tid-zero",
+            "--quirk",
+            "stale-prefix",
+        ],
+    )
+    .await;
+    let (_broker, mqtt) = broker("127.0.0.1:0").await;
+    let mut obs = Observer::start(mqtt, "fq11/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    // Two reads of the same function and size: only the pairing tells their replies apart.
+    let points = "      - { name: level, kind: holding_register, address: 0, publish: { topic: fq11/level, format: json } }\n      - { name: stop1, kind: holding_register, address: 2, publish: { topic: fq11/stop1, format: json } }";
+    let yaml = mapping(mqtt, addr, "fq11", "", points).replace(
+        &format!("port: {} }}", addr.port()),
+        &format!("port: {}, transaction_id: lenient }}", addr.port()),
+    );
+    let gw = gateway_yaml(dir.path(), &yaml);
+    // Each doubled reply is discarded and the request asked again on a fresh connection,
+    // where the first reply comes alone.
+    wait_good(&mut obs, "fq11/level", 5).await;
+    wait_good(&mut obs, "fq11/stop1", 5).await;
+    // Whatever was published is the right value for its point, never another request's.
+    for m in obs.all().iter().filter(|m| m.topic != "fq11/status") {
+        let v = json(&m.payload);
+        if v["quality"] == "good" {
+            match m.topic.as_str() {
+                "fq11/level" => assert_eq!(v["value"], 20, "{}", gw.output()),
+                "fq11/stop1" => assert_eq!(v["value"], 370, "{}", gw.output()),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_function_that_stops_working_is_switched_back() {
+    let (mut sim, addr) = simulator("127.0.0.1:0", &["--speed", "0", "--quirk", "no-fc6"]).await;
+    let (_broker, mqtt) = broker("127.0.0.1:0").await;
+    let mut obs = Observer::start(mqtt, "fq12/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let points = "      - { name: stop1, kind: holding_register, address: 2, writable: true, min: 0, max: 400 }";
+    let yaml = mapping(mqtt, addr, "fq12", "", points)
+        + "commands:\n  - { topic: fq12/stop1/set, write: dev.stop1 }\n";
+    let mut gw = gateway_yaml(dir.path(), &yaml);
+    gw.wait_line("modbus link connected").await;
+    obs.wait_subscribed(1).await;
+    // `online` follows the gateway's subscriptions on its connection.
+    obs.wait_topic(0, "fq12/status", |p| p == "online").await;
+    let since = obs.len();
+    obs.publish("fq12/stop1/set", "350", false).await;
+    let ack = json(
+        &obs.wait_topic(since, "fq12/stop1/set/ack", |_| true)
+            .await
+            .payload,
+    );
+    assert_eq!(ack["result"], "ok", "{ack}");
+    // The device now takes FC 6 and refuses FC 16.
+    sim.send_line("quirk clear");
+    sim.wait_line("quirk clear ok").await;
+    sim.send_line("quirk no-fc16");
+    sim.wait_line("quirk no-fc16 ok").await;
+    let since = obs.len();
+    obs.publish("fq12/stop1/set", "340", false).await;
+    let ack = json(
+        &obs.wait_topic(since, "fq12/stop1/set/ack", |_| true)
+            .await
+            .payload,
+    );
+    assert_eq!(ack["result"], "ok", "{ack}");
+    assert_eq!(ack["readback"]["dev.stop1"], "340");
+    gw.wait_line("using the single-write function").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_does_not_wait_for_a_poll_in_progress() {
+    // The first poll waits a minute after connecting; the stop must not.
+    let (_sim, addr) = simulator("127.0.0.1:0", &["--speed", "0"]).await;
+    let (_broker, mqtt) = broker("127.0.0.1:0").await;
+    let dir = tempfile::tempdir().unwrap();
+    let points =
+        "      - { name: level, kind: input_register, address: 0, publish: { topic: fq13/level } }";
+    let yaml = mapping(
+        mqtt,
+        addr,
+        "fq13",
+        "    connect_delay: 60s\n    request_delay: 60s",
+        points,
+    );
+    let mut gw = gateway_yaml(dir.path(), &yaml);
+    gw.wait_line("modbus link connected").await;
+    gw.wait_line("mqtt connected").await;
+    gw.signal("TERM");
+    // wait_exit gives up after the harness's deadline, far below the minute of the delays.
+    assert_eq!(gw.wait_exit().await, Some(0), "{}", gw.output());
 }

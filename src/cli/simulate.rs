@@ -71,7 +71,7 @@ pub(crate) struct TowerArgs {
     /// A quirk of real devices, for every unit; repeatable: close-after-reply, no-fc5,
     /// no-fc6, no-fc16, max-read=N, hole=KIND:ADDR, connect-silence=DURATION,
     /// min-gap=DURATION, tid-zero, tid-swap, stale-prefix, echo, clamp=ADDR:MIN:MAX,
-    /// poke=KIND:ADDR:VALUE, delay=DURATION (KIND: co, di, ir, hr). At run time, write
+    /// poke=KIND:ADDR:VALUE, delay=DURATION, busy=N (KIND: co, di, ir, hr). At run time, write
     /// `quirk SPEC` or `quirk clear` to stdin.
     #[arg(long = "quirk", value_name = "SPEC")]
     quirks: Vec<fieldgate::simulator::Quirk>,

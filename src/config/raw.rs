@@ -51,10 +51,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         };
         return Err(format!("a duration needs a unit: write {t}ms or {also}"));
     }
-    humantime::parse_duration(t).map_err(|e| {
+    let d = humantime::parse_duration(t).map_err(|e| {
         format!("invalid duration `{s}` ({e}); write a number with a unit, e.g. 500ms, 2s, 1m")
-    })
+    })?;
+    if d > MAX_DURATION {
+        return Err(format!("duration `{s}` is too long: at most 365 days"));
+    }
+    Ok(d)
 }
+
+/// The longest duration a mapping may give: every timer is a point in time from now, and one
+/// far beyond the clock's range cannot be set.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 const fn d_ms(ms: u64) -> Dur {
     Dur(Duration::from_millis(ms))

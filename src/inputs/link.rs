@@ -290,7 +290,14 @@ impl Link {
                     }
                 }
                 () = sleep_until(due) => {
-                    if let Err(e) = self.poll_device(bus, &mut states[next], due).await {
+                    // A poll (reads only) is abandoned at shutdown: its waits, timeouts and
+                    // remaining requests must not hold the stop up. A write is finished.
+                    let polled = tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => return Stop::Shutdown,
+                        r = self.poll_device(bus, &mut states[next], due) => r,
+                    };
+                    if let Err(e) = polled {
                         return Stop::LinkDown(e);
                     }
                     bus.report(self.name());
@@ -308,6 +315,7 @@ impl Link {
         bus.client = open(&link.spec, unit, self.open_options()).await?;
         bus.last_frame = Instant::now();
         bus.ready_at = bus.last_frame + link.connect_delay;
+        events::link_reopened(&link.name, "device fault");
         Ok(())
     }
 
@@ -656,6 +664,7 @@ impl Link {
             WriteValue::Registers(r) => r.len() == 1,
         };
         let mut multiple = self.multiple(dev, op.kind);
+        let mut flipped = false;
         let mut link_down = None;
         let mut reply = Err(Fault::NotConnected);
         for attempt in 0..3 {
@@ -692,19 +701,33 @@ impl Link {
                     }
                     Err(Fault::Transport(format!("bad reply: {e}")))
                 }
+                // Under `auto`, ILLEGAL FUNCTION to one way of writing a single value tries the
+                // other once, and the one that worked is remembered (a device that changed its
+                // mind, e.g. after a firmware update, is followed back).
                 Ok(Ok(Err(1)))
-                    if single && !multiple && dev.write_function == WriteFunction::Auto =>
+                    if single && !flipped && dev.write_function == WriteFunction::Auto =>
                 {
-                    let (from, to) = match op.kind {
+                    let (single_fc, multiple_fc) = match op.kind {
                         RegisterKind::Coil => (5, 15),
                         _ => (6, 16),
                     };
+                    let (from, to) = if multiple {
+                        (multiple_fc, single_fc)
+                    } else {
+                        (single_fc, multiple_fc)
+                    };
                     events::write_function_fallback(&dev.device, from, to);
-                    self.multiple_writes
+                    let mut learned = self
+                        .multiple_writes
                         .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert((dev.device.clone(), op.kind));
-                    multiple = true;
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if multiple {
+                        learned.remove(&(dev.device.clone(), op.kind));
+                    } else {
+                        learned.insert((dev.device.clone(), op.kind));
+                    }
+                    multiple = !multiple;
+                    flipped = true;
                     continue;
                 }
                 Ok(Ok(Err(code))) => Err(Fault::Exception(code)),

@@ -15,7 +15,7 @@
 //! A connection closed by the device reads as [`LinkError::Closed`], never as an OS error with
 //! code 0. Does no retrying and no timing: the link task does both.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use super::error::{LinkError, ModbusResult, transport_error as transport};
@@ -80,12 +80,25 @@ impl MbapClient {
         frame.extend_from_slice(&(pdu.len() as u16 + 1).to_be_bytes());
         frame.push(self.unit);
         frame.extend_from_slice(pdu);
+        if self.policy == TidPolicy::Lenient {
+            self.discard_input()?;
+        }
         self.stream.write_all(&frame).await.map_err(transport)?;
         loop {
             let (rtid, unit, body) = self.read_frame().await?;
             let swapped = tid.swap_bytes();
-            let ours = rtid == tid
-                || (self.policy == TidPolicy::Lenient && (rtid == 0 || rtid == swapped));
+            let exact = rtid == tid;
+            let ours =
+                exact || (self.policy == TidPolicy::Lenient && (rtid == 0 || rtid == swapped));
+            // Without a transaction id of its own, a reply can only be told from a stale one by
+            // being alone: more input right behind it means we cannot know which is ours.
+            if ours && !exact && !self.stream.buffer().is_empty() {
+                let _ = self.discard_input();
+                return Err(LinkError::Protocol(
+                    "more than one reply arrived and the device does not echo transaction ids,                      so which one answers this request cannot be told; both discarded"
+                        .into(),
+                ));
+            }
             if !ours {
                 if rtid == 0 || rtid == swapped {
                     return Err(LinkError::Protocol(format!(
@@ -108,6 +121,22 @@ impl MbapClient {
                 Ok(data) => Ok(Ok(data)),
                 Err(code) => Ok(Err(code)),
             };
+        }
+    }
+
+    /// Drop whatever input is waiting (buffered, or already in the socket): before a request
+    /// under lenient ids, anything there is a stale reply that could be taken for the answer.
+    fn discard_input(&mut self) -> Result<(), LinkError> {
+        let n = self.stream.buffer().len();
+        std::pin::Pin::new(&mut self.stream).consume(n);
+        let mut sink = [0u8; 512];
+        loop {
+            match self.stream.get_ref().try_read(&mut sink) {
+                Ok(0) => return Err(LinkError::Closed),
+                Ok(_) => self.stale_discarded += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(transport(e)),
+            }
         }
     }
 
@@ -353,6 +382,56 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[tokio::test]
+    async fn lenient_ids_never_take_one_of_two_replies_for_the_answer() {
+        // Every reply carries id 0, and the previous reply arrives right in front of each.
+        let s = serve(|r| {
+            let mut out = reply(0, r[6], &[3, 4, 0, 9, 0, 9]);
+            out.extend(reply(0, r[6], &[3, 4, 0, 1, 0, 2]));
+            out
+        })
+        .await;
+        let mut c = MbapClient::new(s, 1, TidPolicy::Lenient);
+        for _ in 0..3 {
+            let e = c.read(HR).await.unwrap_err();
+            assert!(e.to_string().contains("more than one reply"), "{e}");
+        }
+        // A late reply left in the socket before a request is dropped, not read as its answer.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            // A reply to nothing yet (id 0, value 99), then, once asked, the real one.
+            s.write_all(&reply(0, 1, &[3, 4, 0, 99, 0, 99]))
+                .await
+                .unwrap();
+            let _ = tx.send(());
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf).await;
+            s.write_all(&reply(0, 1, &[3, 4, 0, 1, 0, 2]))
+                .await
+                .unwrap();
+            let _ = s.read(&mut buf).await;
+        });
+        let mut c = MbapClient::new(
+            TcpStream::connect(addr).await.unwrap(),
+            1,
+            TidPolicy::Lenient,
+        );
+        rx.await.unwrap();
+        // Let the early bytes reach our socket.
+        for _ in 0..100 {
+            if c.stream.get_ref().peek(&mut [0u8; 1]).await.is_ok() {
+                break;
+            }
+        }
+        assert_eq!(
+            c.read(HR).await.unwrap().unwrap(),
+            BlockData::Words(vec![1, 2])
+        );
     }
 
     #[tokio::test]

@@ -382,8 +382,13 @@ fn group(s: &mut String, m: &Model, g: &Group) {
     if let Some(c) = &g.configuration_topic {
         let _ = writeln!(
             s,
-            "    configuration -> {c} (qos {}, retained)",
-            g.configuration_qos.level()
+            "    configuration -> {c} (qos {}{})",
+            g.configuration_qos.level(),
+            if g.configuration_retain {
+                ", retained"
+            } else {
+                ", not retained"
+            }
         );
     }
     let suffix = if g.format == GroupFormat::PerPoint {
@@ -467,10 +472,8 @@ fn publishes(s: &mut String, m: &Model) {
 /// What `check --sample` adds: every group message with null values.
 pub fn samples(m: &Model) -> String {
     let mut s = String::new();
-    for g in &m.groups {
-        for (topic, body) in crate::mappings::group::sample_messages(g) {
-            let _ = writeln!(s, "{topic}\n  {body}");
-        }
+    for (topic, body) in crate::mappings::group::sample_messages(&m.groups) {
+        let _ = writeln!(s, "{topic}\n  {body}");
     }
     s
 }

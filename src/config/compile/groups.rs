@@ -48,10 +48,20 @@ fn shared_topics(ctx: &mut Ctx, raw: &[Located<RawGroup>], groups: &[Group]) {
             _ => match first.get(&g.topic) {
                 None => {
                     first.insert(g.topic.clone(), gi);
-                    ctx.note_topic(&g.topic, at, &format!("{gpath}.topic"));
+                    let key = if g.format == GroupFormat::Detailed {
+                        "measurement_topic"
+                    } else {
+                        "topic"
+                    };
+                    ctx.note_topic(&g.topic, at, &format!("{gpath}.{key}"));
                 }
                 Some(&fi) => {
                     let f = &groups[fi];
+                    let key = if g.format == GroupFormat::Detailed {
+                        "measurement_topic"
+                    } else {
+                        "topic"
+                    };
                     let differs = [
                         (f.format != g.format, "format"),
                         (f.interval != g.interval, "interval"),
@@ -66,7 +76,7 @@ fn shared_topics(ctx: &mut Ctx, raw: &[Located<RawGroup>], groups: &[Group]) {
                         ctx.err_at(
                             r.line,
                             r.col,
-                            format!("{gpath}.topic"),
+                            format!("{gpath}.{key}"),
                             format!(
                                 "groups sharing topic `{}` are merged into one message and must differ in source and agree on the rest; {what} conflicts with groups[{}]",
                                 g.topic, f.source
@@ -106,7 +116,7 @@ fn shared_topics(ctx: &mut Ctx, raw: &[Located<RawGroup>], groups: &[Group]) {
                         r.col,
                         format!("{gpath}.configuration_topic"),
                         format!(
-                            "groups sharing configuration topic `{ct}` are one retained message and must differ in source and agree on the rest; {what} conflicts with groups[{}]",
+                            "groups sharing configuration topic `{ct}` are one configuration message and must differ in source and agree on the rest; {what} conflicts with groups[{}]",
                             f.source
                         ),
                     );

@@ -382,8 +382,13 @@ fn group(s: &mut String, m: &Model, g: &Group) {
     if let Some(c) = &g.configuration_topic {
         let _ = writeln!(
             s,
-            "    configuration -> {c} (qos {}, retained)",
-            g.configuration_qos.level()
+            "    configuration -> {c} (qos {}{})",
+            g.configuration_qos.level(),
+            if g.configuration_retain {
+                ", retained"
+            } else {
+                ", not retained"
+            }
         );
     }
     let suffix = if g.format == GroupFormat::PerPoint {
@@ -391,13 +396,34 @@ fn group(s: &mut String, m: &Model, g: &Group) {
     } else {
         ""
     };
+    // Groups sharing the topic are merged into one message per interval.
+    let shared: Vec<&str> = m
+        .groups
+        .iter()
+        .filter(|o| {
+            g.format != GroupFormat::PerPoint
+                && o.format == g.format
+                && o.topic == g.topic
+                && o.source != g.source
+        })
+        .map(|o| o.source.as_ref())
+        .collect();
     let _ = writeln!(
         s,
-        "    messages -> {}{suffix} (qos {}{})",
+        "    messages -> {}{suffix} (qos {}{}{})",
         g.topic,
         g.qos.level(),
-        if g.retain { ", retained" } else { "" }
+        if g.retain { ", retained" } else { "" },
+        if shared.is_empty() {
+            String::new()
+        } else {
+            format!(", one message with {}", shared.join(", "))
+        }
     );
+    if let Some(list) = g.configuration["sources"].as_array() {
+        let names: Vec<&str> = list.iter().filter_map(|v| v.as_str()).collect();
+        let _ = writeln!(s, "    sources: {}", names.join(", "));
+    }
     for v in &g.values {
         let _ = writeln!(s, "{}", group_value_line(m, g, v));
     }
@@ -467,10 +493,8 @@ fn publishes(s: &mut String, m: &Model) {
 /// What `check --sample` adds: every group message with null values.
 pub fn samples(m: &Model) -> String {
     let mut s = String::new();
-    for g in &m.groups {
-        for (topic, body) in crate::mappings::group::sample_messages(g) {
-            let _ = writeln!(s, "{topic}\n  {body}");
-        }
+    for (topic, body) in crate::mappings::group::sample_messages(&m.groups) {
+        let _ = writeln!(s, "{topic}\n  {body}");
     }
     s
 }

@@ -57,6 +57,8 @@ pub struct Group {
     pub qos: Qos,
     pub retain: bool,
     pub configuration_qos: Qos,
+    /// Retain the detailed configuration (default true).
+    pub configuration_retain: bool,
     /// The `configuration` object of the detailed format (also the input of the id).
     pub configuration: serde_json::Value,
     /// SHA-1 (40 hex) of the canonical configuration; see `mappings::group::configuration_id`.
@@ -394,14 +396,21 @@ impl Model {
         );
         out.extend(self.derived.iter().map(|d| d.publish.topic.clone()));
         for g in &self.groups {
-            out.extend(g.configuration_topic.clone());
+            // Groups may share a topic (one merged message): list it once.
+            let mut add = |t: Arc<str>| {
+                if !out.contains(&t) {
+                    out.push(t);
+                }
+            };
+            if let Some(c) = &g.configuration_topic {
+                add(c.clone());
+            }
             match g.format {
-                GroupFormat::PerPoint => out.extend(
-                    g.values
-                        .iter()
-                        .map(|v| Arc::from(format!("{}/{}", g.topic, v.key))),
-                ),
-                _ => out.push(g.topic.clone()),
+                GroupFormat::PerPoint => g
+                    .values
+                    .iter()
+                    .for_each(|v| add(Arc::from(format!("{}/{}", g.topic, v.key)))),
+                _ => add(g.topic.clone()),
             }
         }
         for c in &self.commands {

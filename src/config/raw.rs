@@ -97,6 +97,42 @@ const fn default_poll_interval() -> Dur {
 const fn default_scale() -> f64 {
     1.0
 }
+const fn default_true() -> bool {
+    true
+}
+
+/// The source classes the energy manager's MQTT specification names.
+pub const GROUP_CLASSES: &[&str] = &["CLASS_CONSUMER"];
+
+/// The device types the energy manager's MQTT specification names.
+pub const GROUP_DEVICE_TYPES: &[&str] = &["DEVICE_TYPE_UNKNOWN", "DEVICE_TYPE_ROOM_KITCHEN"];
+
+/// A name from `names`, offered for completion, or any other text.
+fn named_or_free(description: &str, names: &[&str]) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": description,
+        "anyOf": [
+            { "type": "string", "enum": names },
+            { "type": "string" },
+            { "type": "null" }
+        ]
+    })
+}
+
+fn class_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    named_or_free(
+        "Class of the source: one of the energy manager's names, or free text (check notes it).",
+        GROUP_CLASSES,
+    )
+}
+
+fn device_type_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    named_or_free(
+        "Device type (`devicetype` in the payload): one of the energy manager's names, or free text (check notes it).",
+        GROUP_DEVICE_TYPES,
+    )
+}
+
 const fn default_qos() -> u8 {
     1
 }
@@ -182,22 +218,35 @@ pub struct RawGroup {
     /// QoS of the measurement (or simple / per-point) messages. Default 1.
     #[serde(default = "default_qos")]
     pub qos: u8,
-    /// Retain the measurement (or simple / per-point) messages. Default false. The detailed
-    /// configuration is always retained.
+    /// Retain the measurement (or simple / per-point) messages. Default false.
     #[serde(default)]
     pub retain: bool,
-    /// QoS of the detailed configuration message. Default 1.
+    /// QoS of the detailed configuration message. Default 1. Groups sharing a
+    /// `configuration_topic` must agree on it.
     #[serde(default = "default_qos")]
     pub configuration_qos: u8,
+    /// Retain the detailed configuration message. Default true. It is sent at every connect
+    /// and whenever it changes (a reload); groups sharing a `configuration_topic` must agree.
+    #[serde(default = "default_true")]
+    pub configuration_retain: bool,
     /// Human-readable name, in the detailed configuration.
     #[serde(default)]
     pub label: Option<String>,
-    /// Class of the source, e.g. `meter`.
+    /// Class of the source: one of the energy manager's names (`CLASS_CONSUMER`, ...) or free
+    /// text (`check` notes it).
     #[serde(default)]
-    pub class: Option<String>,
-    /// Device type, e.g. `three_phase_meter` (`devicetype` in the payload).
+    #[schemars(schema_with = "class_schema")]
+    pub class: Option<Located<String>>,
+    /// Device type (`devicetype` in the payload): one of the energy manager's names
+    /// (`DEVICE_TYPE_UNKNOWN`, `DEVICE_TYPE_ROOM_KITCHEN`, ...) or free text (`check` notes it).
     #[serde(default)]
-    pub device_type: Option<String>,
+    #[schemars(schema_with = "device_type_schema")]
+    pub device_type: Option<Located<String>>,
+    /// The source ids this source is made of (a room made of several sensors), published as
+    /// `sources` in the detailed configuration (null when absent). Each must be the `source`
+    /// of a group in this file; no source may contain itself, directly or through others.
+    #[serde(default)]
+    pub sources: Option<Vec<Located<String>>>,
     /// Free key/value metadata, e.g. `phase: L2`, `serial: ...`.
     #[serde(default)]
     pub meta: BTreeMap<String, String>,
@@ -311,6 +360,11 @@ pub struct RawTls {
     /// `fieldgate tls inspect --pin`. Read at start; a missing file holds no pins.
     #[serde(default)]
     pub pin_file: Option<Located<String>>,
+    /// A TLS-only profile: `check` refuses the mapping when the broker port is MQTT's
+    /// plaintext port 1883 (IANA), so that a port variable left at its default cannot send
+    /// the data in clear. Default false.
+    #[serde(default)]
+    pub required: Option<Located<bool>>,
 }
 
 /// `3.1.1` or `5`.

@@ -93,17 +93,41 @@ pub fn configuration_id(source: &str, configuration: &Json) -> String {
     out
 }
 
-/// The retained detailed configuration message of `g`.
-pub fn configuration_publication(g: &Group, at: SystemTime) -> Option<Publication> {
-    let topic = g.configuration_topic.clone()?;
-    let body = json!({ g.source.as_ref(): { "id": g.id, "configuration": g.configuration } });
-    Some(Publication {
-        topic,
-        payload: body.to_string().into_bytes(),
-        qos: g.configuration_qos,
-        retain: true,
-        created_at: at,
-    })
+/// The retained (by default) detailed configuration messages of `groups`: one per
+/// configuration topic, holding every source that shares it, in file order.
+pub fn configuration_publications(groups: &[Group], at: SystemTime) -> Vec<Publication> {
+    let mut out: Vec<(Publication, serde_json::Map<String, Json>)> = Vec::new();
+    for g in groups {
+        let Some(topic) = g.configuration_topic.clone() else {
+            continue;
+        };
+        let entry = json!({ "id": g.id, "configuration": g.configuration });
+        match out.iter_mut().find(|(p, _)| p.topic == topic) {
+            Some((_, body)) => {
+                body.insert(g.source.to_string(), entry);
+            }
+            None => {
+                let mut body = serde_json::Map::new();
+                body.insert(g.source.to_string(), entry);
+                out.push((
+                    Publication {
+                        topic,
+                        payload: Vec::new(),
+                        qos: g.configuration_qos,
+                        retain: g.configuration_retain,
+                        created_at: at,
+                    },
+                    body,
+                ));
+            }
+        }
+    }
+    out.into_iter()
+        .map(|(mut p, body)| {
+            p.payload = Json::Object(body).to_string().into_bytes();
+            p
+        })
+        .collect()
 }
 
 /// The numeric status of the simple format and the strings of the detailed one.
@@ -188,17 +212,42 @@ pub fn next_boundary(now: SystemTime, interval: Duration) -> SystemTime {
 #[derive(Debug, Clone)]
 struct GroupState {
     accs: Vec<Acc>,
+    /// Read time of the newest sample in the window.
+    newest: Option<SystemTime>,
+    /// The window of the group's message; kept on the first group of a shared topic only
+    /// (its `leader`), which closes the window for every group merged into that message.
     window_end: Option<SystemTime>,
 }
 
-/// Aggregates samples of every group and renders them when their window closes.
+/// Aggregates samples of every group and renders them when their window closes. Groups that
+/// share a topic (simple or detailed format) close together into one message.
 #[derive(Debug)]
 pub struct Groups {
     model: Arc<Model>,
     state: Vec<GroupState>,
+    /// The group whose window each group's message follows.
+    leader: Vec<usize>,
     /// point -> (group, value index)
     by_point: HashMap<PointId, Vec<(usize, usize)>>,
     device_up: Vec<Option<bool>>,
+}
+
+/// The index of the first group with the same message topic (simple and detailed formats;
+/// per-point groups never merge).
+fn leaders(groups: &[Group]) -> Vec<usize> {
+    groups
+        .iter()
+        .enumerate()
+        .map(|(gi, g)| {
+            if g.format == GroupFormat::PerPoint {
+                return gi;
+            }
+            groups
+                .iter()
+                .position(|o| o.format == g.format && o.topic == g.topic)
+                .unwrap_or(gi)
+        })
+        .collect()
 }
 
 impl Groups {
@@ -215,25 +264,33 @@ impl Groups {
                 .iter()
                 .map(|g| GroupState {
                     accs: vec![Acc::default(); g.values.len()],
+                    newest: None,
                     window_end: None,
                 })
                 .collect(),
+            leader: leaders(&model.groups),
             device_up: vec![None; model.devices.len()],
             by_point,
             model,
         }
     }
 
-    /// A fresh numeric value of a point.
-    pub fn sample(&mut self, point: PointId, value: f64, now: SystemTime) {
+    /// A fresh numeric value of a point, read at `read_at`.
+    pub fn sample(&mut self, point: PointId, value: f64, read_at: SystemTime) {
         let Some(targets) = self.by_point.get(&point) else {
             return;
         };
         for &(gi, vi) in targets {
+            let li = self.leader[gi];
+            let interval = self.model.groups[li].interval;
+            self.state[li]
+                .window_end
+                .get_or_insert_with(|| next_boundary(read_at, interval));
             let st = &mut self.state[gi];
-            st.window_end
-                .get_or_insert_with(|| next_boundary(now, self.model.groups[gi].interval));
             st.accs[vi].add(value);
+            if value.is_finite() && st.newest.is_none_or(|n| n < read_at) {
+                st.newest = Some(read_at);
+            }
         }
     }
 
@@ -252,27 +309,57 @@ impl Groups {
     pub fn tick(&mut self, now: SystemTime) -> Vec<Publication> {
         let mut out = Vec::new();
         let model = Arc::clone(&self.model);
-        for (gi, g) in model.groups.iter().enumerate() {
-            let st = &mut self.state[gi];
-            match st.window_end {
+        for (li, g) in model.groups.iter().enumerate() {
+            if self.leader[li] != li {
+                continue;
+            }
+            match self.state[li].window_end {
                 // A group starts with its first sample; one whose devices never answered still
                 // reports, with the error status, from its first boundary on.
-                None => st.window_end = Some(next_boundary(now, g.interval)),
+                None => self.state[li].window_end = Some(next_boundary(now, g.interval)),
                 Some(end) if now >= end => {
-                    let status = status(g, &st.accs, &self.device_up);
-                    out.extend(render(g, &st.accs, status, end));
-                    st.accs.iter_mut().for_each(|a| *a = Acc::default());
-                    st.window_end = Some(next_boundary(now, g.interval));
+                    let members: Vec<usize> = (0..model.groups.len())
+                        .filter(|&gi| self.leader[gi] == li)
+                        .collect();
+                    let parts: Vec<Part<'_>> = members
+                        .iter()
+                        .map(|&gi| {
+                            let (m, st) = (&model.groups[gi], &self.state[gi]);
+                            Part {
+                                group: m,
+                                accs: &st.accs,
+                                status: status(m, &st.accs, &self.device_up),
+                                newest: st.newest,
+                            }
+                        })
+                        .collect();
+                    out.extend(render_parts(&parts, end));
+                    for gi in members {
+                        let st = &mut self.state[gi];
+                        st.accs.iter_mut().for_each(|a| *a = Acc::default());
+                        st.newest = None;
+                    }
+                    self.state[li].window_end = Some(next_boundary(now, g.interval));
                 }
                 Some(end) if end > now + g.interval => {
                     // The clock went back: start a new window from here.
-                    st.window_end = Some(next_boundary(now, g.interval));
+                    self.state[li].window_end = Some(next_boundary(now, g.interval));
                 }
                 Some(_) => {}
             }
         }
         out
     }
+}
+
+/// One source's share of a message: its group, the window's aggregates, status and the read
+/// time of its newest sample.
+#[derive(Debug, Clone, Copy)]
+pub struct Part<'a> {
+    pub group: &'a Group,
+    pub accs: &'a [Acc],
+    pub status: GroupStatus,
+    pub newest: Option<SystemTime>,
 }
 
 fn status(g: &Group, accs: &[Acc], device_up: &[Option<bool>]) -> GroupStatus {
@@ -313,47 +400,74 @@ fn value_json(g: &Group, accs: &[Acc], i: usize) -> Json {
     }
 }
 
-/// The messages of one closed window stamped `at`. With empty `accs` every value is null (the
-/// sample).
+/// The messages of one group's closed window that ended `at`. With empty `accs` every value
+/// is null (the sample).
 pub fn render(g: &Group, accs: &[Acc], status: GroupStatus, at: SystemTime) -> Vec<Publication> {
+    render_parts(
+        &[Part {
+            group: g,
+            accs,
+            status,
+            newest: None,
+        }],
+        at,
+    )
+}
+
+/// The messages of a window that ended `at`, for groups sharing one topic (the first part's
+/// topic, QoS and retain): one object per source. The timestamp is the read time of the
+/// source's newest sample in the window (the window's end when it had none): with its nanos
+/// in the detailed format, in whole Unix seconds (rounded down) in the simple one.
+pub fn render_parts(parts: &[Part<'_>], at: SystemTime) -> Vec<Publication> {
+    let Some(first) = parts.first() else {
+        return Vec::new();
+    };
+    let g0 = first.group;
     let pubn = |topic: Arc<str>, body: Json| Publication {
         topic,
         payload: body.to_string().into_bytes(),
-        qos: g.qos,
-        retain: g.retain,
+        qos: g0.qos,
+        retain: g0.retain,
         created_at: at,
     };
-    let t = since_epoch(at);
-    match g.format {
-        GroupFormat::Simple => {
-            let mut obj = serde_json::Map::new();
-            for (i, v) in g.values.iter().enumerate() {
-                obj.insert(v.key.to_string(), value_json(g, accs, i));
-            }
-            obj.insert("status".into(), json!(status.code()));
-            obj.insert("timestamp".into(), json!(t.as_secs()));
-            vec![pubn(g.topic.clone(), json!({ g.source.as_ref(): obj }))]
+    let mut merged = serde_json::Map::new();
+    for p in parts {
+        let g = p.group;
+        let t = since_epoch(p.newest.unwrap_or(at));
+        let mut values = serde_json::Map::new();
+        for (i, v) in g.values.iter().enumerate() {
+            values.insert(v.key.to_string(), value_json(g, p.accs, i));
         }
-        GroupFormat::Detailed => {
-            let mut values = serde_json::Map::new();
-            for (i, v) in g.values.iter().enumerate() {
-                values.insert(v.key.to_string(), value_json(g, accs, i));
+        match g.format {
+            GroupFormat::Simple => {
+                values.insert("status".into(), json!(p.status.code()));
+                values.insert("timestamp".into(), json!(t.as_secs()));
+                merged.insert(g.source.to_string(), Json::Object(values));
             }
-            let body = json!({ g.source.as_ref(): {
-                "configuration_id": g.id,
-                "status": status.name(),
-                "timestamp": { "seconds": t.as_secs(), "nanos": t.subsec_nanos() },
-                "values": values,
-            }});
-            vec![pubn(g.topic.clone(), body)]
+            GroupFormat::Detailed => {
+                merged.insert(
+                    g.source.to_string(),
+                    json!({
+                        "configuration_id": g.id,
+                        "status": p.status.name(),
+                        "timestamp": { "seconds": t.as_secs(), "nanos": t.subsec_nanos() },
+                        "values": values,
+                    }),
+                );
+            }
+            GroupFormat::PerPoint => {}
         }
-        GroupFormat::PerPoint => g
-            .values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                let value = value_json(g, accs, i);
-                let quality = match (&value, status) {
+    }
+    if g0.format != GroupFormat::PerPoint {
+        return vec![pubn(g0.topic.clone(), Json::Object(merged))];
+    }
+    parts
+        .iter()
+        .flat_map(|p| {
+            let g = p.group;
+            g.values.iter().enumerate().map(move |(i, v)| {
+                let value = value_json(g, p.accs, i);
+                let quality = match (&value, p.status) {
                     (Json::Null, GroupStatus::Error) => "stale",
                     (Json::Null, _) => "bad",
                     _ => "good",
@@ -362,20 +476,40 @@ pub fn render(g: &Group, accs: &[Acc], status: GroupStatus, at: SystemTime) -> V
                 if let Some(u) = &v.unit {
                     body["unit"] = json!(u.as_ref());
                 }
-                pubn(Arc::from(format!("{}/{}", g.topic, v.key)), body)
+                (Arc::from(format!("{}/{}", g.topic, v.key)), body)
             })
-            .collect(),
-    }
+        })
+        .map(|(t, b)| pubn(t, b))
+        .collect()
 }
 
-/// What `check --sample` prints: each message of `g` with every value null.
-pub fn sample_messages(g: &Group) -> Vec<(Arc<str>, String)> {
+/// What `check --sample` prints: every message of `groups` with every value null, merged as
+/// at run time (one message per shared topic), in file order.
+pub fn sample_messages(groups: &[Group]) -> Vec<(Arc<str>, String)> {
+    let text = |p: Publication| (p.topic, String::from_utf8_lossy(&p.payload).into_owned());
+    let confs = configuration_publications(groups, UNIX_EPOCH);
+    let leader = leaders(groups);
     let mut out = Vec::new();
-    if let Some(c) = configuration_publication(g, UNIX_EPOCH) {
-        out.push((c.topic, String::from_utf8_lossy(&c.payload).into_owned()));
-    }
-    for p in render(g, &[], GroupStatus::Unknown, UNIX_EPOCH) {
-        out.push((p.topic, String::from_utf8_lossy(&p.payload).into_owned()));
+    for (gi, g) in groups.iter().enumerate() {
+        if let Some(ct) = &g.configuration_topic
+            && !out.iter().any(|(t, _): &(Arc<str>, String)| t == ct)
+            && let Some(c) = confs.iter().find(|c| &c.topic == ct)
+        {
+            out.push(text(c.clone()));
+        }
+        if leader[gi] != gi {
+            continue;
+        }
+        let parts: Vec<Part<'_>> = (0..groups.len())
+            .filter(|&m| leader[m] == gi)
+            .map(|m| Part {
+                group: &groups[m],
+                accs: &[],
+                status: GroupStatus::Unknown,
+                newest: None,
+            })
+            .collect();
+        out.extend(render_parts(&parts, UNIX_EPOCH).into_iter().map(text));
     }
     out
 }
@@ -518,7 +652,7 @@ groups:
         .into_iter()
         .enumerate()
         {
-            let t = at(1001 + 3 * i as u64, 0);
+            let t = at(1001 + 3 * i as u64, 250);
             g.sample(0, u, t);
             g.sample(1, p, t);
             g.sample(2, e, t);
@@ -532,18 +666,18 @@ groups:
         assert_eq!(
             by_topic["t/measurement"],
             format!(
-                r#"{{"s0":{{"configuration_id":"{id}","status":"STATUS_OK","timestamp":{{"nanos":0,"seconds":1010}},"values":{{"active_power_+_L2":11500,"energy":102,"voltage_L2":230200}}}}}}"#
+                r#"{{"s0":{{"configuration_id":"{id}","status":"STATUS_OK","timestamp":{{"nanos":250000000,"seconds":1007}},"values":{{"active_power_+_L2":11500,"energy":102,"voltage_L2":230200}}}}}}"#
             )
         );
         assert_eq!(
             by_topic["t/simple"],
-            r#"{"s1":{"energy":102,"status":1,"timestamp":1010,"voltage_L2":230.3}}"#
+            r#"{"s1":{"energy":102,"status":1,"timestamp":1007,"voltage_L2":230.3}}"#
         );
         assert_eq!(
             by_topic["t/pp/voltage_L2"],
             r#"{"quality":"good","ts":"1970-01-01T00:16:50.000Z","unit":"V","value":230.1}"#
         );
-        let conf = configuration_publication(&m.groups[0], at(0, 0)).unwrap();
+        let conf = configuration_publications(&m.groups[..1], at(0, 0)).remove(0);
         assert!(conf.retain);
         assert_eq!(
             text(&conf),
@@ -597,12 +731,12 @@ groups:
         let mut g = Groups::new(m);
         g.sample(0, 1.0, at(1001, 0));
         // The gateway slept for a minute: one message for the window that ended, stamped with
-        // its end, then the next boundary after now.
+        // its newest sample, then the next boundary after now.
         let out = g.tick(at(1065, 0));
         assert_eq!(out.iter().filter(|p| &*p.topic == "t/simple").count(), 1);
         assert!(
             text(out.iter().find(|p| &*p.topic == "t/simple").unwrap())
-                .contains("\"timestamp\":1010")
+                .contains("\"timestamp\":1001")
         );
         assert_eq!(g.next_deadline(), Some(at(1070, 0)));
         // The clock jumps back an hour: the window restarts from there.
@@ -613,7 +747,7 @@ groups:
     #[test]
     fn samples_have_null_values() {
         let m = model(YAML);
-        let s = sample_messages(&m.groups[0]);
+        let s = sample_messages(&m.groups[..1]);
         assert_eq!(s.len(), 2);
         assert!(s[0].1.contains("\"configuration\""));
         let j: Json = serde_json::from_str(&s[1].1).unwrap();
@@ -625,5 +759,143 @@ groups:
                 .all(Json::is_null)
         );
         assert_eq!(j["s0"]["status"], "STATUS_UNKNOWN");
+    }
+
+    const SHARED: &str = r#"
+mqtt: { host: localhost, status_topic: t/status }
+devices:
+  - name: meter
+    tcp: { host: 127.0.0.1 }
+    points:
+      - { name: u1, kind: input_register, address: 0, type: f32, unit: V }
+      - { name: u2, kind: input_register, address: 2, type: f32, unit: V }
+groups:
+  - source: s0
+    format: detailed
+    interval: 10s
+    configuration_topic: t/config
+    measurement_topic: t/measurement
+    values:
+      - { key: voltage_L1, point: meter.u1, obis_code: "1-0:32.4.0*255", unit: mV, decimals: 0 }
+  - source: s1
+    format: detailed
+    interval: 10s
+    configuration_topic: t/config
+    measurement_topic: t/measurement
+    sources: [s0]
+    values:
+      - { key: voltage_L2, point: meter.u2, obis_code: "1-0:52.4.0*255", unit: mV, decimals: 0 }
+  - source: s0
+    format: simple
+    interval: 10s
+    topic: t/simple
+    values:
+      - { key: voltage_L1, point: meter.u1 }
+  - source: s2
+    format: simple
+    interval: 10s
+    topic: t/simple
+    values:
+      - { key: voltage_L2, point: meter.u2 }
+"#;
+
+    #[test]
+    fn groups_sharing_a_topic_are_one_message_per_interval() {
+        let m = model(SHARED);
+        let mut g = Groups::new(Arc::clone(&m));
+        g.device_status(0, true);
+        g.sample(0, 230.0, at(1002, 500));
+        g.sample(1, 231.0, at(1003, 0));
+        let out = g.tick(at(1010, 0));
+        // One detailed measurement and one simple message, not four.
+        let topics: Vec<&str> = out.iter().map(|p| p.topic.as_ref()).collect();
+        assert_eq!(topics, ["t/measurement", "t/simple"]);
+        let meas: Json = serde_json::from_slice(&out[0].payload).unwrap();
+        assert_eq!(meas["s0"]["configuration_id"], m.groups[0].id.as_str());
+        assert_eq!(meas["s1"]["configuration_id"], m.groups[1].id.as_str());
+        assert_eq!(meas["s0"]["values"]["voltage_L1"], 230_000);
+        assert_eq!(meas["s1"]["values"]["voltage_L2"], 231_000);
+        // Each source is stamped with its own newest sample.
+        assert_eq!(
+            meas["s0"]["timestamp"],
+            json!({"seconds": 1002, "nanos": 500_000_000})
+        );
+        assert_eq!(
+            meas["s1"]["timestamp"],
+            json!({"seconds": 1003, "nanos": 0})
+        );
+        let simple: Json = serde_json::from_slice(&out[1].payload).unwrap();
+        assert_eq!(
+            simple,
+            json!({"s0": {"voltage_L1": 230, "status": 1, "timestamp": 1002},
+                   "s2": {"voltage_L2": 231, "status": 1, "timestamp": 1003}})
+        );
+        // One retained configuration holds both detailed sources, with s1's `sources`.
+        let confs = configuration_publications(&m.groups, at(0, 0));
+        assert_eq!(confs.len(), 1);
+        assert!(confs[0].retain);
+        let c: Json = serde_json::from_slice(&confs[0].payload).unwrap();
+        assert_eq!(c["s0"]["id"], m.groups[0].id.as_str());
+        assert_eq!(c["s1"]["id"], m.groups[1].id.as_str());
+        assert_eq!(c["s0"]["configuration"]["sources"], Json::Null);
+        assert_eq!(c["s1"]["configuration"]["sources"], json!(["s0"]));
+        // A window with a sample of one source only still carries both: the other is unknown.
+        g.sample(1, 232.0, at(1012, 0));
+        let out = g.tick(at(1020, 0));
+        assert_eq!(out.len(), 2);
+        let meas: Json = serde_json::from_slice(&out[0].payload).unwrap();
+        assert_eq!(meas["s0"]["status"], "STATUS_WARNING");
+        assert_eq!(meas["s0"]["timestamp"]["seconds"], 1020);
+        assert_eq!(meas["s1"]["status"], "STATUS_OK");
+        // `check --sample` shows the same merged shape.
+        let samples = sample_messages(&m.groups);
+        let topics: Vec<&str> = samples.iter().map(|(t, _)| t.as_ref()).collect();
+        assert_eq!(topics, ["t/config", "t/measurement", "t/simple"]);
+        let j: Json = serde_json::from_str(&samples[2].1).unwrap();
+        assert_eq!(j.as_object().unwrap().len(), 2);
+    }
+
+    fn problems(yaml: &str) -> String {
+        match load_str(Path::new("g.yaml"), yaml, Default::default(), "h") {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn sources_must_exist_and_not_form_a_cycle() {
+        assert_eq!(problems(SHARED), "");
+        let missing = SHARED.replace("sources: [s0]", "sources: [s0, s9]");
+        let e = problems(&missing);
+        assert!(
+            e.contains("groups[s1].sources[1]")
+                && e.contains("`s9` is not the source of any group"),
+            "{e}"
+        );
+        let self_cycle = SHARED.replace("sources: [s0]", "sources: [s1]");
+        let e = problems(&self_cycle);
+        assert!(e.contains("sources form a cycle: s1 -> s1"), "{e}");
+        let cycle = SHARED.replace(
+            "  - source: s2\n    format: simple\n",
+            "  - source: s2\n    sources: [s1]\n    format: simple\n",
+        );
+        let cycle = cycle.replace("sources: [s0]", "sources: [s0, s2]");
+        let e = problems(&cycle);
+        assert!(
+            e.contains("sources form a cycle") && e.contains("s1 -> s2 -> s1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn groups_sharing_a_topic_must_agree() {
+        let e = problems(&SHARED.replacen(
+            "interval: 10s\n    topic: t/simple\n    values:\n      - { key: voltage_L2",
+            "interval: 5s\n    topic: t/simple\n    values:\n      - { key: voltage_L2",
+            1,
+        ));
+        assert!(e.contains("interval conflicts with groups[s0]"), "{e}");
+        let e = problems(&SHARED.replace("  - source: s2\n", "  - source: s0\n"));
+        assert!(e.contains("source (each source once per message)"), "{e}");
     }
 }

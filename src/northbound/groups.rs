@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 
 use super::Profile;
 use crate::mappings::engine::{Reading, Source, Update};
-use crate::mappings::group::{Groups, configuration_publication};
+use crate::mappings::group::{Groups, configuration_publications};
 use crate::model::Model;
 use crate::vocabulary::{DeviceStatus, Publication};
 
@@ -51,13 +51,10 @@ impl Profile for GroupMessages {
         }
     }
 
-    /// The retained detailed configuration of each group that has a configuration topic.
+    /// The detailed configurations: one message per configuration topic, holding every
+    /// source that shares it; retained unless `configuration_retain: false`.
     fn announce(&self, at: SystemTime) -> Vec<Publication> {
-        self.model
-            .groups
-            .iter()
-            .filter_map(|g| configuration_publication(g, at))
-            .collect()
+        configuration_publications(&self.model.groups, at)
     }
 
     fn tick(&mut self, now: SystemTime, out: &mut Vec<Publication>) {

@@ -14,7 +14,12 @@
 //! | 26-29 | imported active energy, Wh | u64, ABCD |
 //! | 30-33 | exported active energy, Wh | u64, ABCD |
 //! | 34-35 | frequency, Hz | f32, CDAB |
+//! | 36-37, 38-39, 40-41 | apparent power L1, L2, L3, 0.1 VA | i32, CDAB |
+//! | 42-43, 44-45, 46-47 | power factor L1, L2, L3 | f32, CDAB |
+//! | 48-51, 52-55, 56-59 | imported active energy L1, L2, L3, Wh | u64, ABCD |
+//! | 60-63, 64-67, 68-71 | apparent energy L1, L2, L3, VAh | u64, ABCD |
 //!
+//! The total power factor (24-25) is the total active over the total apparent power.
 //! Phase L3 carries a PV inverter, so its current (and the total power) can turn negative:
 //! then the export counter runs.
 
@@ -22,16 +27,21 @@ use tokio_modbus::ExceptionCode;
 
 use super::Profile;
 
-pub const INPUT_REGISTERS: u16 = 36;
+pub const INPUT_REGISTERS: u16 = 72;
 
 #[derive(Debug, Clone)]
 pub struct EnergyMeter {
     volts: [f64; 3],
     amps: [f64; 3],
-    pf: f64,
+    /// Power factor per phase.
+    pf: [f64; 3],
     hz: f64,
     import_wh: f64,
     export_wh: f64,
+    /// Imported active energy per phase, Wh.
+    import_wh_phase: [f64; 3],
+    /// Apparent energy per phase, VAh.
+    apparent_vah_phase: [f64; 3],
     rng: fastrand::Rng,
 }
 
@@ -60,17 +70,24 @@ impl EnergyMeter {
         EnergyMeter {
             volts: [230.1, 229.8, 231.2],
             amps: [10.0, 5.0, 2.0],
-            pf: 0.95,
+            pf: [0.95, 0.97, 0.92],
             hz: 50.0,
             import_wh: 123_456_789.0,
             export_wh: 4_567.0,
+            import_wh_phase: [61_728_394.0, 41_152_263.0, 20_576_132.0],
+            apparent_vah_phase: [64_977_257.0, 42_424_807.0, 22_365_361.0],
             rng: fastrand::Rng::with_seed(seed),
         }
     }
 
     /// Active power per phase, W.
     pub fn phase_power(&self, i: usize) -> f64 {
-        self.volts[i] * self.amps[i] * self.pf
+        self.volts[i] * self.amps[i] * self.pf[i]
+    }
+
+    /// Apparent power per phase, VA (never negative).
+    pub fn phase_apparent(&self, i: usize) -> f64 {
+        (self.volts[i] * self.amps[i]).abs()
     }
 
     pub fn total_power(&self) -> f64 {
@@ -78,7 +95,7 @@ impl EnergyMeter {
     }
 
     fn apparent(&self) -> f64 {
-        (0..3).map(|i| (self.volts[i] * self.amps[i]).abs()).sum()
+        (0..3).map(|i| self.phase_apparent(i)).sum()
     }
 
     pub fn registers(&self) -> [u16; INPUT_REGISTERS as usize] {
@@ -94,10 +111,16 @@ impl EnergyMeter {
         r[18..20].copy_from_slice(&i32_cdab(self.total_power() * 10.0));
         r[20..22].copy_from_slice(&i32_cdab(q * 10.0));
         r[22..24].copy_from_slice(&i32_cdab(s * 10.0));
-        r[24..26].copy_from_slice(&f32_cdab(self.pf));
+        r[24..26].copy_from_slice(&f32_cdab(if s > 0.0 { p / s } else { 1.0 }));
         r[26..30].copy_from_slice(&u64_abcd(self.import_wh));
         r[30..34].copy_from_slice(&u64_abcd(self.export_wh));
         r[34..36].copy_from_slice(&f32_cdab(self.hz));
+        for i in 0..3 {
+            r[36 + 2 * i..38 + 2 * i].copy_from_slice(&i32_cdab(self.phase_apparent(i) * 10.0));
+            r[42 + 2 * i..44 + 2 * i].copy_from_slice(&f32_cdab(self.pf[i]));
+            r[48 + 4 * i..52 + 4 * i].copy_from_slice(&u64_abcd(self.import_wh_phase[i]));
+            r[60 + 4 * i..64 + 4 * i].copy_from_slice(&u64_abcd(self.apparent_vah_phase[i]));
+        }
         r
     }
 }
@@ -118,6 +141,10 @@ impl Profile for EnergyMeter {
         } else {
             self.export_wh += -p * dt / 3600.0;
         }
+        for i in 0..3 {
+            self.import_wh_phase[i] += self.phase_power(i).max(0.0) * dt / 3600.0;
+            self.apparent_vah_phase[i] += self.phase_apparent(i) * dt / 3600.0;
+        }
         let s = dt.sqrt();
         for i in 0..3 {
             self.volts[i] = walk(&mut self.rng, self.volts[i], 1.0 * s, 220.0, 240.0);
@@ -125,7 +152,9 @@ impl Profile for EnergyMeter {
         self.amps[0] = walk(&mut self.rng, self.amps[0], 2.0 * s, 0.0, 32.0);
         self.amps[1] = walk(&mut self.rng, self.amps[1], 2.0 * s, 0.0, 32.0);
         self.amps[2] = walk(&mut self.rng, self.amps[2], 2.0 * s, -15.0, 20.0);
-        self.pf = walk(&mut self.rng, self.pf, 0.01 * s, 0.85, 0.99);
+        for pf in &mut self.pf {
+            *pf = walk(&mut self.rng, *pf, 0.01 * s, 0.85, 0.99);
+        }
         self.hz = walk(&mut self.rng, self.hz, 0.01 * s, 49.9, 50.1);
     }
 
@@ -155,8 +184,23 @@ mod tests {
         let p1 = decode(&r[12..14], DataType::I32, Order::CDAB).unwrap();
         assert_eq!(p1, Raw::Int((230.1f64 * 10.0 * 0.95 * 10.0).round() as i64));
         assert_eq!(
-            m.read_input_registers(34, 3),
+            m.read_input_registers(70, 3),
             Err(ExceptionCode::IllegalDataAddress)
+        );
+        // Per phase: apparent power, power factor, active and apparent energy.
+        let s2 = decode(&r[38..40], DataType::I32, Order::CDAB).unwrap();
+        assert_eq!(s2, Raw::Int((229.8f64 * 5.0 * 10.0).round() as i64));
+        assert_eq!(
+            decode(&r[46..48], DataType::F32, Order::CDAB),
+            Ok(Raw::F32(0.92))
+        );
+        assert_eq!(
+            decode(&r[52..56], DataType::U64, Order::ABCD),
+            Ok(Raw::UInt(41_152_263))
+        );
+        assert_eq!(
+            decode(&r[68..72], DataType::U64, Order::ABCD),
+            Ok(Raw::UInt(22_365_361))
         );
         assert_eq!(m.read_coils(0, 1), Err(ExceptionCode::IllegalDataAddress));
     }
@@ -166,8 +210,12 @@ mod tests {
         let mut m = EnergyMeter::new(3);
         m.amps = [0.0, 0.0, -15.0];
         let (i0, e0) = (m.import_wh, m.export_wh);
+        let (p0, a0) = (m.import_wh_phase, m.apparent_vah_phase);
         m.step(3600.0);
         assert!(m.export_wh > e0);
         assert!(m.import_wh >= i0);
+        // L3 exports: its import counter stands, its apparent energy still runs.
+        assert_eq!(m.import_wh_phase[2], p0[2]);
+        assert!(m.apparent_vah_phase[2] > a0[2]);
     }
 }

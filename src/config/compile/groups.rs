@@ -4,7 +4,7 @@
 //! It resolves points by `device.point` and fixes each group's configuration id; it must not
 //! aggregate or render (the mappings do, at run time).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,10 +17,177 @@ use crate::model::*;
 
 /// The `groups` section, in order.
 pub(super) fn compile(ctx: &mut Ctx, raw: &[Located<RawGroup>], devs: &Devices) -> Vec<Group> {
-    raw.iter()
+    let groups: Vec<Group> = raw
+        .iter()
         .enumerate()
         .map(|(gi, g)| group(ctx, devs, gi, g))
-        .collect()
+        .collect();
+    shared_topics(ctx, raw, &groups);
+    sources(ctx, raw);
+    groups
+}
+
+/// Several groups may share a topic: their sources are merged into one message per interval
+/// (simple and detailed formats; a detailed `configuration_topic` is one retained message
+/// holding every source). Sharers must agree on format, interval, QoS and retain, and each
+/// source appears once per topic. Notes every topic as published once.
+fn shared_topics(ctx: &mut Ctx, raw: &[Located<RawGroup>], groups: &[Group]) {
+    let mut first: HashMap<Arc<str>, usize> = HashMap::new();
+    let mut first_conf: HashMap<Arc<str>, usize> = HashMap::new();
+    for (gi, (g, r)) in groups.iter().zip(raw).enumerate() {
+        let gpath = format!("groups[{}]", g.source);
+        let at = (r.line, r.col);
+        match g.format {
+            GroupFormat::PerPoint => {
+                for v in &g.values {
+                    let t: Arc<str> = Arc::from(format!("{}/{}", g.topic, v.key));
+                    ctx.note_topic(&t, at, &format!("{gpath}.values[{}]", v.key));
+                }
+            }
+            _ if g.topic.is_empty() => {}
+            _ => match first.get(&g.topic) {
+                None => {
+                    first.insert(g.topic.clone(), gi);
+                    let key = if g.format == GroupFormat::Detailed {
+                        "measurement_topic"
+                    } else {
+                        "topic"
+                    };
+                    ctx.note_topic(&g.topic, at, &format!("{gpath}.{key}"));
+                }
+                Some(&fi) => {
+                    let f = &groups[fi];
+                    let key = if g.format == GroupFormat::Detailed {
+                        "measurement_topic"
+                    } else {
+                        "topic"
+                    };
+                    let differs = [
+                        (f.format != g.format, "format"),
+                        (f.interval != g.interval, "interval"),
+                        (f.qos != g.qos, "qos"),
+                        (f.retain != g.retain, "retain"),
+                        (
+                            f.source == g.source,
+                            "source (each source once per message)",
+                        ),
+                    ];
+                    for (_, what) in differs.iter().filter(|(d, _)| *d) {
+                        ctx.err_at(
+                            r.line,
+                            r.col,
+                            format!("{gpath}.{key}"),
+                            format!(
+                                "groups sharing topic `{}` are merged into one message and must differ in source and agree on the rest; {what} conflicts with groups[{}]",
+                                g.topic, f.source
+                            ),
+                        );
+                    }
+                }
+            },
+        }
+        let Some(ct) = &g.configuration_topic else {
+            continue;
+        };
+        match first_conf.get(ct) {
+            None => {
+                first_conf.insert(ct.clone(), gi);
+                ctx.note_topic(ct, at, &format!("{gpath}.configuration_topic"));
+            }
+            Some(&fi) => {
+                let f = &groups[fi];
+                let differs = [
+                    (
+                        f.configuration_qos != g.configuration_qos,
+                        "configuration_qos",
+                    ),
+                    (
+                        f.configuration_retain != g.configuration_retain,
+                        "configuration_retain",
+                    ),
+                    (
+                        f.source == g.source,
+                        "source (each source once per message)",
+                    ),
+                ];
+                for (_, what) in differs.iter().filter(|(d, _)| *d) {
+                    ctx.err_at(
+                        r.line,
+                        r.col,
+                        format!("{gpath}.configuration_topic"),
+                        format!(
+                            "groups sharing configuration topic `{ct}` are one configuration message and must differ in source and agree on the rest; {what} conflicts with groups[{}]",
+                            f.source
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `sources`: each listed id is the source of some group, and no source contains itself,
+/// directly or through others.
+fn sources(ctx: &mut Ctx, raw: &[Located<RawGroup>]) {
+    let known: HashSet<&str> = raw.iter().map(|g| g.source.as_str()).collect();
+    // source -> the sources it is made of (a source may have several groups: union).
+    let mut made_of: HashMap<&str, Vec<&str>> = HashMap::new();
+    for g in raw {
+        let gpath = format!("groups[{}]", g.source.value);
+        for (i, s) in g.sources.iter().flatten().enumerate() {
+            if !known.contains(s.as_str()) {
+                ctx.err(
+                    s,
+                    format!("{gpath}.sources[{i}]"),
+                    format!("`{}` is not the source of any group", s.value),
+                );
+            } else {
+                made_of
+                    .entry(g.source.as_str())
+                    .or_default()
+                    .push(s.as_str());
+            }
+        }
+    }
+    let mut reported = HashSet::new();
+    for g in raw {
+        if reported.contains(g.source.as_str()) {
+            continue;
+        }
+        if let Some(cycle) = find_cycle(&made_of, g.source.as_str()) {
+            reported.extend(cycle.iter().copied());
+            ctx.err(
+                g,
+                format!("groups[{}].sources", g.source.value),
+                format!("sources form a cycle: {}", cycle.join(" -> ")),
+            );
+        }
+    }
+}
+
+/// A path from `start` back to itself through `made_of`, if there is one.
+fn find_cycle<'a>(
+    made_of: &HashMap<&'a str, Vec<&'a str>>,
+    start: &'a str,
+) -> Option<Vec<&'a str>> {
+    // Depth-first, each node expanded once: the graph is as small as the file.
+    let mut seen = HashSet::new();
+    let mut stack: Vec<(Vec<&'a str>, &'a str)> = vec![(vec![start], start)];
+    while let Some((path, at)) = stack.pop() {
+        for &next in made_of.get(at).into_iter().flatten() {
+            if next == start {
+                let mut p = path.clone();
+                p.push(start);
+                return Some(p);
+            }
+            if seen.insert(next) {
+                let mut p = path.clone();
+                p.push(next);
+                stack.push((p, next));
+            }
+        }
+    }
+    None
 }
 
 /// One group: its source, interval, topics, qos and values, and its configuration message.
@@ -57,9 +224,25 @@ fn group(ctx: &mut Ctx, devs: &Devices, gi: usize, g: &Located<RawGroup>) -> Gro
         RawGroupFormat::PerPoint => GroupFormat::PerPoint,
     };
     let (topic, configuration_topic) = topics(ctx, g, &gpath, format);
-    if let Some(ct) = &configuration_topic {
-        ctx.note_topic(ct, (g.line, g.col), &format!("{gpath}.configuration_topic"));
+    if format != GroupFormat::Detailed && !g.configuration_retain {
+        ctx.err(
+            g,
+            format!("{gpath}.configuration_retain"),
+            "`configuration_retain` is used by the detailed format only",
+        );
     }
+    let class = named(
+        ctx,
+        g.class.as_ref(),
+        GROUP_CLASSES,
+        &format!("{gpath}.class"),
+    );
+    let device_type = named(
+        ctx,
+        g.device_type.as_ref(),
+        GROUP_DEVICE_TYPES,
+        &format!("{gpath}.device_type"),
+    );
     let q = qos(ctx, g.qos, g.line, g.col, &gpath);
     let cq = qos(
         ctx,
@@ -76,24 +259,19 @@ fn group(ctx: &mut Ctx, devs: &Devices, gi: usize, g: &Located<RawGroup>) -> Gro
         );
     }
     let (values, config_values, group_devices) = values(ctx, devs, g, &gpath);
+    let sources = g
+        .sources
+        .as_ref()
+        .map(|l| l.iter().map(|s| s.value.clone()).collect::<Vec<_>>());
     let configuration = serde_json::json!({
-        "class": g.class,
-        "devicetype": g.device_type,
+        "class": class,
+        "devicetype": device_type,
         "label": g.label,
-        "sources": null,
+        "sources": sources,
         "meta": g.meta,
         "values": config_values,
     });
     let id = crate::mappings::group::configuration_id(&g.source, &configuration);
-    match format {
-        GroupFormat::PerPoint => {
-            for v in &values {
-                let t: Arc<str> = Arc::from(format!("{topic}/{}", v.key));
-                ctx.note_topic(&t, (g.line, g.col), &format!("{gpath}.values[{}]", v.key));
-            }
-        }
-        _ => ctx.note_topic(&topic, (g.line, g.col), &format!("{gpath}.topic")),
-    }
     Group {
         source: Arc::from(g.source.as_str()),
         format,
@@ -103,6 +281,7 @@ fn group(ctx: &mut Ctx, devs: &Devices, gi: usize, g: &Located<RawGroup>) -> Gro
         qos: q,
         retain: g.retain,
         configuration_qos: cq,
+        configuration_retain: g.configuration_retain,
         configuration,
         id,
         values,
@@ -253,15 +432,33 @@ fn check_key(
             format!("duplicate key `{}` in group", v.key.value),
         );
     }
-    if let Some(o) = &v.obis_code
-        && !is_obis(o)
-    {
-        ctx.err(
-            o,
-            format!("{vpath}.obis_code"),
-            format!("`{}` is not an OBIS code A-B:C.D.E*F", o.value),
+    if let Some(o) = &v.obis_code {
+        match obis(o) {
+            Err(e) => ctx.err(o, format!("{vpath}.obis_code"), e),
+            Ok(code) => {
+                if let Some(w) = code.unusual() {
+                    ctx.warn(o, format!("{vpath}.obis_code"), w);
+                }
+            }
+        }
+    }
+}
+
+/// A class or device type: one of the specification's `names`, or free text with a note.
+fn named(ctx: &mut Ctx, v: Option<&Located<String>>, names: &[&str], path: &str) -> Option<String> {
+    let v = v?;
+    if !names.contains(&v.as_str()) {
+        ctx.warn(
+            v,
+            path,
+            format!(
+                "`{}` is free text, not one of the energy manager's names ({})",
+                v.value,
+                names.join(", ")
+            ),
         );
     }
+    Some(v.value.clone())
 }
 
 /// The unit the value is sent in and the factor from the point's unit to it.
@@ -298,23 +495,60 @@ fn unit(
     }
 }
 
-/// `A-B:C.D.E*F` with decimal fields (the `*F` part optional), e.g. `1-0:52.4.0*255`.
-fn is_obis(s: &str) -> bool {
-    let num = |x: &str| {
-        !x.is_empty()
-            && x.len() <= 3
-            && x.bytes().all(|b| b.is_ascii_digit())
-            && x.parse::<u16>().is_ok_and(|n| n <= 255)
+/// An OBIS code (IEC 62056-61): `A-B:C.D.E*F`, six decimal fields 0-255.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Obis {
+    pub a: u8,
+    pub b: u8,
+    pub c: u8,
+    pub d: u8,
+    pub e: u8,
+    pub f: u8,
+}
+
+impl Obis {
+    /// The energy manager fixes A = 1 (electricity) and F = 255: anything else is allowed but
+    /// probably a mistake.
+    fn unusual(self) -> Option<String> {
+        match (self.a, self.f) {
+            (1, 255) => None,
+            (a, 255) => Some(format!(
+                "OBIS medium A = {a}: the energy manager expects 1 (electricity)"
+            )),
+            (1, f) => Some(format!("OBIS F = {f}: the energy manager expects 255")),
+            (a, f) => Some(format!(
+                "OBIS A = {a} and F = {f}: the energy manager expects 1 and 255"
+            )),
+        }
+    }
+}
+
+/// Parses `A-B:C.D.E*F` strictly: every part present (`*F` too), decimal, 0-255.
+pub(crate) fn obis(s: &str) -> Result<Obis, String> {
+    let bad =
+        |why: &str| format!("`{s}` is not an OBIS code A-B:C.D.E*F (e.g. 1-0:1.8.0*255): {why}");
+    let num = |x: &str, name: &str| -> Result<u8, String> {
+        if x.is_empty() || x.len() > 3 || !x.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad(&format!("{name} must be a number 0-255")));
+        }
+        x.parse::<u8>()
+            .map_err(|_| bad(&format!("{name} = {x} is out of range 0-255")))
     };
-    let (main, f) = s.split_once('*').map_or((s, None), |(m, f)| (m, Some(f)));
-    let Some((ab, cde)) = main.split_once(':') else {
-        return false;
-    };
-    let Some((a, b)) = ab.split_once('-') else {
-        return false;
-    };
+    let (main, f) = s.split_once('*').ok_or_else(|| bad("`*F` is missing"))?;
+    let (ab, cde) = main.split_once(':').ok_or_else(|| bad("`:` is missing"))?;
+    let (a, b) = ab.split_once('-').ok_or_else(|| bad("`-` is missing"))?;
     let parts: Vec<&str> = cde.split('.').collect();
-    num(a) && num(b) && parts.len() == 3 && parts.iter().all(|p| num(p)) && f.is_none_or(num)
+    let [c, d, e] = parts[..] else {
+        return Err(bad("C.D.E needs three parts"));
+    };
+    Ok(Obis {
+        a: num(a, "A")?,
+        b: num(b, "B")?,
+        c: num(c, "C")?,
+        d: num(d, "D")?,
+        e: num(e, "E")?,
+        f: num(f, "F")?,
+    })
 }
 
 #[cfg(test)]
@@ -323,11 +557,45 @@ mod tests {
 
     #[test]
     fn obis_codes() {
-        assert!(is_obis("1-0:52.4.0*255"));
-        assert!(is_obis("1-0:1.8.0"));
-        assert!(!is_obis("1-0:52.4*255"));
-        assert!(!is_obis("1:52.4.0*255"));
-        assert!(!is_obis("1-0:52.4.x*255"));
-        assert!(!is_obis("1-0:52.4.0*256"));
+        // (code, parses, warns)
+        let table: &[(&str, bool, bool)] = &[
+            ("1-0:52.4.0*255", true, false),
+            ("1-0:41.8.0*255", true, false),
+            ("1-1:0.0.0*255", true, false),
+            ("0-0:96.1.0*255", true, true),
+            ("1-0:1.8.0*1", true, true),
+            ("1-0:1.8.0", false, false),
+            ("1-0:52.4*255", false, false),
+            ("1-0:52.4.0.1*255", false, false),
+            ("1:52.4.0*255", false, false),
+            ("1-0:52.4.x*255", false, false),
+            ("1-0:52.4.0*256", false, false),
+            ("1-0:256.4.0*255", false, false),
+            ("1-0:52.4.0*", false, false),
+            ("-0:52.4.0*255", false, false),
+            ("1-0:52.4.0*+25", false, false),
+            ("1-0:0052.4.0*255", false, false),
+            ("", false, false),
+        ];
+        for &(code, ok, warns) in table {
+            let r = obis(code);
+            assert_eq!(r.is_ok(), ok, "{code}: {r:?}");
+            if let Ok(o) = r {
+                assert_eq!(o.unusual().is_some(), warns, "{code}");
+            } else {
+                assert!(r.unwrap_err().contains(code));
+            }
+        }
+        assert_eq!(
+            obis("1-0:41.4.0*255"),
+            Ok(Obis {
+                a: 1,
+                b: 0,
+                c: 41,
+                d: 4,
+                e: 0,
+                f: 255
+            })
+        );
     }
 }

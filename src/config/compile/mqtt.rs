@@ -16,6 +16,9 @@ use crate::model::*;
 use crate::outputs::store::StoreSettings;
 use crate::outputs::tls::{self, TlsSettings};
 
+/// MQTT's registered plaintext port (IANA); 8883 is MQTT over TLS.
+const PLAINTEXT_PORT: u16 = 1883;
+
 /// The `mqtt` section. `status_topic` is checked here; the caller notes it as published.
 pub(super) fn compile(
     ctx: &mut Ctx,
@@ -38,6 +41,16 @@ pub(super) fn compile(
         .tls
         .as_ref()
         .and_then(|t| compile_tls(ctx, t, &m.status_topic));
+    if let Some(r) = m.tls.as_ref().and_then(|t| t.required.as_ref())
+        && r.value
+        && m.port == PLAINTEXT_PORT
+    {
+        ctx.err(
+            r,
+            "mqtt.tls.required",
+            format!("TLS is required but the broker port is {PLAINTEXT_PORT}, MQTT's plaintext port; use the broker's TLS port (usually 8883)"),
+        );
+    }
     let credentials = compile_credentials(ctx, m, env);
     let encryption = m
         .payload_encryption

@@ -440,3 +440,41 @@ async fn an_unretained_configuration_is_sent_again_after_a_reconnect() {
     let again = obs.wait_topic(since, &conf_t, |_| true).await;
     assert_eq!(json(&again.payload), first);
 }
+
+/// A retained configuration the broker acknowledged is not sent again after a reconnect (the
+/// broker holds it); an unretained one is (the test above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_configuration_is_not_sent_again_after_a_reconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_mosq, mqtt) = mosquitto(dir.path(), "").await;
+    let proxy = Proxy::start(mqtt).await;
+    let (_sim, modbus) = energy_meter().await;
+    let prefix = "g5/meter";
+    let file = repo("mappings/energy-meter.yaml");
+    let conf_t = format!("{prefix}/configuration");
+    let mut obs = Observer::start(mqtt, &format!("{prefix}/#")).await;
+    let mut gw = gateway_with(&file, modbus, proxy.addr, prefix)
+        .await_ready()
+        .await;
+    let first = obs.wait_topic(0, &conf_t, |_| true).await;
+    assert!(first.retain || obs.all().iter().any(|m| m.topic == conf_t));
+    // Cut the gateway off and let it back; wait until it says online again, then for a
+    // measurement after that.
+    let since = obs.len();
+    proxy.set(ProxyMode::Cut);
+    gw.wait_line("mqtt connection lost").await;
+    proxy.set(ProxyMode::Pass);
+    let online = obs
+        .wait_topic(since, &format!("{prefix}/status"), |p| p == "online")
+        .await;
+    let meas_t = format!("{prefix}/measurement");
+    let m = obs
+        .wait(online.seq + 1, "a measurement after the reconnect", |m| {
+            m.topic == meas_t
+        })
+        .await;
+    assert!(
+        obs.all()[since..m.seq].iter().all(|x| x.topic != conf_t),
+        "the retained configuration was sent again"
+    );
+}

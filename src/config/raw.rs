@@ -225,8 +225,9 @@ pub struct RawGroup {
     /// `configuration_topic` must agree on it.
     #[serde(default = "default_qos")]
     pub configuration_qos: u8,
-    /// Retain the detailed configuration message. Default true. It is sent at every connect
-    /// and whenever it changes (a reload); groups sharing a `configuration_topic` must agree.
+    /// Retain the detailed configuration message. Default true. It is sent at the first
+    /// connect and whenever it changes (a reload); after a reconnect only when it is not
+    /// retained (or was never acknowledged). Groups sharing a `configuration_topic` must agree.
     #[serde(default = "default_true")]
     pub configuration_retain: bool,
     /// Human-readable name, in the detailed configuration.

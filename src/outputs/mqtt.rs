@@ -328,6 +328,7 @@ pub fn start(
         shutdown_grace: SHUTDOWN_GRACE,
         encryption: settings.encryption.clone(),
         last_failure: None,
+        acked_retained: Default::default(),
     };
     let publisher = tokio::spawn(publisher.run(outbound, session_rx, control_rx));
     MqttOutput {
@@ -362,15 +363,33 @@ impl MqttOutput {
     }
 }
 
+/// What a QoS 1/2 publish handed to the connection was.
+#[derive(Debug, Clone)]
+enum Handed {
+    /// A buffered publication (its sequence number).
+    Entry(u64),
+    /// A session message (`online`, the connection state) or, with its key, a profile's
+    /// retained announcement, remembered once the broker has acknowledged it.
+    Announcement(Option<(Arc<str>, u64)>),
+}
+
+/// A key for a retained announcement: its topic and a hash of its payload.
+fn announcement_key(p: &Publication) -> (Arc<str>, u64) {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    p.payload.hash(&mut h);
+    (p.topic.clone(), h.finish())
+}
+
 /// The live connection as the publisher sees it.
 struct Conn {
     id: u64,
     client: Client,
     /// QoS 1/2 requests handed to the client whose packet id is not known yet, in order:
     /// `Some(seq)` for buffered entries, `None` for announcements.
-    unsent: VecDeque<Option<u64>>,
+    unsent: VecDeque<Handed>,
     /// Packet id -> (buffer seq, when it went out).
-    in_flight: HashMap<u16, (Option<u64>, Instant)>,
+    in_flight: HashMap<u16, (Handed, Instant)>,
     /// Buffer entries handed over and not yet acknowledged.
     handed: usize,
     /// The next buffer seq to consider handing over.
@@ -387,6 +406,9 @@ struct Publisher {
     encryption: Option<crate::model::Encryption>,
     /// The last failed connection attempt: state, reason, when.
     last_failure: Option<(ConnState, String, SystemTime)>,
+    /// Retained announcements the broker acknowledged: not sent again after a reconnect
+    /// until they change (the broker keeps them).
+    acked_retained: std::collections::HashSet<(Arc<str>, u64)>,
 }
 
 /// Seal a payload for `topic` with a fresh random nonce.
@@ -554,7 +576,7 @@ impl Publisher {
                 break;
             }
             c.cursor = e.seq + 1;
-            c.unsent.push_back(Some(e.seq));
+            c.unsent.push_back(Handed::Entry(e.seq));
             c.handed += 1;
         }
         self.store.set_in_flight_below(c.cursor);
@@ -568,12 +590,15 @@ impl Publisher {
         a.on_connect.clone()
     }
 
-    fn announce(c: &mut Conn, p: &Publication) {
+    /// Publish a session message; `remember`: a profile's announcement, kept from resending
+    /// once the broker acknowledged it retained.
+    fn announce(c: &mut Conn, p: &Publication, remember: bool) {
         let ok = c
             .client
             .publish(&p.topic, p.qos, p.retain, p.payload.clone());
         if ok && p.qos != Qos::AtMostOnce {
-            c.unsent.push_back(None);
+            let key = (remember && p.retain).then(|| announcement_key(p));
+            c.unsent.push_back(Handed::Announcement(key));
         }
     }
 
@@ -595,9 +620,13 @@ impl Publisher {
                     retain: true,
                     created_at: SystemTime::now(),
                 };
-                Self::announce(&mut c, &online);
+                Self::announce(&mut c, &online, false);
+                // A retained announcement the broker already holds is not sent again; one
+                // that is not retained is sent after every connect.
                 for p in self.announcements() {
-                    Self::announce(&mut c, &p);
+                    if !(p.retain && self.acked_retained.contains(&announcement_key(&p))) {
+                        Self::announce(&mut c, &p, true);
+                    }
                 }
                 // Why the gateway was away, for consoles: retained on <status>/connection.
                 let failure = self.last_failure.take().map(|(state, reason, at)| {
@@ -620,13 +649,12 @@ impl Publisher {
                     retain: true,
                     created_at: SystemTime::now(),
                 };
-                Self::announce(&mut c, &connection);
+                Self::announce(&mut c, &connection, false);
                 self.conn = Some(c);
             }
             Session::Refused { conn, pkid, reason } => {
                 if let Some(c) = self.conn.as_mut().filter(|c| c.id == conn)
-                    && let Some((seq, _)) = c.in_flight.remove(&pkid)
-                    && let Some(seq) = seq
+                    && let Some((Handed::Entry(seq), _)) = c.in_flight.remove(&pkid)
                 {
                     // Sending it again would be refused again: report it, count it, drop it.
                     let topic = self
@@ -651,18 +679,24 @@ impl Publisher {
             }
             Session::Sent { conn, pkid } => {
                 if let Some(c) = self.conn.as_mut().filter(|c| c.id == conn) {
-                    let seq = c.unsent.pop_front().flatten();
-                    c.in_flight.insert(pkid, (seq, Instant::now()));
+                    let what = c.unsent.pop_front().unwrap_or(Handed::Announcement(None));
+                    c.in_flight.insert(pkid, (what, Instant::now()));
                 }
             }
             Session::Acked { conn, pkid } => {
                 if let Some(c) = self.conn.as_mut().filter(|c| c.id == conn)
-                    && let Some((seq, at)) = c.in_flight.remove(&pkid)
+                    && let Some((what, at)) = c.in_flight.remove(&pkid)
                 {
                     events::publish_acked(at.elapsed().as_secs_f64());
-                    if let Some(seq) = seq {
-                        c.handed -= 1;
-                        self.store.ack(seq);
+                    match what {
+                        Handed::Entry(seq) => {
+                            c.handed -= 1;
+                            self.store.ack(seq);
+                        }
+                        Handed::Announcement(Some(key)) => {
+                            self.acked_retained.insert(key);
+                        }
+                        Handed::Announcement(None) => {}
                     }
                 }
             }
@@ -711,7 +745,7 @@ impl Publisher {
             c.client.subscribe(&t, q);
         }
         for p in &changed {
-            Self::announce(c, p);
+            Self::announce(c, p, true);
         }
     }
 }

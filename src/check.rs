@@ -259,6 +259,19 @@ fn devices(s: &mut String, m: &Model) {
                 r.kind.name()
             );
         }
+        // The pause before each request alone sets a floor under the cycle.
+        let floor = d.request_delay * u32::try_from(d.plan.requests.len()).unwrap_or(u32::MAX);
+        if !d.request_delay.is_zero() && floor > d.poll_interval {
+            let _ = writeln!(
+                s,
+                "    warning: {}'s request_delay makes each poll cycle at least {} ({} requests) but its poll_interval is {}; it will poll about every {}",
+                d.name,
+                humantime::format_duration(floor),
+                d.plan.requests.len(),
+                humantime::format_duration(d.poll_interval),
+                humantime::format_duration(floor)
+            );
+        }
     }
 }
 

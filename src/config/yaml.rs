@@ -145,8 +145,13 @@ pub fn parse<T: for<'de> Deserialize<'de>>(
             .unwrap_or((0, 0));
         let message = clean_message(e.to_string(), text, line, col);
         let own = OWN_ERROR.with(|e| e.borrow_mut().take());
-        let message = unredact(message, text, line, col, own);
+        let mut message = unredact(message, text, line, col, own);
         let path = named_path(&clean_path(&path), text);
+        // A point's address is read wide (to recognise 6-digit register numbers) but is a
+        // 16-bit protocol address.
+        if path.ends_with(".address") && message.starts_with("must be a whole number") {
+            message = "must be a whole number 0-65535 (the protocol address)".to_owned();
+        }
         vec![Issue {
             line,
             col,
@@ -193,6 +198,7 @@ fn clean_message(mut message: String, text: &str, line: u32, col: u32) -> String
     if let Some(rest) = message.strip_suffix(", set DuplicateKeyPolicy in Options if acceptable") {
         message = rest.to_owned();
     }
+    message = in_the_files_words(message);
     // `{ port: ${PORT} }`: braces end a plain scalar inside a flow collection.
     if let Some(src) = text.lines().nth(line.saturating_sub(1) as usize)
         && let Some(at) = src.find("${")
@@ -200,6 +206,35 @@ fn clean_message(mut message: String, text: &str, line: u32, col: u32) -> String
         && !src[..at].ends_with(['"', '\''])
     {
         message.push_str(" (inside { } or [ ], write \"${VAR}\" in quotes)");
+    }
+    message
+}
+
+/// The YAML crate's words for a wrong scalar, in the words of the file: the range of a number
+/// instead of the Rust type's name, "empty" instead of `null`.
+fn in_the_files_words(message: String) -> String {
+    let range = |t: &str| match t {
+        "u8" => Some("0-255"),
+        "u16" => Some("0-65535"),
+        "u32" => Some("0-4294967295"),
+        "u64" => Some("0-18446744073709551615"),
+        "i8" => Some("-128-127"),
+        "i16" => Some("-32768-32767"),
+        "i32" => Some("-2147483648-2147483647"),
+        "i64" | "i128" => Some("a whole number"),
+        _ => None,
+    };
+    if let Some(t) = message.strip_prefix("invalid ")
+        && let Some(r) = range(t)
+    {
+        return if r == "a whole number" {
+            "must be a whole number".to_owned()
+        } else {
+            format!("must be a whole number {r}")
+        };
+    }
+    if message.starts_with("cannot deserialize null into ") {
+        return "a value is needed here, not an empty one".to_owned();
     }
     message
 }
@@ -358,6 +393,23 @@ fn named_path(path: &str, text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scalar_errors_speak_the_files_words() {
+        assert_eq!(
+            in_the_files_words("invalid u16".into()),
+            "must be a whole number 0-65535"
+        );
+        assert_eq!(
+            in_the_files_words("invalid i128".into()),
+            "must be a whole number"
+        );
+        assert_eq!(
+            in_the_files_words("cannot deserialize null into string; use Option<String>".into()),
+            "a value is needed here, not an empty one"
+        );
+        assert_eq!(in_the_files_words("other".into()), "other");
+    }
 
     #[test]
     fn unset_references_are_found_with_their_column() {

@@ -562,7 +562,12 @@ impl Link {
                         (st.quarantine * 2).min(link.quarantine_max)
                     };
                     st.due = Instant::now() + st.quarantine;
-                    let why = format!("quarantined after {} failed polls: {reason}", st.failures);
+                    // The count at which quarantine began, not the running one: the status
+                    // (retained, and a WARN line) changes when the reason does, not every poll.
+                    let why = format!(
+                        "quarantined after {} failed polls: {reason}",
+                        link.quarantine_after
+                    );
                     self.set_status(st, DeviceStatus::Error(why)).await;
                 } else {
                     // One more timeout of silence towards this unit: a reply to the failed

@@ -94,6 +94,10 @@ fn publication(rule: &PublishRule, payload: Vec<u8>, created_at: SystemTime) -> 
     }
 }
 
+/// The JSON payload of a point: `{"error"?, "quality", "ts", "unit"?, "value"}`, keys in
+/// that (sorted) order, as `serde_json::Value` prints them; written straight into the buffer,
+/// without building a map (this runs once per published value). `value` is null when absent or
+/// not finite; strings are escaped by serde_json.
 fn json_payload(
     p: &Point,
     v: Option<&Value>,
@@ -101,18 +105,43 @@ fn json_payload(
     quality: &str,
     error: Option<&str>,
 ) -> Vec<u8> {
-    let mut obj = json!({
-        "value": v.map_or(serde_json::Value::Null, json_value),
-        "ts": timestamp(ts),
-        "quality": quality,
-    });
-    if let Some(u) = &p.unit {
-        obj["unit"] = json!(u.as_ref());
-    }
+    use std::io::Write as _;
+    let mut out = Vec::with_capacity(80);
+    out.push(b'{');
     if let Some(e) = error {
-        obj["error"] = json!(e);
+        out.extend_from_slice(b"\"error\":");
+        json_str(&mut out, e);
+        out.push(b',');
     }
-    obj.to_string().into_bytes()
+    out.extend_from_slice(b"\"quality\":");
+    json_str(&mut out, quality);
+    out.extend_from_slice(b",\"ts\":\"");
+    // RFC 3339 with milliseconds: digits, dashes, colons, `T`, `Z`; nothing to escape.
+    let _ = write!(out, "{}", humantime::format_rfc3339_millis(ts));
+    out.push(b'"');
+    if let Some(u) = &p.unit {
+        out.extend_from_slice(b",\"unit\":");
+        json_str(&mut out, u);
+    }
+    out.extend_from_slice(b",\"value\":");
+    let written = match v {
+        None => serde_json::to_writer(&mut out, &()),
+        Some(Value::Bool(b)) => serde_json::to_writer(&mut out, b),
+        Some(Value::Int(i)) => serde_json::to_writer(&mut out, i),
+        Some(Value::UInt(u)) => serde_json::to_writer(&mut out, u),
+        Some(Value::F32(f)) => serde_json::to_writer(&mut out, &number::f32_to_f64(*f)),
+        Some(Value::Float(f)) => serde_json::to_writer(&mut out, f),
+        Some(Value::Text(t)) => serde_json::to_writer(&mut out, t.as_str()),
+    };
+    debug_assert!(written.is_ok(), "writing JSON into a Vec cannot fail");
+    out.push(b'}');
+    out
+}
+
+/// `s` as a JSON string, escaped by serde_json.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    let written = serde_json::to_writer(&mut *out, s);
+    debug_assert!(written.is_ok(), "writing JSON into a Vec cannot fail");
 }
 
 /// The point-topics profile; see the module docs.
@@ -263,6 +292,63 @@ mod tests {
     use crate::northbound::Pipeline;
     use crate::vocabulary::{BlockData, Fault, PollResult};
     use std::path::Path;
+
+    /// The payload as `serde_json::Value` prints it: the reference the direct writer matches.
+    fn reference_payload(
+        p: &Point,
+        v: Option<&Value>,
+        ts: SystemTime,
+        quality: &str,
+        error: Option<&str>,
+    ) -> String {
+        let mut obj = json!({
+            "value": v.map_or(serde_json::Value::Null, json_value),
+            "ts": timestamp(ts),
+            "quality": quality,
+        });
+        if let Some(u) = &p.unit {
+            obj["unit"] = json!(u.as_ref());
+        }
+        if let Some(e) = error {
+            obj["error"] = json!(e);
+        }
+        obj.to_string()
+    }
+
+    #[test]
+    fn json_payload_is_byte_for_byte_what_serde_json_prints() {
+        let plain = one_point("type: u16");
+        let unit = one_point("type: u16, unit: \"°C \\\"inner\\\" \\\\ \\t\"");
+        assert!(unit.unit.as_deref().is_some_and(|u| u.contains('"')));
+        let values = [
+            None,
+            Some(Value::Bool(true)),
+            Some(Value::Int(i64::MIN)),
+            Some(Value::UInt(u64::MAX)),
+            Some(Value::F32(21.7)),
+            Some(Value::F32(f32::NAN)),
+            Some(Value::F32(f32::INFINITY)),
+            Some(Value::Float(-0.0)),
+            Some(Value::Float(6.0)),
+            Some(Value::Float(1e300)),
+            Some(Value::Text("a \"q\" \u{1} ü \\ \n".into())),
+        ];
+        let times = [
+            SystemTime::UNIX_EPOCH,
+            SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+        ];
+        for p in [&plain, &unit] {
+            for v in &values {
+                for ts in times {
+                    for (quality, error) in [("good", None), ("bad", Some("timeout \"x\"\n"))] {
+                        let got = json_payload(p, v.as_ref(), ts, quality, error);
+                        let want = reference_payload(p, v.as_ref(), ts, quality, error);
+                        assert_eq!(String::from_utf8(got).unwrap(), want, "{v:?}");
+                    }
+                }
+            }
+        }
+    }
 
     fn engine() -> Pipeline {
         Pipeline::new(Arc::new(

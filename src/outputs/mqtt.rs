@@ -453,6 +453,7 @@ impl Publisher {
                         open = false;
                         deadline = Some(Instant::now() + grace);
                     }
+                    events::publications_queued(batch.len() as u64);
                     for p in batch.drain(..) {
                         self.accept(p);
                     }
@@ -525,7 +526,6 @@ impl Publisher {
     }
 
     fn accept(&mut self, mut p: Publication) {
-        events::publication_queued();
         if let Some(e) = &self.encryption
             && e.covers(&p.topic, &self.status_topic)
         {

@@ -31,6 +31,10 @@ use {
 #[cfg(feature = "proxy")]
 use crate::proxy::ProxyError;
 
+/// fieldgate patch (rumqtt issue #810): the most requests written to the network before one
+/// flush. Upstream flushes after every request, one system call per publish.
+const MAX_REQUEST_BATCH: usize = 256;
+
 /// Critical errors during eventloop polling
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
@@ -244,6 +248,19 @@ impl EventLoop {
                 Ok(request) => {
                     if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {
                         network.write(outgoing).await?;
+                    }
+                    // fieldgate patch (rumqtt issue #810): write what else waits, then flush once.
+                    for _ in 1..MAX_REQUEST_BATCH {
+                        if !self.pending.is_empty()
+                            || self.state.inflight >= self.mqtt_options.inflight
+                            || self.state.collision.is_some()
+                        {
+                            break;
+                        }
+                        let Ok(request) = self.requests_rx.try_recv() else { break };
+                        if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {
+                            network.write(outgoing).await?;
+                        }
                     }
                     match time::timeout(network_timeout, network.flush()).await {
                         Ok(inner) => inner?,

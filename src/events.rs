@@ -290,6 +290,12 @@ pub fn publication_dropped(topic: &str, reason: &'static str) {
     debug!(topic, reason, "publication dropped");
 }
 
+/// The broker acknowledged a retained announcement (a group configuration): it is not sent
+/// again after a reconnect. Logged once per announcement and connection.
+pub fn announcement_acknowledged(topic: &str) {
+    info!(topic, "retained announcement acknowledged");
+}
+
 pub fn mqtt_connected(broker: &str) {
     gauge!("fieldgate_mqtt_connected").set(1.0);
     counter!("fieldgate_mqtt_connects_total").increment(1);

@@ -458,6 +458,9 @@ async fn a_retained_configuration_is_not_sent_again_after_a_reconnect() {
         .await;
     let first = obs.wait_topic(0, &conf_t, |_| true).await;
     assert!(first.retain || obs.all().iter().any(|m| m.topic == conf_t));
+    // The observer can have the configuration before the gateway has the broker's PUBACK:
+    // cut only once the gateway knows it was acknowledged (else it rightly sends it again).
+    gw.wait_line("retained announcement acknowledged").await;
     // Cut the gateway off and let it back; wait until it says online again, then for a
     // measurement after that.
     let since = obs.len();

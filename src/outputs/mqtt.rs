@@ -697,6 +697,7 @@ impl Publisher {
                             self.store.ack(seq);
                         }
                         Handed::Announcement(Some(key)) => {
+                            events::announcement_acknowledged(&key.0);
                             self.acked_retained.insert(key);
                         }
                         Handed::Announcement(None) => {}

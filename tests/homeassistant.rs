@@ -482,7 +482,7 @@ async fn a_reload_that_removes_a_device_leaves_an_empty_retained_config() {
     let path = dir.path().join("mapping.yaml");
     std::fs::write(&path, reload_mapping(mqtt, a, Some(b), true)).unwrap();
     let mut obs = Observer::start(mqtt, "#").await;
-    let mut gw = Proc::spawn(Command::new(bin()).args(["run", "-c"]).arg(&path));
+    let gw = Proc::spawn(Command::new(bin()).args(["run", "-c"]).arg(&path));
     let (_, ca) = config(&mut obs, 0, "homeassistant/device/rl_a/config").await;
     let (_, cb) = config(&mut obs, 0, "homeassistant/device/rl_b/config").await;
     assert_eq!(ca["cmps"]["temp"]["device_class"], "temperature");

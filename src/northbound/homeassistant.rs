@@ -468,6 +468,24 @@ fn components(model: &Model, h: &HomeAssistant, d: DeviceId) -> Vec<Component> {
     out
 }
 
+/// The entities of device `d` as (component key, platform), for `check`; empty without the
+/// `homeassistant` section.
+#[must_use]
+pub fn entities(model: &Model, d: DeviceId) -> Vec<(String, &'static str)> {
+    model.homeassistant.as_ref().map_or_else(Vec::new, |h| {
+        components(model, h, d)
+            .into_iter()
+            .map(|c| (c.key, c.platform))
+            .collect()
+    })
+}
+
+/// The discovery topic of device `d` (`<prefix>/device/<node_id>_<device>/config`).
+#[must_use]
+pub fn discovery_topic(h: &HomeAssistant, model: &Model, d: DeviceId) -> String {
+    config_topic(h, model, d)
+}
+
 /// The value command that writes point `pid` (the mapping's, or the one the `homeassistant`
 /// section added).
 fn value_command(model: &Model, pid: usize) -> Option<&crate::model::Command> {
@@ -667,5 +685,338 @@ impl Profile for Discovery {
             out.extend(self.configs(at));
             out.extend(self.states(at));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_str;
+    use crate::mappings::engine::{Quality, Value};
+    use std::path::Path;
+    use std::time::Duration;
+
+    const YAML: &str = r#"
+mqtt: { host: 127.0.0.1, client_id: "gw one", status_topic: t/status }
+devices:
+  - name: m
+    tcp: { host: 127.0.0.1, port: 502 }
+    poll_interval: 1s
+    points:
+      - { name: serial, kind: holding_register, address: 0, type: string, length: 4 }
+      - { name: firmware, kind: holding_register, address: 4 }
+      - { name: temp, kind: input_register, address: 0, type: i16, scale: 0.1, unit: "°C" }
+      - { name: energy, kind: input_register, address: 1, type: u32, unit: kWh }
+      - { name: setpoint, kind: holding_register, address: 5, type: i16, scale: 0.1, unit: "°C", writable: true, min: 5, max: 30 }
+      - { name: hidden, kind: holding_register, address: 6, writable: true }
+      - { name: relay, kind: coil, address: 0, writable: true }
+      - { name: alarm, kind: discrete_input, address: 0 }
+  - name: n
+    tcp: { host: 127.0.0.1, port: 503 }
+    poll_interval: 1s
+    points:
+      - { name: level, kind: input_register, address: 0, unit: cm }
+derived:
+  - { name: code, pack_bits: [m.relay, m.alarm], publish: { topic: t/code } }
+commands:
+  - topic: t/relay
+    payloads:
+      "on": [{ point: m.relay, value: 1 }]
+      "off": [{ point: m.relay, value: 0 }]
+homeassistant:
+  devices:
+    m:
+      manufacturer: ACME
+      serial: serial
+      sw_version: firmware
+      points:
+        energy: { device_class: none, entity_category: diagnostic }
+        hidden: { exclude: true }
+"#;
+
+    fn model(yaml: &str) -> Arc<Model> {
+        Arc::new(load_str(Path::new("t.yaml"), yaml, Default::default(), "h").unwrap())
+    }
+
+    fn at() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    }
+
+    fn pid(m: &Model, full: &str) -> usize {
+        m.points.iter().position(|p| &*p.full_name == full).unwrap()
+    }
+
+    fn good(m: &Model, full: &str, v: Value) -> Update {
+        let p = pid(m, full);
+        Update::Value(ValueUpdate {
+            source: Source::Point(p),
+            device: m.points[p].device,
+            reading: Reading::Good(v),
+            previous: Quality::Good,
+            read_at: at(),
+            at: at(),
+        })
+    }
+
+    fn feed(d: &mut Discovery, u: &Update) -> Vec<Publication> {
+        let mut out = Vec::new();
+        d.on_update(u, Instant::now(), &mut out);
+        out
+    }
+
+    fn payload(p: &Publication) -> Json {
+        serde_json::from_slice(&p.payload).unwrap()
+    }
+
+    const M_CONFIG: &str = "homeassistant/device/gw_one_m/config";
+
+    /// Asserts `msg` matches `docs/schemas/homeassistant-device-discovery.schema.json`.
+    fn valid(msg: &Json) {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/schemas/homeassistant-device-discovery.schema.json"
+        );
+        let schema: Json = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let v = jsonschema::validator_for(&schema).unwrap();
+        let errors: Vec<String> = v.iter_errors(msg).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?}\n{msg:#}");
+    }
+
+    #[test]
+    fn classes_follow_the_unit() {
+        let table = [
+            ("°C", Some("temperature"), Some("measurement")),
+            ("W", Some("power"), Some("measurement")),
+            ("kWh", Some("energy"), Some("total_increasing")),
+            ("Wh", Some("energy"), Some("total_increasing")),
+            ("V", Some("voltage"), Some("measurement")),
+            ("A", Some("current"), Some("measurement")),
+            ("Hz", Some("frequency"), Some("measurement")),
+            ("%", None, Some("measurement")),
+            ("cm", None, Some("measurement")),
+        ];
+        for (unit, class, state) in table {
+            assert_eq!(classes_for_unit(unit), (class, state), "{unit}");
+        }
+    }
+
+    #[test]
+    fn node_id_comes_from_the_client_id_and_commands_are_added() {
+        let m = model(YAML);
+        let h = m.homeassistant.as_ref().unwrap();
+        assert_eq!(&*h.node_id, "gw_one");
+        assert_eq!(&*h.state_topic, "fieldgate/gw_one");
+        // A value command for the setpoint and the relay; none for the excluded point.
+        let added: Vec<&str> = m.commands.iter().map(|c| &*c.topic).collect();
+        assert!(
+            added.contains(&"fieldgate/gw_one/m/setpoint/set"),
+            "{added:?}"
+        );
+        assert!(added.contains(&"fieldgate/gw_one/m/relay/set"), "{added:?}");
+        assert!(!added.iter().any(|t| t.contains("hidden")), "{added:?}");
+    }
+
+    #[test]
+    fn identity_holds_the_config_back_until_read_and_sends_it_again_on_change() {
+        let m = model(YAML);
+        let mut d = Discovery::new(Arc::clone(&m));
+        let ann = d.announce(at());
+        let topics: Vec<&str> = ann.iter().map(|p| &*p.topic).collect();
+        assert_eq!(
+            topics,
+            [
+                "homeassistant/device/gw_one/config",
+                "homeassistant/device/gw_one_n/config"
+            ],
+            "m waits for its serial and firmware"
+        );
+        assert!(ann.iter().all(|p| p.retain));
+
+        let serial = good(&m, "m.serial", Value::Text("SN-1".into()));
+        let out = feed(&mut d, &serial);
+        assert!(
+            !out.iter().any(|p| &*p.topic == M_CONFIG),
+            "firmware not read yet"
+        );
+        let out = feed(&mut d, &good(&m, "m.firmware", Value::UInt(7)));
+        let cfg = out.iter().find(|p| &*p.topic == M_CONFIG).expect("config");
+        let cfg = payload(cfg);
+        valid(&cfg);
+        assert_eq!(cfg["dev"]["sn"], "SN-1");
+        assert_eq!(cfg["dev"]["sw"], "7");
+        assert_eq!(cfg["dev"]["mf"], "ACME");
+        assert_eq!(cfg["dev"]["via_device"], "gw_one");
+        // The device's states go out with it (Home Assistant subscribes only now).
+        assert!(out.iter().any(|p| &*p.topic == "fieldgate/gw_one/m/serial"));
+
+        // The same identity again: nothing; a new serial: the config again.
+        let out = feed(&mut d, &serial);
+        assert!(!out.iter().any(|p| &*p.topic == M_CONFIG));
+        let out = feed(&mut d, &good(&m, "m.serial", Value::Text("SN-2".into())));
+        let cfg = out.iter().find(|p| &*p.topic == M_CONFIG).expect("config");
+        assert_eq!(payload(cfg)["dev"]["sn"], "SN-2");
+        // The config is now part of what a Home Assistant restart gets.
+        let mut out = Vec::new();
+        d.on_message("homeassistant/status", b"online", at(), &mut out);
+        assert!(out.iter().any(|p| &*p.topic == M_CONFIG));
+    }
+
+    #[test]
+    fn entities_from_the_mapping() {
+        let m = model(YAML);
+        let h = m.homeassistant.as_ref().unwrap();
+        let cfg = device_payload(&m, h, 0, &DeviceState::default(), &[]);
+        valid(&cfg);
+        valid(&payload(&gateway_config(&m, h, at())));
+        let c = &cfg["cmps"];
+        assert_eq!(c["temp"]["p"], "sensor");
+        assert_eq!(c["temp"]["device_class"], "temperature");
+        assert_eq!(c["temp"]["suggested_display_precision"], 1);
+        // An override of `none` removes the inferred class; the state class stays.
+        assert_eq!(c["energy"]["p"], "sensor");
+        assert!(c["energy"].get("device_class").is_none(), "{}", c["energy"]);
+        assert_eq!(c["energy"]["state_class"], "total_increasing");
+        assert_eq!(c["energy"]["entity_category"], "diagnostic");
+        // A text point: a sensor without unit or classes.
+        assert_eq!(c["serial"]["p"], "sensor");
+        assert!(c["serial"].get("state_class").is_none());
+        // A writable register: a number with its limits and the step of its scale.
+        let n = &c["setpoint"];
+        assert_eq!(n["p"], "number");
+        assert_eq!(n["min"], 5.0);
+        assert_eq!(n["max"], 30.0);
+        assert_eq!(n["step"], 0.1);
+        assert_eq!(n["optimistic"], false);
+        assert_eq!(n["command_topic"], "fieldgate/gw_one/m/setpoint/set");
+        assert_eq!(n["state_topic"], "fieldgate/gw_one/m/setpoint");
+        assert!(n.get("state_class").is_none());
+        assert_eq!(c["relay"]["p"], "switch");
+        assert_eq!(c["relay"]["command_topic"], "fieldgate/gw_one/m/relay/set");
+        assert_eq!(c["alarm"]["p"], "binary_sensor");
+        assert!(c.get("hidden").is_none(), "excluded");
+        assert_eq!(c["code"]["p"], "sensor", "derived values are sensors");
+        assert_eq!(c["on"]["p"], "button");
+        assert_eq!(c["on"]["payload_press"], "on");
+        assert_eq!(c["off"]["command_topic"], "t/relay");
+        assert_eq!(
+            c["temp"]["unique_id"], "gw_one_m_temp",
+            "stable: node, device, point"
+        );
+        // Device n has its own config, without buttons.
+        let n = device_payload(&m, h, 1, &DeviceState::default(), &[]);
+        assert_eq!(n["cmps"].as_object().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn states_are_the_values_read_sent_on_change_and_bad_is_none() {
+        let m = model(YAML);
+        let mut d = Discovery::new(Arc::clone(&m));
+        let u = good(&m, "m.setpoint", Value::Float(21.5));
+        let out = feed(&mut d, &u);
+        assert_eq!(out.len(), 1);
+        assert_eq!(&*out[0].topic, "fieldgate/gw_one/m/setpoint");
+        assert_eq!(out[0].payload, b"21.5");
+        assert!(out[0].retain);
+        assert!(feed(&mut d, &u).is_empty(), "unchanged: nothing");
+        let p = pid(&m, "m.setpoint");
+        let bad = Update::Value(ValueUpdate {
+            source: Source::Point(p),
+            device: 0,
+            reading: Reading::Bad("exception".into()),
+            previous: Quality::Good,
+            read_at: at(),
+            at: at(),
+        });
+        let out = feed(&mut d, &bad);
+        assert_eq!(out[0].payload, b"None");
+        let stale = Update::Value(ValueUpdate {
+            reading: Reading::Stale(Value::Float(21.5)),
+            ..match bad {
+                Update::Value(v) => v,
+                Update::Device { .. } => unreachable!(),
+            }
+        });
+        assert!(
+            feed(&mut d, &stale).is_empty(),
+            "availability covers a down device"
+        );
+        // Excluded points publish no state.
+        assert!(feed(&mut d, &good(&m, "m.hidden", Value::UInt(1))).is_empty());
+    }
+
+    #[test]
+    fn only_online_on_the_status_topic_is_a_birth_message() {
+        let m = model(YAML);
+        let mut d = Discovery::new(Arc::clone(&m));
+        feed(&mut d, &good(&m, "n.level", Value::UInt(42)));
+        let mut out = Vec::new();
+        d.on_message("homeassistant/status", b"offline", at(), &mut out);
+        d.on_message("other/status", b"online", at(), &mut out);
+        assert!(out.is_empty());
+        d.on_message("homeassistant/status", b"online", at(), &mut out);
+        let topics: Vec<&str> = out.iter().map(|p| &*p.topic).collect();
+        assert!(topics.contains(&"homeassistant/device/gw_one_n/config"));
+        assert!(topics.contains(&"fieldgate/gw_one/n/level"));
+        assert!(!topics.contains(&M_CONFIG), "m's identity is not read yet");
+        assert_eq!(
+            d.watched_topics(),
+            [(Arc::from("homeassistant/status"), Qos::AtLeastOnce)]
+        );
+    }
+
+    #[test]
+    fn a_profile_without_the_section_is_quiet() {
+        let m = model(&YAML[..YAML.find("homeassistant:").unwrap()]);
+        let mut d = Discovery::new(Arc::clone(&m));
+        assert!(d.announce(at()).is_empty());
+        assert!(d.watched_topics().is_empty());
+        assert!(feed(&mut d, &good(&m, "n.level", Value::UInt(1))).is_empty());
+        assert!(retired(&m, &m, at()).is_empty());
+    }
+
+    #[test]
+    fn retired_devices_are_emptied_and_lost_components_keep_only_their_platform() {
+        let old = model(YAML);
+        let without_n = YAML.replace(
+            "  - name: n\n    tcp: { host: 127.0.0.1, port: 503 }\n    poll_interval: 1s\n    points:\n      - { name: level, kind: input_register, address: 0, unit: cm }\n",
+            "",
+        );
+        let new = model(
+            &without_n
+                .replace(
+                    "      - { name: alarm, kind: discrete_input, address: 0 }\n",
+                    "      - { name: alarm2, kind: discrete_input, address: 0 }\n",
+                )
+                .replace("m.alarm]", "m.alarm2]"),
+        );
+        let out = retired(&old, &new, at());
+        let n = out
+            .iter()
+            .find(|p| &*p.topic == "homeassistant/device/gw_one_n/config")
+            .unwrap();
+        assert!(n.payload.is_empty() && n.retain);
+        let level = out
+            .iter()
+            .find(|p| &*p.topic == "fieldgate/gw_one/n/level")
+            .unwrap();
+        assert!(level.payload.is_empty(), "the removed state is cleared");
+        let m = out.iter().find(|p| &*p.topic == M_CONFIG).unwrap();
+        let m = payload(m);
+        valid(&m);
+        assert_eq!(m["cmps"]["alarm"], json!({"p": "binary_sensor"}));
+        assert_eq!(m["cmps"]["alarm2"]["p"], "binary_sensor");
+        assert!(
+            out.iter()
+                .any(|p| &*p.topic == "fieldgate/gw_one/m/alarm" && p.payload.is_empty())
+        );
+        // Nothing changed: nothing to take back.
+        assert!(retired(&old, &old, at()).is_empty());
+        // The section removed: every device goes.
+        let plain = model(&YAML[..YAML.find("homeassistant:").unwrap()]);
+        let gone = retired(&old, &plain, at());
+        assert!(
+            gone.iter()
+                .any(|p| &*p.topic == M_CONFIG && p.payload.is_empty())
+        );
     }
 }

@@ -7,7 +7,7 @@
 //! writes through the one executor like any other command. It must not build discovery
 //! payloads (`northbound::homeassistant` does) or publish anything.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::devices::Devices;
@@ -110,7 +110,11 @@ pub(super) fn compile(
         }
     }
 
-    let at = (h.line, h.col);
+    // Topic clashes are reported at `state_topic` when it is written, else at the section.
+    let at = h
+        .state_topic
+        .as_ref()
+        .map_or((h.line, h.col), |t| (t.line, t.col));
     state_topics(ctx, at, &out, devs, derived, commands);
     added_commands(ctx, at, &out, devs, commands);
     Some(out)
@@ -151,7 +155,7 @@ fn point(ctx: &mut Ctx, p: &Located<RawHaPoint>, ppath: &str) -> HaPoint {
         .state_class
         .as_ref()
         .map(|v| class(ctx, v, "state_class", Some(STATE_CLASSES)));
-    let entity_category = p.entity_category.as_ref().and_then(|v| {
+    let entity_category = p.entity_category.as_ref().map(|v| {
         if !ENTITY_CATEGORIES.contains(&v.as_str()) {
             ctx.err(
                 v,
@@ -163,7 +167,7 @@ fn point(ctx: &mut Ctx, p: &Located<RawHaPoint>, ppath: &str) -> HaPoint {
                 ),
             );
         }
-        Some(Arc::from(v.as_str()))
+        Arc::from(v.as_str())
     });
     HaPoint {
         device_class,
@@ -189,7 +193,7 @@ fn state_topics(
             let device = &devs.devices[p.device].name;
             topics.push((
                 ha.state_topic(device, &p.name),
-                format!("homeassistant (state of {})", p.full_name),
+                format!("the state of {}", p.full_name),
             ));
         }
     }
@@ -198,23 +202,30 @@ fn state_topics(
             let device = &devs.devices[devs.points[first].device].name;
             topics.push((
                 ha.state_topic(device, &d.name),
-                format!("homeassistant (state of derived {})", d.name),
+                format!("the state of derived {}", d.name),
             ));
         }
     }
     for (t, why) in topics {
-        if let Some(c) = commands.iter().find(|c| c.topic == t) {
-            ctx.err_at(
+        let clash = if let Some(owner) = ctx.publish_topics.get(&t) {
+            Some(format!("{owner} already publishes it"))
+        } else if commands.iter().any(|c| c.topic == t) {
+            Some("a command listens on it".to_owned())
+        } else {
+            None
+        };
+        match clash {
+            Some(clash) => ctx.err_at(
                 at.0,
                 at.1,
                 "homeassistant.state_topic",
-                format!(
-                    "{why} publishes to `{t}`, where the command on `{}` listens",
-                    c.topic
-                ),
-            );
+                format!("{why} goes to `{t}`, but {clash}; choose another state_topic"),
+            ),
+            None => {
+                ctx.publish_topics
+                    .insert(t, format!("homeassistant.state_topic ({why})"));
+            }
         }
-        ctx.note_topic(&t, at, &why);
     }
 }
 
@@ -226,26 +237,29 @@ fn added_commands(
     devs: &Devices,
     commands: &mut Vec<Command>,
 ) {
-    let mut has: HashMap<usize, ()> = HashMap::new();
-    for c in commands.iter() {
-        if let CommandAction::Value(pid) = c.action {
-            has.insert(pid, ());
-        }
-    }
+    let has: HashSet<usize> = commands
+        .iter()
+        .filter_map(|c| match c.action {
+            CommandAction::Value(pid) => Some(pid),
+            CommandAction::Table(_) => None,
+        })
+        .collect();
     for (pid, p) in devs.points.iter().enumerate() {
-        if p.write.is_none() || ha.points[pid].exclude || has.contains_key(&pid) {
+        if p.write.is_none() || ha.points[pid].exclude || has.contains(&pid) {
             continue;
         }
         let device = &devs.devices[p.device].name;
         let topic: Arc<str> = Arc::from(format!("{}/set", ha.state_topic(device, &p.name)));
         let ack_topic: Arc<str> = Arc::from(format!("{topic}/ack"));
-        let why = format!("homeassistant (command for {})", p.full_name);
+        let why = format!("the command topic of {}", p.full_name);
         if let Some(owner) = ctx.publish_topics.get(&topic).cloned() {
             ctx.err_at(
                 at.0,
                 at.1,
                 "homeassistant.state_topic",
-                format!("{why} would listen on `{topic}`, which {owner} publishes"),
+                format!(
+                    "{why} would be `{topic}`, but {owner} publishes it; choose another state_topic"
+                ),
             );
         }
         if commands.iter().any(|c| c.topic == topic) {
@@ -253,10 +267,14 @@ fn added_commands(
                 at.0,
                 at.1,
                 "homeassistant.state_topic",
-                format!("{why} would listen on `{topic}`, where another command listens"),
+                format!("{why} would be `{topic}`, but another command listens on it; choose another state_topic"),
             );
         }
-        ctx.note_topic(&ack_topic, at, &why);
+        ctx.note_topic(
+            &ack_topic,
+            at,
+            &format!("homeassistant.state_topic ({why})/ack"),
+        );
         commands.push(Command {
             topic,
             ack_topic,

@@ -461,7 +461,7 @@ fn components(model: &Model, h: &HomeAssistant, d: DeviceId) -> Vec<Component> {
             let mut c = Map::new();
             c.insert("command_topic".into(), json!(cmd.topic.as_ref()));
             c.insert("payload_press".into(), json!(payload));
-            c.insert("qos".into(), json!(cmd.qos as u8));
+            c.insert("qos".into(), json!(cmd.qos.level()));
             push(&mut out, payload, "button", c);
         }
     }
@@ -521,7 +521,7 @@ fn point_component(
             c.insert("state_on".into(), json!("true"));
             c.insert("state_off".into(), json!("false"));
             c.insert("optimistic".into(), json!(false));
-            c.insert("qos".into(), json!(cmd.qos as u8));
+            c.insert("qos".into(), json!(cmd.qos.level()));
             "switch"
         }
         (true, _) => {
@@ -535,7 +535,7 @@ fn point_component(
             c.insert("max".into(), json!(lim.max));
             c.insert("step".into(), json!(step_of(p)));
             c.insert("optimistic".into(), json!(false));
-            c.insert("qos".into(), json!(cmd.qos as u8));
+            c.insert("qos".into(), json!(cmd.qos.level()));
             "number"
         }
         (false, None) => "sensor",
@@ -595,12 +595,20 @@ pub fn retired(old: &Model, new: &Model, at: SystemTime) -> Vec<Publication> {
         retain: true,
         created_at: at,
     };
+    let same_ids =
+        nh.is_some_and(|nh| nh.discovery_prefix == oh.discovery_prefix && nh.node_id == oh.node_id);
+    if !same_ids {
+        // The gateway itself is no longer announced under these ids.
+        out.push(clear(format!(
+            "{}/device/{}/config",
+            oh.discovery_prefix, oh.node_id
+        )));
+    }
     for (d, dev) in old.devices.iter().enumerate() {
         let old_cmps = components(old, oh, d);
-        let kept = nh.and_then(|nh| {
+        let kept = nh.filter(|_| same_ids).and_then(|nh| {
             let nd = new.devices.iter().position(|n| n.name == dev.name)?;
-            (nh.discovery_prefix == oh.discovery_prefix && nh.node_id == oh.node_id)
-                .then_some((nh, nd))
+            Some((nh, nd))
         });
         let Some((nh, nd)) = kept else {
             out.push(clear(config_topic(oh, old, d)));

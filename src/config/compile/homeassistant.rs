@@ -29,10 +29,12 @@ const STATE_CLASSES: &[&str] = &[
 const ENTITY_CATEGORIES: &[&str] = &["config", "diagnostic"];
 
 /// The `homeassistant` section; `None` when absent. `commands` gets the added value commands.
+/// `encrypted`: `mqtt.payload_encryption` is set (an error with this section).
 pub(super) fn compile(
     ctx: &mut Ctx,
     raw: Option<&Located<RawHomeAssistant>>,
     client_id: &str,
+    encrypted: bool,
     devs: &Devices,
     derived: &[Derived],
     commands: &mut Vec<Command>,
@@ -64,6 +66,26 @@ pub(super) fn compile(
         None => Arc::from(format!("fieldgate/{node_id}")),
     };
 
+    if encrypted {
+        ctx.err(
+            h,
+            path,
+            "Home Assistant cannot encrypt its commands or read encrypted states: remove \
+             mqtt.payload_encryption or this section (its command topics would accept plain \
+             payloads)",
+        );
+    }
+    let birth = format!("{discovery_prefix}/status");
+    if let Some(c) = commands.iter().find(|c| *c.topic == *birth) {
+        ctx.err(
+            h,
+            format!("{path}.discovery_prefix"),
+            format!(
+                "the gateway watches `{birth}` for Home Assistant's birth message, but the command on `{}` listens there",
+                c.topic
+            ),
+        );
+    }
     let mut out = HomeAssistant {
         discovery_prefix,
         node_id,
@@ -281,5 +303,35 @@ fn added_commands(
             qos: Qos::AtLeastOnce,
             action: CommandAction::Value(pid),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{ConfigError, load_str};
+    use std::path::Path;
+
+    #[test]
+    fn payload_encryption_and_home_assistant_do_not_go_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("payload.key");
+        std::fs::write(&key, "ab".repeat(32)).unwrap();
+        let yaml = format!(
+            "mqtt:\n  host: 127.0.0.1\n  status_topic: p/status\n  payload_encryption:\n    key_file: {}\n\
+             devices:\n  - name: tank\n    tcp: {{ host: 127.0.0.1 }}\n    points:\n      - {{ name: p1, kind: coil, address: 0, writable: true }}\n\
+             homeassistant: {{}}\n",
+            key.display()
+        );
+        let Err(ConfigError::Invalid { issues, .. }) =
+            load_str(Path::new("t.yaml"), &yaml, Default::default(), "h")
+        else {
+            panic!("accepted");
+        };
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].path, "homeassistant");
+        assert!(issues[0].message.contains("cannot encrypt"), "{issues:?}");
+        // Without the section, the same file is fine.
+        let plain = yaml.replace("homeassistant: {}\n", "");
+        assert!(load_str(Path::new("t.yaml"), &plain, Default::default(), "h").is_ok());
     }
 }

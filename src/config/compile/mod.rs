@@ -107,6 +107,7 @@ pub(super) fn compile(
         &mut ctx,
         raw.homeassistant.as_ref(),
         &mqtt.client_id,
+        mqtt.encryption.is_some(),
         &devs,
         &derived,
         &mut commands,

@@ -91,21 +91,50 @@ struct DeviceState {
     sw_version: Option<String>,
 }
 
+/// One entity's state topic (fixed at start, `None` when the value is not shown) and the last
+/// state published on it.
+#[derive(Debug, Clone, Default)]
+struct StateSlot {
+    topic: Option<Arc<str>>,
+    last: Option<String>,
+}
+
 /// The Home Assistant discovery profile; see the module docs.
 #[derive(Debug)]
 pub struct Discovery {
     model: Arc<Model>,
-    /// The last state published per point and derived value (`None`: none yet).
-    points: Vec<Option<String>>,
-    derived: Vec<Option<String>>,
+    /// Per point and per derived value.
+    points: Vec<StateSlot>,
+    derived: Vec<StateSlot>,
     devices: Vec<DeviceState>,
 }
 
 impl Discovery {
     pub fn new(model: Arc<Model>) -> Self {
+        let slot = |topic| StateSlot { topic, last: None };
+        let h = model.homeassistant.as_ref();
+        let points = model
+            .points
+            .iter()
+            .enumerate()
+            .map(|(pid, p)| {
+                slot(
+                    h.filter(|h| !h.points[pid].exclude)
+                        .map(|h| h.state_topic(&model.devices[p.device].name, &p.name)),
+                )
+            })
+            .collect();
+        let derived =
+            (0..model.derived.len())
+                .map(|di| {
+                    slot(h.zip(derived_device(&model, di)).map(|(h, d)| {
+                        h.state_topic(&model.devices[d].name, &model.derived[di].name)
+                    }))
+                })
+                .collect();
         Discovery {
-            points: vec![None; model.points.len()],
-            derived: vec![None; model.derived.len()],
+            points,
+            derived,
             devices: vec![DeviceState::default(); model.devices.len()],
             model,
         }
@@ -146,32 +175,18 @@ impl Discovery {
 
     /// Every state published so far, again.
     fn states(&self, at: SystemTime) -> Vec<Publication> {
-        let Some(h) = self.ha() else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for (pid, s) in self.points.iter().enumerate() {
-            if let Some(s) = s {
-                let p = &self.model.points[pid];
-                let dev = &self.model.devices[p.device].name;
-                out.push(state(h.state_topic(dev, &p.name), s, at));
-            }
-        }
-        for (di, s) in self.derived.iter().enumerate() {
-            if let (Some(s), Some(dev)) = (s, derived_device(&self.model, di)) {
-                let name = &self.model.derived[di].name;
-                let dev = &self.model.devices[dev].name;
-                out.push(state(h.state_topic(dev, name), s, at));
-            }
-        }
-        out
+        self.points
+            .iter()
+            .chain(&self.derived)
+            .filter_map(|s| Some(state(s.topic.clone()?, s.last.as_deref()?, at)))
+            .collect()
     }
 
     fn on_value(&mut self, u: &ValueUpdate, out: &mut Vec<Publication>) {
-        let model = Arc::clone(&self.model);
-        let Some(h) = model.homeassistant.as_ref() else {
+        if self.model.homeassistant.is_none() {
             return;
-        };
+        }
+        let model = Arc::clone(&self.model);
         let text = match &u.reading {
             Reading::Good(v) => {
                 let decimals = match u.source {
@@ -185,32 +200,24 @@ impl Discovery {
             // The device is down: its availability says so; the value stays as it was.
             Reading::Stale(_) => return,
         };
-        let (topic, last) = match u.source {
+        let slot = match u.source {
             Source::Point(pid) => {
                 let Some(p) = model.points.get(pid) else {
                     return;
                 };
                 self.identity(p.device, pid, &u.reading, &text, u.at, out);
-                if h.points[pid].exclude {
-                    return;
-                }
-                let dev = &model.devices[p.device].name;
-                (h.state_topic(dev, &p.name), &mut self.points[pid])
+                &mut self.points[pid]
             }
-            Source::Derived(di) => {
-                let Some(dev) = derived_device(&model, di) else {
-                    return;
-                };
-                let dev = &model.devices[dev].name;
-                (
-                    h.state_topic(dev, &model.derived[di].name),
-                    &mut self.derived[di],
-                )
-            }
+            Source::Derived(di) => match self.derived.get_mut(di) {
+                Some(s) => s,
+                None => return,
+            },
         };
-        if last.as_deref() != Some(text.as_str()) {
-            out.push(state(topic, &text, u.read_at));
-            *last = Some(text);
+        if let Some(topic) = &slot.topic
+            && slot.last.as_deref() != Some(text.as_str())
+        {
+            out.push(state(topic.clone(), &text, u.read_at));
+            slot.last = Some(text);
         }
     }
 

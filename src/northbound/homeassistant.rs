@@ -45,7 +45,8 @@ const BIRTH: &str = "online";
 /// The device class, unit and state class Home Assistant gets for a sensor with `unit`:
 /// °C temperature; W power; kWh and Wh energy (`total_increasing`); V voltage; A current; Hz
 /// frequency; % no class. Anything else: no class. Measurements get `state_class:
-/// measurement`. Units are Home Assistant's (sensor documentation, "Device class").
+/// measurement`. Units are Home Assistant's (sensor documentation, "Device class"). A point
+/// without a unit gets neither (it may be a status code).
 #[must_use]
 pub fn classes_for_unit(unit: &str) -> (Option<&'static str>, Option<&'static str>) {
     match unit {
@@ -552,7 +553,8 @@ fn point_component(
         let (inferred_class, inferred_state) = p
             .unit
             .as_deref()
-            .map_or((None, Some("measurement")), classes_for_unit);
+            // Without a unit it may be a code or a count: no statistics unless the point says.
+            .map_or((None, None), classes_for_unit);
         let class: Option<Arc<str>> = match &hp.device_class {
             Some(o) => o.clone(),
             None => inferred_class.map(Arc::from),
@@ -892,6 +894,9 @@ homeassistant:
         assert!(c["energy"].get("device_class").is_none(), "{}", c["energy"]);
         assert_eq!(c["energy"]["state_class"], "total_increasing");
         assert_eq!(c["energy"]["entity_category"], "diagnostic");
+        // A number without a unit (perhaps a code): no statistics.
+        assert_eq!(c["firmware"]["p"], "sensor");
+        assert!(c["firmware"].get("state_class").is_none());
         // A text point: a sensor without unit or classes.
         assert_eq!(c["serial"]["p"], "sensor");
         assert!(c["serial"].get("state_class").is_none());

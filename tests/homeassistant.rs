@@ -5,7 +5,8 @@
 //! (mbpoll reads the device as the judge), states are never optimistic, a Home Assistant restart
 //! gets every configuration again, availability follows the device status (the value template
 //! rendered by Jinja2, Home Assistant's own template engine, in `target/peers-venv`), and a
-//! reload that removes a device leaves an empty retained configuration.
+//! reload that removes a device leaves an empty retained configuration, and identity read from a
+//! register is in the first configuration and sent again when it changes.
 //!
 //! Fails when mosquitto, mbpoll or the venv's jinja2 is missing; `scripts/test.sh` installs them.
 
@@ -524,4 +525,48 @@ async fn a_reload_that_removes_a_device_leaves_an_empty_retained_config() {
     assert!(retained("homeassistant/device/rl_a/config").contains("\"rl_a\""));
     assert_eq!(retained("homeassistant/device/rl_b/config"), "");
     assert_eq!(retained("fieldgate/rl/b/level"), "", "b's state is cleared");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_read_from_a_register_is_in_the_first_config_and_a_change_sends_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, mqtt) = mosquitto(dir.path(), "").await;
+    let (_sim, modbus) = simulator("127.0.0.1:0", &["--speed", "0", "--level", "321"]).await;
+    // Holding register 0 (20 at start) stands in for a firmware version register.
+    let yaml = format!(
+        r#"mqtt: {{ host: 127.0.0.1, port: {mp}, client_id: idt, status_topic: idt/status }}
+devices:
+  - name: tower
+    tcp: {{ host: 127.0.0.1, port: {sp} }}
+    poll_interval: 200ms
+    points:
+      - {{ name: level, kind: input_register, address: 0, unit: cm }}
+      - {{ name: firmware, kind: holding_register, address: 0, writable: true, min: 0, max: 400 }}
+homeassistant:
+  devices:
+    tower: {{ manufacturer: ISB, sw_version: firmware }}
+"#,
+        mp = mqtt.port(),
+        sp = modbus.port()
+    );
+    let mut obs = Observer::start(mqtt, "#").await;
+    let _gw = gateway_yaml(dir.path(), &yaml);
+    let topic = "homeassistant/device/idt_tower/config";
+    let (_, first) = config(&mut obs, 0, topic).await;
+    assert_eq!(schema_errors(&first), Vec::<String>::new());
+    assert_eq!(first["dev"]["sw"], "20", "{first:#}");
+
+    let since = obs.len();
+    obs.publish("fieldgate/idt/tower/firmware/set", "21", false)
+        .await;
+    let ack = obs
+        .wait_topic(since, "fieldgate/idt/tower/firmware/set/ack", |_| true)
+        .await;
+    assert_eq!(json(&ack.payload)["result"], "ok", "{}", ack.payload);
+    let (_, again) = config(&mut obs, since, topic).await;
+    assert_eq!(again["dev"]["sw"], "21", "{again:#}");
+    // No configuration ever went out without the identity.
+    for m in obs.all().iter().filter(|m| m.topic == topic) {
+        assert!(json(&m.payload)["dev"].get("sw").is_some(), "{}", m.payload);
+    }
 }

@@ -2,7 +2,8 @@
 # The whole test suite. Installs the real peers the tests need when they are missing:
 # Debian's mosquitto and its clients, socat (virtual serial ports), mbpoll (an independent
 # Modbus master), systemd-analyze (to verify the unit), openssl (certs/gen.sh makes the test
-# certificates), the system CA store, and pymodbus (an independent Modbus slave) in
+# certificates), the system CA store, and pymodbus (an independent Modbus slave) and jinja2
+# (Home Assistant's template engine, to render our availability templates) in
 # target/peers-venv. Then runs
 # every test. A test whose peer is missing fails; nothing is skipped.
 set -euo pipefail
@@ -46,6 +47,10 @@ if ! "$venv/bin/python" -c 'import pymodbus, serial' 2>/dev/null; then
   mkdir -p target
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "pymodbus[serial]==3.16.1"
+fi
+if ! "$venv/bin/python" -c 'import jinja2' 2>/dev/null; then
+  echo "installing jinja2 into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "jinja2==3.1.6"
 fi
 
 cargo test --locked --all-targets

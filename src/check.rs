@@ -130,8 +130,39 @@ pub fn summary(m: &Model) -> String {
     devices(&mut s, m);
     derived(&mut s, m);
     groups(&mut s, m);
+    homeassistant(&mut s, m);
     publishes(&mut s, m);
     s
+}
+
+/// Home Assistant discovery: where it goes, and each device's entities by platform.
+fn homeassistant(s: &mut String, m: &Model) {
+    use crate::northbound::homeassistant::{discovery_topic, entities};
+    let Some(h) = &m.homeassistant else { return };
+    let _ = writeln!(
+        s,
+        "homeassistant: node {}, states on {}/<device>/<name>, watches {}/status",
+        h.node_id, h.state_topic, h.discovery_prefix
+    );
+    let _ = writeln!(
+        s,
+        "  {}/device/{}/config: the gateway",
+        h.discovery_prefix, h.node_id
+    );
+    for d in 0..m.devices.len() {
+        let mut by: Vec<(&str, Vec<String>)> = Vec::new();
+        for (key, platform) in entities(m, d) {
+            match by.iter_mut().find(|(p, _)| *p == platform) {
+                Some((_, keys)) => keys.push(key),
+                None => by.push((platform, vec![key])),
+            }
+        }
+        let list: Vec<String> = by
+            .iter()
+            .map(|(p, keys)| format!("{p} {}", keys.join(" ")))
+            .collect();
+        let _ = writeln!(s, "  {}: {}", discovery_topic(h, m, d), list.join("; "));
+    }
 }
 
 /// The broker, the session and its security.

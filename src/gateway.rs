@@ -37,17 +37,53 @@ fn profiles(model: &Arc<Model>) -> Vec<Box<dyn Profile>> {
     vec![
         Box::new(northbound::points::PointTopics::new(Arc::clone(model))),
         Box::new(northbound::groups::GroupMessages::new(Arc::clone(model))),
+        Box::new(northbound::homeassistant::Discovery::new(Arc::clone(model))),
     ]
 }
 
-/// What the MQTT session needs from the profiles of `model`: the command topics they claim,
-/// and the retained messages they announce after every connect (like `online`).
+/// What the MQTT session needs from the profiles of `model`: the command topics they claim and
+/// the topics they watch, and the retained messages they announce after every connect (like
+/// `online`).
 fn session(model: &Arc<Model>) -> (Vec<(Arc<str>, Qos)>, Vec<Publication>) {
     let profiles = profiles(model);
+    let mut subscriptions = northbound::subscriptions(&profiles);
+    for w in northbound::watched(&profiles) {
+        if !subscriptions.iter().any(|(t, _)| *t == w.0) {
+            subscriptions.push(w);
+        }
+    }
     (
-        northbound::subscriptions(&profiles),
+        subscriptions,
         northbound::announcements(&profiles, SystemTime::now()),
     )
+}
+
+/// The topic filters the profiles of `model` watch (not commands).
+fn watched(model: &Arc<Model>) -> Vec<Arc<str>> {
+    northbound::watched(&profiles(model))
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect()
+}
+
+/// Sends each incoming message on a watched topic to the engine task (the profiles), and every
+/// other one to the executor, until `incoming` ends.
+async fn route_incoming(
+    mut incoming: mpsc::Receiver<IncomingCommand>,
+    watched: tokio::sync::watch::Receiver<Vec<Arc<str>>>,
+    profiles: mpsc::Sender<IncomingCommand>,
+    executor: mpsc::Sender<IncomingCommand>,
+) {
+    while let Some(m) = incoming.recv().await {
+        let is_watched = watched
+            .borrow()
+            .iter()
+            .any(|f| crate::vocabulary::topic_matches(f, &m.topic));
+        let to = if is_watched { &profiles } else { &executor };
+        if to.send(m).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Run the gateway until `shutdown` is cancelled.
@@ -68,8 +104,13 @@ pub async fn run_reloadable(
     }
     let (out_tx, out_rx) = mpsc::channel::<Publication>(HANDOFF);
     let (cmd_tx, cmd_rx) = mpsc::channel::<IncomingCommand>(64);
+    // Messages on the profiles' watched topics go to the engine task, commands to the executor.
+    let (in_tx, in_rx) = mpsc::channel::<IncomingCommand>(64);
+    let (msg_tx, msg_rx) = mpsc::channel::<IncomingCommand>(16);
+    let (watched_tx, watched_rx) = tokio::sync::watch::channel(watched(&model));
+    tokio::spawn(route_incoming(in_rx, watched_rx, msg_tx, cmd_tx));
     let (subscriptions, announcements) = session(&model);
-    let mqtt = mqtt::start(&model.mqtt, subscriptions, announcements, out_rx, cmd_tx);
+    let mqtt = mqtt::start(&model.mqtt, subscriptions, announcements, out_rx, in_tx);
 
     // One task per link (a TCP connection or an RTU bus), as compiled into the model.
     let (ev_tx, ev_rx) = mpsc::channel::<LinkEvent>(256);
@@ -82,6 +123,7 @@ pub async fn run_reloadable(
         Arc::clone(&model),
         ev_rx,
         engine_rx,
+        msg_rx,
         out_tx.clone(),
     ));
     let (snap_tx, snap_rx) = tokio::sync::watch::channel(Snapshot::new(&model, writers(&running)));
@@ -112,6 +154,7 @@ pub async fn run_reloadable(
                 let _ = sd_reloading();
                 if let Some(new) = reload(&path, &model, &mut running, &ev_tx, &mqtt, &out_tx, session).await {
                     let _ = engine_tx.send(Arc::clone(&new)).await;
+                    let _ = watched_tx.send(watched(&new));
                     let _ = snap_tx.send(Snapshot::new(&new, writers(&running)));
                     model = new;
                 }
@@ -145,6 +188,7 @@ async fn run_engine(
     model: Arc<Model>,
     mut events: mpsc::Receiver<LinkEvent>,
     mut reloads: mpsc::Receiver<Arc<Model>>,
+    mut messages: mpsc::Receiver<IncomingCommand>,
     out: mpsc::Sender<Publication>,
 ) {
     let mut profiles = profiles(&model);
@@ -179,6 +223,7 @@ async fn run_engine(
                 continue;
             }
             () = tokio::time::sleep(wait) => northbound::tick(&mut profiles, SystemTime::now()),
+            Some(m) = messages.recv() => northbound::on_message(&mut profiles, &m.topic, &m.payload, SystemTime::now()),
             _ = tick.tick() => {
                 beat.beat();
                 continue;

@@ -24,6 +24,8 @@ pub struct Model {
     pub derived: Vec<Derived>,
     pub commands: Vec<Command>,
     pub groups: Vec<Group>,
+    /// Home Assistant discovery; `None` when the section is absent.
+    pub homeassistant: Option<HomeAssistant>,
     /// What `check` warns about: allowed, but probably not what was meant.
     pub warnings: Vec<Issue>,
 }
@@ -42,6 +44,65 @@ pub enum Aggregate {
     Min,
     Max,
     Sum,
+}
+
+/// `homeassistant`, checked: where discovery goes, and what each device and point adds to
+/// what is inferred from the mapping.
+#[derive(Debug, Clone)]
+pub struct HomeAssistant {
+    /// Home Assistant's discovery prefix (`homeassistant`).
+    pub discovery_prefix: Arc<str>,
+    /// The gateway's id: `[a-zA-Z0-9_-]+`.
+    pub node_id: Arc<str>,
+    /// States go to `<state_topic>/<device>/<point>`.
+    pub state_topic: Arc<str>,
+    /// One per device, by `DeviceId`.
+    pub devices: Vec<HaDevice>,
+    /// One per point, by `PointId`.
+    pub points: Vec<HaPoint>,
+}
+
+impl HomeAssistant {
+    /// The state topic of a point or derived value shown in Home Assistant.
+    #[must_use]
+    pub fn state_topic(&self, device: &str, name: &str) -> Arc<str> {
+        Arc::from(format!("{}/{device}/{name}", self.state_topic))
+    }
+}
+
+/// `s` with every character Home Assistant does not allow in a discovery id (only
+/// `[a-zA-Z0-9_-]`, MQTT integration, "Discovery topic") replaced by `_`.
+#[must_use]
+pub fn discovery_id(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// A device's metadata for Home Assistant.
+#[derive(Debug, Clone, Default)]
+pub struct HaDevice {
+    pub manufacturer: Option<String>,
+    pub model: Option<String>,
+    /// The point holding the serial number.
+    pub serial: Option<PointId>,
+    /// The point holding the firmware version.
+    pub sw_version: Option<PointId>,
+}
+
+/// A point's overrides. `Some(None)` removes an inferred class.
+#[derive(Debug, Clone, Default)]
+pub struct HaPoint {
+    pub device_class: Option<Option<Arc<str>>>,
+    pub state_class: Option<Option<Arc<str>>>,
+    pub entity_category: Option<Arc<str>>,
+    pub exclude: bool,
 }
 
 /// One message per source per send interval.

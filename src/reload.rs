@@ -252,6 +252,10 @@ pub async fn reload(
             );
         }
     }
+    // Home Assistant forgets removed devices and entities (before the new announcements).
+    for p in crate::northbound::retired(old, &new, SystemTime::now()) {
+        enqueue(out, p);
+    }
     let (subscriptions, announcements) = session(&new);
     mqtt.update(subscriptions, announcements);
     tracing::info!(

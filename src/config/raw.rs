@@ -160,6 +160,78 @@ pub struct RawConfig {
     /// Grouped messages: one message per source per send interval.
     #[serde(default)]
     pub groups: Vec<Located<RawGroup>>,
+    /// Home Assistant MQTT discovery: every device appears in Home Assistant with its sensors
+    /// and controls. Off when absent.
+    #[serde(default)]
+    pub homeassistant: Option<Located<RawHomeAssistant>>,
+}
+
+/// `homeassistant`: MQTT discovery for Home Assistant (device-based discovery, one retained
+/// `<discovery_prefix>/device/<node_id>_<device>/config` per device).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHomeAssistant {
+    /// Home Assistant's discovery prefix. Default `homeassistant`. The gateway also watches
+    /// `<discovery_prefix>/status`: on `online` (Home Assistant restarted) it sends every
+    /// configuration and current state again.
+    #[serde(default)]
+    pub discovery_prefix: Option<Located<String>>,
+    /// The gateway's id in Home Assistant: letters, digits, `_` and `-`. It names the gateway
+    /// device (every device's `via_device`) and starts every `unique_id`. Default: the MQTT
+    /// client id, with other characters replaced by `_`.
+    #[serde(default)]
+    pub node_id: Option<Located<String>>,
+    /// Where the entities' states are published, one topic each:
+    /// `<state_topic>/<device>/<point>`; a writable point without a value command gets one on
+    /// `<state_topic>/<device>/<point>/set`. Default `fieldgate/<node_id>`.
+    #[serde(default)]
+    pub state_topic: Option<Located<String>>,
+    /// Device metadata and per-point settings, by device name. Devices not listed appear with
+    /// their name only.
+    #[serde(default)]
+    pub devices: BTreeMap<String, Located<RawHaDevice>>,
+}
+
+/// `homeassistant.devices.<name>`: what Home Assistant shows about a device.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHaDevice {
+    /// The manufacturer (`dev.mf`).
+    #[serde(default)]
+    pub manufacturer: Option<String>,
+    /// The model (`dev.mdl`).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// A point of this device that holds the serial number (`dev.sn`), e.g. a string
+    /// register. The configuration is sent once it has been read, and again when it changes.
+    #[serde(default)]
+    pub serial: Option<Located<String>>,
+    /// A point of this device that holds the firmware version (`dev.sw`); read like `serial`.
+    #[serde(default)]
+    pub sw_version: Option<Located<String>>,
+    /// Per-point settings, by point name.
+    #[serde(default)]
+    pub points: BTreeMap<String, Located<RawHaPoint>>,
+}
+
+/// `homeassistant.devices.<name>.points.<point>`: overrides of what is inferred.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHaPoint {
+    /// Home Assistant's device class (e.g. `temperature`, `duration`, `pressure`), instead of
+    /// the one inferred from the unit; `none` for no class.
+    #[serde(default)]
+    pub device_class: Option<Located<String>>,
+    /// `measurement`, `total` or `total_increasing`, instead of the inferred one; `none` for
+    /// no state class.
+    #[serde(default)]
+    pub state_class: Option<Located<String>>,
+    /// `config` or `diagnostic`.
+    #[serde(default)]
+    pub entity_category: Option<Located<String>>,
+    /// Leave this point out of Home Assistant (and give it no command topic).
+    #[serde(default)]
+    pub exclude: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]

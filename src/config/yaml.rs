@@ -301,7 +301,12 @@ const LOCATED_FIELDS: &[&str] = &[
     "write",
     "ack_topic",
     "pack_bits",
+    "homeassistant",
 ];
+
+/// Sections whose entries are a map by name (`homeassistant.devices.<device>.points.<point>`),
+/// each entry [`Located`]: the name is shown as `[name]`, like a named list entry.
+const NAMED_MAPS: &[&str] = &["devices", "points"];
 
 /// Drop the segments serde_path_to_error sees but the user did not write: the `value` of a
 /// [`Located`] wrapper, and the `?` of an unknown (duplicate) key.
@@ -326,11 +331,23 @@ fn clean_path(path: &str) -> String {
         }
     }
     let mut out = String::new();
+    let mut after_key = false;
     for (i, seg) in segs.iter().enumerate() {
         let prev = i.checked_sub(1).map(|k| segs[k].as_str());
+        let next = segs.get(i + 1).map(String::as_str);
         let wrapper = seg == "value"
-            && prev.is_some_and(|p| p.starts_with('[') || LOCATED_FIELDS.contains(&p));
+            && (after_key
+                || prev.is_some_and(|p| p.starts_with('[') || LOCATED_FIELDS.contains(&p)));
+        after_key = false;
         if wrapper || seg == "?" {
+            continue;
+        }
+        if !seg.starts_with('[')
+            && prev.is_some_and(|p| NAMED_MAPS.contains(&p))
+            && next == Some("value")
+        {
+            out.push_str(&format!("[{seg}]"));
+            after_key = true;
             continue;
         }
         if !seg.starts_with('[') && !out.is_empty() {
@@ -479,6 +496,10 @@ mod tests {
         assert_eq!(
             clean_path("commands[0].value.payloads.go[0].value.value"),
             "commands[0].payloads.go[0].value"
+        );
+        assert_eq!(
+            clean_path("homeassistant.value.devices.tank.value.points.value.value.x"),
+            "homeassistant.devices[tank].points[value].x"
         );
         assert_eq!(
             clean_path("devices[0].value.points[0].value.?"),

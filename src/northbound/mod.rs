@@ -9,6 +9,7 @@
 //! profiles is built in `gateway.rs` from the mapping.
 
 pub mod groups;
+pub mod homeassistant;
 pub mod points;
 
 use std::sync::Arc;
@@ -44,6 +45,63 @@ pub trait Profile: std::fmt::Debug + Send {
     fn command_topics(&self) -> Vec<(Arc<str>, Qos)> {
         Vec::new()
     }
+
+    /// Topic filters this profile watches that are not commands (e.g. Home Assistant's
+    /// `homeassistant/status`), and their subscription QoS. Messages on them come to
+    /// [`Profile::on_message`] and never reach the executor.
+    fn watched_topics(&self) -> Vec<(Arc<str>, Qos)> {
+        Vec::new()
+    }
+
+    /// A message on one of [`Profile::watched_topics`], received at `at`.
+    fn on_message(
+        &mut self,
+        _topic: &str,
+        _payload: &[u8],
+        _at: SystemTime,
+        _out: &mut Vec<Publication>,
+    ) {
+    }
+}
+
+/// Every profile's watched topics, once each.
+pub fn watched(profiles: &[Box<dyn Profile>]) -> Vec<(Arc<str>, Qos)> {
+    let mut out: Vec<(Arc<str>, Qos)> = Vec::new();
+    for (topic, qos) in profiles.iter().flat_map(|p| p.watched_topics()) {
+        if !out.iter().any(|(t, _)| *t == topic) {
+            out.push((topic, qos));
+        }
+    }
+    out
+}
+
+/// Hand a watched message to every profile that watches its topic.
+pub fn on_message(
+    profiles: &mut [Box<dyn Profile>],
+    topic: &str,
+    payload: &[u8],
+    at: SystemTime,
+) -> Vec<Publication> {
+    let mut out = Vec::new();
+    for p in profiles.iter_mut() {
+        if p.watched_topics()
+            .iter()
+            .any(|(f, _)| crate::vocabulary::topic_matches(f, topic))
+        {
+            p.on_message(topic, payload, at, &mut out);
+        }
+    }
+    out
+}
+
+/// What the profiles must take back when `old` is replaced by `new` (hot reload), stamped
+/// `at`: today Home Assistant's removed devices and entities.
+pub fn retired(
+    old: &crate::model::Model,
+    new: &crate::model::Model,
+    at: SystemTime,
+) -> Vec<Publication> {
+    homeassistant::retired(old, new, at)
 }
 
 /// Every profile's publications for `updates`, in update order, then profile order.

@@ -11,6 +11,7 @@ mod commands;
 mod derived;
 mod devices;
 mod groups;
+mod homeassistant;
 mod mqtt;
 mod points;
 
@@ -101,7 +102,16 @@ pub(super) fn compile(
     );
     let derived = derived::compile(&mut ctx, &raw.derived, &devs);
     let groups = groups::compile(&mut ctx, &raw.groups, &devs);
-    let commands = commands::compile(&mut ctx, &raw.commands, &devs);
+    let mut commands = commands::compile(&mut ctx, &raw.commands, &devs);
+    let homeassistant = homeassistant::compile(
+        &mut ctx,
+        raw.homeassistant.as_ref(),
+        &mqtt.client_id,
+        mqtt.encryption.is_some(),
+        &devs,
+        &derived,
+        &mut commands,
+    );
 
     if ctx.issues.is_empty() {
         Ok(Model {
@@ -113,6 +123,7 @@ pub(super) fn compile(
             points: devs.points,
             derived,
             commands,
+            homeassistant,
             warnings: ctx.warnings,
         })
     } else {

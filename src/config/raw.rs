@@ -160,6 +160,26 @@ pub struct RawConfig {
     /// Grouped messages: one message per source per send interval.
     #[serde(default)]
     pub groups: Vec<Located<RawGroup>>,
+    /// A Sparkplug B edge node (Sparkplug 3.0, `spBv1.0`): every device is a Sparkplug
+    /// device and its points and derived values are its metrics. Off when absent; may run
+    /// next to plain topics and groups.
+    #[serde(default)]
+    pub sparkplug: Option<Located<RawSparkplug>>,
+}
+
+/// The `sparkplug` section. Ids must not be empty or contain `+`, `#` or `/` (Sparkplug 3.0
+/// section 4.1.1).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSparkplug {
+    /// The Sparkplug group id, the second level of every topic.
+    pub group_id: Located<String>,
+    /// This gateway's edge node id.
+    pub edge_node_id: Located<String>,
+    /// The primary host application's id: nothing is born until `spBv1.0/STATE/<id>` says
+    /// `{"online": true}`, and data stops while it says offline. Default: no primary host.
+    #[serde(default)]
+    pub primary_host_id: Option<Located<String>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
@@ -569,6 +589,9 @@ pub struct RawDevice {
     /// Topic for this device's retained status. Default `<mqtt.status_topic>/<name>`.
     #[serde(default)]
     pub status_topic: Option<Located<String>>,
+    /// Sparkplug B: this device's device id. Default: the device name.
+    #[serde(default)]
+    pub device_id: Option<Located<String>>,
     /// The mapped values of this device.
     pub points: Vec<Located<RawPoint>>,
 }
@@ -760,6 +783,10 @@ pub struct RawPoint {
     /// How to publish this point. Not published when absent.
     #[serde(default)]
     pub publish: Option<Located<RawPublish>>,
+    /// Sparkplug B: the metric name, which may have folders (`pump1/temperature`). Default:
+    /// the point name.
+    #[serde(default)]
+    pub metric: Option<Located<String>>,
 }
 
 impl Default for Located<bool> {

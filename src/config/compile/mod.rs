@@ -13,6 +13,7 @@ mod devices;
 mod groups;
 mod mqtt;
 mod points;
+mod sparkplug;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -102,6 +103,7 @@ pub(super) fn compile(
     let derived = derived::compile(&mut ctx, &raw.derived, &devs);
     let groups = groups::compile(&mut ctx, &raw.groups, &devs);
     let commands = commands::compile(&mut ctx, &raw.commands, &devs);
+    let sparkplug = sparkplug::compile(&mut ctx, &raw, &devs, &derived, &mqtt.buffer.store);
 
     if ctx.issues.is_empty() {
         Ok(Model {
@@ -113,6 +115,7 @@ pub(super) fn compile(
             points: devs.points,
             derived,
             commands,
+            sparkplug,
             warnings: ctx.warnings,
         })
     } else {

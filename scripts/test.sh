@@ -2,8 +2,8 @@
 # The whole test suite. Installs the real peers the tests need when they are missing:
 # Debian's mosquitto and its clients, socat (virtual serial ports), mbpoll (an independent
 # Modbus master), systemd-analyze (to verify the unit), openssl (certs/gen.sh makes the test
-# certificates), the system CA store, and pymodbus (an independent Modbus slave) in
-# target/peers-venv. Then runs
+# certificates), the system CA store, and pymodbus (an independent Modbus slave) and pysparkplug (an independent
+# Sparkplug B host) in target/peers-venv. Then runs
 # every test. A test whose peer is missing fails; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +46,11 @@ if ! "$venv/bin/python" -c 'import pymodbus, serial' 2>/dev/null; then
   mkdir -p target
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "pymodbus[serial]==3.16.1"
+fi
+# pysparkplug: the independent Sparkplug B host application of tests/sparkplug.rs.
+if ! "$venv/bin/python" -c 'import pysparkplug, sys; sys.exit(pysparkplug.__version__ != "0.6.1")' 2>/dev/null; then
+  echo "installing pysparkplug into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "pysparkplug==0.6.1"
 fi
 
 cargo test --locked --all-targets

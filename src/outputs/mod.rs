@@ -3,6 +3,7 @@
 //!
 //! Speaks MQTT only; knows nothing of Modbus.
 
+pub mod bdseq;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod mqtt;

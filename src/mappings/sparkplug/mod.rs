@@ -496,11 +496,7 @@ devices:
             Some(PbValue::IntValue(7))
         );
         assert_eq!(
-            metric_value(
-                SparkplugType::Double,
-                &Value::Float(21.300000000000001),
-                Some(1)
-            ),
+            metric_value(SparkplugType::Double, &Value::Float(213.0 * 0.1), Some(1)),
             Some(PbValue::DoubleValue(21.3))
         );
         assert_eq!(

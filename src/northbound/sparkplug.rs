@@ -1,0 +1,540 @@
+//! The Sparkplug B edge node profile (Sparkplug 3.0, namespace `spBv1.0`): births, deaths,
+//! sequence numbers, data by exception, rebirth, the primary host's STATE, and
+//! store-and-forward as historical data.
+//!
+//! Pure, like every profile: the engine's updates and the MQTT session's news
+//! ([`SessionEvent`]) come in with their times, publications go out. The MQTT side owns what
+//! must happen on the wire before any of this can: the NDEATH will with its `bdSeq` (kept in
+//! the state directory), subscribing NCMD, DCMD and STATE before it reports the session up,
+//! and NDEATH then DISCONNECT at shutdown. DCMD writes go through the executor, which reports
+//! each outcome back here as [`SessionEvent::Written`].
+//!
+//! The session, as this profile keeps it:
+//!
+//! - Born only while connected and (with a primary host) the host's STATE says online. A birth
+//!   is one NBIRTH (`seq` 0, the connection's `bdSeq`, `Node Control/Rebirth = false`), then one
+//!   DBIRTH per device that is up, with every metric, its alias, datatype and current value,
+//!   then the stored history of that device.
+//! - `seq` counts every NBIRTH, DBIRTH, DDATA and DDEATH of the session, 0-255, wrapping.
+//! - Born, a change of value goes out in DDATA by alias (one message per device per poll); a
+//!   device in error gets DDEATH, and DBIRTH when it answers again.
+//! - Not born, every changed value is kept (bounded by the buffer's `max_messages`, oldest
+//!   dropped and counted) and goes out after the next birth as DDATA with `is_historical`, its
+//!   read time and new sequence numbers. So that QoS 0 data lost with a dying connection is
+//!   not lost for good, values sent within two keep-alives before a disconnect are kept too
+//!   (a host may see them twice, once live and once historical, with the same timestamp).
+//!
+//! Must not: do I/O, read a clock, or write to a device.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use prost::Message;
+
+use super::{Profile, SessionEvent};
+use crate::events;
+use crate::mappings::engine::{Reading, Source, Update, Value};
+use crate::mappings::sparkplug::proto::Payload;
+use crate::mappings::sparkplug::proto::payload::Metric;
+use crate::mappings::sparkplug::{self as spb, millis};
+use crate::model::{MetricSource, Model, Sparkplug};
+use crate::vocabulary::{DeviceStatus, Publication, Qos};
+
+/// Most metrics in one historical DDATA.
+const HISTORY_CHUNK: usize = 256;
+
+/// A value kept for store-and-forward.
+#[derive(Debug, Clone)]
+struct Kept {
+    device: usize,
+    metric: usize,
+    value: Option<Value>,
+    read_at: SystemTime,
+}
+
+/// The Sparkplug B edge node; see the module docs.
+#[derive(Debug)]
+pub struct SparkplugNode {
+    model: Arc<Model>,
+    /// Point / derived value -> (Sparkplug device, metric), both indices into the section.
+    by_source: HashMap<MetricSource, (usize, usize)>,
+    /// The latest value of each metric (`None`: null), with its read time.
+    values: Vec<Vec<(Option<Value>, SystemTime)>>,
+    /// The value each metric last went out (or was kept) with, for report by exception.
+    sent: Vec<Vec<Option<Option<Value>>>>,
+    /// The device answers: a good value since its last error.
+    up: Vec<bool>,
+    /// Metrics of each device not read (good or bad) yet: its first DBIRTH waits for them, so
+    /// that it carries a value for every metric (a device's blocks may arrive apart).
+    unread: Vec<usize>,
+    read: Vec<Vec<bool>>,
+    /// The device's DBIRTH went out in this birth.
+    born: Vec<bool>,
+    /// DDATA metrics gathered during one batch of updates, per device.
+    pending: Vec<Vec<Metric>>,
+    /// The live connection's bdSeq.
+    bd_seq: Option<u64>,
+    /// The primary host is online (always, without one); the newest STATE timestamp seen.
+    host_online: bool,
+    host_timestamp: u64,
+    node_born: bool,
+    seq: u8,
+    history: VecDeque<Kept>,
+    /// Values sent live recently, (sent at, value), kept for a disconnect.
+    recent: VecDeque<(SystemTime, Kept)>,
+    recent_window: Duration,
+    ncmd_topic: Arc<str>,
+    dcmd_filter: Arc<str>,
+    state_topic: Option<Arc<str>>,
+}
+
+impl SparkplugNode {
+    /// The node of `model`'s `sparkplug` section; `None` when the mapping has none.
+    pub fn new(model: Arc<Model>) -> Option<Self> {
+        let s = model.sparkplug.as_ref()?;
+        let mut by_source = HashMap::new();
+        for (d, dev) in s.devices.iter().enumerate() {
+            for (m, metric) in dev.metrics.iter().enumerate() {
+                by_source.insert(metric.source, (d, m));
+            }
+        }
+        let values = s
+            .devices
+            .iter()
+            .map(|d| vec![(None, SystemTime::UNIX_EPOCH); d.metrics.len()])
+            .collect();
+        let sent = s
+            .devices
+            .iter()
+            .map(|d| vec![None; d.metrics.len()])
+            .collect();
+        let n = s.devices.len();
+        Some(SparkplugNode {
+            by_source,
+            values,
+            sent,
+            up: vec![false; n],
+            unread: s.devices.iter().map(|d| d.metrics.len()).collect(),
+            read: s
+                .devices
+                .iter()
+                .map(|d| vec![false; d.metrics.len()])
+                .collect(),
+            born: vec![false; n],
+            pending: vec![Vec::new(); n],
+            bd_seq: None,
+            host_online: s.primary_host_id.is_none(),
+            host_timestamp: 0,
+            node_born: false,
+            seq: 0,
+            history: VecDeque::new(),
+            recent: VecDeque::new(),
+            recent_window: model.mqtt.keep_alive * 2,
+            ncmd_topic: Arc::from(s.node_topic("NCMD")),
+            dcmd_filter: Arc::from(s.device_topic("DCMD", "+")),
+            state_topic: s.state_topic().map(Arc::from),
+            model: Arc::clone(&model),
+        })
+    }
+
+    fn spb(&self) -> &Sparkplug {
+        self.model
+            .sparkplug
+            .as_ref()
+            .expect("a node is only made from a model with a sparkplug section")
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        let s = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        u64::from(s)
+    }
+
+    fn frame(topic: String, payload: &Payload, at: SystemTime) -> Publication {
+        // Sparkplug 3.0 section 7 (tck-id-topics-*-qos, -retain): NBIRTH, DBIRTH, DDATA and
+        // DDEATH are QoS 0 and not retained.
+        Publication {
+            topic: Arc::from(topic),
+            payload: payload.encode_to_vec(),
+            qos: Qos::AtMostOnce,
+            retain: false,
+            created_at: at,
+        }
+    }
+
+    fn metric_value(
+        &self,
+        d: usize,
+        m: usize,
+        v: &Value,
+    ) -> Option<spb::proto::payload::metric::Value> {
+        let metric = &self.spb().devices[d].metrics[m];
+        let decimals = match metric.source {
+            MetricSource::Point(p) => self.model.points[p].decimals,
+            MetricSource::Derived(_) => None,
+        };
+        spb::metric_value(metric.datatype, v, decimals)
+    }
+
+    /// NBIRTH, then a DBIRTH (and its history) per device that is up.
+    fn birth(&mut self, at: SystemTime, out: &mut Vec<Publication>) {
+        let Some(bd_seq) = self.bd_seq else { return };
+        if !self.host_online {
+            return;
+        }
+        self.seq = 0;
+        let ts = millis(at);
+        let seq = self.next_seq();
+        let nbirth = Payload {
+            timestamp: Some(ts),
+            metrics: spb::node_birth_metrics(bd_seq, ts),
+            seq: Some(seq),
+            ..Payload::default()
+        };
+        out.push(Self::frame(self.spb().node_topic("NBIRTH"), &nbirth, at));
+        events::sparkplug_born(&self.spb().edge_node_id, bd_seq);
+        self.node_born = true;
+        self.born.iter_mut().for_each(|b| *b = false);
+        self.pending.iter_mut().for_each(Vec::clear);
+        for d in 0..self.born.len() {
+            if self.up[d] && self.unread[d] == 0 {
+                self.device_birth(d, at, out);
+            }
+        }
+    }
+
+    /// DBIRTH of device `d` with every metric's current value, then its stored history.
+    fn device_birth(&mut self, d: usize, at: SystemTime, out: &mut Vec<Publication>) {
+        let ts = millis(at);
+        let dev = &self.spb().devices[d];
+        let metrics: Vec<Metric> = dev
+            .metrics
+            .iter()
+            .enumerate()
+            .map(|(m, metric)| {
+                let (v, read_at) = &self.values[d][m];
+                let value = v.as_ref().and_then(|v| self.metric_value(d, m, v));
+                let when = if v.is_some() { millis(*read_at) } else { ts };
+                spb::birth_metric(
+                    metric,
+                    value,
+                    when,
+                    spb::point_properties(&self.model, metric),
+                )
+            })
+            .collect();
+        let topic = self.spb().device_topic("DBIRTH", &dev.device_id);
+        let seq = self.next_seq();
+        let p = Payload {
+            timestamp: Some(ts),
+            metrics,
+            seq: Some(seq),
+            ..Payload::default()
+        };
+        out.push(Self::frame(topic, &p, at));
+        for m in 0..self.sent[d].len() {
+            self.sent[d][m] = Some(self.values[d][m].0.clone());
+        }
+        self.born[d] = true;
+        self.pending[d].clear();
+        self.send_history(d, at, out);
+    }
+
+    /// The kept values of device `d`, oldest first, as historical DDATA.
+    fn send_history(&mut self, d: usize, at: SystemTime, out: &mut Vec<Publication>) {
+        let (mine, rest): (VecDeque<Kept>, VecDeque<Kept>) =
+            self.history.drain(..).partition(|k| k.device == d);
+        self.history = rest;
+        let metrics: Vec<Metric> = mine
+            .iter()
+            .map(|k| {
+                let alias = self.spb().devices[d].metrics[k.metric].alias;
+                let value = k
+                    .value
+                    .as_ref()
+                    .and_then(|v| self.metric_value(d, k.metric, v));
+                spb::data_metric(alias, value, millis(k.read_at), true)
+            })
+            .collect();
+        for chunk in metrics.chunks(HISTORY_CHUNK) {
+            self.data(d, chunk.to_vec(), at, out);
+        }
+    }
+
+    fn data(&mut self, d: usize, metrics: Vec<Metric>, at: SystemTime, out: &mut Vec<Publication>) {
+        let topic = self
+            .spb()
+            .device_topic("DDATA", &self.spb().devices[d].device_id);
+        let seq = self.next_seq();
+        let p = Payload {
+            timestamp: Some(millis(at)),
+            metrics,
+            seq: Some(seq),
+            ..Payload::default()
+        };
+        out.push(Self::frame(topic, &p, at));
+    }
+
+    fn keep(&mut self, k: Kept) {
+        self.history.push_back(k);
+        let max = self.spb().history_max.max(1);
+        if self.history.len() > max {
+            let over = self.history.len() - max;
+            self.history.drain(..over);
+            events::sparkplug_history_dropped(over as u64);
+        }
+    }
+
+    /// A new value (or null) of metric `m` of device `d`.
+    fn on_value(&mut self, d: usize, m: usize, value: Option<Value>, read_at: SystemTime) {
+        self.values[d][m] = (value.clone(), read_at);
+        if !self.read[d][m] {
+            self.read[d][m] = true;
+            self.unread[d] -= 1;
+        }
+        if self.sent[d][m].as_ref() == Some(&value) {
+            return;
+        }
+        self.sent[d][m] = Some(value.clone());
+        let kept = Kept {
+            device: d,
+            metric: m,
+            value,
+            read_at,
+        };
+        if self.node_born && self.born[d] {
+            let alias = self.spb().devices[d].metrics[m].alias;
+            let v = kept.value.as_ref().and_then(|v| self.metric_value(d, m, v));
+            self.pending[d].push(spb::data_metric(alias, v, millis(read_at), false));
+            self.recent.push_back((read_at, kept));
+        } else if !(self.node_born && self.up[d]) {
+            // Not born (or the device is not): kept for after the birth. A device that is up
+            // under a born node is about to get its DBIRTH, which carries the value.
+            self.keep(kept);
+        }
+    }
+
+    /// Gathered DDATA and due DBIRTHs.
+    fn flush_at(&mut self, at: SystemTime, out: &mut Vec<Publication>) {
+        if !self.node_born {
+            return;
+        }
+        for d in 0..self.born.len() {
+            if self.up[d] && !self.born[d] {
+                if self.unread[d] == 0 {
+                    self.device_birth(d, at, out);
+                }
+            } else if !self.pending[d].is_empty() {
+                let metrics = std::mem::take(&mut self.pending[d]);
+                self.data(d, metrics, at, out);
+            }
+        }
+        // Forget what was sent live before the window.
+        while self
+            .recent
+            .front()
+            .is_some_and(|(t, _)| at.duration_since(*t).unwrap_or_default() > self.recent_window)
+        {
+            self.recent.pop_front();
+        }
+    }
+
+    fn on_state(&mut self, payload: &[u8], at: SystemTime, out: &mut Vec<Publication>) {
+        // Sparkplug 3.0 section 6.5.5: UTF-8 JSON {"online": bool, "timestamp": ms}.
+        let Ok(json) = serde_json::from_slice::<serde_json::Value>(payload) else {
+            events::sparkplug_state_ignored("not JSON");
+            return;
+        };
+        let Some(online) = json.get("online").and_then(serde_json::Value::as_bool) else {
+            events::sparkplug_state_ignored("no boolean `online`");
+            return;
+        };
+        let ts = json
+            .get("timestamp")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        if ts < self.host_timestamp {
+            // An older STATE than one already seen (tck-id-host-topic-phid-state...): stale.
+            events::sparkplug_state_ignored("older than the last STATE");
+            return;
+        }
+        self.host_timestamp = ts;
+        events::sparkplug_host(online);
+        if online && !self.host_online {
+            self.host_online = true;
+            self.birth(at, out);
+        } else if !online && self.host_online {
+            // The host is gone: publish nothing until it is back, keep the values.
+            self.host_online = false;
+            self.unborn(at);
+        }
+    }
+
+    /// No longer born: keep what may not have arrived.
+    fn unborn(&mut self, at: SystemTime) {
+        self.node_born = false;
+        self.born.iter_mut().for_each(|b| *b = false);
+        for d in 0..self.pending.len() {
+            self.pending[d].clear();
+        }
+        let window = self.recent_window;
+        let recent: Vec<Kept> = self
+            .recent
+            .drain(..)
+            .filter(|(t, _)| at.duration_since(*t).unwrap_or_default() <= window)
+            .map(|(_, k)| k)
+            .collect();
+        // Oldest first, before anything kept from now on.
+        for k in recent.into_iter().rev() {
+            self.history.push_front(k);
+        }
+        let max = self.spb().history_max.max(1);
+        if self.history.len() > max {
+            let over = self.history.len() - max;
+            self.history.drain(..over);
+            events::sparkplug_history_dropped(over as u64);
+        }
+    }
+
+    /// How many values wait for the next birth (for tests and `check`).
+    pub fn kept(&self) -> usize {
+        self.history.len()
+    }
+}
+
+impl Profile for SparkplugNode {
+    fn name(&self) -> &'static str {
+        "sparkplug"
+    }
+
+    fn on_update(&mut self, update: &Update, _now: Instant, out: &mut Vec<Publication>) {
+        match update {
+            Update::Value(v) => {
+                let key = match v.source {
+                    Source::Point(p) => MetricSource::Point(p),
+                    Source::Derived(i) => MetricSource::Derived(i),
+                };
+                let Some(&(d, m)) = self.by_source.get(&key) else {
+                    return;
+                };
+                match &v.reading {
+                    Reading::Good(value) => {
+                        self.up[d] = true;
+                        self.on_value(d, m, Some(value.clone()), v.read_at);
+                    }
+                    Reading::Bad(_) => self.on_value(d, m, None, v.read_at),
+                    // The device is down: its DDEATH says so.
+                    Reading::Stale(_) => {}
+                }
+            }
+            Update::Device { device, status, at } => {
+                let Some(d) = self.spb().devices.iter().position(|s| s.device == *device) else {
+                    return;
+                };
+                match status {
+                    DeviceStatus::Error(_) => {
+                        self.up[d] = false;
+                        if self.node_born && self.born[d] {
+                            // What was read before the error goes first.
+                            if !self.pending[d].is_empty() {
+                                let metrics = std::mem::take(&mut self.pending[d]);
+                                self.data(d, metrics, *at, out);
+                            }
+                            let topic = self
+                                .spb()
+                                .device_topic("DDEATH", &self.spb().devices[d].device_id);
+                            let seq = self.next_seq();
+                            let p = Payload {
+                                timestamp: Some(millis(*at)),
+                                seq: Some(seq),
+                                ..Payload::default()
+                            };
+                            out.push(Self::frame(topic, &p, *at));
+                        }
+                        self.born[d] = false;
+                    }
+                    // Up again with its first good value, so that its DBIRTH has values.
+                    DeviceStatus::Ok | DeviceStatus::Degraded { .. } => {}
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self, at: SystemTime, out: &mut Vec<Publication>) {
+        self.flush_at(at, out);
+    }
+
+    fn on_session(&mut self, event: &SessionEvent, at: SystemTime, out: &mut Vec<Publication>) {
+        match event {
+            SessionEvent::Connected { bd_seq } => {
+                self.bd_seq = Some(*bd_seq);
+                self.birth(at, out);
+            }
+            SessionEvent::Disconnected => {
+                self.bd_seq = None;
+                self.unborn(at);
+            }
+            SessionEvent::Message {
+                topic,
+                payload,
+                retain,
+            } => {
+                if self.state_topic.as_deref() == Some(&**topic) {
+                    self.on_state(payload, at, out);
+                } else if **topic == *self.ncmd_topic {
+                    match spb::decode_command(payload, *retain) {
+                        Ok(p) if spb::is_rebirth(&p) => {
+                            events::sparkplug_rebirth_requested(&self.ncmd_topic);
+                            if self.bd_seq.is_some() && self.host_online {
+                                self.birth(at, out);
+                            }
+                        }
+                        Ok(_) => events::command_rejected(
+                            topic,
+                            "",
+                            "NCMD without Node Control/Rebirth = true",
+                            "unknown_payload",
+                        ),
+                        Err(e) => events::command_rejected(topic, "", &e.to_string(), "malformed"),
+                    }
+                }
+            }
+            SessionEvent::Written { points } => {
+                for (pid, readback) in points {
+                    let Some(&(d, m)) = self.by_source.get(&MetricSource::Point(*pid)) else {
+                        continue;
+                    };
+                    // The read-back, or (refused, failed) the value the device still has: the
+                    // host must not keep a value the device never took.
+                    if let Some(v) = readback {
+                        self.values[d][m] = (Some(v.clone()), at);
+                    }
+                    let (value, read_at) = self.values[d][m].clone();
+                    self.sent[d][m] = Some(value.clone());
+                    if self.node_born && self.born[d] {
+                        let alias = self.spb().devices[d].metrics[m].alias;
+                        let v = value.as_ref().and_then(|v| self.metric_value(d, m, v));
+                        let when = if readback.is_some() { at } else { read_at };
+                        self.pending[d].push(spb::data_metric(alias, v, millis(when), false));
+                    }
+                }
+                self.flush_at(at, out);
+            }
+        }
+    }
+
+    fn command_topics(&self) -> Vec<(Arc<str>, Qos)> {
+        // Sparkplug 3.0 section 5.8 and 6.5.5: NCMD, DCMD and (with a primary host) STATE, at
+        // QoS 1; subscribed by the MQTT side before it reports the session up, so before the
+        // NBIRTH (tck-id-operational-behavior-edge-node-subscribe...).
+        let mut t = vec![
+            (Arc::clone(&self.ncmd_topic), Qos::AtLeastOnce),
+            (Arc::clone(&self.dcmd_filter), Qos::AtLeastOnce),
+        ];
+        if let Some(s) = &self.state_topic {
+            t.push((Arc::clone(s), Qos::AtLeastOnce));
+        }
+        t
+    }
+}

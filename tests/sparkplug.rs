@@ -266,7 +266,7 @@ async fn births_then_300_ddata_in_sequence_with_the_simulators_values() {
         .iter()
         .rev()
         .filter(|m| m["type"] == "DDATA" || m["type"] == "DBIRTH")
-        .find_map(|m| metric_by_alias(dbirth, m, "level"))
+        .find_map(|m| metric(m, "level").and_then(|v| v["value"].as_f64()))
         .unwrap();
     assert!(
         (last_level - f64::from(level_now)).abs() <= 5.0,
@@ -281,11 +281,6 @@ async fn births_then_300_ddata_in_sequence_with_the_simulators_values() {
             .iter()
             .all(|m| m["alias"].is_u64())
     }));
-}
-
-/// The value of metric `name` in `msg` (a DBIRTH, or DDATA resolved by the host with `birth`).
-fn metric_by_alias(_birth: &Value, msg: &Value, name: &str) -> Option<f64> {
-    metric(msg, name).and_then(|m| m["value"].as_f64())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,7 +301,7 @@ async fn kill_9_and_restart_twice_the_host_sees_ndeath_then_the_next_bd_seq() {
                 count(a, "NDEATH") == round as usize
             })
             .await;
-        let death = all.iter().filter(|m| m["type"] == "NDEATH").last().unwrap();
+        let death = all.iter().rfind(|m| m["type"] == "NDEATH").unwrap();
         assert_eq!(
             death["bdSeq"].as_u64(),
             Some((first + round - 1) % 256),

@@ -248,6 +248,11 @@ impl SparkplugNode {
         self.history = rest;
         let metrics: Vec<Metric> = mine
             .iter()
+            // The DBIRTH just sent carries each metric's latest value: not again.
+            .filter(|k| {
+                let (v, t) = &self.values[d][k.metric];
+                !(k.value == *v && k.read_at == *t)
+            })
             .map(|k| {
                 let alias = self.spb().devices[d].metrics[k.metric].alias;
                 let value = k
@@ -536,5 +541,270 @@ impl Profile for SparkplugNode {
             t.push((Arc::clone(s), Qos::AtLeastOnce));
         }
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mappings::engine::{Quality, ValueUpdate};
+    use crate::mappings::sparkplug::proto::payload::metric::Value as Pb;
+
+    const T0: u64 = 1_800_000_000_000;
+
+    fn at(ms: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(T0 + ms)
+    }
+
+    fn model(primary: bool) -> Arc<Model> {
+        let yaml = format!(
+            r#"
+mqtt: {{ host: 127.0.0.1, status_topic: t/status, buffer: {{ path: /tmp/fieldgate-spb-unit }} }}
+sparkplug: {{ group_id: plant, edge_node_id: gw1 {} }}
+devices:
+  - name: tower
+    tcp: {{ host: 127.0.0.1, port: 5020 }}
+    points:
+      - {{ name: level, kind: input_register, address: 0 }}
+      - {{ name: run, kind: coil, address: 0, writable: true }}
+"#,
+            if primary {
+                ", primary_host_id: scada"
+            } else {
+                ""
+            }
+        );
+        Arc::new(
+            crate::config::load_str(
+                std::path::Path::new("t.yaml"),
+                &yaml,
+                Default::default(),
+                "h",
+            )
+            .unwrap(),
+        )
+    }
+
+    /// One poll: level and run, read at `ms`.
+    fn poll(node: &mut SparkplugNode, ms: u64, level: u64, run: bool) -> Vec<Publication> {
+        let mut out = Vec::new();
+        for (pid, v) in [(0, Value::UInt(level)), (1, Value::Bool(run))] {
+            let u = Update::Value(ValueUpdate {
+                source: Source::Point(pid),
+                device: 0,
+                reading: Reading::Good(v),
+                previous: Quality::Good,
+                read_at: at(ms),
+                at: at(ms),
+            });
+            node.on_update(&u, Instant::now(), &mut out);
+        }
+        node.flush(at(ms), &mut out);
+        out
+    }
+
+    fn session(node: &mut SparkplugNode, ev: SessionEvent, ms: u64) -> Vec<Publication> {
+        let mut out = Vec::new();
+        node.on_session(&ev, at(ms), &mut out);
+        out
+    }
+
+    fn decode(p: &Publication) -> (String, Payload) {
+        let kind = p.topic.split('/').nth(2).unwrap().to_owned();
+        (kind, Payload::decode(p.payload.as_slice()).unwrap())
+    }
+
+    fn kinds(out: &[Publication]) -> Vec<(String, Option<u64>)> {
+        out.iter()
+            .map(|p| {
+                let (k, d) = decode(p);
+                (k, d.seq)
+            })
+            .collect()
+    }
+
+    fn k(kind: &str, seq: u64) -> (String, Option<u64>) {
+        (kind.to_owned(), Some(seq))
+    }
+
+    #[test]
+    fn values_before_the_connect_are_born_then_sent_as_history() {
+        let mut n = SparkplugNode::new(model(false)).unwrap();
+        assert!(
+            poll(&mut n, 0, 10, false).is_empty(),
+            "nothing before a connect"
+        );
+        assert!(poll(&mut n, 100, 11, false).is_empty());
+        assert_eq!(n.kept(), 3, "level 10, run false, level 11");
+        let out = session(&mut n, SessionEvent::Connected { bd_seq: 7 }, 200);
+        assert_eq!(
+            kinds(&out),
+            vec![k("NBIRTH", 0), k("DBIRTH", 1), k("DDATA", 2)]
+        );
+        let (_, nbirth) = decode(&out[0]);
+        assert_eq!(nbirth.metrics[0].name.as_deref(), Some("bdSeq"));
+        assert_eq!(nbirth.metrics[0].value, Some(Pb::LongValue(7)));
+        assert_eq!(nbirth.metrics[1].value, Some(Pb::BooleanValue(false)));
+        assert!(out.iter().all(|p| p.qos == Qos::AtMostOnce && !p.retain));
+        let (_, dbirth) = decode(&out[1]);
+        assert_eq!(
+            dbirth.metrics[0].value,
+            Some(Pb::IntValue(11)),
+            "the current value"
+        );
+        let (_, hist) = decode(&out[2]);
+        let got: Vec<_> = hist
+            .metrics
+            .iter()
+            .map(|m| (m.alias, m.timestamp, m.is_historical, m.value.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some(1), Some(T0), Some(true), Some(Pb::IntValue(10))),
+                (Some(2), Some(T0), Some(true), Some(Pb::BooleanValue(false))),
+                // Level 11 is the latest value, read at 100: in the DBIRTH, not again.
+            ]
+        );
+        assert_eq!(n.kept(), 0);
+        // Live: by exception only.
+        assert_eq!(kinds(&poll(&mut n, 300, 11, false)), vec![]);
+        assert_eq!(kinds(&poll(&mut n, 400, 12, false)), vec![k("DDATA", 3)]);
+    }
+
+    #[test]
+    fn seq_wraps_after_255_and_a_rebirth_starts_again_at_0_with_the_same_bd_seq() {
+        let mut n = SparkplugNode::new(model(false)).unwrap();
+        poll(&mut n, 0, 0, false);
+        session(&mut n, SessionEvent::Connected { bd_seq: 1 }, 1);
+        let mut seqs = Vec::new();
+        for i in 1..=300u64 {
+            for (_, s) in kinds(&poll(&mut n, i * 10, i, false)) {
+                seqs.push(s.unwrap());
+            }
+        }
+        assert_eq!(seqs[0], 2);
+        for w in seqs.windows(2) {
+            assert_eq!(w[1], (w[0] + 1) % 256);
+        }
+        let ncmd = Payload {
+            metrics: vec![Metric {
+                name: Some(spb::REBIRTH.into()),
+                value: Some(Pb::BooleanValue(true)),
+                ..Metric::default()
+            }],
+            ..Payload::default()
+        };
+        let out = session(
+            &mut n,
+            SessionEvent::Message {
+                topic: Arc::from("spBv1.0/plant/NCMD/gw1"),
+                payload: ncmd.encode_to_vec(),
+                retain: false,
+            },
+            5000,
+        );
+        assert_eq!(kinds(&out), vec![k("NBIRTH", 0), k("DBIRTH", 1)]);
+        assert_eq!(decode(&out[0]).1.metrics[0].value, Some(Pb::LongValue(1)));
+    }
+
+    #[test]
+    fn a_device_in_error_gets_ddeath_and_dbirth_with_its_next_good_value() {
+        let mut n = SparkplugNode::new(model(false)).unwrap();
+        poll(&mut n, 0, 1, false);
+        session(&mut n, SessionEvent::Connected { bd_seq: 1 }, 1);
+        let mut out = Vec::new();
+        n.on_update(
+            &Update::Device {
+                device: 0,
+                status: DeviceStatus::Error("timeout".into()),
+                at: at(10),
+            },
+            Instant::now(),
+            &mut out,
+        );
+        assert_eq!(kinds(&out), vec![k("DDEATH", 2)]);
+        assert_eq!(kinds(&poll(&mut n, 20, 1, false)), vec![k("DBIRTH", 3)]);
+    }
+
+    #[test]
+    fn with_a_primary_host_nothing_is_born_until_it_is_online_and_data_stops_when_it_leaves() {
+        let mut n = SparkplugNode::new(model(true)).unwrap();
+        assert_eq!(n.command_topics().len(), 3, "NCMD, DCMD and STATE");
+        poll(&mut n, 0, 1, false);
+        assert!(session(&mut n, SessionEvent::Connected { bd_seq: 4 }, 1).is_empty());
+        let state = |online: bool, ts: u64| SessionEvent::Message {
+            topic: Arc::from("spBv1.0/STATE/scada"),
+            payload: format!(r#"{{"online": {online}, "timestamp": {ts}}}"#).into_bytes(),
+            retain: true,
+        };
+        let out = session(&mut n, state(true, 100), 2);
+        assert_eq!(kinds(&out), vec![k("NBIRTH", 0), k("DBIRTH", 1)]);
+        assert!(session(&mut n, state(false, 200), 3).is_empty());
+        assert!(
+            poll(&mut n, 10, 2, false).is_empty(),
+            "no data while the host is away"
+        );
+        assert!(poll(&mut n, 20, 3, false).is_empty());
+        // An older STATE is stale and changes nothing.
+        assert!(session(&mut n, state(true, 150), 4).is_empty());
+        let out = session(&mut n, state(true, 300), 5);
+        assert_eq!(
+            kinds(&out),
+            vec![k("NBIRTH", 0), k("DBIRTH", 1), k("DDATA", 2)],
+            "born again, with the level read while away as history"
+        );
+        // Garbage on the STATE topic is ignored.
+        let junk = SessionEvent::Message {
+            topic: Arc::from("spBv1.0/STATE/scada"),
+            payload: vec![0xff, 0x00],
+            retain: false,
+        };
+        assert!(session(&mut n, junk, 6).is_empty());
+    }
+
+    #[test]
+    fn a_refused_write_republishes_the_current_value_and_a_done_one_the_read_back() {
+        let mut n = SparkplugNode::new(model(false)).unwrap();
+        poll(&mut n, 0, 1, false);
+        session(&mut n, SessionEvent::Connected { bd_seq: 1 }, 1);
+        let out = session(
+            &mut n,
+            SessionEvent::Written {
+                points: vec![(1, None)],
+            },
+            10,
+        );
+        let (_, d) = decode(&out[0]);
+        assert_eq!(d.metrics[0].value, Some(Pb::BooleanValue(false)));
+        let out = session(
+            &mut n,
+            SessionEvent::Written {
+                points: vec![(1, Some(Value::Bool(true)))],
+            },
+            20,
+        );
+        let (_, d) = decode(&out[0]);
+        assert_eq!(d.metrics[0].value, Some(Pb::BooleanValue(true)));
+        assert!(poll(&mut n, 30, 1, true).is_empty(), "already reported");
+    }
+
+    #[test]
+    fn a_disconnect_keeps_what_was_sent_within_the_window_for_after_the_next_birth() {
+        let mut n = SparkplugNode::new(model(false)).unwrap();
+        poll(&mut n, 0, 1, false);
+        session(&mut n, SessionEvent::Connected { bd_seq: 1 }, 1);
+        poll(&mut n, 100, 2, false);
+        session(&mut n, SessionEvent::Disconnected, 200);
+        poll(&mut n, 300, 3, false);
+        assert_eq!(
+            n.kept(),
+            2,
+            "level 2 (maybe lost with the connection) and level 3"
+        );
+        let out = session(&mut n, SessionEvent::Connected { bd_seq: 2 }, 400);
+        let (_, hist) = decode(&out[2]);
+        let levels: Vec<_> = hist.metrics.iter().map(|m| m.value.clone()).collect();
+        assert_eq!(levels, vec![Some(Pb::IntValue(2))], "3 is in the DBIRTH");
     }
 }

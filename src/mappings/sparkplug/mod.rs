@@ -508,7 +508,56 @@ devices:
         assert_eq!(death.metrics[0].value, Some(PbValue::LongValue(7)));
     }
 
+    fn any_value() -> impl proptest::strategy::Strategy<Value = PbValue> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<u32>().prop_map(PbValue::IntValue),
+            any::<u64>().prop_map(PbValue::LongValue),
+            any::<f32>().prop_map(PbValue::FloatValue),
+            any::<f64>().prop_map(PbValue::DoubleValue),
+            any::<bool>().prop_map(PbValue::BooleanValue),
+            ".{0,8}".prop_map(PbValue::StringValue),
+        ]
+    }
+
     proptest::proptest! {
+        /// Well-formed DCMDs with any metric (by name or alias, known or not), any datatype
+        /// and any value: every write that comes out is to a writable point, within its
+        /// limits once decoded back.
+        #[test]
+        fn any_dcmd_writes_only_writable_points_within_limits(
+            metrics in proptest::collection::vec(
+                (0u64..8, proptest::bool::ANY, proptest::option::of(0u32..20), proptest::option::of(any_value())),
+                0..8,
+            )
+        ) {
+            let m = model();
+            let d = &m.sparkplug.as_ref().unwrap().devices[0];
+            let names = ["level", "pump1/temperature", "p1_command", "start", "offset", "nope", "", "Node Control/Rebirth"];
+            let metrics = metrics.into_iter().map(|(i, by_name, dt, v)| Metric {
+                name: by_name.then(|| names[i as usize].to_owned()),
+                alias: (!by_name).then_some(i),
+                datatype: dt,
+                value: v,
+                ..Metric::default()
+            }).collect();
+            let p = Payload { metrics, ..Payload::default() };
+            for w in dcmd_writes(&m, d, &p) {
+                let Ok(op) = w.write else { continue };
+                let point = &m.points[op.point];
+                let limits = point.write.expect("writable");
+                if let crate::vocabulary::WriteValue::Registers(words) = &op.value {
+                    let raw = crate::mappings::codec::decode(words, point.dtype, point.order).unwrap();
+                    let v = match raw {
+                        crate::mappings::codec::Raw::Int(i) => i as f64,
+                        crate::mappings::codec::Raw::UInt(u) => u as f64,
+                        other => panic!("{other:?}"),
+                    } * point.scale + point.offset;
+                    proptest::prop_assert!(v >= limits.min && v <= limits.max, "{v}");
+                }
+            }
+        }
+
         /// Arbitrary bytes never panic, and what comes out only ever writes a writable point
         /// within its limits.
         #[test]

@@ -429,7 +429,7 @@ impl Model {
 pub struct Sparkplug {
     pub group_id: Arc<str>,
     pub edge_node_id: Arc<str>,
-    /// Nothing is born until `spBv1.0/STATE/<id>` says online (Sparkplug 3.0 section 5.9).
+    /// Nothing is born until `spBv1.0/STATE/<id>` says online (tck-id-message-flow-edge-node-birth-publish-phid-wait).
     pub primary_host_id: Option<Arc<str>>,
     /// One per mapped device, in device order.
     pub devices: Vec<SparkplugDevice>,
@@ -461,15 +461,15 @@ pub enum MetricSource {
 pub struct SparkplugMetric {
     /// The point name, or its `metric` name (folders with `/`).
     pub name: Arc<str>,
-    /// Unique across the edge node (Sparkplug 3.0 section 6.4.6: aliases are unique per
+    /// Unique across the edge node (Sparkplug 3.0, "Aliases": aliases are unique per
     /// edge node); 0 is the node's `Node Control/Rebirth`.
     pub alias: u64,
     pub source: MetricSource,
     pub datatype: SparkplugType,
 }
 
-/// The Sparkplug B datatypes fieldgate publishes, with their numbers (Sparkplug 3.0 section
-/// 6.4.16, the `DataType` enum of `sparkplug_b.proto`).
+/// The Sparkplug B datatypes fieldgate publishes, with their numbers (Sparkplug 3.0,
+/// "Data Types", the `DataType` list of `sparkplug_b.proto`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SparkplugType {
     Int16 = 2,

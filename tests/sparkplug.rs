@@ -199,7 +199,8 @@ fn assert_seq_unbroken(all: &[Value]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn births_then_300_ddata_in_sequence_with_the_simulators_values() {
     let dir = tempfile::tempdir().unwrap();
-    let (_broker, mqtt) = mosquitto(dir.path(), "").await;
+    // The broker's log shows the order of SUBSCRIBE and PUBLISH packets as it received them.
+    let (broker, mqtt) = mosquitto(dir.path(), "log_type all\n").await;
     let (_sim, modbus) = simulator("127.0.0.1:0", &[]).await;
     let host = Host::start(mqtt, None).await;
     let _gw = gateway_run(&mapping(dir.path(), modbus, mqtt, ""));
@@ -214,13 +215,40 @@ async fn births_then_300_ddata_in_sequence_with_the_simulators_values() {
     assert_eq!(nbirth["qos"], 0);
     assert_eq!(nbirth["retain"], false);
     assert!(nbirth["bdSeq"].is_u64(), "{nbirth}");
+    let bd = metric(nbirth, "bdSeq").unwrap();
+    assert_eq!(
+        bd["datatype"], "INT64",
+        "tck-id-message-flow-edge-node-birth-publish-nbirth-payload-bdSeq"
+    );
     let rebirth = metric(nbirth, "Node Control/Rebirth").expect("Rebirth metric");
     assert_eq!(rebirth["value"], false);
     assert_eq!(rebirth["datatype"], "BOOLEAN");
     // The DBIRTH comes right after the NBIRTH and lists every mapped point with its type.
+    let first_n = all.iter().position(|m| m["type"] == "NBIRTH").unwrap();
     let first_d = all.iter().position(|m| m["type"] == "DBIRTH").unwrap();
     let first_data = all.iter().position(|m| m["type"] == "DDATA").unwrap();
-    assert!(first_d < first_data);
+    assert!(first_n < first_d && first_d < first_data);
+    // Every N/D message is QoS 0 and not retained.
+    for m in &all {
+        if m["seq"].is_u64() {
+            assert_eq!(
+                (&m["qos"], &m["retain"]),
+                (&Value::from(0), &Value::from(false)),
+                "{m}"
+            );
+        }
+    }
+    // NCMD and DCMD were subscribed, at QoS 1, before the NBIRTH was published.
+    let log = broker.output();
+    let line = |needle: &str| {
+        log.lines()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no `{needle}` in the broker's log:\n{log}"))
+    };
+    let ncmd = line("fieldgate-spb-test 1 spBv1.0/plant/NCMD/gw1");
+    let dcmd = line("fieldgate-spb-test 1 spBv1.0/plant/DCMD/gw1/+");
+    let nbirth_at = line("'spBv1.0/plant/NBIRTH/gw1'");
+    assert!(ncmd < nbirth_at && dcmd < nbirth_at, "{log}");
     let dbirth = &all[first_d];
     assert_eq!(dbirth["device"], "tower");
     let types: Vec<(String, String)> = dbirth["metrics"]
@@ -564,4 +592,41 @@ async fn a_20_s_broker_outage_arrives_as_historical_ddata_with_no_read_missing()
         .collect();
     assert!(missing.is_empty(), "reads missing: {missing:?}");
     assert_seq_unbroken(&all);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deliberate_shutdown_publishes_ndeath_then_disconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, mqtt) = mosquitto(dir.path(), "log_type all\n").await;
+    let (_sim, modbus) = simulator("127.0.0.1:0", &[]).await;
+    let host = Host::start(mqtt, None).await;
+    let mut gw = gateway_run(&mapping(dir.path(), modbus, mqtt, ""));
+    host.until("NBIRTH", |a| count(a, "NBIRTH") == 1).await;
+    let bd = host.of("NBIRTH")[0]["bdSeq"].clone();
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit().await, Some(0));
+    let all = host.until("NDEATH", |a| count(a, "NDEATH") >= 1).await;
+    let death = all.iter().find(|m| m["type"] == "NDEATH").unwrap();
+    assert_eq!(death["bdSeq"], bd, "the session's own bdSeq");
+    // Our own NDEATH, then DISCONNECT (so the broker drops the will: one NDEATH only).
+    let log = broker.output();
+    let publish = log
+        .lines()
+        .position(|l| {
+            l.contains("Received PUBLISH from fieldgate-spb-test") && l.contains("NDEATH")
+        })
+        .unwrap_or_else(|| panic!("no NDEATH publish in the broker's log:\n{log}"));
+    let disconnect = log
+        .lines()
+        .position(|l| l.contains("Received DISCONNECT from fieldgate-spb-test"))
+        .unwrap_or_else(|| panic!("no DISCONNECT in the broker's log:\n{log}"));
+    assert!(publish < disconnect, "{log}");
+    tokio::time::sleep(Duration::from_millis(500)).await; // a will, if any, would come now
+    assert_eq!(
+        count(&host.all(), "NDEATH"),
+        1,
+        "the will was not published as well; broker:\n{}\ngateway:\n{}",
+        broker.output(),
+        gw.output()
+    );
 }

@@ -167,8 +167,8 @@ pub struct RawConfig {
     pub sparkplug: Option<Located<RawSparkplug>>,
 }
 
-/// The `sparkplug` section. Ids must not be empty or contain `+`, `#` or `/` (Sparkplug 3.0
-/// section 4.1.1).
+/// The `sparkplug` section. Ids must not be empty or contain `+`, `#` or `/` (Sparkplug 3.0,
+/// tck-id-topic-structure-namespace-valid-group-id and its siblings).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSparkplug {

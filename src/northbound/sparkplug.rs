@@ -152,7 +152,7 @@ impl SparkplugNode {
     }
 
     fn frame(topic: String, payload: &Payload, at: SystemTime) -> Publication {
-        // Sparkplug 3.0 section 7 (tck-id-topics-*-qos, -retain): NBIRTH, DBIRTH, DDATA and
+        // tck-id-topics-nbirth-mqtt, -dbirth-mqtt, -ddata-mqtt, -ddeath-mqtt: NBIRTH, DBIRTH, DDATA and
         // DDEATH are QoS 0 and not retained.
         Publication {
             topic: Arc::from(topic),
@@ -346,7 +346,7 @@ impl SparkplugNode {
     }
 
     fn on_state(&mut self, payload: &[u8], at: SystemTime, out: &mut Vec<Publication>) {
-        // Sparkplug 3.0 section 6.5.5: UTF-8 JSON {"online": bool, "timestamp": ms}.
+        // Sparkplug 3.0 STATE payload: UTF-8 JSON {"online": bool, "timestamp": ms}.
         let Ok(json) = serde_json::from_slice::<serde_json::Value>(payload) else {
             events::sparkplug_state_ignored("not JSON");
             return;
@@ -360,7 +360,7 @@ impl SparkplugNode {
             .and_then(serde_json::Value::as_u64)
             .unwrap_or(0);
         if ts < self.host_timestamp {
-            // An older STATE than one already seen (tck-id-host-topic-phid-state...): stale.
+            // An older STATE than one already seen: stale (a retained one, or reordered).
             events::sparkplug_state_ignored("older than the last STATE");
             return;
         }
@@ -530,9 +530,9 @@ impl Profile for SparkplugNode {
     }
 
     fn command_topics(&self) -> Vec<(Arc<str>, Qos)> {
-        // Sparkplug 3.0 section 5.8 and 6.5.5: NCMD, DCMD and (with a primary host) STATE, at
+        // NCMD, DCMD and (with a primary host) STATE, at
         // QoS 1; subscribed by the MQTT side before it reports the session up, so before the
-        // NBIRTH (tck-id-operational-behavior-edge-node-subscribe...).
+        // NBIRTH (tck-id-message-flow-edge-node-ncmd-subscribe, -device-dcmd-subscribe: QoS 1).
         let mut t = vec![
             (Arc::clone(&self.ncmd_topic), Qos::AtLeastOnce),
             (Arc::clone(&self.dcmd_filter), Qos::AtLeastOnce),

@@ -1,7 +1,7 @@
 //! The Sparkplug B birth/death sequence number (`bdSeq`), kept in the state directory so that
 //! it survives restarts and kill -9.
 //!
-//! Sparkplug 3.0 section 6.4.19 (tck-id-payloads-ndeath-bdseq, -nbirth-bdseq): every MQTT
+//! Sparkplug 3.0 (tck-id-topics-nbirth-bdseq-increment, -nbirth-bdseq-matching): every MQTT
 //! CONNECT registers an NDEATH will carrying bdSeq, and the NBIRTH of that connection carries
 //! the same value; the next CONNECT carries the next value, 0-255, wrapping. A node that
 //! restarts at 0 looks to a host like an old session and is dropped, so the value is written

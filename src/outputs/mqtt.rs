@@ -966,7 +966,12 @@ async fn drive_v4(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => r.connected(Client::V4(client.clone())),
             Ok(Event::Incoming(Packet::Publish(p))) => r.command(p.topic, p.payload, p.retain),
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ended::Disconnected,
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                // Read until the broker closes the connection: see [`LINGER`].
+                let until = Instant::now() + LINGER;
+                while let Ok(Ok(_)) = tokio::time::timeout_at(until, event_loop.poll()).await {}
+                return Ended::Disconnected;
+            }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
                 r.send(Session::Sent { conn, pkid });
             }
@@ -1007,7 +1012,12 @@ async fn drive_v5(
                     p.retain,
                 );
             }
-            Ok(Event5::Outgoing(Outgoing::Disconnect)) => return Ended::Disconnected,
+            Ok(Event5::Outgoing(Outgoing::Disconnect)) => {
+                // Read until the broker closes the connection: see [`LINGER`].
+                let until = Instant::now() + LINGER;
+                while let Ok(Ok(_)) = tokio::time::timeout_at(until, event_loop.poll()).await {}
+                return Ended::Disconnected;
+            }
             Ok(Event5::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
                 r.send(Session::Sent { conn, pkid });
             }
@@ -1039,6 +1049,13 @@ async fn drive_v5(
         }
     }
 }
+
+/// After our DISCONNECT, how long the connection task reads on until the broker closes the
+/// connection, so that acknowledgements still on their way (of the `offline` and the
+/// Sparkplug NDEATH just published) are read. Closing a socket with unread data makes the
+/// kernel send a reset, and a broker that sees the reset before it has read our DISCONNECT
+/// loses the DISCONNECT with it and publishes the last will.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// What the connection task makes of one ended connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1214,7 +1231,8 @@ async fn run_connection(
 // bdSeq, from the state directory), the session's news to the profile after the
 // subscriptions and Up, and NDEATH before DISCONNECT at shutdown.
 
-/// A Sparkplug B edge node's part of the MQTT session (Sparkplug 3.0 sections 5.1 and 7.1.1):
+/// A Sparkplug B edge node's part of the MQTT session (Sparkplug 3.0, Edge Node Session
+/// Establishment and Termination):
 /// the last will is its NDEATH (QoS 1, not retained) with a bdSeq that changes on every
 /// CONNECT and is kept in `state_dir` ([`super::bdseq`]); the profile is told of every
 /// connection that is up, with its bdSeq, after the command topics are subscribed (so NCMD

@@ -13,7 +13,8 @@ use crate::config::yaml::Located;
 use crate::model::*;
 
 /// A Sparkplug id (group, edge node, device, primary host): not empty, no `+`, `#` or `/`
-/// (Sparkplug 3.0 section 4.1.1: they are topic levels).
+/// (tck-id-topic-structure-namespace-valid-group-id, -edge-node-id, -device-id: they are
+/// topic levels).
 fn check_id(ctx: &mut Ctx, id: &Located<String>, path: &str) -> Arc<str> {
     if id.is_empty() {
         ctx.err(id, path, "must not be empty");

@@ -19,12 +19,12 @@ use super::engine::Value;
 use crate::model::{MetricSource, Model, SparkplugDevice, SparkplugMetric, SparkplugType};
 use crate::vocabulary::{RegisterKind, WriteOp};
 
-/// The name of the node metric a host sets to ask for a rebirth (Sparkplug 3.0 section 6.4.20
-/// and tck-id-operational-behavior-edge-node-birth-sequence...: `Node Control/Rebirth`).
+/// The name of the node metric a host sets to ask for a rebirth (Sparkplug 3.0, NBIRTH
+/// and tck-id-topics-nbirth-rebirth-metric: `Node Control/Rebirth`).
 pub const REBIRTH: &str = "Node Control/Rebirth";
 /// Its alias in our births.
 pub const REBIRTH_ALIAS: u64 = 0;
-/// The birth/death sequence number metric (Sparkplug 3.0 section 6.4.19).
+/// The birth/death sequence number metric (Sparkplug 3.0, NBIRTH and NDEATH).
 pub const BD_SEQ: &str = "bdSeq";
 /// Longest command payload looked at; longer ones are refused undecoded.
 pub const MAX_COMMAND: usize = 64 * 1024;
@@ -103,7 +103,7 @@ pub fn birth_metric(
 }
 
 /// A metric in DATA: alias only, its value (or null), and the read time; `historical` for
-/// store-and-forward values (Sparkplug 3.0 section 6.4.7, `is_historical`).
+/// store-and-forward values (`is_historical` of `sparkplug_b.proto`).
 pub fn data_metric(alias: u64, value: Option<PbValue>, timestamp: u64, historical: bool) -> Metric {
     Metric {
         alias: Some(alias),
@@ -158,15 +158,16 @@ fn prop_bool(b: bool) -> PropertyValue {
     }
 }
 
-/// The NDEATH payload: only the `bdSeq` metric (UInt64), and the timestamp of the CONNECT
-/// it was registered with (Sparkplug 3.0 section 6.4.19 and 7.1.1, tck-id-payloads-ndeath-bdseq).
+/// The NDEATH payload: only the `bdSeq` metric (Int64, as tck-id-message-flow-edge-node-birth-
+/// publish-will-message-payload-bdSeq says), and the timestamp of the CONNECT
+/// it was registered with (tck-id-topics-ndeath-payload: the bdSeq metric only; no seq).
 pub fn ndeath(bd_seq: u64, timestamp: u64) -> Vec<u8> {
     Payload {
         timestamp: Some(timestamp),
         metrics: vec![Metric {
             name: Some(BD_SEQ.into()),
             timestamp: Some(timestamp),
-            datatype: Some(SparkplugType::UInt64 as u32),
+            datatype: Some(SparkplugType::Int64 as u32),
             value: Some(PbValue::LongValue(bd_seq)),
             ..Metric::default()
         }],
@@ -181,7 +182,7 @@ pub fn node_birth_metrics(bd_seq: u64, timestamp: u64) -> Vec<Metric> {
         Metric {
             name: Some(BD_SEQ.into()),
             timestamp: Some(timestamp),
-            datatype: Some(SparkplugType::UInt64 as u32),
+            datatype: Some(SparkplugType::Int64 as u32),
             value: Some(PbValue::LongValue(bd_seq)),
             ..Metric::default()
         },
@@ -228,7 +229,7 @@ pub fn decode_command(payload: &[u8], retained: bool) -> Result<Payload, Sparkpl
 }
 
 /// Whether an NCMD payload asks for a rebirth: `Node Control/Rebirth` (by name or alias 0)
-/// set to boolean true (Sparkplug 3.0 section 6.4.20).
+/// set to boolean true (Sparkplug 3.0, NCMD).
 pub fn is_rebirth(p: &Payload) -> bool {
     p.metrics.iter().any(|m| {
         let named = match &m.name {

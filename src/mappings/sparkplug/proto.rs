@@ -3,7 +3,7 @@
 //! Source: `sparkplug_b/sparkplug_b.proto` of Eclipse Tahu (github.com/eclipse/tahu), which is
 //! Copyright (c) 2015, 2018 Cirrus Link Solutions and others, made available under the Eclipse
 //! Public License 2.0 (SPDX-License-Identifier: EPL-2.0). The Sparkplug 3.0 specification
-//! (section 6.4, "Payload Definition") refers to that file.
+//! ("Sparkplug B Payload Definition") refers to that file.
 //!
 //! This is the shape `prost-build` emits for that proto2 file (field numbers, types and
 //! optionality one for one; the proto's `extensions` ranges have no Rust form and unknown
@@ -16,7 +16,7 @@
 
 #![allow(missing_docs, clippy::doc_markdown)]
 
-/// The whole Sparkplug B payload (Sparkplug 3.0 section 6.4.2).
+/// The whole Sparkplug B payload (Sparkplug 3.0, "Payload").
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Payload {
     /// Timestamp at message sending time, ms since the Unix epoch, UTC.

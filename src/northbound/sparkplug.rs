@@ -313,6 +313,9 @@ impl SparkplugNode {
             let v = kept.value.as_ref().and_then(|v| self.metric_value(d, m, v));
             self.pending[d].push(spb::data_metric(alias, v, millis(read_at), false));
             self.recent.push_back((read_at, kept));
+            if self.recent.len() > self.spb().history_max.max(1) {
+                self.recent.pop_front();
+            }
         } else if !(self.node_born && self.up[d]) {
             // Not born (or the device is not): kept for after the birth. A device that is up
             // under a born node is about to get its DBIRTH, which carries the value.

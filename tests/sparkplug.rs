@@ -630,3 +630,60 @@ async fn a_deliberate_shutdown_publishes_ndeath_then_disconnect() {
         gw.output()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_to_plain_topics_a_reload_rebirths_on_the_new_mapping_with_the_same_bd_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, mqtt) = mosquitto(dir.path(), "").await;
+    let (_sim, modbus) = simulator("127.0.0.1:0", &[]).await;
+    let host = Host::start(mqtt, None).await;
+    let mut plain = Observer::start(mqtt, "spbtest/plain/#").await;
+    let config = mapping(dir.path(), modbus, mqtt, "");
+    // The level also goes to a plain topic, next to Sparkplug.
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "address: 0, unit: cm }",
+        "address: 0, unit: cm, publish: { topic: spbtest/plain/level } }",
+    );
+    std::fs::write(&config, &text).unwrap();
+    let mut gw = gateway_run(&config);
+    host.until("DBIRTH", |a| count(a, "DBIRTH") == 1).await;
+    plain
+        .wait_topic(0, "spbtest/plain/level", |p| p.parse::<u16>().is_ok())
+        .await;
+    let bd = host.of("NBIRTH")[0]["bdSeq"].clone();
+
+    // A metric renamed: the node is born again on the new mapping, same session.
+    std::fs::write(
+        &config,
+        text.replace("metric: pump1/temperature", "metric: pump1/temp"),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    gw.wait_line("reload applied").await;
+    let all = host
+        .until("NBIRTH and DBIRTH again", |a| {
+            count(a, "NBIRTH") == 2 && count(a, "DBIRTH") == 2
+        })
+        .await;
+    let births = host.of("NBIRTH");
+    assert_eq!(births[1]["bdSeq"], bd);
+    assert_eq!(births[1]["seq"], 0);
+    let dbirth = host.of("DBIRTH").pop().unwrap();
+    assert!(metric(&dbirth, "pump1/temp").is_some(), "{dbirth}");
+    assert!(metric(&dbirth, "pump1/temperature").is_none(), "{dbirth}");
+    assert_seq_unbroken(&all);
+    assert_eq!(count(&all, "NDEATH"), 0, "the session went on");
+    let n = plain.len();
+    plain
+        .wait_topic(n, "spbtest/plain/level", |p| p.parse::<u16>().is_ok())
+        .await;
+
+    // Renaming the edge node needs a restart: refused, the old mapping runs on.
+    std::fs::write(
+        &config,
+        text.replace("edge_node_id: gw1", "edge_node_id: gw2"),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    gw.wait_line("the sparkplug section's ids changed").await;
+}

@@ -184,6 +184,8 @@ async fn run_engine(
     out: mpsc::Sender<Publication>,
 ) {
     let mut profiles = profiles(&model);
+    let mut durable = DurableState::new(&model);
+    durable.restore(&mut profiles);
     // The session so far (the live connection, the primary host's last STATE), replayed
     // into the profiles a reload makes, so that a Sparkplug node is born again on the new
     // mapping without a new connection.
@@ -215,6 +217,8 @@ async fn run_engine(
                 // Published values start afresh under the new mapping: every value goes out
                 // on its next poll.
                 profiles = self::profiles(&new);
+                durable = DurableState::new(&new);
+                durable.restore(&mut profiles);
                 engine = Engine::new(new);
                 let mut pubs = Vec::new();
                 for ev in &session_memory {
@@ -232,8 +236,62 @@ async fn run_engine(
                 continue;
             }
         };
+        durable.save(&mut profiles);
         for p in pubs {
             hand_off(&out, p).await;
+        }
+    }
+}
+
+/// The profiles' durable state (`Profile::durable_name`), one line file each in the state
+/// directory (`mqtt.buffer.path`); nothing without one.
+struct DurableState {
+    dir: Option<std::path::PathBuf>,
+    files: std::collections::HashMap<&'static str, crate::outputs::linefile::LineFile>,
+}
+
+impl DurableState {
+    fn new(model: &Model) -> Self {
+        DurableState {
+            dir: model.mqtt.buffer.store.path.clone(),
+            files: Default::default(),
+        }
+    }
+
+    fn file(&mut self, name: &'static str) -> Option<&mut crate::outputs::linefile::LineFile> {
+        let dir = self.dir.as_ref()?;
+        Some(
+            self.files
+                .entry(name)
+                .or_insert_with(|| crate::outputs::linefile::LineFile::new(dir, name)),
+        )
+    }
+
+    /// Give each profile its state as an earlier run (or the profiles before a reload) left it.
+    fn restore(&mut self, profiles: &mut [Box<dyn Profile>]) {
+        for p in profiles.iter_mut() {
+            if let Some(f) = p.durable_name().and_then(|n| self.file(n)) {
+                let lines = f.read();
+                p.restore_durable(&lines);
+            }
+        }
+        self.save(profiles);
+    }
+
+    /// Write what changed.
+    fn save(&mut self, profiles: &mut [Box<dyn Profile>]) {
+        for p in profiles.iter_mut() {
+            let Some(name) = p.durable_name() else {
+                continue;
+            };
+            let changes = p.take_durable();
+            let Some(f) = self.file(name) else { continue };
+            for c in changes {
+                match c {
+                    northbound::Durable::Append(lines) => f.append(&lines),
+                    northbound::Durable::Replace(lines) => f.replace(&lines),
+                }
+            }
         }
     }
 }

@@ -687,3 +687,79 @@ async fn next_to_plain_topics_a_reload_rebirths_on_the_new_mapping_with_the_same
     gw.signal("HUP");
     gw.wait_line("the sparkplug section's ids changed").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_kept_during_an_outage_survive_kill_9_and_arrive_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, mqtt) = mosquitto(dir.path(), "").await;
+    let (_sim, modbus) = simulator("127.0.0.1:0", &[]).await;
+    let config = mapping(dir.path(), modbus, mqtt, "");
+    let mut gw = gateway_run(&config);
+    gw.wait_line("sparkplug node born").await;
+    drop(broker);
+    gw.wait_line("mqtt connection lost").await;
+    // Reads go on into the kept values, and their file, while the broker is away.
+    let file = dir.path().join("state/sparkplug-history");
+    let reads_in = |text: &str| -> Vec<u64> {
+        text.lines()
+            .map(json)
+            .filter(|l| l["m"] == "reads")
+            .map(|l| l["v"]["u"].as_u64().unwrap())
+            .collect()
+    };
+    let deadline = Instant::now() + DEADLINE;
+    while reads_in(&std::fs::read_to_string(&file).unwrap_or_default()).len() < 40 {
+        assert!(
+            Instant::now() < deadline,
+            "no values kept in {}",
+            file.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw.child.kill().unwrap(); // SIGKILL, during the outage
+    let _ = gw.child.wait();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let kept = reads_in(&text[..text.rfind('\n').map_or(0, |e| e + 1)]);
+
+    let _broker = mosquitto_on(dir.path(), mqtt.port()).await;
+    let host = Host::start(mqtt, None).await;
+    let _gw = gateway_run(&config);
+    let all = host
+        .until("historical DDATA from the first life", |a| {
+            a.iter().any(|m| {
+                m["type"] == "DDATA"
+                    && m["metrics"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|x| x["historical"] == true)
+            }) && count(a, "DDATA") >= 10
+        })
+        .await;
+    let mut reads: Vec<u64> = Vec::new();
+    for m in &all {
+        if m["type"] == "DDATA" || m["type"] == "DBIRTH" {
+            for r in m["metrics"].as_array().unwrap() {
+                if r["name"] == "reads" {
+                    reads.push(r["value"].as_u64().unwrap());
+                }
+            }
+        }
+    }
+    reads.sort_unstable();
+    reads.dedup();
+    for r in &kept {
+        assert!(
+            reads.binary_search(r).is_ok(),
+            "read {r} kept by the first life is missing"
+        );
+    }
+    // From the first value kept on, every read of either life, without a gap.
+    let missing: Vec<u64> = (kept[0]..=*reads.last().unwrap())
+        .filter(|v| reads.binary_search(v).is_err())
+        .collect();
+    assert!(missing.is_empty(), "reads missing: {missing:?}");
+    assert_seq_unbroken(&all);
+    let left = std::fs::read_to_string(&file).unwrap();
+    assert!(left.is_empty(), "sent values leave the file: {left}");
+}

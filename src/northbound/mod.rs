@@ -69,11 +69,36 @@ pub trait Profile: std::fmt::Debug + Send {
     /// News of the MQTT session or of a command, at the wall-clock `at`.
     fn on_session(&mut self, _event: &SessionEvent, _at: SystemTime, _out: &mut Vec<Publication>) {}
 
+    /// The file name (in the state directory) of this profile's durable state, when it has
+    /// one: the engine task writes [`Profile::take_durable`] to it, and gives it back to a new
+    /// profile with [`Profile::restore_durable`] (at start and after a reload).
+    fn durable_name(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// Changes to the durable state since the last call, in order.
+    fn take_durable(&mut self) -> Vec<Durable> {
+        Vec::new()
+    }
+
+    /// The durable state's lines as an earlier run (or the profile before a reload) left them.
+    fn restore_durable(&mut self, _lines: &[String]) {}
+
     /// The command topic filters this profile owns, and their subscription QoS. Commands on
     /// them go to the executor.
     fn command_topics(&self) -> Vec<(Arc<str>, Qos)> {
         Vec::new()
     }
+}
+
+/// A change to a profile's durable state, a file of text lines (see
+/// [`Profile::durable_name`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Durable {
+    /// Add these lines at the end.
+    Append(Vec<String>),
+    /// The state is now exactly these lines.
+    Replace(Vec<String>),
 }
 
 /// Every profile's publications for `updates`, in update order, then profile order.

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use prost::Message;
 
-use super::{Profile, SessionEvent};
+use super::{Durable, Profile, SessionEvent};
 use crate::events;
 use crate::mappings::engine::{Reading, Source, Update, Value};
 use crate::mappings::sparkplug::proto::Payload;
@@ -41,8 +41,67 @@ use crate::mappings::sparkplug::{self as spb, millis};
 use crate::model::{MetricSource, Model, Sparkplug};
 use crate::vocabulary::{DeviceStatus, Publication, Qos};
 
+/// The file, in the state directory, that holds the values kept for store-and-forward.
+pub const HISTORY_FILE: &str = "sparkplug-history";
+
 /// Most metrics in one historical DDATA.
 const HISTORY_CHUNK: usize = 256;
+
+/// One kept value as its durable copy holds it: by device id and metric name (aliases may
+/// change with the mapping), with its read time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalValue {
+    pub device_id: Arc<str>,
+    pub metric: Arc<str>,
+    /// `None`: the metric had no value (null).
+    pub value: Option<Value>,
+    pub read_at: SystemTime,
+}
+
+impl JournalValue {
+    /// One line of JSON: `{"d": device id, "m": metric, "t": ms, "v": {"u": 5}}`, the value
+    /// tagged with its kind (`b`, `i`, `u`, `f32`, `f`, `s`) or `null`.
+    pub fn to_line(&self) -> String {
+        use serde_json::json;
+        let v = match &self.value {
+            None => serde_json::Value::Null,
+            Some(Value::Bool(b)) => json!({ "b": b }),
+            Some(Value::Int(i)) => json!({ "i": i }),
+            Some(Value::UInt(u)) => json!({ "u": u }),
+            Some(Value::F32(f)) => json!({ "f32": f }),
+            Some(Value::Float(f)) => json!({ "f": f }),
+            Some(Value::Text(t)) => json!({ "s": t }),
+        };
+        json!({ "d": &*self.device_id, "m": &*self.metric, "t": millis(self.read_at), "v": v })
+            .to_string()
+    }
+
+    /// The value of a line [`JournalValue::to_line`] wrote; `None` for anything else.
+    pub fn from_line(line: &str) -> Option<JournalValue> {
+        let j: serde_json::Value = serde_json::from_str(line).ok()?;
+        let v = &j["v"];
+        let value = if v.is_null() {
+            None
+        } else {
+            let (k, x) = v.as_object()?.iter().next()?;
+            Some(match k.as_str() {
+                "b" => Value::Bool(x.as_bool()?),
+                "i" => Value::Int(x.as_i64()?),
+                "u" => Value::UInt(x.as_u64()?),
+                "f32" => Value::F32(x.as_f64()? as f32),
+                "f" => Value::Float(x.as_f64()?),
+                "s" => Value::Text(x.as_str()?.to_owned()),
+                _ => return None,
+            })
+        };
+        Some(JournalValue {
+            device_id: Arc::from(j["d"].as_str()?),
+            metric: Arc::from(j["m"].as_str()?),
+            value,
+            read_at: SystemTime::UNIX_EPOCH + Duration::from_millis(j["t"].as_u64()?),
+        })
+    }
+}
 
 /// A value kept for store-and-forward.
 #[derive(Debug, Clone)]
@@ -81,6 +140,10 @@ pub struct SparkplugNode {
     node_born: bool,
     seq: u8,
     history: VecDeque<Kept>,
+    /// What changed in `history` since the engine task last took it, for the durable copy.
+    journal: Vec<Durable>,
+    /// Values in the durable copy (appended since its last rewrite).
+    journaled: usize,
     /// Values sent live recently, (sent at, value), kept for a disconnect.
     recent: VecDeque<(SystemTime, Kept)>,
     recent_window: Duration,
@@ -129,6 +192,8 @@ impl SparkplugNode {
             node_born: false,
             seq: 0,
             history: VecDeque::new(),
+            journal: Vec::new(),
+            journaled: 0,
             recent: VecDeque::new(),
             recent_window: model.mqtt.keep_alive * 2,
             ncmd_topic: Arc::from(s.node_topic("NCMD")),
@@ -246,6 +311,9 @@ impl SparkplugNode {
         let (mine, rest): (VecDeque<Kept>, VecDeque<Kept>) =
             self.history.drain(..).partition(|k| k.device == d);
         self.history = rest;
+        if !mine.is_empty() {
+            self.rewrite_journal();
+        }
         let metrics: Vec<Metric> = mine
             .iter()
             // The DBIRTH just sent carries each metric's latest value: not again.
@@ -282,6 +350,7 @@ impl SparkplugNode {
     }
 
     fn keep(&mut self, k: Kept) {
+        self.journal_append(&k);
         self.history.push_back(k);
         let max = self.spb().history_max.max(1);
         if self.history.len() > max {
@@ -289,6 +358,86 @@ impl SparkplugNode {
             self.history.drain(..over);
             events::sparkplug_history_dropped(over as u64);
         }
+    }
+
+    fn journal_value(&self, k: &Kept) -> JournalValue {
+        let dev = &self.spb().devices[k.device];
+        JournalValue {
+            device_id: Arc::clone(&dev.device_id),
+            metric: Arc::clone(&dev.metrics[k.metric].name),
+            value: k.value.clone(),
+            read_at: k.read_at,
+        }
+    }
+
+    fn journal_append(&mut self, k: &Kept) {
+        self.journaled += 1;
+        // Past twice the bound, the durable copy is rewritten with what is kept.
+        if self.journaled > 2 * self.spb().history_max.max(1) {
+            self.rewrite_journal();
+        }
+        let line = self.journal_value(k).to_line();
+        match self.journal.last_mut() {
+            Some(Durable::Append(lines)) => lines.push(line),
+            _ => self.journal.push(Durable::Append(vec![line])),
+        }
+    }
+
+    fn rewrite_journal(&mut self) {
+        let all: Vec<String> = self
+            .history
+            .iter()
+            .map(|k| self.journal_value(k).to_line())
+            .collect();
+        self.journaled = all.len();
+        self.journal.clear();
+        self.journal.push(Durable::Replace(all));
+    }
+
+    /// Take back values kept by an earlier run (or before a reload), oldest first: those of
+    /// metrics this mapping still has join the kept values, the others (and lines that do not
+    /// parse) are dropped and counted.
+    fn restore_lines(&mut self, lines: &[String]) {
+        let mut unknown = 0u64;
+        let mut restored: Vec<Kept> = Vec::new();
+        for line in lines {
+            let Some(v) = JournalValue::from_line(line) else {
+                unknown += 1;
+                continue;
+            };
+            let found = self.spb().devices.iter().enumerate().find_map(|(d, dev)| {
+                (dev.device_id == v.device_id)
+                    .then(|| {
+                        dev.metrics
+                            .iter()
+                            .position(|m| m.name == v.metric)
+                            .map(|m| (d, m))
+                    })
+                    .flatten()
+            });
+            match found {
+                Some((device, metric)) => restored.push(Kept {
+                    device,
+                    metric,
+                    value: v.value,
+                    read_at: v.read_at,
+                }),
+                None => unknown += 1,
+            }
+        }
+        if unknown > 0 {
+            events::sparkplug_history_dropped(unknown);
+        }
+        for k in restored.into_iter().rev() {
+            self.history.push_front(k);
+        }
+        let max = self.spb().history_max.max(1);
+        if self.history.len() > max {
+            let over = self.history.len() - max;
+            self.history.drain(..over);
+            events::sparkplug_history_dropped(over as u64);
+        }
+        self.rewrite_journal();
     }
 
     /// A new value (or null) of metric `m` of device `d`.
@@ -394,6 +543,7 @@ impl SparkplugNode {
             .map(|(_, k)| k)
             .collect();
         // Oldest first, before anything kept from now on.
+        let requeued = !recent.is_empty();
         for k in recent.into_iter().rev() {
             self.history.push_front(k);
         }
@@ -402,6 +552,9 @@ impl SparkplugNode {
             let over = self.history.len() - max;
             self.history.drain(..over);
             events::sparkplug_history_dropped(over as u64);
+        }
+        if requeued {
+            self.rewrite_journal();
         }
     }
 
@@ -471,6 +624,18 @@ impl Profile for SparkplugNode {
 
     fn flush(&mut self, at: SystemTime, out: &mut Vec<Publication>) {
         self.flush_at(at, out);
+    }
+
+    fn durable_name(&self) -> Option<&'static str> {
+        Some(HISTORY_FILE)
+    }
+
+    fn take_durable(&mut self) -> Vec<Durable> {
+        std::mem::take(&mut self.journal)
+    }
+
+    fn restore_durable(&mut self, lines: &[String]) {
+        self.restore_lines(lines);
     }
 
     fn on_session(&mut self, event: &SessionEvent, at: SystemTime, out: &mut Vec<Publication>) {
@@ -790,6 +955,59 @@ devices:
         let (_, d) = decode(&out[0]);
         assert_eq!(d.metrics[0].value, Some(Pb::BooleanValue(true)));
         assert!(poll(&mut n, 30, 1, true).is_empty(), "already reported");
+    }
+
+    /// The durable copy, as the engine task keeps it: applied in order.
+    fn apply(file: &mut Vec<String>, ops: Vec<Durable>) {
+        for op in ops {
+            match op {
+                Durable::Append(l) => file.extend(l),
+                Durable::Replace(l) => *file = l,
+            }
+        }
+    }
+
+    #[test]
+    fn kept_values_survive_a_restart_through_their_durable_copy_and_leave_it_once_sent() {
+        let mut file = Vec::new();
+        let mut n = SparkplugNode::new(model(false)).unwrap();
+        poll(&mut n, 0, 10, false);
+        poll(&mut n, 100, 11, true);
+        apply(&mut file, n.take_durable());
+        assert_eq!(file.len(), 4, "{file:?}");
+        let v = JournalValue::from_line(&file[3]).unwrap();
+        assert_eq!(
+            (&*v.metric, v.value, v.read_at),
+            ("run", Some(Value::Bool(true)), at(100))
+        );
+        // A new run (kill -9 and restart) takes them back, and sends them after its birth.
+        let mut n = SparkplugNode::new(model(false)).unwrap();
+        n.restore_durable(&[file.clone(), vec!["garbage".into()]].concat());
+        apply(&mut file, n.take_durable());
+        assert_eq!(n.kept(), 4);
+        poll(&mut n, 200, 12, true);
+        let out = session(&mut n, SessionEvent::Connected { bd_seq: 1 }, 300);
+        assert_eq!(
+            kinds(&out),
+            vec![k("NBIRTH", 0), k("DBIRTH", 1), k("DDATA", 2)]
+        );
+        let (_, hist) = decode(&out[2]);
+        let got: Vec<_> = hist
+            .metrics
+            .iter()
+            .map(|m| (m.timestamp, m.value.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some(T0), Some(Pb::IntValue(10))),
+                (Some(T0), Some(Pb::BooleanValue(false))),
+                (Some(T0 + 100), Some(Pb::IntValue(11))),
+                (Some(T0 + 100), Some(Pb::BooleanValue(true))),
+            ]
+        );
+        apply(&mut file, n.take_durable());
+        assert!(file.is_empty(), "sent: the durable copy is empty");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod bdseq;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
+pub mod linefile;
 pub mod mqtt;
 pub mod store;
 pub mod tls;

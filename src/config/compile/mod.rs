@@ -103,7 +103,7 @@ pub(super) fn compile(
     let derived = derived::compile(&mut ctx, &raw.derived, &devs);
     let groups = groups::compile(&mut ctx, &raw.groups, &devs);
     let commands = commands::compile(&mut ctx, &raw.commands, &devs);
-    let sparkplug = sparkplug::compile(&mut ctx, &raw, &devs, &derived, &mqtt.buffer.store);
+    let sparkplug = sparkplug::compile(&mut ctx, &raw, &devs, &derived, &mqtt);
 
     if ctx.issues.is_empty() {
         Ok(Model {

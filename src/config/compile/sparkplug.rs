@@ -37,15 +37,36 @@ pub(super) fn compile(
     raw: &RawConfig,
     devs: &Devices,
     derived: &[Derived],
-    buffer: &StoreSettings,
+    mqtt: &MqttSettings,
 ) -> Option<Sparkplug> {
-    let section = raw.sparkplug.as_ref()?;
+    let buffer = &mqtt.buffer.store;
+    let Some(section) = raw.sparkplug.as_ref() else {
+        unused_keys(ctx, raw);
+        return None;
+    };
     let group_id = check_id(ctx, &section.group_id, "sparkplug.group_id");
     let edge_node_id = check_id(ctx, &section.edge_node_id, "sparkplug.edge_node_id");
     let primary_host_id = section
         .primary_host_id
         .as_ref()
         .map(|h| check_id(ctx, h, "sparkplug.primary_host_id"));
+    // Hosts decode the protobuf payloads and DCMDs are protobuf: an envelope would break both.
+    if let Some(e) = &mqtt.encryption {
+        let probe = format!("spBv1.0/{group_id}/DDATA/{edge_node_id}/device");
+        let ncmd = format!("spBv1.0/{group_id}/NCMD/{edge_node_id}");
+        if let Some(f) = e.topics.iter().find(|f| {
+            crate::vocabulary::topic_matches(f, &probe)
+                || crate::vocabulary::topic_matches(f, &ncmd)
+        }) {
+            ctx.err(
+                section,
+                "sparkplug",
+                format!(
+                    "mqtt.payload_encryption.topics has `{f}`, which covers this node's Sparkplug topics; Sparkplug payloads must stay plain protobuf for the host"
+                ),
+            );
+        }
+    }
     let state_dir = match &buffer.path {
         Some(p) => p.clone(),
         None => {
@@ -176,4 +197,27 @@ pub(super) fn compile(
         state_dir,
         history_max: buffer.max_rows,
     })
+}
+
+/// Without a `sparkplug` section, a point's `metric` or a device's `device_id` does nothing:
+/// a warning.
+fn unused_keys(ctx: &mut Ctx, raw: &RawConfig) {
+    for d in &raw.devices {
+        if let Some(id) = &d.device_id {
+            ctx.warn(
+                id,
+                format!("devices[{}].device_id", d.name.value),
+                "device_id is the Sparkplug device id, and there is no sparkplug section",
+            );
+        }
+        for p in &d.points {
+            if let Some(m) = &p.metric {
+                ctx.warn(
+                    m,
+                    format!("devices[{}].points[{}].metric", d.name.value, p.name.value),
+                    "metric is the Sparkplug metric name, and there is no sparkplug section",
+                );
+            }
+        }
+    }
 }

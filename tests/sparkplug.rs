@@ -763,3 +763,37 @@ async fn values_kept_during_an_outage_survive_kill_9_and_arrive_after_the_restar
     let left = std::fs::read_to_string(&file).unwrap();
     assert!(left.is_empty(), "sent values leave the file: {left}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mqtt_5_the_will_is_the_ndeath_and_a_dcmd_still_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, mqtt) = mosquitto(dir.path(), "").await;
+    let (_sim, modbus) = simulator("127.0.0.1:0", &[]).await;
+    let mut host = Host::start(mqtt, None).await;
+    let config = mapping(dir.path(), modbus, mqtt, "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "client_id: fieldgate-spb-test",
+        "client_id: fieldgate-spb-test\n  protocol: 5",
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut gw = gateway_run(&config);
+    host.until("DBIRTH", |a| count(a, "DBIRTH") == 1).await;
+    let bd = host.of("NBIRTH")[0]["bdSeq"].clone();
+    let before = host.all().len();
+    host.send("dcmd gw1 tower p1_start_level UInt16 33").await;
+    host.until("DDATA with the read-back 33", |a| {
+        a[before..].iter().any(|m| {
+            m["type"] == "DDATA" && metric(m, "p1_start_level").is_some_and(|v| v["value"] == 33)
+        })
+    })
+    .await;
+    gw.child.kill().unwrap();
+    let _ = gw.child.wait();
+    let all = host.until("NDEATH", |a| count(a, "NDEATH") == 1).await;
+    let death = all.iter().find(|m| m["type"] == "NDEATH").unwrap();
+    assert_eq!(death["bdSeq"], bd);
+    assert_eq!(
+        (&death["qos"], &death["retain"]),
+        (&Value::from(1), &Value::from(false))
+    );
+}

@@ -23,6 +23,11 @@
 //!   read time and new sequence numbers. So that QoS 0 data lost with a dying connection is
 //!   not lost for good, values sent within two keep-alives before a disconnect are kept too
 //!   (a host may see them twice, once live and once historical, with the same timestamp).
+//! - The kept values are this profile's durable state ([`HISTORY_FILE`], one JSON line per
+//!   value by device id and metric name): appended as they are kept, rewritten when some are
+//!   sent or dropped, and restored at start and after a reload, so they survive kill -9.
+//! - A device's first DBIRTH waits until every one of its metrics was read once (good or
+//!   bad), so that it carries a value for each (a device's blocks may arrive apart).
 //!
 //! Must not: do I/O, read a clock, or write to a device.
 

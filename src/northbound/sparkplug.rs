@@ -49,6 +49,9 @@ use crate::vocabulary::{DeviceStatus, Publication, Qos};
 /// The file, in the state directory, that holds the values kept for store-and-forward.
 pub const HISTORY_FILE: &str = "sparkplug-history";
 
+/// Longest STATE payload looked at (a real one is about 50 bytes).
+const MAX_STATE: usize = 4096;
+
 /// Most metrics in one historical DDATA.
 const HISTORY_CHUNK: usize = 256;
 
@@ -504,6 +507,10 @@ impl SparkplugNode {
 
     fn on_state(&mut self, payload: &[u8], at: SystemTime, out: &mut Vec<Publication>) {
         // Sparkplug 3.0 STATE payload: UTF-8 JSON {"online": bool, "timestamp": ms}.
+        if payload.len() > MAX_STATE {
+            events::sparkplug_state_ignored("longer than 4 KiB");
+            return;
+        }
         let Ok(json) = serde_json::from_slice::<serde_json::Value>(payload) else {
             events::sparkplug_state_ignored("not JSON");
             return;

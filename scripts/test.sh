@@ -2,9 +2,9 @@
 # The whole test suite. Installs the real peers the tests need when they are missing:
 # Debian's mosquitto and its clients, socat (virtual serial ports), mbpoll (an independent
 # Modbus master), systemd-analyze (to verify the unit), openssl (certs/gen.sh makes the test
-# certificates), the system CA store, and pymodbus (an independent Modbus slave) and jinja2
-# (Home Assistant's template engine, to render our availability templates) in
-# target/peers-venv. Then runs
+# certificates), the system CA store, and in target/peers-venv pymodbus (an independent Modbus
+# slave), jinja2 (Home Assistant's template engine, to render our availability templates) and
+# pysparkplug (an independent Sparkplug B host). Then runs
 # every test. A test whose peer is missing fails; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,6 +51,11 @@ fi
 if ! "$venv/bin/python" -c 'import jinja2' 2>/dev/null; then
   echo "installing jinja2 into $venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "jinja2==3.1.6"
+fi
+# pysparkplug: the independent Sparkplug B host application of tests/sparkplug.rs.
+if ! "$venv/bin/python" -c 'import pysparkplug, sys; sys.exit(pysparkplug.__version__ != "0.6.1")' 2>/dev/null; then
+  echo "installing pysparkplug into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "pysparkplug==0.6.1"
 fi
 
 cargo test --locked --all-targets

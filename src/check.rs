@@ -131,6 +131,7 @@ pub fn summary(m: &Model) -> String {
     derived(&mut s, m);
     groups(&mut s, m);
     homeassistant(&mut s, m);
+    sparkplug(&mut s, m);
     publishes(&mut s, m);
     s
 }
@@ -162,6 +163,68 @@ fn homeassistant(s: &mut String, m: &Model) {
             .map(|(p, keys)| format!("{p} {}", keys.join(" ")))
             .collect();
         let _ = writeln!(s, "  {}: {}", discovery_topic(h, m, d), list.join("; "));
+    }
+}
+
+/// The Sparkplug B edge node: its topics, and each DBIRTH's metrics (alias, name, datatype,
+/// source).
+fn sparkplug(s: &mut String, m: &Model) {
+    let Some(spb) = &m.sparkplug else { return };
+    let _ = writeln!(
+        s,
+        "sparkplug: group {}, edge node {}, primary host {}",
+        spb.group_id,
+        spb.edge_node_id,
+        spb.primary_host_id.as_deref().unwrap_or("none")
+    );
+    let _ = writeln!(
+        s,
+        "  bdSeq kept in {}",
+        spb.state_dir.join(crate::outputs::bdseq::FILE).display()
+    );
+    let _ = writeln!(
+        s,
+        "  publishes {} (will, QoS 1), {}, and per device DBIRTH, DDATA, DDEATH (QoS 0)",
+        spb.node_topic("NDEATH"),
+        spb.node_topic("NBIRTH")
+    );
+    let _ = writeln!(
+        s,
+        "  subscribes {}, {}{}",
+        spb.node_topic("NCMD"),
+        spb.device_topic("DCMD", "+"),
+        spb.state_topic()
+            .map(|t| format!(", {t}"))
+            .unwrap_or_default()
+    );
+    for d in &spb.devices {
+        let _ = writeln!(
+            s,
+            "  {}: {} metric(s)",
+            spb.device_topic("DBIRTH", &d.device_id),
+            d.metrics.len()
+        );
+        for metric in &d.metrics {
+            let (source, writable) = match metric.source {
+                crate::model::MetricSource::Point(p) => (
+                    m.points[p].full_name.to_string(),
+                    m.points[p]
+                        .write
+                        .map(|w| format!(", writable {}..={}", w.min, w.max))
+                        .unwrap_or_default(),
+                ),
+                crate::model::MetricSource::Derived(i) => {
+                    (format!("derived {}", m.derived[i].name), String::new())
+                }
+            };
+            let _ = writeln!(
+                s,
+                "    alias {:>3} {} {} <- {source}{writable}",
+                metric.alias,
+                metric.name,
+                metric.datatype.name()
+            );
+        }
     }
 }
 

@@ -350,3 +350,33 @@ pub fn mqtt_state(state: &'static str, all: &[&'static str]) {
         });
     }
 }
+
+/// The Sparkplug edge node was born (NBIRTH) with `bd_seq`.
+pub fn sparkplug_born(edge_node_id: &str, bd_seq: u64) {
+    counter!("fieldgate_sparkplug_births_total").increment(1);
+    info!(edge_node_id, bd_seq, "sparkplug node born");
+}
+
+/// Store-and-forward values dropped because the bound was reached.
+pub fn sparkplug_history_dropped(n: u64) {
+    counter!("fieldgate_sparkplug_history_dropped_total").increment(n);
+    warn!(
+        dropped = n,
+        "sparkplug store-and-forward full: oldest values dropped"
+    );
+}
+
+/// A STATE message of the primary host that was not taken.
+pub fn sparkplug_state_ignored(reason: &str) {
+    warn!(reason, "sparkplug primary host STATE ignored");
+}
+
+/// The primary host said it is online or offline.
+pub fn sparkplug_host(online: bool) {
+    info!(online, "sparkplug primary host state");
+}
+
+/// A host asked for a rebirth (NCMD `Node Control/Rebirth = true`).
+pub fn sparkplug_rebirth_requested(topic: &str) {
+    info!(topic, "sparkplug rebirth requested");
+}

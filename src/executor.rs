@@ -18,10 +18,12 @@ use crate::handoff::hand_off;
 use crate::inputs::{WriteRequest, WriteTarget};
 use crate::mappings::command::{CommandError, Router, printable, readback_matches};
 use crate::mappings::engine::decode_at;
+use crate::mappings::sparkplug;
 use crate::model::Model;
+use crate::northbound::SessionEvent;
 use crate::northbound::points::render_plain;
 use crate::outputs::mqtt::IncomingCommand;
-use crate::vocabulary::{Fault, Publication, timestamp};
+use crate::vocabulary::{BlockData, Fault, Publication, WriteOp, timestamp};
 
 /// What the executor works from; replaced as a whole on reload.
 #[derive(Debug)]
@@ -103,11 +105,132 @@ impl ReplayGuard {
     }
 }
 
+/// Hand one checked write to its device's link task and wait for the read-back; `None` when
+/// the device has no link (it was removed by a reload).
+async fn write(
+    snap: &Snapshot,
+    op: WriteOp,
+    origin: &Arc<str>,
+) -> Option<Result<BlockData, Fault>> {
+    let point = &snap.model.points[op.point];
+    let device = &snap.model.devices[op.device];
+    let writer = snap.writers.get(&device.name)?;
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let device_timeout = device.timeout;
+    let target = WriteTarget::of(device, point.name.clone());
+    let req = WriteRequest {
+        op,
+        target,
+        origin: origin.clone(),
+        reply: reply_tx,
+    };
+    Some(if writer.send(req).await.is_err() {
+        Err(Fault::NotConnected)
+    } else {
+        // The link answers within two device timeouts (write + read-back); the margin
+        // only guards against a link task that has gone away.
+        match tokio::time::timeout(device_timeout * 2 + Duration::from_secs(5), reply_rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(Fault::NotConnected),
+            Err(_) => Err(Fault::Timeout),
+        }
+    })
+}
+
+/// A message on a Sparkplug topic the node claims: NCMD and STATE go to the profile; a DCMD's
+/// metrics are checked (`mappings::sparkplug::dcmd_writes`), each accepted one written and
+/// read back like any other command, the refused ones logged and counted, and the outcome of
+/// every metric goes to the profile, which publishes the read-back (or, refused, the value
+/// the device still has) in DDATA.
+async fn sparkplug_command(
+    snap: &Snapshot,
+    spb: &crate::model::Sparkplug,
+    cmd: &IncomingCommand,
+    signals: &mpsc::UnboundedSender<SessionEvent>,
+) {
+    let dcmd_prefix = spb.device_topic("DCMD", "");
+    let Some(device_id) = cmd.topic.strip_prefix(&dcmd_prefix) else {
+        let _ = signals.send(SessionEvent::Message {
+            topic: Arc::from(cmd.topic.as_str()),
+            payload: cmd.payload.to_vec(),
+            retain: cmd.retain,
+        });
+        return;
+    };
+    let started = Instant::now();
+    let refuse = |reason: &str, kind| events::command_rejected(&cmd.topic, "", reason, kind);
+    let Some(device) = spb.devices.iter().find(|d| *d.device_id == *device_id) else {
+        return refuse(
+            &format!("unknown Sparkplug device id `{}`", printable(device_id)),
+            "unknown_topic",
+        );
+    };
+    let payload = match sparkplug::decode_command(&cmd.payload, cmd.retain) {
+        Ok(p) => p,
+        Err(e) => {
+            let kind = if matches!(e, sparkplug::SparkplugCommandError::Retained) {
+                "retained"
+            } else {
+                "malformed"
+            };
+            return refuse(&e.to_string(), kind);
+        }
+    };
+    let origin: Arc<str> = Arc::from(format!("sparkplug:{}", cmd.topic));
+    let mut points = Vec::new();
+    for w in sparkplug::dcmd_writes(&snap.model, device, &payload) {
+        let op = match w.write {
+            Ok(op) => op,
+            Err(e) => {
+                let reason = match e {
+                    CommandError::UnknownTopic => "not a writable metric of this device".to_owned(),
+                    e => e.to_string(),
+                };
+                events::command_rejected(&cmd.topic, &w.label, &reason, "sparkplug_metric");
+                if let Some(p) = w.point {
+                    points.push((p, None));
+                }
+                continue;
+            }
+        };
+        events::command_accepted(&cmd.topic, &w.label);
+        let point = &snap.model.points[op.point];
+        let pid = op.point;
+        let written = op.value.clone();
+        let readback = match write(snap, op, &origin).await {
+            Some(Ok(data)) if readback_matches(&written, &data) => decode_at(point, &data, 0),
+            Some(Ok(data)) => {
+                let v = decode_at(point, &data, 0).map(|v| render_plain(&v, point.decimals));
+                events::command_rejected(
+                    &cmd.topic,
+                    &w.label,
+                    &format!(
+                        "read-back {} does not match the written value",
+                        v.unwrap_or_default()
+                    ),
+                    "readback_mismatch",
+                );
+                decode_at(point, &data, 0)
+            }
+            Some(Err(f)) => {
+                events::command_rejected(&cmd.topic, &w.label, &f.to_string(), "write_failed");
+                None
+            }
+            None => None,
+        };
+        points.push((pid, readback));
+    }
+    events::command_done(started.elapsed().as_secs_f64());
+    let _ = signals.send(SessionEvent::Written { points });
+}
+
 /// Run commands from `commands` one at a time until `stop` is cancelled; see the module docs.
+/// Sparkplug NCMD, STATE and write outcomes go to the profiles through `signals`.
 pub async fn run_executor(
     snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
     mut commands: mpsc::Receiver<IncomingCommand>,
     out: mpsc::Sender<Publication>,
+    signals: mpsc::UnboundedSender<SessionEvent>,
     stop: CancellationToken,
 ) {
     let mut replays = ReplayGuard::default();
@@ -118,6 +241,14 @@ pub async fn run_executor(
         };
         let snap = Arc::clone(&snapshots.borrow());
         let (model, router) = (&snap.model, &snap.router);
+        if let Some(spb) = &model.sparkplug
+            && (cmd.topic == spb.node_topic("NCMD")
+                || spb.state_topic().is_some_and(|t| t == cmd.topic)
+                || cmd.topic.starts_with(&spb.device_topic("DCMD", "")))
+        {
+            sparkplug_command(&snap, spb, &cmd, &signals).await;
+            continue;
+        }
         let encrypted = model
             .mqtt
             .encryption
@@ -181,32 +312,9 @@ pub async fn run_executor(
         let mut failure: Option<String> = None;
         for op in accepted.writes {
             let point = &model.points[op.point];
-            let device = &model.devices[op.device];
-            let Some(writer) = snap.writers.get(&device.name) else {
-                continue;
-            };
-            let (reply_tx, reply_rx) = oneshot::channel();
             let written = op.value.clone();
-            let device_timeout = device.timeout;
-            let target = WriteTarget::of(device, point.name.clone());
-            let req = WriteRequest {
-                op,
-                target,
-                origin: origin.clone(),
-                reply: reply_tx,
-            };
-            let result = if writer.send(req).await.is_err() {
-                Err(Fault::NotConnected)
-            } else {
-                // The link answers within two device timeouts (write + read-back); the margin
-                // only guards against a link task that has gone away.
-                match tokio::time::timeout(device_timeout * 2 + Duration::from_secs(5), reply_rx)
-                    .await
-                {
-                    Ok(Ok(r)) => r,
-                    Ok(Err(_)) => Err(Fault::NotConnected),
-                    Err(_) => Err(Fault::Timeout),
-                }
+            let Some(result) = write(&snap, op, &origin).await else {
+                continue;
             };
             match result {
                 Ok(data) if readback_matches(&written, &data) => {

@@ -116,32 +116,99 @@ pub fn command(data: &[u8]) {
     };
     assert!(!retained, "a retained command was accepted");
     for op in &accepted.writes {
-        let point = &model.points[op.point];
-        let limits = point
-            .write
-            .expect("a write to a point not declared writable");
-        assert_eq!(op.address, point.address);
-        match (&op.value, op.kind) {
-            (WriteValue::Coil(_), RegisterKind::Coil) => {}
-            (WriteValue::Registers(words), RegisterKind::HoldingRegister) => {
-                let raw = codec::decode(words, point.dtype, point.order).expect("decodes");
-                let v = match raw {
-                    Raw::Int(i) => i as f64,
-                    Raw::UInt(u) => u as f64,
-                    Raw::F32(f) => f64::from(f),
-                    Raw::F64(f) => f,
-                    other => panic!("wrote {other:?}"),
-                };
-                let eng = v * point.scale + point.offset;
-                let slack = 1e-6 * limits.max.abs().max(limits.min.abs()).max(1.0);
-                assert!(
-                    eng >= limits.min - slack && eng <= limits.max + slack,
-                    "{eng} outside {}..{}",
-                    limits.min,
-                    limits.max
-                );
+        assert_write_within_limits(model, op);
+    }
+}
+
+/// A write only goes to a writable point, at its address, with a value within its limits.
+fn assert_write_within_limits(model: &crate::model::Model, op: &crate::vocabulary::WriteOp) {
+    let point = &model.points[op.point];
+    let limits = point
+        .write
+        .expect("a write to a point not declared writable");
+    assert_eq!(op.address, point.address);
+    match (&op.value, op.kind) {
+        (WriteValue::Coil(_), RegisterKind::Coil) => {}
+        (WriteValue::Registers(words), RegisterKind::HoldingRegister) => {
+            let raw = codec::decode(words, point.dtype, point.order).expect("decodes");
+            let v = match raw {
+                Raw::Int(i) => i as f64,
+                Raw::UInt(u) => u as f64,
+                Raw::F32(f) => f64::from(f),
+                Raw::F64(f) => f,
+                other => panic!("wrote {other:?}"),
+            };
+            let eng = v * point.scale + point.offset;
+            let slack = 1e-6 * limits.max.abs().max(limits.min.abs()).max(1.0);
+            assert!(
+                eng >= limits.min - slack && eng <= limits.max + slack,
+                "{eng} outside {}..{}",
+                limits.min,
+                limits.max
+            );
+        }
+        (v, k) => panic!("{v:?} to a {k:?}"),
+    }
+}
+
+fn water_tower_sparkplug() -> &'static Arc<crate::model::Model> {
+    static MODEL: OnceLock<Arc<crate::model::Model>> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let yaml = include_str!("../mappings/water-tower-sparkplug.yaml");
+        Arc::new(
+            crate::config::load_str(
+                Path::new("water-tower-sparkplug.yaml"),
+                yaml,
+                HashMap::new(),
+                "fuzz",
+            )
+            .expect("the shipped mapping compiles"),
+        )
+    })
+}
+
+/// A Sparkplug NCMD, DCMD or STATE message for the shipped water-tower-sparkplug mapping
+/// (first byte: which topic; second: bit 0 retained; the rest: the payload): decoding never
+/// panics, a DCMD only ever yields writes to writable points within their limits (none when
+/// retained), and the edge node profile takes NCMD and STATE without panicking.
+pub fn sparkplug(data: &[u8]) {
+    use crate::mappings::sparkplug as spb;
+    use crate::northbound::{Profile, SessionEvent};
+    let [sel, flags, payload @ ..] = data else {
+        return;
+    };
+    let model = water_tower_sparkplug();
+    let node = model.sparkplug.as_ref().expect("a sparkplug section");
+    let retained = flags & 1 == 1;
+    match sel % 3 {
+        0 => {
+            let Ok(p) = spb::decode_command(payload, retained) else {
+                return;
+            };
+            assert!(!retained, "a retained DCMD was decoded");
+            for w in spb::dcmd_writes(model, &node.devices[0], &p) {
+                if let Ok(op) = &w.write {
+                    assert_write_within_limits(model, op);
+                }
             }
-            (v, k) => panic!("{v:?} to a {k:?}"),
+        }
+        n => {
+            let topic = if n == 1 {
+                node.node_topic("NCMD")
+            } else {
+                "spBv1.0/STATE/scada".to_owned()
+            };
+            let mut profile =
+                crate::northbound::sparkplug::SparkplugNode::new(Arc::clone(model)).expect("node");
+            let mut out = Vec::new();
+            let at = std::time::SystemTime::UNIX_EPOCH;
+            profile.on_session(&SessionEvent::Connected { bd_seq: 1 }, at, &mut out);
+            let ev = SessionEvent::Message {
+                topic: Arc::from(topic),
+                payload: payload.to_vec(),
+                retain: retained,
+            };
+            profile.on_session(&ev, at, &mut out);
         }
     }
 }

@@ -25,7 +25,7 @@ use crate::handoff::{HANDOFF, hand_off};
 use crate::inputs::LinkEvent;
 use crate::mappings::engine::Engine;
 use crate::model::Model;
-use crate::northbound::{self, Profile};
+use crate::northbound::{self, Profile, SessionEvent};
 use crate::outputs::mqtt::{self, IncomingCommand};
 pub use crate::reload::{Reloads, reload_requests};
 use crate::reload::{Running, reload, sd_reloading, start_link, writers};
@@ -34,11 +34,36 @@ use crate::vocabulary::{Publication, Qos};
 /// The northbound profiles of `model`, in publication order. A new profile is one line here
 /// (it reads its own section of the model and stays quiet when that section is empty).
 fn profiles(model: &Arc<Model>) -> Vec<Box<dyn Profile>> {
-    vec![
+    let mut p: Vec<Box<dyn Profile>> = vec![
         Box::new(northbound::points::PointTopics::new(Arc::clone(model))),
         Box::new(northbound::groups::GroupMessages::new(Arc::clone(model))),
         Box::new(northbound::homeassistant::Discovery::new(Arc::clone(model))),
-    ]
+    ];
+    if let Some(node) = northbound::sparkplug::SparkplugNode::new(Arc::clone(model)) {
+        p.push(Box::new(node));
+    }
+    p
+}
+
+/// The MQTT side of a Sparkplug edge node: its NDEATH will and bdSeq, and the session's news
+/// into the engine task.
+fn node_session(
+    model: &Model,
+    signals: &mpsc::UnboundedSender<SessionEvent>,
+) -> Option<mqtt::NodeSession> {
+    let spb = model.sparkplug.as_ref()?;
+    let signals = signals.clone();
+    Some(mqtt::NodeSession {
+        death_topic: Arc::from(spb.node_topic("NDEATH")),
+        death_payload: crate::mappings::sparkplug::ndeath,
+        state_dir: spb.state_dir.clone(),
+        on_session: Box::new(move |up| {
+            let _ = signals.send(match up {
+                Some(bd_seq) => SessionEvent::Connected { bd_seq },
+                None => SessionEvent::Disconnected,
+            });
+        }),
+    })
 }
 
 /// What the MQTT session needs from the profiles of `model`: the command topics they claim and
@@ -110,7 +135,15 @@ pub async fn run_reloadable(
     let (watched_tx, watched_rx) = tokio::sync::watch::channel(watched(&model));
     tokio::spawn(route_incoming(in_rx, watched_rx, msg_tx, cmd_tx));
     let (subscriptions, announcements) = session(&model);
-    let mqtt = mqtt::start(&model.mqtt, subscriptions, announcements, out_rx, in_tx);
+    let (signal_tx, signal_rx) = mpsc::unbounded_channel::<SessionEvent>();
+    let mqtt = mqtt::start_with_node(
+        &model.mqtt,
+        subscriptions,
+        announcements,
+        out_rx,
+        in_tx,
+        node_session(&model, &signal_tx),
+    );
 
     // One task per link (a TCP connection or an RTU bus), as compiled into the model.
     let (ev_tx, ev_rx) = mpsc::channel::<LinkEvent>(256);
@@ -124,6 +157,7 @@ pub async fn run_reloadable(
         ev_rx,
         engine_rx,
         msg_rx,
+        signal_rx,
         out_tx.clone(),
     ));
     let (snap_tx, snap_rx) = tokio::sync::watch::channel(Snapshot::new(&model, writers(&running)));
@@ -132,6 +166,7 @@ pub async fn run_reloadable(
         snap_rx,
         cmd_rx,
         out_tx.clone(),
+        signal_tx,
         executor_stop.clone(),
     ));
 
@@ -189,9 +224,16 @@ async fn run_engine(
     mut events: mpsc::Receiver<LinkEvent>,
     mut reloads: mpsc::Receiver<Arc<Model>>,
     mut messages: mpsc::Receiver<IncomingCommand>,
+    mut signals: mpsc::UnboundedReceiver<SessionEvent>,
     out: mpsc::Sender<Publication>,
 ) {
     let mut profiles = profiles(&model);
+    let mut durable = DurableState::new(&model);
+    durable.restore(&mut profiles);
+    // The session so far (the live connection, the primary host's last STATE), replayed
+    // into the profiles a reload makes, so that a Sparkplug node is born again on the new
+    // mapping without a new connection.
+    let mut session_memory: Vec<SessionEvent> = Vec::new();
     let mut engine = Engine::new(model);
     let beat = crate::supervisor::heartbeat("engine");
     let mut tick = tokio::time::interval(crate::supervisor::BEAT_EVERY);
@@ -219,8 +261,18 @@ async fn run_engine(
                 // Published values start afresh under the new mapping: every value goes out
                 // on its next poll.
                 profiles = self::profiles(&new);
+                durable = DurableState::new(&new);
+                durable.restore(&mut profiles);
                 engine = Engine::new(new);
-                continue;
+                let mut pubs = Vec::new();
+                for ev in &session_memory {
+                    pubs.extend(northbound::on_session(&mut profiles, ev, SystemTime::now()));
+                }
+                pubs
+            }
+            Some(ev) = signals.recv() => {
+                remember(&mut session_memory, &ev);
+                northbound::on_session(&mut profiles, &ev, SystemTime::now())
             }
             () = tokio::time::sleep(wait) => northbound::tick(&mut profiles, SystemTime::now()),
             Some(m) = messages.recv() => northbound::on_message(&mut profiles, &m.topic, &m.payload, SystemTime::now()),
@@ -229,8 +281,81 @@ async fn run_engine(
                 continue;
             }
         };
+        durable.save(&mut profiles);
         for p in pubs {
             hand_off(&out, p).await;
         }
+    }
+}
+
+/// The profiles' durable state (`Profile::durable_name`), one line file each in the state
+/// directory (`mqtt.buffer.path`); nothing without one.
+struct DurableState {
+    dir: Option<std::path::PathBuf>,
+    files: std::collections::HashMap<&'static str, crate::outputs::linefile::LineFile>,
+}
+
+impl DurableState {
+    fn new(model: &Model) -> Self {
+        DurableState {
+            dir: model.mqtt.buffer.store.path.clone(),
+            files: Default::default(),
+        }
+    }
+
+    fn file(&mut self, name: &'static str) -> Option<&mut crate::outputs::linefile::LineFile> {
+        let dir = self.dir.as_ref()?;
+        Some(
+            self.files
+                .entry(name)
+                .or_insert_with(|| crate::outputs::linefile::LineFile::new(dir, name)),
+        )
+    }
+
+    /// Give each profile its state as an earlier run (or the profiles before a reload) left it.
+    fn restore(&mut self, profiles: &mut [Box<dyn Profile>]) {
+        for p in profiles.iter_mut() {
+            if let Some(f) = p.durable_name().and_then(|n| self.file(n)) {
+                let lines = f.read();
+                p.restore_durable(&lines);
+            }
+        }
+        self.save(profiles);
+    }
+
+    /// Write what changed.
+    fn save(&mut self, profiles: &mut [Box<dyn Profile>]) {
+        for p in profiles.iter_mut() {
+            let Some(name) = p.durable_name() else {
+                continue;
+            };
+            let changes = p.take_durable();
+            let Some(f) = self.file(name) else { continue };
+            for c in changes {
+                match c {
+                    northbound::Durable::Append(lines) => f.append(&lines),
+                    northbound::Durable::Replace(lines) => f.replace(&lines),
+                }
+            }
+        }
+    }
+}
+
+/// Keep what a new profile needs to know of the session: the last connect (forgotten at a
+/// loss) and the primary host's last STATE message.
+fn remember(memory: &mut Vec<SessionEvent>, ev: &SessionEvent) {
+    match ev {
+        SessionEvent::Connected { .. } => {
+            memory.retain(|e| !matches!(e, SessionEvent::Connected { .. }));
+            memory.push(ev.clone());
+        }
+        SessionEvent::Disconnected => {
+            memory.retain(|e| !matches!(e, SessionEvent::Connected { .. }));
+        }
+        SessionEvent::Message { topic, .. } if topic.starts_with("spBv1.0/STATE/") => {
+            memory.retain(|e| !matches!(e, SessionEvent::Message { topic: t, .. } if t == topic));
+            memory.push(ev.clone());
+        }
+        SessionEvent::Message { .. } | SessionEvent::Written { .. } => {}
     }
 }

@@ -26,6 +26,8 @@ pub struct Model {
     pub groups: Vec<Group>,
     /// Home Assistant discovery; `None` when the section is absent.
     pub homeassistant: Option<HomeAssistant>,
+    /// The Sparkplug B edge node; `None` when the mapping has no `sparkplug` section.
+    pub sparkplug: Option<Sparkplug>,
     /// What `check` warns about: allowed, but probably not what was meant.
     pub warnings: Vec<Issue>,
 }
@@ -480,6 +482,123 @@ impl Model {
             }
         }
         out
+    }
+}
+
+/// The Sparkplug B edge node (Sparkplug 3.0, namespace `spBv1.0`), checked.
+#[derive(Debug, Clone)]
+pub struct Sparkplug {
+    pub group_id: Arc<str>,
+    pub edge_node_id: Arc<str>,
+    /// Nothing is born until `spBv1.0/STATE/<id>` says online (tck-id-message-flow-edge-node-birth-publish-phid-wait).
+    pub primary_host_id: Option<Arc<str>>,
+    /// One per mapped device, in device order.
+    pub devices: Vec<SparkplugDevice>,
+    /// Where the bdSeq counter lives (`<dir>/sparkplug-bdseq`): the buffer's directory.
+    pub state_dir: PathBuf,
+    /// Most values kept for store-and-forward while no session is born (the buffer's
+    /// `max_messages`); past it the oldest are dropped and counted.
+    pub history_max: usize,
+}
+
+/// A Sparkplug device: a mapped device and its metrics.
+#[derive(Debug, Clone)]
+pub struct SparkplugDevice {
+    pub device: DeviceId,
+    pub device_id: Arc<str>,
+    pub metrics: Vec<SparkplugMetric>,
+}
+
+/// Where a metric's value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MetricSource {
+    Point(PointId),
+    /// Index into `Model::derived`.
+    Derived(usize),
+}
+
+/// One metric of a Sparkplug device.
+#[derive(Debug, Clone)]
+pub struct SparkplugMetric {
+    /// The point name, or its `metric` name (folders with `/`).
+    pub name: Arc<str>,
+    /// Unique across the edge node (Sparkplug 3.0, "Aliases": aliases are unique per
+    /// edge node); 0 is the node's `Node Control/Rebirth`.
+    pub alias: u64,
+    pub source: MetricSource,
+    pub datatype: SparkplugType,
+}
+
+/// The Sparkplug B datatypes fieldgate publishes, with their numbers (Sparkplug 3.0,
+/// "Data Types", the `DataType` list of `sparkplug_b.proto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SparkplugType {
+    Int16 = 2,
+    Int32 = 3,
+    Int64 = 4,
+    UInt16 = 6,
+    UInt32 = 7,
+    UInt64 = 8,
+    Float = 9,
+    Double = 10,
+    Boolean = 11,
+    String = 12,
+}
+
+impl SparkplugType {
+    /// The name used in the specification and by `check`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            SparkplugType::Int16 => "Int16",
+            SparkplugType::Int32 => "Int32",
+            SparkplugType::Int64 => "Int64",
+            SparkplugType::UInt16 => "UInt16",
+            SparkplugType::UInt32 => "UInt32",
+            SparkplugType::UInt64 => "UInt64",
+            SparkplugType::Float => "Float",
+            SparkplugType::Double => "Double",
+            SparkplugType::Boolean => "Boolean",
+            SparkplugType::String => "String",
+        }
+    }
+
+    /// The metric datatype of a point: the register type when unscaled, `Double` when scale
+    /// or offset make it a fraction (a float register scaled stays a `Double`).
+    pub fn of_point(p: &Point) -> SparkplugType {
+        use crate::vocabulary::DataType as D;
+        match p.dtype {
+            D::Bool | D::Bit(_) => SparkplugType::Boolean,
+            D::String(_) => SparkplugType::String,
+            _ if !p.is_unscaled() => SparkplugType::Double,
+            D::U16 => SparkplugType::UInt16,
+            D::I16 => SparkplugType::Int16,
+            D::U32 => SparkplugType::UInt32,
+            D::I32 => SparkplugType::Int32,
+            D::U64 => SparkplugType::UInt64,
+            D::I64 => SparkplugType::Int64,
+            D::F32 => SparkplugType::Float,
+            D::F64 => SparkplugType::Double,
+        }
+    }
+}
+
+impl Sparkplug {
+    /// `spBv1.0/<group>/<type>/<edge node>`.
+    pub fn node_topic(&self, kind: &str) -> String {
+        format!("spBv1.0/{}/{kind}/{}", self.group_id, self.edge_node_id)
+    }
+    /// `spBv1.0/<group>/<type>/<edge node>/<device>`.
+    pub fn device_topic(&self, kind: &str, device_id: &str) -> String {
+        format!(
+            "spBv1.0/{}/{kind}/{}/{device_id}",
+            self.group_id, self.edge_node_id
+        )
+    }
+    /// `spBv1.0/STATE/<primary host>`, when there is one.
+    pub fn state_topic(&self) -> Option<String> {
+        self.primary_host_id
+            .as_ref()
+            .map(|h| format!("spBv1.0/STATE/{h}"))
     }
 }
 

@@ -206,6 +206,24 @@ pub async fn reload(
             path.display()
         )]);
     }
+    // The Sparkplug edge node's NDEATH will is registered with the connection: adding,
+    // removing or renaming the node needs a new session. Its devices and metrics may change
+    // (the node is born again on the new mapping with the same bdSeq).
+    let ids = |m: &Model| {
+        m.sparkplug.as_ref().map(|s| {
+            (
+                s.group_id.clone(),
+                s.edge_node_id.clone(),
+                s.primary_host_id.clone(),
+            )
+        })
+    };
+    if ids(&new) != ids(old) {
+        return rejected(vec![format!(
+            "{}: the sparkplug section's ids changed; that needs a restart (the node's NDEATH will belongs to the MQTT session)",
+            path.display()
+        )]);
+    }
 
     // Keep the links whose behaviour is unchanged; stop the others; start the new ones.
     let mut kept = Vec::new();

@@ -39,3 +39,8 @@ fn command_inputs() {
 fn store_inputs() {
     replay("store", fieldgate::fuzz_targets::store);
 }
+
+#[test]
+fn sparkplug_inputs() {
+    replay("sparkplug", fieldgate::fuzz_targets::sparkplug);
+}

@@ -164,6 +164,11 @@ pub struct RawConfig {
     /// and controls. Off when absent.
     #[serde(default)]
     pub homeassistant: Option<Located<RawHomeAssistant>>,
+    /// A Sparkplug B edge node (Sparkplug 3.0, `spBv1.0`): every device is a Sparkplug
+    /// device and its points and derived values are its metrics. Off when absent; may run
+    /// next to plain topics and groups.
+    #[serde(default)]
+    pub sparkplug: Option<Located<RawSparkplug>>,
 }
 
 /// `homeassistant`: MQTT discovery for Home Assistant (device-based discovery, one retained
@@ -232,6 +237,21 @@ pub struct RawHaPoint {
     /// Leave this point out of Home Assistant (and give it no command topic).
     #[serde(default)]
     pub exclude: bool,
+}
+
+/// The `sparkplug` section. Ids must not be empty or contain `+`, `#` or `/` (Sparkplug 3.0,
+/// tck-id-topic-structure-namespace-valid-group-id and its siblings).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSparkplug {
+    /// The Sparkplug group id, the second level of every topic.
+    pub group_id: Located<String>,
+    /// This gateway's edge node id.
+    pub edge_node_id: Located<String>,
+    /// The primary host application's id: nothing is born until `spBv1.0/STATE/<id>` says
+    /// `{"online": true}`, and data stops while it says offline. Default: no primary host.
+    #[serde(default)]
+    pub primary_host_id: Option<Located<String>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
@@ -641,6 +661,9 @@ pub struct RawDevice {
     /// Topic for this device's retained status. Default `<mqtt.status_topic>/<name>`.
     #[serde(default)]
     pub status_topic: Option<Located<String>>,
+    /// Sparkplug B: this device's device id. Default: the device name.
+    #[serde(default)]
+    pub device_id: Option<Located<String>>,
     /// The mapped values of this device.
     pub points: Vec<Located<RawPoint>>,
 }
@@ -832,6 +855,10 @@ pub struct RawPoint {
     /// How to publish this point. Not published when absent.
     #[serde(default)]
     pub publish: Option<Located<RawPublish>>,
+    /// Sparkplug B: the metric name, which may have folders (`pump1/temperature`). Default:
+    /// the point name.
+    #[serde(default)]
+    pub metric: Option<Located<String>>,
 }
 
 impl Default for Located<bool> {

@@ -235,7 +235,8 @@ impl Router {
     }
 }
 
-fn op(pid: usize, p: &Point, value: WriteValue) -> WriteOp {
+/// The write of `value` to point `pid`.
+pub fn op(pid: usize, p: &Point, value: WriteValue) -> WriteOp {
     WriteOp {
         device: p.device,
         point: pid,

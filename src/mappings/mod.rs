@@ -14,6 +14,7 @@ pub mod envelope;
 pub mod group;
 pub mod number;
 pub mod probe;
+pub mod sparkplug;
 
 // The vocabulary used to live here; these paths stay for the config compiler, `check` and
 // the command line.

@@ -11,12 +11,35 @@
 pub mod groups;
 pub mod homeassistant;
 pub mod points;
+pub mod sparkplug;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use crate::mappings::engine::Update;
-use crate::vocabulary::{Publication, Qos};
+use crate::mappings::engine::{Update, Value};
+use crate::vocabulary::{PointId, Publication, Qos};
+
+/// News of the MQTT session and of commands, for profiles that keep a session of their own
+/// (Sparkplug B). Comes from the MQTT side (connect, loss), the executor (messages on claimed
+/// topics that are not writes, and the outcome of writes), in that order per source.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionEvent {
+    /// The broker accepted a connection (ConnAck) whose will carries `bd_seq`.
+    Connected { bd_seq: u64 },
+    /// The connection is gone (lost, or closed at shutdown).
+    Disconnected,
+    /// A message on a claimed topic that the profile handles itself (Sparkplug NCMD, STATE).
+    Message {
+        topic: Arc<str>,
+        payload: Vec<u8>,
+        retain: bool,
+    },
+    /// A command's writes are done: per point, the value read back, or `None` when the write
+    /// was refused or failed.
+    Written {
+        points: Vec<(PointId, Option<Value>)>,
+    },
+}
 
 /// One northbound output format. See the module docs.
 pub trait Profile: std::fmt::Debug + Send {
@@ -39,6 +62,28 @@ pub trait Profile: std::fmt::Debug + Send {
     fn next_deadline(&self) -> Option<SystemTime> {
         None
     }
+
+    /// The end of a batch of updates (one poll), at the wall-clock `at`: for profiles that
+    /// gather a batch into one message.
+    fn flush(&mut self, _at: SystemTime, _out: &mut Vec<Publication>) {}
+
+    /// News of the MQTT session or of a command, at the wall-clock `at`.
+    fn on_session(&mut self, _event: &SessionEvent, _at: SystemTime, _out: &mut Vec<Publication>) {}
+
+    /// The file name (in the state directory) of this profile's durable state, when it has
+    /// one: the engine task writes [`Profile::take_durable`] to it, and gives it back to a new
+    /// profile with [`Profile::restore_durable`] (at start and after a reload).
+    fn durable_name(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// Changes to the durable state since the last call, in order.
+    fn take_durable(&mut self) -> Vec<Durable> {
+        Vec::new()
+    }
+
+    /// The durable state's lines as an earlier run (or the profile before a reload) left them.
+    fn restore_durable(&mut self, _lines: &[String]) {}
 
     /// The command topic filters this profile owns, and their subscription QoS. Commands on
     /// them go to the executor.
@@ -104,6 +149,16 @@ pub fn retired(
     homeassistant::retired(old, new, at)
 }
 
+/// A change to a profile's durable state, a file of text lines (see
+/// [`Profile::durable_name`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Durable {
+    /// Add these lines at the end.
+    Append(Vec<String>),
+    /// The state is now exactly these lines.
+    Replace(Vec<String>),
+}
+
 /// Every profile's publications for `updates`, in update order, then profile order.
 pub fn publish(
     profiles: &mut [Box<dyn Profile>],
@@ -115,6 +170,28 @@ pub fn publish(
         for p in profiles.iter_mut() {
             p.on_update(u, now, &mut out);
         }
+    }
+    let at = updates.iter().map(|u| match u {
+        Update::Value(v) => v.at,
+        Update::Device { at, .. } => *at,
+    });
+    if let Some(at) = at.max() {
+        for p in profiles.iter_mut() {
+            p.flush(at, &mut out);
+        }
+    }
+    out
+}
+
+/// Every profile's publications for one session event at `at`.
+pub fn on_session(
+    profiles: &mut [Box<dyn Profile>],
+    event: &SessionEvent,
+    at: SystemTime,
+) -> Vec<Publication> {
+    let mut out = Vec::new();
+    for p in profiles.iter_mut() {
+        p.on_session(event, at, &mut out);
     }
     out
 }

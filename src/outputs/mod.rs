@@ -3,8 +3,10 @@
 //!
 //! Speaks MQTT only; knows nothing of Modbus.
 
+pub mod bdseq;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
+pub mod linefile;
 pub mod mqtt;
 pub mod store;
 pub mod tls;

@@ -292,6 +292,27 @@ pub fn start(
     outbound: mpsc::Receiver<Publication>,
     commands: mpsc::Sender<IncomingCommand>,
 ) -> MqttOutput {
+    start_with_node(
+        settings,
+        subscriptions,
+        on_connect,
+        outbound,
+        commands,
+        None,
+    )
+}
+
+/// [`start`], and with `node` a Sparkplug B edge node's session: see [`NodeSession`].
+pub fn start_with_node(
+    settings: &MqttSettings,
+    subscriptions: Vec<(Arc<str>, Qos)>,
+    on_connect: Vec<Publication>,
+    outbound: mpsc::Receiver<Publication>,
+    commands: mpsc::Sender<IncomingCommand>,
+    node: Option<NodeSession>,
+) -> MqttOutput {
+    let node = node.map(NodeHook::new);
+    let death = node.as_ref().map(|n| Arc::clone(&n.death));
     let opts = options(settings);
     let (store, recovery) = Store::open(&settings.buffer.store);
     let durable = store
@@ -321,6 +342,7 @@ pub fn start(
         session_tx,
         commands,
         hard_stop.clone(),
+        node,
     ));
     let publisher = Publisher {
         store,
@@ -332,6 +354,7 @@ pub fn start(
         encryption: settings.encryption.clone(),
         last_failure: None,
         acked_retained: Default::default(),
+        death,
     };
     let publisher = tokio::spawn(publisher.run(outbound, session_rx, control_rx));
     MqttOutput {
@@ -412,6 +435,8 @@ struct Publisher {
     /// Retained announcements the broker acknowledged: not sent again after a reconnect
     /// until they change (the broker keeps them).
     acked_retained: std::collections::HashSet<(Arc<str>, u64)>,
+    /// Sparkplug: the live connection's NDEATH, published before DISCONNECT at shutdown.
+    death: Option<NodeDeath>,
 }
 
 /// Seal a payload for `topic` with a fresh random nonce.
@@ -489,6 +514,7 @@ impl Publisher {
     /// Publish `offline` (retained) and disconnect; without a connection, nothing to do.
     fn goodbye(&mut self) {
         if let Some(c) = &self.conn {
+            publish_death(&c.client, self.death.as_ref());
             c.client.publish(
                 &self.status_topic,
                 Qos::AtLeastOnce,
@@ -879,6 +905,8 @@ struct Reporter<'a> {
     broker: &'a str,
     /// When the connection got its ConnAck, if it did.
     up_at: std::sync::OnceLock<Instant>,
+    /// Sparkplug: the node's session, and the bdSeq this connection's will carries.
+    node: Option<(&'a NodeHook, u64)>,
 }
 
 impl Reporter<'_> {
@@ -899,6 +927,10 @@ impl Reporter<'_> {
             conn: self.conn,
             client,
         });
+        // After the subscriptions and the publisher's Up: the profile's NBIRTH follows both.
+        if let Some((n, bd_seq)) = self.node {
+            (n.session.on_session)(Some(bd_seq));
+        }
     }
     fn command(&self, topic: String, payload: Bytes, retain: bool) {
         let cmd = IncomingCommand {
@@ -938,7 +970,12 @@ async fn drive_v4(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => r.connected(Client::V4(client.clone())),
             Ok(Event::Incoming(Packet::Publish(p))) => r.command(p.topic, p.payload, p.retain),
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ended::Disconnected,
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                // Read until the broker closes the connection: see [`LINGER`].
+                let until = Instant::now() + LINGER;
+                while let Ok(Ok(_)) = tokio::time::timeout_at(until, event_loop.poll()).await {}
+                return Ended::Disconnected;
+            }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
                 r.send(Session::Sent { conn, pkid });
             }
@@ -979,7 +1016,12 @@ async fn drive_v5(
                     p.retain,
                 );
             }
-            Ok(Event5::Outgoing(Outgoing::Disconnect)) => return Ended::Disconnected,
+            Ok(Event5::Outgoing(Outgoing::Disconnect)) => {
+                // Read until the broker closes the connection: see [`LINGER`].
+                let until = Instant::now() + LINGER;
+                while let Ok(Ok(_)) = tokio::time::timeout_at(until, event_loop.poll()).await {}
+                return Ended::Disconnected;
+            }
             Ok(Event5::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
                 r.send(Session::Sent { conn, pkid });
             }
@@ -1011,6 +1053,13 @@ async fn drive_v5(
         }
     }
 }
+
+/// After our DISCONNECT, how long the connection task reads on until the broker closes the
+/// connection, so that acknowledgements still on their way (of the `offline` and the
+/// Sparkplug NDEATH just published) are read. Closing a socket with unread data makes the
+/// kernel send a reset, and a broker that sees the reset before it has read our DISCONNECT
+/// loses the DISCONNECT with it and publishes the last will.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// What the connection task makes of one ended connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1086,6 +1135,7 @@ async fn run_connection(
     sessions: mpsc::UnboundedSender<Session>,
     commands: mpsc::Sender<IncomingCommand>,
     hard_stop: CancellationToken,
+    mut node: Option<NodeHook>,
 ) {
     let (host, port) = match &opts {
         Options::V4(o) => o.broker_address(),
@@ -1104,6 +1154,14 @@ async fn run_connection(
         crate::supervisor::heartbeat_within("mqtt", keep_alive * 2 + Duration::from_secs(10));
     let mut tick = tokio::time::interval(crate::supervisor::BEAT_EVERY);
     for conn in 1u64.. {
+        // Sparkplug: a new bdSeq and NDEATH will for every CONNECT.
+        let (opts, bd_seq) = match node.as_mut() {
+            Some(n) => {
+                let (o, bd) = n.before_connect(&opts);
+                (std::borrow::Cow::Owned(o), Some(bd))
+            }
+            None => (std::borrow::Cow::Borrowed(&opts), None),
+        };
         let reporter = Reporter {
             conn,
             sessions: &sessions,
@@ -1111,12 +1169,16 @@ async fn run_connection(
             announce: &announce,
             broker: &broker,
             up_at: std::sync::OnceLock::new(),
+            node: node.as_ref().zip(bd_seq),
         };
-        let ended = match &opts {
+        let ended = match &*opts {
             Options::V4(o) => drive_v4(o, &reporter, &beat, &hard_stop).await,
             Options::V5(o) => drive_v5(o, &reporter, &beat, &hard_stop).await,
         };
         let up_for = reporter.up_at.get().map(|t| t.elapsed());
+        if let (Some(n), Some(_)) = (node.as_ref(), up_for) {
+            (n.session.on_session)(None);
+        }
         let failure = match ended {
             Ended::Disconnected => {
                 let _ = sessions.send(Session::Down { conn });
@@ -1164,6 +1226,109 @@ async fn run_connection(
                 _ = tick.tick() => {}
             }
         }
+    }
+}
+
+// ---- Sparkplug B edge node session hooks -------------------------------------------------
+//
+// Kept apart from the publishing internals: a new will per CONNECT (NDEATH with the next
+// bdSeq, from the state directory), the session's news to the profile after the
+// subscriptions and Up, and NDEATH before DISCONNECT at shutdown.
+
+/// A Sparkplug B edge node's part of the MQTT session (Sparkplug 3.0, Edge Node Session
+/// Establishment and Termination):
+/// the last will is its NDEATH (QoS 1, not retained) with a bdSeq that changes on every
+/// CONNECT and is kept in `state_dir` ([`super::bdseq`]); the profile is told of every
+/// connection that is up, with its bdSeq, after the command topics are subscribed (so NCMD
+/// and DCMD are subscribed before the NBIRTH), and of every loss. A clean shutdown publishes
+/// the NDEATH itself, then DISCONNECT. The will replaces the `offline` status will: MQTT has
+/// one will per connection; `offline` is still published at a clean shutdown.
+pub struct NodeSession {
+    /// `spBv1.0/<group>/NDEATH/<edge node>`.
+    pub death_topic: Arc<str>,
+    /// The NDEATH payload for a bdSeq and the CONNECT time (ms since the epoch).
+    pub death_payload: fn(u64, u64) -> Vec<u8>,
+    /// Where the bdSeq file lives.
+    pub state_dir: std::path::PathBuf,
+    /// `Some(bd_seq)`: a connection is up; `None`: it is gone.
+    pub on_session: Box<dyn Fn(Option<u64>) + Send + Sync>,
+}
+
+impl std::fmt::Debug for NodeSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeSession")
+            .field("death_topic", &self.death_topic)
+            .field("state_dir", &self.state_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The live connection's NDEATH (topic, payload), shared with the publisher.
+type NodeDeath = Arc<std::sync::Mutex<Option<(Arc<str>, Vec<u8>)>>>;
+
+/// The connection task's side of [`NodeSession`].
+struct NodeHook {
+    session: NodeSession,
+    bd_seq: super::bdseq::BdSeq,
+    death: NodeDeath,
+}
+
+impl NodeHook {
+    fn new(session: NodeSession) -> NodeHook {
+        NodeHook {
+            bd_seq: super::bdseq::BdSeq::open(&session.state_dir),
+            session,
+            death: Arc::default(),
+        }
+    }
+
+    /// The options for the next CONNECT: the next bdSeq (stored first) in the NDEATH will.
+    fn before_connect(&mut self, opts: &Options) -> (Options, u64) {
+        let bd = self.bd_seq.take();
+        let now = u64::try_from(millis(SystemTime::now())).unwrap_or(0);
+        let payload = (self.session.death_payload)(bd, now);
+        let topic = self.session.death_topic.as_ref();
+        let opts = match opts {
+            Options::V4(o) => {
+                let mut o = o.clone();
+                o.set_last_will(LastWill::new(
+                    topic,
+                    payload.clone(),
+                    QoS::AtLeastOnce,
+                    false,
+                ));
+                Options::V4(o)
+            }
+            Options::V5(o) => {
+                let mut o = o.clone();
+                o.set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
+                    topic,
+                    payload.clone(),
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    false,
+                    None,
+                ));
+                Options::V5(o)
+            }
+        };
+        *self
+            .death
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((Arc::clone(&self.session.death_topic), payload));
+        (opts, bd)
+    }
+}
+
+/// Publish the NDEATH (QoS 1, not retained) ahead of DISCONNECT, which follows it on the wire.
+fn publish_death(client: &Client, death: Option<&NodeDeath>) {
+    let Some(death) = death else { return };
+    let d = death
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    if let Some((topic, payload)) = d {
+        client.publish(&topic, Qos::AtLeastOnce, false, payload);
     }
 }
 

@@ -14,6 +14,7 @@ mod groups;
 mod homeassistant;
 mod mqtt;
 mod points;
+mod sparkplug;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -112,6 +113,7 @@ pub(super) fn compile(
         &derived,
         &mut commands,
     );
+    let sparkplug = sparkplug::compile(&mut ctx, &raw, &devs, &derived, &mqtt);
 
     if ctx.issues.is_empty() {
         Ok(Model {
@@ -124,6 +126,7 @@ pub(super) fn compile(
             derived,
             commands,
             homeassistant,
+            sparkplug,
             warnings: ctx.warnings,
         })
     } else {

@@ -65,6 +65,12 @@ struct Args {
     /// The mosquitto binary; default: /usr/sbin/mosquitto or /usr/bin/mosquitto.
     #[arg(long)]
     mosquitto: Option<PathBuf>,
+    /// `mosquitto` (default): end to end through Debian's broker to a subscriber. `sink`: a
+    /// minimal MQTT 3.1.1 server in this program takes the gateway's connection, acknowledges
+    /// (CONNACK, SUBACK, PUBACK, PINGRESP) and timestamps every PUBLISH as it is read off the
+    /// socket, so the latency is read -> broker, the gateway's own share.
+    #[arg(long, default_value = "mosquitto", value_parser = ["mosquitto", "sink"])]
+    broker: String,
     /// Internal: run the bare tokio-modbus loop against this slave and print requests/s.
     #[arg(long, hide = true)]
     bare_loop: Option<SocketAddr>,
@@ -487,6 +493,150 @@ fn subscribe(
     })
 }
 
+/// The `--broker sink` server: one MQTT 3.1.1 connection at a time (the gateway's), read with a
+/// buffer; acknowledges what needs it and records each `bench/...` PUBLISH like the subscriber
+/// does, stamped as it is parsed. Packet layouts: MQTT 3.1.1 section 2 (fixed header, Remaining
+/// Length) and 3 (CONNACK, PUBLISH, PUBACK, SUBACK, PINGRESP).
+fn sink(
+    listener: TcpListener,
+    slaves: Vec<Arc<Slave>>,
+    rx: Arc<Received>,
+) -> std::thread::JoinHandle<Vec<Sample>> {
+    rx.subscribed.store(true, Relaxed);
+    std::thread::spawn(move || {
+        let mut samples = Vec::new();
+        let _ = listener.set_nonblocking(true);
+        while !rx.stop.load(Relaxed) {
+            let stream = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            };
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+            let _ = stream.set_nodelay(true);
+            let Ok(mut out) = stream.try_clone() else {
+                continue;
+            };
+            let mut input = std::io::BufReader::with_capacity(1 << 16, stream);
+            let mut next = || -> std::io::Result<Option<(u8, Vec<u8>)>> {
+                let mut b = [0u8; 1];
+                loop {
+                    match input.read_exact(&mut b) {
+                        Ok(()) => break,
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) =>
+                        {
+                            if rx.stop.load(Relaxed) {
+                                return Ok(None);
+                            }
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                let (mut len, mut shift) = (0usize, 0);
+                loop {
+                    let mut d = [0u8; 1];
+                    input.read_exact(&mut d)?;
+                    len |= usize::from(d[0] & 0x7f) << shift;
+                    shift += 7;
+                    if d[0] & 0x80 == 0 || shift > 21 {
+                        break;
+                    }
+                }
+                let mut body = vec![0u8; len];
+                input.read_exact(&mut body)?;
+                Ok(Some((b[0], body)))
+            };
+            while let Ok(Some((header, body))) = next() {
+                let reply: Vec<u8> = match header >> 4 {
+                    1 => vec![0x20, 2, 0, 0],
+                    3 => {
+                        let at = now_ns();
+                        let qos = (header >> 1) & 3;
+                        let Some(tlen) = body
+                            .get(..2)
+                            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+                        else {
+                            break;
+                        };
+                        let topic = std::str::from_utf8(body.get(2..2 + tlen).unwrap_or_default())
+                            .unwrap_or_default();
+                        let mut at_payload = 2 + tlen;
+                        let mut reply = Vec::new();
+                        if qos > 0 {
+                            let id = body
+                                .get(at_payload..at_payload + 2)
+                                .unwrap_or(&[0, 0])
+                                .to_vec();
+                            at_payload += 2;
+                            reply = vec![if qos == 1 { 0x40 } else { 0x50 }, 2, id[0], id[1]];
+                        }
+                        let payload = body.get(at_payload..).unwrap_or_default();
+                        if topic.starts_with("bench/") {
+                            match received(topic, payload, &slaves) {
+                                Some((device, replied, ts)) => {
+                                    rx.total.fetch_add(1, Relaxed);
+                                    rx.devices.fetch_or(1 << (device % 64), Relaxed);
+                                    if (rx.t0.load(Relaxed)..rx.t1.load(Relaxed)).contains(&replied)
+                                    {
+                                        rx.in_window.fetch_add(1, Relaxed);
+                                        let by_ts = match SystemTime::now().duration_since(ts) {
+                                            Ok(d) => d.as_micros() as i64,
+                                            Err(e) => -(e.duration().as_micros() as i64),
+                                        };
+                                        samples.push((at.saturating_sub(replied) / 1000, by_ts));
+                                    }
+                                }
+                                None => {
+                                    rx.unparsed.fetch_add(1, Relaxed);
+                                }
+                            }
+                        }
+                        reply
+                    }
+                    6 => vec![
+                        0x70,
+                        2,
+                        body.first().copied().unwrap_or(0),
+                        body.get(1).copied().unwrap_or(0),
+                    ],
+                    8 => {
+                        // Packet id, then (topic filter, requested QoS) pairs: grant each.
+                        let mut granted = Vec::new();
+                        let mut i = 2;
+                        while let Some(b) = body.get(i..i + 2) {
+                            let n = usize::from(u16::from_be_bytes([b[0], b[1]]));
+                            granted.push(body.get(i + 2 + n).copied().unwrap_or(0) & 3);
+                            i += 3 + n;
+                        }
+                        let mut r = vec![
+                            0x90,
+                            (2 + granted.len()) as u8,
+                            body.first().copied().unwrap_or(0),
+                            body.get(1).copied().unwrap_or(0),
+                        ];
+                        r.extend(granted);
+                        r
+                    }
+                    12 => vec![0xd0, 0],
+                    14 => break,
+                    _ => Vec::new(),
+                };
+                if !reply.is_empty() && out.write_all(&reply).is_err() {
+                    break;
+                }
+            }
+        }
+        samples
+    })
+}
+
 /// From topic `bench/<device>/<address>` and a JSON payload: the device, when the slave
 /// answered the read the value came from, and the payload's `ts`.
 fn received(
@@ -592,13 +742,14 @@ fn percentile<T: Copy + Ord>(sorted: &[T], q: f64) -> Option<T> {
 struct Env {
     gateway: PathBuf,
     mosquitto: PathBuf,
+    /// `--broker sink`: the in-program sink instead of mosquitto and a subscriber.
+    sink: bool,
     slave_rt: tokio::runtime::Runtime,
     window: Duration,
 }
 
 fn run(env: &Env, s: &Scenario, qos: u8) -> anyhow::Result<Figures> {
     let dir = tempfile::tempdir()?;
-    let (broker, port) = mosquitto(&env.mosquitto, dir.path())?;
     let slaves: Vec<Arc<Slave>> = (0..s.devices).map(|_| Arc::new(Slave::new())).collect();
     let addrs = slaves
         .iter()
@@ -609,8 +760,17 @@ fn run(env: &Env, s: &Scenario, qos: u8) -> anyhow::Result<Figures> {
         t1: AtomicU64::new(u64::MAX),
         ..Received::default()
     });
-    let sub = subscribe(port, slaves.clone(), Arc::clone(&rx));
-    wait_for("the subscriber's SubAck", || rx.subscribed.load(Relaxed))?;
+    let (broker, port, sub) = if env.sink {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let sub = sink(listener, slaves.clone(), Arc::clone(&rx));
+        (None, port, sub)
+    } else {
+        let (broker, port) = mosquitto(&env.mosquitto, dir.path())?;
+        let sub = subscribe(port, slaves.clone(), Arc::clone(&rx));
+        wait_for("the subscriber's SubAck", || rx.subscribed.load(Relaxed))?;
+        (Some(broker), port, sub)
+    };
     let gw = gateway(
         &env.gateway,
         dir.path(),
@@ -634,13 +794,14 @@ fn run(env: &Env, s: &Scenario, qos: u8) -> anyhow::Result<Figures> {
             .map(|sl| sl.registers.load(Relaxed))
             .sum::<u64>()
     };
-    let (pid, bpid) = (gw.child.pid(), broker.pid());
-    let (cpu0, bcpu0, read0) = (cpu_seconds(pid), cpu_seconds(bpid), read_now());
+    let (pid, bpid) = (gw.child.pid(), broker.as_ref().map(Child::pid));
+    let broker_cpu = || bpid.map_or(0.0, cpu_seconds);
+    let (cpu0, bcpu0, read0) = (cpu_seconds(pid), broker_cpu(), read_now());
     let before = scrape(gw.metrics);
     rx.t0.store(now_ns(), Relaxed);
     std::thread::sleep(env.window);
     rx.t1.store(now_ns(), Relaxed);
-    let (cpu1, bcpu1, read1) = (cpu_seconds(pid), cpu_seconds(bpid), read_now());
+    let (cpu1, bcpu1, read1) = (cpu_seconds(pid), broker_cpu(), read_now());
     // Drain: wait until what was read inside the window stops arriving.
     let deadline = Instant::now() + DEADLINE;
     let mut last = (rx.in_window.load(Relaxed), Instant::now());
@@ -887,6 +1048,7 @@ fn main() -> anyhow::Result<()> {
     let env = Env {
         gateway: find_gateway(args.gateway)?,
         mosquitto: find_mosquitto(args.mosquitto)?,
+        sink: args.broker == "sink",
         slave_rt: tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -912,9 +1074,13 @@ fn main() -> anyhow::Result<()> {
         bail!("--qos {q}: 0 or 1");
     }
     println!(
-        "gateway {}, mosquitto {}, window {} s per run",
+        "gateway {}, broker {}, window {} s per run",
         env.gateway.display(),
-        env.mosquitto.display(),
+        if env.sink {
+            "sink (read -> broker latency)".to_owned()
+        } else {
+            env.mosquitto.display().to_string()
+        },
         window.as_secs()
     );
     if !scenarios.is_empty() {

@@ -256,7 +256,14 @@ pub struct MetricWrite {
 fn command_number(dt: SparkplugType, v: &PbValue) -> Option<f64> {
     Some(match (dt, v) {
         (SparkplugType::Boolean, PbValue::BooleanValue(b)) => f64::from(u8::from(*b)),
-        (SparkplugType::Int16, PbValue::IntValue(i)) => f64::from(*i as u16 as i16),
+        // Tahu sign-extends to 32 bits (-1 is 0xFFFF_FFFF); some hosts send the 16-bit two's
+        // complement (0xFFFF). Either is read; any other bit pattern is not an Int16 and is
+        // refused, never cut to its low 16 bits.
+        (SparkplugType::Int16, PbValue::IntValue(i)) => match *i {
+            0..=0xFFFF => f64::from(*i as u16 as i16),
+            0xFFFF_8000..=0xFFFF_FFFF => f64::from(*i as i32),
+            _ => return None,
+        },
         (SparkplugType::Int32, PbValue::IntValue(i)) => f64::from(*i as i32),
         (SparkplugType::UInt16, PbValue::IntValue(i)) => f64::from(u16::try_from(*i).ok()?),
         (SparkplugType::UInt32, PbValue::IntValue(i)) => f64::from(*i),
@@ -266,6 +273,21 @@ fn command_number(dt: SparkplugType, v: &PbValue) -> Option<f64> {
         (SparkplugType::Double, PbValue::DoubleValue(d)) => *d,
         _ => return None,
     })
+}
+
+/// A DCMD metric's value as a person reads it, for rejections: `Int 65589`, `Double NaN`,
+/// `String "on"`, `null`.
+fn describe(v: Option<&PbValue>) -> String {
+    match v {
+        None => "null".to_owned(),
+        Some(PbValue::IntValue(i)) => format!("Int {i}"),
+        Some(PbValue::LongValue(l)) => format!("Long {l}"),
+        Some(PbValue::FloatValue(f)) => format!("Float {f}"),
+        Some(PbValue::DoubleValue(d)) => format!("Double {d}"),
+        Some(PbValue::BooleanValue(b)) => format!("Boolean {b}"),
+        Some(PbValue::StringValue(t)) => format!("String {:?}", super::command::printable(t)),
+        Some(_) => "an extension value".to_owned(),
+    }
 }
 
 /// Check every metric of a DCMD for `device` into a write: the metric must be one of the
@@ -280,6 +302,10 @@ pub fn dcmd_writes(model: &Model, device: &SparkplugDevice, p: &Payload) -> Vec<
                 Some(n) => *dm.name == **n,
                 None => m.alias == Some(dm.alias),
             });
+            // A name and an alias that name different metrics: a host with an old birth
+            // certificate. Neither is trusted.
+            let found =
+                found.filter(|dm| m.name.is_none() || m.alias.is_none_or(|a| a == dm.alias));
             let label = found.map_or_else(
                 || {
                     m.name.as_deref().map_or_else(
@@ -307,7 +333,7 @@ pub fn dcmd_writes(model: &Model, device: &SparkplugDevice, p: &Payload) -> Vec<
             let write = (|| {
                 let limits = point.write.ok_or(CommandError::UnknownTopic)?;
                 let wrong = |expected| CommandError::WrongType {
-                    given: format!("{:?}", m.value),
+                    given: describe(m.value.as_ref()),
                     point: point.full_name.to_string(),
                     expected,
                 };
@@ -447,6 +473,77 @@ devices:
                 WriteValue::Registers(vec![0xFFFB])
             );
         }
+    }
+
+    #[test]
+    fn an_int16_value_is_never_cut_to_its_low_16_bits() {
+        let m = model();
+        let d = &m.sparkplug.as_ref().unwrap().devices[0];
+        // Each of these has a low half within -100..=100 (0x0035 = 53, 0x0032 = 50), but
+        // none is an Int16 in either encoding: writing its low half would write a value
+        // nobody sent.
+        for bad in [
+            65_589u32,
+            131_126,
+            0xABCD_0032,
+            0xFFFF_0035,
+            0x0001_0000,
+            0xFFFF_7FFF,
+        ] {
+            let p = decode_command(
+                &dcmd(vec![named(
+                    "offset",
+                    SparkplugType::Int16,
+                    PbValue::IntValue(bad),
+                )]),
+                false,
+            )
+            .unwrap();
+            let w = dcmd_writes(&m, d, &p);
+            match &w[0].write {
+                Err(e @ CommandError::WrongType { .. }) => {
+                    assert!(e.to_string().contains(&format!("Int {bad}")), "{e}");
+                }
+                other => panic!("{bad:#x}: {other:?}"),
+            }
+        }
+        // The edges of both encodings are read.
+        for (ok, raw) in [(0x7FFFu32, 0x7FFF), (0x8000, 0x8000), (0xFFFF_8000, 0x8000)] {
+            let p = decode_command(
+                &dcmd(vec![named(
+                    "offset",
+                    SparkplugType::Int16,
+                    PbValue::IntValue(ok),
+                )]),
+                false,
+            )
+            .unwrap();
+            // Out of the point's -100..=100, so refused for range, not for the datatype.
+            assert!(
+                matches!(
+                    dcmd_writes(&m, d, &p)[0].write,
+                    Err(CommandError::OutOfRange { .. })
+                ),
+                "{ok:#x} ({raw:#x}) is an Int16"
+            );
+        }
+    }
+
+    #[test]
+    fn a_name_and_an_alias_that_disagree_write_nothing() {
+        let m = model();
+        let d = &m.sparkplug.as_ref().unwrap().devices[0];
+        let start = d.metrics.iter().find(|x| &*x.name == "start").unwrap();
+        let offset = d.metrics.iter().find(|x| &*x.name == "offset").unwrap();
+        let mut both = named("start", SparkplugType::UInt16, PbValue::IntValue(5));
+        both.alias = Some(offset.alias);
+        let mut agree = named("start", SparkplugType::UInt16, PbValue::IntValue(5));
+        agree.alias = Some(start.alias);
+        let p = decode_command(&dcmd(vec![both, agree]), false).unwrap();
+        let w = dcmd_writes(&m, d, &p);
+        assert_eq!(w[0].point, None, "neither the named nor the aliased metric");
+        assert!(w[0].write.is_err());
+        assert!(w[1].write.is_ok());
     }
 
     #[test]

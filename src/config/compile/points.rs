@@ -65,7 +65,57 @@ pub(super) fn compile(
         });
         points.push(point);
     }
+    writes_within_writable(ctx, d, dpath, &ids, points);
     (ids, spans)
+}
+
+/// A write to a point changes every register (or coil) it covers; if one of them belongs to a
+/// point that is not writable, the write changes a value the mapping says must not be written
+/// (a writable f32 at 3 covers holding register 4, the read-only `auto_control`). Refused, with
+/// both points named: make the other one writable too, or move this one.
+fn writes_within_writable(
+    ctx: &mut Ctx,
+    d: &Located<RawDevice>,
+    dpath: &str,
+    ids: &[usize],
+    points: &[Point],
+) {
+    for (pi, &w) in ids.iter().enumerate() {
+        let wp = &points[w];
+        if wp.write.is_none() {
+            continue;
+        }
+        let span = |p: &Point| {
+            let start = u32::from(p.address);
+            start..start + u32::from(p.dtype.width().max(1))
+        };
+        let ws = span(wp);
+        for &o in ids {
+            let op = &points[o];
+            if o == w || op.write.is_some() || op.kind != wp.kind {
+                continue;
+            }
+            let os = span(op);
+            if ws.start < os.end && os.start < ws.end {
+                let raw = &d.points[pi];
+                ctx.err(
+                    &raw.writable,
+                    format!("{dpath}.points[{}].writable", wp.name),
+                    format!(
+                        "writing `{}` ({} {}..={}) would also change `{}` ({} {}), which is not writable; make `{}` writable too, or move one of them",
+                        wp.name,
+                        wp.kind.name(),
+                        ws.start,
+                        ws.end - 1,
+                        op.name,
+                        op.kind.name(),
+                        os.start,
+                        op.name,
+                    ),
+                );
+            }
+        }
+    }
 }
 
 /// One point (its read slot is filled in once the device's reads are planned).

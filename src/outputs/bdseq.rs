@@ -44,15 +44,23 @@ impl BdSeq {
         BdSeq { path, next }
     }
 
-    /// The bdSeq for the next CONNECT, stored before it is returned. A failure to store is
-    /// logged; the value is used anyway (the session must go on).
-    pub fn take(&mut self) -> u64 {
+    /// The bdSeq for the next CONNECT, stored before it is returned.
+    ///
+    /// # Errors
+    /// The value could not be stored (the state directory is not a writable directory): the
+    /// caller must not CONNECT with it, since after a restart the node would reuse an old
+    /// bdSeq (or start at 0) and hosts would drop it. The counter does not advance, so the
+    /// next attempt retries the same value.
+    pub fn take(&mut self) -> std::io::Result<u64> {
         let v = self.next;
-        if let Err(e) = self.store(v) {
-            tracing::error!(path = %self.path.display(), error = %e, "cannot store sparkplug bdSeq");
-        }
+        self.store(v)?;
         self.next = (v + 1) % 256;
-        v
+        Ok(v)
+    }
+
+    /// Where the counter is kept, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     fn store(&self, v: u64) -> std::io::Result<()> {
@@ -79,11 +87,31 @@ mod tests {
     fn it_counts_on_across_opens_and_wraps_at_256() {
         let dir = tempfile::tempdir().unwrap();
         let mut b = BdSeq::open(dir.path());
-        assert_eq!((b.take(), b.take()), (0, 1));
+        let mut take = move || b.take().unwrap();
+        assert_eq!((take(), take()), (0, 1));
         let mut b = BdSeq::open(dir.path());
-        assert_eq!(b.take(), 2, "a restart goes on from the last CONNECT");
+        assert_eq!(
+            b.take().unwrap(),
+            2,
+            "a restart goes on from the last CONNECT"
+        );
         std::fs::write(dir.path().join(FILE), "255\n").unwrap();
         let mut b = BdSeq::open(dir.path());
-        assert_eq!((b.take(), b.take()), (0, 1));
+        assert_eq!((b.take().unwrap(), b.take().unwrap()), (0, 1));
+    }
+
+    #[test]
+    fn a_bdseq_that_cannot_be_stored_is_not_handed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        // The "state directory" is a file: nothing can be stored below it.
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, "x").unwrap();
+        let mut b = BdSeq::open(&file);
+        assert!(b.take().is_err());
+        assert!(b.take().is_err(), "and it does not advance");
+        // Once the directory is usable, the counter goes on from where it stood.
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(b.take().unwrap(), 0);
+        assert_eq!(b.take().unwrap(), 1);
     }
 }

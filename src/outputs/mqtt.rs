@@ -1155,12 +1155,15 @@ async fn run_connection(
     let mut tick = tokio::time::interval(crate::supervisor::BEAT_EVERY);
     for conn in 1u64.. {
         // Sparkplug: a new bdSeq and NDEATH will for every CONNECT.
-        let (opts, bd_seq) = match node.as_mut() {
-            Some(n) => {
-                let (o, bd) = n.before_connect(&opts);
-                (std::borrow::Cow::Owned(o), Some(bd))
-            }
-            None => (std::borrow::Cow::Borrowed(&opts), None),
+        let prepared = match node.as_mut() {
+            Some(n) => n
+                .before_connect(&opts)
+                .map(|(o, bd)| (std::borrow::Cow::Owned(o), Some(bd))),
+            None => Ok((std::borrow::Cow::Borrowed(&opts), None)),
+        };
+        let (opts, bd_seq, refused) = match prepared {
+            Ok((o, bd)) => (o, bd, None),
+            Err(reason) => (std::borrow::Cow::Borrowed(&opts), None, Some(reason)),
         };
         let reporter = Reporter {
             conn,
@@ -1171,9 +1174,15 @@ async fn run_connection(
             up_at: std::sync::OnceLock::new(),
             node: node.as_ref().zip(bd_seq),
         };
-        let ended = match &*opts {
-            Options::V4(o) => drive_v4(o, &reporter, &beat, &hard_stop).await,
-            Options::V5(o) => drive_v5(o, &reporter, &beat, &hard_stop).await,
+        let ended = match (&refused, &*opts) {
+            (Some(reason), _) => Ended::Failed(Failure {
+                state: ConnState::Error,
+                reason: reason.clone(),
+                by_broker: false,
+                taken_over: false,
+            }),
+            (None, Options::V4(o)) => drive_v4(o, &reporter, &beat, &hard_stop).await,
+            (None, Options::V5(o)) => drive_v5(o, &reporter, &beat, &hard_stop).await,
         };
         let up_for = reporter.up_at.get().map(|t| t.elapsed());
         if let (Some(n), Some(_)) = (node.as_ref(), up_for) {
@@ -1283,8 +1292,14 @@ impl NodeHook {
     }
 
     /// The options for the next CONNECT: the next bdSeq (stored first) in the NDEATH will.
-    fn before_connect(&mut self, opts: &Options) -> (Options, u64) {
-        let bd = self.bd_seq.take();
+    /// An error (the bdSeq could not be stored) says why this attempt must not connect.
+    fn before_connect(&mut self, opts: &Options) -> Result<(Options, u64), String> {
+        let bd = self.bd_seq.take().map_err(|e| {
+            format!(
+                "cannot store the Sparkplug bdSeq in {}: {e}; not connecting (a restart would reuse an old bdSeq and hosts would drop the node)",
+                self.bd_seq.path().display()
+            )
+        })?;
         let now = u64::try_from(millis(SystemTime::now())).unwrap_or(0);
         let payload = (self.session.death_payload)(bd, now);
         let topic = self.session.death_topic.as_ref();
@@ -1316,7 +1331,7 @@ impl NodeHook {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) =
             Some((Arc::clone(&self.session.death_topic), payload));
-        (opts, bd)
+        Ok((opts, bd))
     }
 }
 

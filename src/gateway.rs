@@ -29,7 +29,7 @@ use crate::northbound::{self, Profile, SessionEvent};
 use crate::outputs::mqtt::{self, IncomingCommand};
 pub use crate::reload::{Reloads, reload_requests};
 use crate::reload::{Running, reload, sd_reloading, start_link, writers};
-use crate::vocabulary::{Publication, Qos};
+use crate::vocabulary::{Announcement, Publication, Qos};
 
 /// The northbound profiles of `model`, in publication order. A new profile is one line here
 /// (it reads its own section of the model and stays quiet when that section is empty).
@@ -69,7 +69,7 @@ fn node_session(
 /// What the MQTT session needs from the profiles of `model`: the command topics they claim and
 /// the topics they watch, and the retained messages they announce after every connect (like
 /// `online`).
-fn session(model: &Arc<Model>) -> (Vec<(Arc<str>, Qos)>, Vec<Publication>) {
+fn session(model: &Arc<Model>) -> (Vec<(Arc<str>, Qos)>, Vec<Announcement>) {
     let profiles = profiles(model);
     let mut subscriptions = northbound::subscriptions(&profiles);
     for w in northbound::watched(&profiles) {

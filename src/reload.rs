@@ -20,7 +20,7 @@ use crate::inputs::link::Link;
 use crate::inputs::{LinkEvent, WriteRequest};
 use crate::model::Model;
 use crate::outputs::mqtt;
-use crate::vocabulary::{Publication, Qos, timestamp};
+use crate::vocabulary::{Announcement, Publication, Qos, timestamp};
 
 /// A running link task.
 #[derive(Debug)]
@@ -155,7 +155,7 @@ pub async fn reload(
     events: &mpsc::Sender<LinkEvent>,
     mqtt: &mqtt::MqttOutput,
     out: &mpsc::Sender<Publication>,
-    session: impl Fn(&Arc<Model>) -> (Vec<(Arc<str>, Qos)>, Vec<Publication>),
+    session: impl Fn(&Arc<Model>) -> (Vec<(Arc<str>, Qos)>, Vec<Announcement>),
 ) -> Option<Arc<Model>> {
     let report_topic: Arc<str> = Arc::from(format!("{}/reload", old.mqtt.status_topic));
     let report = |body: serde_json::Value| Publication {

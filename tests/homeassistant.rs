@@ -570,3 +570,41 @@ homeassistant:
         assert!(json(&m.payload)["dev"].get("sw").is_some(), "{}", m.payload);
     }
 }
+
+/// A broker that restarted without persistence has lost the retained configurations, and Home
+/// Assistant's birth message may have come before the gateway was back: so the discovery
+/// configurations go out after every connect, not only after the first (unlike the
+/// energy-manager configuration, which is skipped once the broker acknowledged it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reconnect_sends_the_configurations_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, mqtt) = mosquitto(dir.path(), "").await;
+    let proxy = Proxy::start(mqtt).await;
+    let (_sim, modbus) = simulator("127.0.0.1:0", &["--speed", "0"]).await;
+    let mut obs = Observer::start(mqtt, "#").await;
+    let mut gw = start(modbus, proxy.addr).await;
+    config(&mut obs, 0, TOWER_CONFIG).await;
+    config(&mut obs, 0, GATEWAY_CONFIG).await;
+
+    // Cut the gateway off, and wipe the retained configurations as a restarted broker would.
+    proxy.set(ProxyMode::Cut);
+    gw.wait_line("mqtt connection lost").await;
+    for topic in [TOWER_CONFIG, GATEWAY_CONFIG] {
+        obs.publish(topic, "", true).await;
+    }
+    let since = obs.len();
+    proxy.set(ProxyMode::Pass);
+    let online = obs
+        .wait_topic(since, &format!("{PREFIX}/status"), |p| p == "online")
+        .await;
+    for topic in [TOWER_CONFIG, GATEWAY_CONFIG] {
+        let (_, v) = config(&mut obs, online.seq, topic).await;
+        assert_eq!(schema_errors(&v), Vec::<String>::new());
+    }
+    // And the broker holds them again: a new subscriber gets them retained.
+    let mut late = Observer::start(mqtt, "homeassistant/#").await;
+    for topic in [TOWER_CONFIG, GATEWAY_CONFIG] {
+        let (m, _) = config(&mut late, 0, topic).await;
+        assert!(m.retain, "{topic} is retained again");
+    }
+}

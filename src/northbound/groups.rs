@@ -57,6 +57,12 @@ impl Profile for GroupMessages {
         configuration_publications(&self.model.groups, at)
     }
 
+    /// The energy-manager rule: a configuration the broker acknowledged (retained) is not sent
+    /// again after a reconnect, only when it changes.
+    fn announce_once(&self) -> bool {
+        true
+    }
+
     fn tick(&mut self, now: SystemTime, out: &mut Vec<Publication>) {
         out.extend(self.groups.tick(now));
     }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::mappings::engine::{Update, Value};
-use crate::vocabulary::{PointId, Publication, Qos};
+use crate::vocabulary::{Announcement, PointId, Publication, Qos};
 
 /// News of the MQTT session and of commands, for profiles that keep a session of their own
 /// (Sparkplug B). Comes from the MQTT side (connect, loss), the executor (messages on claimed
@@ -53,6 +53,12 @@ pub trait Profile: std::fmt::Debug + Send {
     /// The retained messages sent after every connect (with `online`), stamped `at`.
     fn announce(&self, _at: SystemTime) -> Vec<Publication> {
         Vec::new()
+    }
+
+    /// Whether [`Profile::announce`]'s retained messages, once the broker acknowledged them,
+    /// are skipped after a reconnect (see [`Announcement::once`]). Default: sent every time.
+    fn announce_once(&self) -> bool {
+        false
     }
 
     /// Time-driven output due by the wall-clock `now`.
@@ -211,8 +217,16 @@ pub fn next_deadline(profiles: &[Box<dyn Profile>]) -> Option<SystemTime> {
 }
 
 /// Every profile's announcements, stamped `at`.
-pub fn announcements(profiles: &[Box<dyn Profile>], at: SystemTime) -> Vec<Publication> {
-    profiles.iter().flat_map(|p| p.announce(at)).collect()
+pub fn announcements(profiles: &[Box<dyn Profile>], at: SystemTime) -> Vec<Announcement> {
+    profiles
+        .iter()
+        .flat_map(|p| {
+            let once = p.announce_once();
+            p.announce(at)
+                .into_iter()
+                .map(move |publication| Announcement { publication, once })
+        })
+        .collect()
 }
 
 /// Every claimed command topic, once (the first claim's QoS wins).

@@ -37,7 +37,7 @@ use super::tls::ConnState;
 use crate::backoff::Backoff;
 use crate::events;
 use crate::model::MqttSettings;
-use crate::vocabulary::{Publication, Qos};
+use crate::vocabulary::{Announcement, Publication, Qos};
 
 pub const ONLINE: &str = "online";
 pub const OFFLINE: &str = "offline";
@@ -229,7 +229,7 @@ pub struct IncomingCommand {
 #[derive(Debug, Default)]
 struct Announce {
     subscriptions: Vec<(Arc<str>, Qos)>,
-    on_connect: Vec<Publication>,
+    on_connect: Vec<Announcement>,
 }
 
 /// What the connection task tells the publisher, in event order. `conn` numbers connections.
@@ -269,7 +269,7 @@ enum Session {
 enum Control {
     Update {
         subscriptions: Vec<(Arc<str>, Qos)>,
-        on_connect: Vec<Publication>,
+        on_connect: Vec<Announcement>,
     },
 }
 
@@ -288,7 +288,7 @@ pub struct MqttOutput {
 pub fn start(
     settings: &MqttSettings,
     subscriptions: Vec<(Arc<str>, Qos)>,
-    on_connect: Vec<Publication>,
+    on_connect: Vec<Announcement>,
     outbound: mpsc::Receiver<Publication>,
     commands: mpsc::Sender<IncomingCommand>,
 ) -> MqttOutput {
@@ -306,7 +306,7 @@ pub fn start(
 pub fn start_with_node(
     settings: &MqttSettings,
     subscriptions: Vec<(Arc<str>, Qos)>,
-    on_connect: Vec<Publication>,
+    on_connect: Vec<Announcement>,
     outbound: mpsc::Receiver<Publication>,
     commands: mpsc::Sender<IncomingCommand>,
     node: Option<NodeSession>,
@@ -369,7 +369,7 @@ impl MqttOutput {
     /// Take a reloaded mapping's subscriptions and announcements on the live session: subscribe
     /// to new command topics, unsubscribe from removed ones, publish changed retained
     /// announcements; later connections use the new ones.
-    pub fn update(&self, subscriptions: Vec<(Arc<str>, Qos)>, on_connect: Vec<Publication>) {
+    pub fn update(&self, subscriptions: Vec<(Arc<str>, Qos)>, on_connect: Vec<Announcement>) {
         let _ = self.control.send(Control::Update {
             subscriptions,
             on_connect,
@@ -611,7 +611,7 @@ impl Publisher {
         self.store.set_in_flight_below(c.cursor);
     }
 
-    fn announcements(&self) -> Vec<Publication> {
+    fn announcements(&self) -> Vec<Announcement> {
         let a = self
             .announce
             .lock()
@@ -652,9 +652,10 @@ impl Publisher {
                 Self::announce(&mut c, &online, false);
                 // A retained announcement the broker already holds is not sent again; one
                 // that is not retained is sent after every connect.
-                for p in self.announcements() {
-                    if !(p.retain && self.acked_retained.contains(&announcement_key(&p))) {
-                        Self::announce(&mut c, &p, true);
+                for a in self.announcements() {
+                    let p = &a.publication;
+                    if !(a.once && p.retain && self.acked_retained.contains(&announcement_key(p))) {
+                        Self::announce(&mut c, p, a.once);
                     }
                 }
                 // Why the gateway was away, for consoles: retained on <status>/connection.
@@ -756,10 +757,11 @@ impl Publisher {
                 .collect();
             let changed: Vec<_> = on_connect
                 .iter()
-                .filter(|p| {
-                    !a.on_connect
-                        .iter()
-                        .any(|o| o.topic == p.topic && o.payload == p.payload)
+                .filter(|n| {
+                    !a.on_connect.iter().any(|o| {
+                        o.publication.topic == n.publication.topic
+                            && o.publication.payload == n.publication.payload
+                    })
                 })
                 .cloned()
                 .collect();
@@ -774,8 +776,8 @@ impl Publisher {
         for (t, q) in added {
             c.client.subscribe(&t, q);
         }
-        for p in &changed {
-            Self::announce(c, p, true);
+        for a in &changed {
+            Self::announce(c, &a.publication, a.once);
         }
     }
 }

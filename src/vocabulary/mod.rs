@@ -15,5 +15,5 @@ pub use poll::{
     BadRange, BlockData, DeviceId, DeviceStatus, Fault, PointId, PollResult, WriteOp, WriteValue,
     exception_name,
 };
-pub use publication::{Publication, Qos, timestamp, topic_matches};
+pub use publication::{Announcement, Publication, Qos, timestamp, topic_matches};
 pub use registers::{DataType, Order, RegisterKind};

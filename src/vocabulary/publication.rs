@@ -36,6 +36,18 @@ pub struct Publication {
     pub created_at: SystemTime,
 }
 
+/// A retained session message a profile announces after every connect (group
+/// configurations, Home Assistant discovery), and whether it may be skipped after a reconnect.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Announcement {
+    pub publication: Publication,
+    /// Sent again after a reconnect only if the broker never acknowledged it (retained), the
+    /// rule of the energy-manager configuration. `false`: sent after every connect, so a broker
+    /// that restarted without persistence gets it back (Home Assistant discovery: HA's birth
+    /// message may reach the broker before we do, and then nobody asks for it).
+    pub once: bool,
+}
+
 /// Whether an MQTT topic filter (`+` one level, `#` the rest) matches a topic.
 pub fn topic_matches(filter: &str, topic: &str) -> bool {
     let mut f = filter.split('/');

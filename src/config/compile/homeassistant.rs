@@ -75,6 +75,55 @@ pub(super) fn compile(
              payloads)",
         );
     }
+    // Discovery topics are `<prefix>/<component>/...` and `<prefix>/device/<id>/config`: a
+    // prefix with an empty level makes topics HA never reads, and states or commands under
+    // the prefix could overwrite (or listen on) the gateway's own configurations.
+    if let Some(t) = &h.discovery_prefix
+        && (t.starts_with('/') || t.ends_with('/') || t.contains("//"))
+    {
+        ctx.err(
+            t,
+            format!("{path}.discovery_prefix"),
+            format!(
+                "`{}` has an empty topic level; Home Assistant's prefix is plain levels such as `homeassistant`",
+                t.value
+            ),
+        );
+    }
+    let under_prefix = |topic: &str| {
+        topic == &*discovery_prefix
+            || topic
+                .strip_prefix(&*discovery_prefix)
+                .is_some_and(|rest| rest.starts_with('/'))
+    };
+    if under_prefix(&state_topic) {
+        let (line, col) = h
+            .state_topic
+            .as_ref()
+            .map_or((h.line, h.col), |t| (t.line, t.col));
+        ctx.err_at(
+            line,
+            col,
+            format!("{path}.state_topic"),
+            format!(
+                "states on `{state_topic}` would be under the discovery prefix `{discovery_prefix}`, where they could overwrite discovery configurations"
+            ),
+        );
+    }
+    let birth_topic = format!("{discovery_prefix}/status");
+    if let Some(c) = commands
+        .iter()
+        .find(|c| under_prefix(&c.topic) && *c.topic != *birth_topic)
+    {
+        ctx.err(
+            h,
+            format!("{path}.discovery_prefix"),
+            format!(
+                "the command on `{}` listens under the discovery prefix `{discovery_prefix}`, where Home Assistant's configurations are published",
+                c.topic
+            ),
+        );
+    }
     let birth = format!("{discovery_prefix}/status");
     if let Some(c) = commands.iter().find(|c| *c.topic == *birth) {
         ctx.err(

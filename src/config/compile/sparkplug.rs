@@ -45,6 +45,15 @@ pub(super) fn compile(
         return None;
     };
     let group_id = check_id(ctx, &section.group_id, "sparkplug.group_id");
+    // `spBv1.0/STATE/<host id>` is the primary host's topic (Sparkplug 3.0, section 4.1.1):
+    // a group called STATE would share it.
+    if section.group_id.value == "STATE" {
+        ctx.err(
+            &section.group_id,
+            "sparkplug.group_id",
+            "`STATE` is reserved: `spBv1.0/STATE/<id>` is the primary host's topic",
+        );
+    }
     let edge_node_id = check_id(ctx, &section.edge_node_id, "sparkplug.edge_node_id");
     let primary_host_id = section
         .primary_host_id

@@ -373,10 +373,15 @@ fn device_payload(
     if let Some(m) = &hd.model {
         device.insert("mdl".into(), json!(m));
     }
-    if let Some(s) = &st.serial {
+    // An identity register that reads empty (all zeros or blanks) says nothing: left out
+    // rather than shown as an empty serial or firmware.
+    fn said(s: Option<&String>) -> Option<&str> {
+        s.map(|s| s.trim()).filter(|s| !s.is_empty())
+    }
+    if let Some(s) = said(st.serial.as_ref()) {
         device.insert("sn".into(), json!(s));
     }
-    if let Some(s) = &st.sw_version {
+    if let Some(s) = said(st.sw_version.as_ref()) {
         device.insert("sw".into(), json!(s));
     }
     device.insert("via_device".into(), json!(h.node_id.as_ref()));
@@ -872,6 +877,14 @@ homeassistant:
         let out = feed(&mut d, &good(&m, "m.serial", Value::Text("SN-2".into())));
         let cfg = out.iter().find(|p| &*p.topic == M_CONFIG).expect("config");
         assert_eq!(payload(cfg)["dev"]["sn"], "SN-2");
+        // A serial register that reads empty: the config says no serial, not an empty one.
+        let out = feed(&mut d, &good(&m, "m.serial", Value::Text("  ".into())));
+        let cfg = payload(out.iter().find(|p| &*p.topic == M_CONFIG).expect("config"));
+        valid(&cfg);
+        assert!(cfg["dev"].get("sn").is_none(), "{cfg}");
+        assert_eq!(cfg["dev"]["sw"], "7");
+        let out = feed(&mut d, &good(&m, "m.serial", Value::Text("SN-2".into())));
+        assert!(out.iter().any(|p| &*p.topic == M_CONFIG));
         // The config is now part of what a Home Assistant restart gets.
         let mut out = Vec::new();
         d.on_message("homeassistant/status", b"online", at(), &mut out);

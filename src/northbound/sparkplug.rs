@@ -608,6 +608,10 @@ impl Profile for SparkplugNode {
                 match status {
                     DeviceStatus::Error(_) => {
                         self.up[d] = false;
+                        // Its next DBIRTH waits for every metric to be read again: values
+                        // from before the error are not the device's values any more.
+                        self.read[d].iter_mut().for_each(|r| *r = false);
+                        self.unread[d] = self.read[d].len();
                         if self.node_born && self.born[d] {
                             // What was read before the error goes first.
                             if !self.pending[d].is_empty() {
@@ -904,7 +908,33 @@ devices:
             &mut out,
         );
         assert_eq!(kinds(&out), vec![k("DDEATH", 2)]);
-        assert_eq!(kinds(&poll(&mut n, 20, 1, false)), vec![k("DBIRTH", 3)]);
+        // Back: one metric read is not enough, the other still holds its value from before.
+        let mut out = Vec::new();
+        let level = Update::Value(ValueUpdate {
+            source: Source::Point(0),
+            device: 0,
+            reading: Reading::Good(Value::UInt(5)),
+            previous: Quality::Good,
+            read_at: at(20),
+            at: at(20),
+        });
+        n.on_update(&level, Instant::now(), &mut out);
+        n.flush(at(20), &mut out);
+        assert!(
+            out.is_empty(),
+            "no DBIRTH with a value from before the error"
+        );
+        let out = poll(&mut n, 30, 6, true);
+        assert_eq!(kinds(&out), vec![k("DBIRTH", 3)]);
+        let (_, birth) = decode(&out[0]);
+        assert!(
+            birth
+                .metrics
+                .iter()
+                .all(|m| m.timestamp == Some(millis(at(30)))),
+            "every value read after the error: {:?}",
+            birth.metrics
+        );
     }
 
     #[test]

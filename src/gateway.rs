@@ -111,6 +111,45 @@ async fn route_incoming(
     }
 }
 
+/// The lock file that keeps a state directory to one gateway.
+pub const STATE_LOCK: &str = "fieldgate.lock";
+
+/// Lock `dir` (created if missing) for this process: an exclusive advisory lock (`flock`) on
+/// `dir/fieldgate.lock`, released when the file is closed or the process dies (kill -9 too).
+/// `Ok(None)` when the lock file cannot be made (the buffer reports the directory's problem
+/// itself and keeps running in memory).
+///
+/// # Errors
+/// Another process holds the lock.
+fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<Option<std::fs::File>> {
+    let path = dir.join(STATE_LOCK);
+    let file = match std::fs::create_dir_all(dir).and_then(|()| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+    }) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot lock the state directory");
+            return Ok(None);
+        }
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another fieldgate is running with the state directory {} (it holds {}); give each instance its own mqtt.buffer.path (or StateDirectory=)",
+            dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot lock the state directory");
+            Ok(Some(file))
+        }
+    }
+}
+
 /// Run the gateway until `shutdown` is cancelled.
 pub async fn run(model: Arc<Model>, shutdown: CancellationToken) -> anyhow::Result<()> {
     run_reloadable(model, None, shutdown).await
@@ -122,6 +161,12 @@ pub async fn run_reloadable(
     mut reloads: Option<Reloads>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // One gateway per state directory: two would share the buffer's segments, the Sparkplug
+    // bdSeq and its stored values. Held until this function returns (the process ends).
+    let _state_lock = match &model.mqtt.buffer.store.path {
+        Some(dir) => lock_state_dir(dir)?,
+        None => None,
+    };
     if let Some(addr) = model.metrics_listen {
         crate::telemetry::serve_metrics(addr, shutdown.clone())
             .await

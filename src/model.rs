@@ -501,6 +501,42 @@ pub struct Sparkplug {
     pub history_max: usize,
 }
 
+impl Sparkplug {
+    /// After a reload: every metric that the old mapping had under the same device id, name
+    /// and datatype keeps its old alias; the others get aliases above every old one. A host
+    /// that missed the new DBIRTH (QoS 0) and writes by alias then reaches the metric it
+    /// means, or one that does not exist, never another point.
+    pub fn keep_aliases(&mut self, old: &Sparkplug) {
+        let known: std::collections::HashMap<(&str, &str), (u64, SparkplugType)> = old
+            .devices
+            .iter()
+            .flat_map(|d| {
+                d.metrics
+                    .iter()
+                    .map(move |m| ((&*d.device_id, &*m.name), (m.alias, m.datatype)))
+            })
+            .collect();
+        let mut next = old
+            .devices
+            .iter()
+            .flat_map(|d| d.metrics.iter().map(|m| m.alias))
+            .max()
+            .unwrap_or(0)
+            + 1;
+        for d in &mut self.devices {
+            for m in &mut d.metrics {
+                match known.get(&(&*d.device_id, &*m.name)) {
+                    Some(&(alias, dt)) if dt == m.datatype => m.alias = alias,
+                    _ => {
+                        m.alias = next;
+                        next += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A Sparkplug device: a mapped device and its metrics.
 #[derive(Debug, Clone)]
 pub struct SparkplugDevice {

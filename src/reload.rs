@@ -178,7 +178,12 @@ pub async fn reload(
         None
     };
     let new = match crate::config::load(path) {
-        Ok(m) => Arc::new(m),
+        Ok(mut m) => {
+            if let (Some(n), Some(o)) = (m.sparkplug.as_mut(), old.sparkplug.as_ref()) {
+                n.keep_aliases(o);
+            }
+            Arc::new(m)
+        }
         Err(crate::config::ConfigError::Invalid { issues, .. }) => {
             let e = crate::config::ConfigError::Invalid {
                 path: path.to_owned(),

@@ -476,6 +476,51 @@ devices:
     }
 
     #[test]
+    fn a_reload_keeps_the_aliases_of_the_metrics_it_keeps() {
+        let old = model();
+        let yaml = r#"
+mqtt: { host: 127.0.0.1, status_topic: t/status, buffer: { path: /tmp/fieldgate-spb-unit } }
+sparkplug: { group_id: plant, edge_node_id: gw1 }
+devices:
+  - name: tower
+    tcp: { host: 127.0.0.1, port: 5020 }
+    points:
+      - { name: fresh, kind: input_register, address: 5 }
+      - { name: temp, kind: input_register, address: 1, type: i16, scale: 0.1, metric: pump1/temperature }
+      - { name: p1_command, kind: coil, address: 0, writable: true }
+      - { name: start, kind: holding_register, address: 0, type: u32, writable: true, min: 0, max: 400 }
+      - { name: offset, kind: holding_register, address: 2, type: i16, writable: true, min: -100, max: 100 }
+"#;
+        let mut new = crate::config::load_str(
+            std::path::Path::new("t.yaml"),
+            yaml,
+            Default::default(),
+            "h",
+        )
+        .expect("valid");
+        let spb = new.sparkplug.as_mut().unwrap();
+        // Compiled afresh, every alias moved: `level` (1) is gone.
+        spb.keep_aliases(old.sparkplug.as_ref().unwrap());
+        let got: Vec<(String, u64)> = spb.devices[0]
+            .metrics
+            .iter()
+            .map(|m| (m.name.to_string(), m.alias))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("fresh".into(), 6),
+                ("pump1/temperature".into(), 2),
+                ("p1_command".into(), 3),
+                // Another datatype now (UInt32): a new alias, so an old UInt16 write by alias
+                // finds nothing.
+                ("start".into(), 7),
+                ("offset".into(), 5),
+            ]
+        );
+    }
+
+    #[test]
     fn an_int16_value_is_never_cut_to_its_low_16_bits() {
         let m = model();
         let d = &m.sparkplug.as_ref().unwrap().devices[0];

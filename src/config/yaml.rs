@@ -302,6 +302,7 @@ const LOCATED_FIELDS: &[&str] = &[
     "ack_topic",
     "pack_bits",
     "homeassistant",
+    "sparkplug",
 ];
 
 /// Sections whose entries are a map by name (`homeassistant.devices.<device>.points.<point>`),

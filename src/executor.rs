@@ -159,6 +159,12 @@ async fn sparkplug_command(
     };
     let started = Instant::now();
     let refuse = |reason: &str, kind| events::command_rejected(&cmd.topic, "", reason, kind);
+    if !spb.born.load(std::sync::atomic::Ordering::Acquire) {
+        return refuse(
+            "the edge node is not born (no session yet, or the primary host is offline): a DCMD now can only come from an old birth certificate",
+            "not_born",
+        );
+    }
     let Some(device) = spb.devices.iter().find(|d| *d.device_id == *device_id) else {
         return refuse(
             &format!("unknown Sparkplug device id `{}`", printable(device_id)),

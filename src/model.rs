@@ -499,6 +499,11 @@ pub struct Sparkplug {
     /// Most values kept for store-and-forward while no session is born (the buffer's
     /// `max_messages`); past it the oldest are dropped and counted.
     pub history_max: usize,
+    /// Whether the node is born now (its NBIRTH went out on this connection and the primary
+    /// host, if any, is online): set by the profile, read by the executor, which refuses a
+    /// DCMD while it is false (the sender can only know metrics from an old birth). A fresh
+    /// flag per compiled model.
+    pub born: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Sparkplug {

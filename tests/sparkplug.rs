@@ -486,6 +486,29 @@ async fn a_primary_host_offline_means_no_birth_and_offline_again_stops_data() {
     host.send("state offline").await;
     gw.wait_count(&["sparkplug primary host state", "online=false"], 2)
         .await;
+    // Not born: a DCMD is refused and nothing is written (coil 1 stays off).
+    host.send("dcmd gw1 tower p1_command Boolean true").await;
+    gw.wait_line("the edge node is not born").await;
+    let coil = mbpoll(&[
+        "-m",
+        "tcp",
+        "-a",
+        "1",
+        "-t",
+        "0",
+        "-r",
+        "1",
+        "-c",
+        "1",
+        "-1",
+        "-p",
+        &modbus.port().to_string(),
+        "127.0.0.1",
+    ]);
+    assert!(
+        coil.contains("[1]: \t0"),
+        "coil written while not born: {coil}"
+    );
     // Data stops: allow what was in flight, then nothing more.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let n = count(&host.all(), "DDATA");

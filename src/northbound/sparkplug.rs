@@ -268,6 +268,9 @@ impl SparkplugNode {
         out.push(Self::frame(self.spb().node_topic("NBIRTH"), &nbirth, at));
         events::sparkplug_born(&self.spb().edge_node_id, bd_seq);
         self.node_born = true;
+        self.spb()
+            .born
+            .store(true, std::sync::atomic::Ordering::Release);
         self.born.iter_mut().for_each(|b| *b = false);
         self.pending.iter_mut().for_each(Vec::clear);
         for d in 0..self.born.len() {
@@ -543,6 +546,9 @@ impl SparkplugNode {
     /// No longer born: keep what may not have arrived.
     fn unborn(&mut self, at: SystemTime) {
         self.node_born = false;
+        self.spb()
+            .born
+            .store(false, std::sync::atomic::Ordering::Release);
         self.born.iter_mut().for_each(|b| *b = false);
         for d in 0..self.pending.len() {
             self.pending[d].clear();

@@ -205,6 +205,7 @@ pub(super) fn compile(
         devices,
         state_dir,
         history_max: buffer.max_rows,
+        born: Arc::default(),
     })
 }
 

@@ -179,6 +179,27 @@ fn mbpoll(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// mbpoll's reading of one value of Modbus table `table` (mbpoll's -t: 0 coils, 4 holding
+/// registers) at reference 1 of unit 1 on the simulator at `modbus`.
+fn read_one(modbus: SocketAddr, table: &str) -> String {
+    mbpoll(&[
+        "-m",
+        "tcp",
+        "-a",
+        "1",
+        "-t",
+        table,
+        "-r",
+        "1",
+        "-c",
+        "1",
+        "-1",
+        "-p",
+        &modbus.port().to_string(),
+        "127.0.0.1",
+    ])
+}
+
 /// Every N/D message with a seq, in arrival order: each is the one before plus 1, mod 256,
 /// from each NBIRTH (seq 0) on.
 fn assert_seq_unbroken(all: &[Value]) {
@@ -386,24 +407,7 @@ async fn dcmd_writes_the_coil_and_reports_the_read_back_and_out_of_range_writes_
     let mut host = Host::start(mqtt, None).await;
     let mut gw = gateway_run(&mapping(dir.path(), modbus, mqtt, ""));
     host.until("DBIRTH", |a| count(a, "DBIRTH") == 1).await;
-    let mb = |t: &str| {
-        mbpoll(&[
-            "-m",
-            "tcp",
-            "-a",
-            "1",
-            "-t",
-            t,
-            "-r",
-            "1",
-            "-c",
-            "1",
-            "-1",
-            "-p",
-            &modbus.port().to_string(),
-            "127.0.0.1",
-        ])
-    };
+    let mb = |t: &str| read_one(modbus, t);
     assert!(
         mb("0").contains("[1]: \t0"),
         "coil 1 starts off: {}",
@@ -489,22 +493,7 @@ async fn a_primary_host_offline_means_no_birth_and_offline_again_stops_data() {
     // Not born: a DCMD is refused and nothing is written (coil 1 stays off).
     host.send("dcmd gw1 tower p1_command Boolean true").await;
     gw.wait_line("the edge node is not born").await;
-    let coil = mbpoll(&[
-        "-m",
-        "tcp",
-        "-a",
-        "1",
-        "-t",
-        "0",
-        "-r",
-        "1",
-        "-c",
-        "1",
-        "-1",
-        "-p",
-        &modbus.port().to_string(),
-        "127.0.0.1",
-    ]);
+    let coil = read_one(modbus, "0");
     assert!(
         coil.contains("[1]: \t0"),
         "coil written while not born: {coil}"

@@ -230,10 +230,29 @@ fn sparkplug(s: &mut String, m: &Model) {
 
 /// The broker, the session and its security.
 fn mqtt(s: &mut String, m: &Model) {
+    let brokers: Vec<String> = m
+        .mqtt
+        .brokers
+        .iter()
+        .map(|(h, p)| {
+            if h.contains(':') {
+                format!("[{h}]:{p}")
+            } else {
+                format!("{h}:{p}")
+            }
+        })
+        .collect();
     let _ = writeln!(
         s,
-        "mqtt: {}:{} client_id {} status {}",
-        m.mqtt.host, m.mqtt.port, m.mqtt.client_id, m.mqtt.status_topic
+        "mqtt: {} client_id {} status {}",
+        brokers.join(", then "),
+        m.mqtt.client_id,
+        m.mqtt.status_topic
+    );
+    let _ = writeln!(
+        s,
+        "configuration id: {} (in {}/info, with the host name {})",
+        m.identity.config_id, m.mqtt.status_topic, m.identity.hostname
     );
     security(s, m);
 }

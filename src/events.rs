@@ -309,6 +309,13 @@ pub fn mqtt_down(broker: &str, state: &str, reason: &str, retry_in: std::time::D
     warn!(broker, state, reason, retry_in = ?retry_in, "mqtt connection lost");
 }
 
+/// With several brokers (`mqtt.hosts`): the connection to `from` failed or was lost, the next
+/// attempt goes to `to`.
+pub fn mqtt_failover(from: &str, to: &str) {
+    counter!("fieldgate_mqtt_failovers_total").increment(1);
+    info!(from, to, "mqtt broker failover: trying the next broker");
+}
+
 /// The broker took the session away soon after accepting it, again: most likely another
 /// client uses the same client id (a broker keeps one session per id and disconnects the older
 /// client; MQTT 3.1.1 section 3.1.4, MQTT 5 section 3.1.4). Logged as an error on every

@@ -35,6 +35,10 @@ use crate::vocabulary::{Announcement, Publication, Qos};
 /// (it reads its own section of the model and stays quiet when that section is empty).
 fn profiles(model: &Arc<Model>) -> Vec<Box<dyn Profile>> {
     let mut p: Vec<Box<dyn Profile>> = vec![
+        Box::new(northbound::identity::Identity::new(
+            Arc::clone(model),
+            started_at(),
+        )),
         Box::new(northbound::points::PointTopics::new(Arc::clone(model))),
         Box::new(northbound::groups::GroupMessages::new(Arc::clone(model))),
         Box::new(northbound::homeassistant::Discovery::new(Arc::clone(model))),
@@ -43,6 +47,13 @@ fn profiles(model: &Arc<Model>) -> Vec<Box<dyn Profile>> {
         p.push(Box::new(node));
     }
     p
+}
+
+/// When this process started the gateway (the first call; `run` makes it early), for the
+/// identity message.
+fn started_at() -> SystemTime {
+    static STARTED: std::sync::OnceLock<SystemTime> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(SystemTime::now)
 }
 
 /// The MQTT side of a Sparkplug edge node: its NDEATH will and bdSeq, and the session's news
@@ -161,6 +172,7 @@ pub async fn run_reloadable(
     mut reloads: Option<Reloads>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    started_at();
     // One gateway per state directory: two would share the buffer's segments, the Sparkplug
     // bdSeq and its stored values. Held until this function returns (the process ends).
     let _state_lock = match &model.mqtt.buffer.store.path {

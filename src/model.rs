@@ -28,8 +28,21 @@ pub struct Model {
     pub homeassistant: Option<HomeAssistant>,
     /// The Sparkplug B edge node; `None` when the mapping has no `sparkplug` section.
     pub sparkplug: Option<Sparkplug>,
+    /// Who this gateway is in a fleet: the configuration id and the host name.
+    pub identity: Identity,
     /// What `check` warns about: allowed, but probably not what was meant.
     pub warnings: Vec<Issue>,
+}
+
+/// What tells one gateway of a fleet from another, and whether it runs the expected mapping.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Identity {
+    /// The configuration id: 12 hex digits of a SHA-256 of the mapping as parsed (see
+    /// `config::config_id`); equal for equal mappings (after variables), whatever the comments
+    /// and layout.
+    pub config_id: Arc<str>,
+    /// The host name: `${HOSTNAME}` from the environment, else the kernel's.
+    pub hostname: Arc<str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,8 +157,12 @@ pub struct GroupValue {
 
 #[derive(Debug, Clone)]
 pub struct MqttSettings {
+    /// The first broker (`brokers[0]`).
     pub host: String,
     pub port: u16,
+    /// Every broker, in the order they are tried (`mqtt.hosts`), as (host, port); one entry
+    /// for `mqtt.host`.
+    pub brokers: Vec<(String, u16)>,
     pub client_id: String,
     pub keep_alive: Duration,
     /// Retained `online` / `offline` (the last will).

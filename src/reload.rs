@@ -194,9 +194,16 @@ pub async fn reload(
         Err(e) => return rejected(vec![e.to_string()]),
     };
     let m = (&new.mqtt, &old.mqtt);
-    if m.0.host != m.1.host
+    if m.0.client_id != m.1.client_id {
+        return rejected(vec![format!(
+            "{}: mqtt.client_id changed (from {} to {}; a client id made with ${{CONFIG_ID}} changes with every change of the mapping); that needs a restart (the MQTT session is kept on reload)",
+            path.display(),
+            m.1.client_id,
+            m.0.client_id
+        )]);
+    }
+    if m.0.brokers != m.1.brokers
         || m.0.port != m.1.port
-        || m.0.client_id != m.1.client_id
         || m.0.keep_alive != m.1.keep_alive
         || m.0.status_topic != m.1.status_topic
         || m.0.buffer != m.1.buffer

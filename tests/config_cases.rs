@@ -28,6 +28,8 @@ fn every_case_prints_exactly_its_expected_output() {
         let out = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
             .args(["check", "-c", "mapping.yaml"])
             .current_dir(case)
+            // The host name is in `check`'s output (the identity line).
+            .env("HOSTNAME", "cabinet-1")
             .env_remove("PLC_HOST")
             .env_remove("SITE")
             .output()

@@ -12,6 +12,7 @@ pub mod yaml;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -57,16 +58,29 @@ pub fn load(path: &Path) -> Result<Model, ConfigError> {
         path: path.to_owned(),
         source,
     })?;
-    load_str(path, &text, std::env::vars().collect(), &host_id())
+    let mut vars: HashMap<String, String> = std::env::vars().collect();
+    // `${HOSTNAME}`: the environment's, else the kernel's (a login shell sets HOSTNAME but does
+    // not export it, and systemd does not set it).
+    if !vars.contains_key("HOSTNAME") {
+        vars.insert("HOSTNAME".to_owned(), hostname());
+    }
+    load_str(path, &text, vars, &host_id())
+}
+
+/// This box's host name (`/proc/sys/kernel/hostname`), or `gateway` when it cannot be read.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gateway".to_owned())
 }
 
 /// This box, for the default MQTT client id: the host name and the first 8 digits of
 /// `/etc/machine-id`, so that two boxes with the same host name still differ and a box keeps
 /// its id across reboots.
 pub fn host_id() -> String {
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "gateway".to_owned());
+    let hostname = hostname();
     let machine = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
     let machine: String = machine.trim().chars().take(8).collect();
     if machine.is_empty() {
@@ -121,10 +135,39 @@ pub fn load_str(
         .and_then(|d| d.split(':').next())
         .filter(|d| !d.is_empty())
         .map(PathBuf::from);
+    let mut vars = vars;
+    let identity = crate::model::Identity {
+        config_id: Arc::from(config_id(text, &vars).unwrap_or_default()),
+        hostname: Arc::from(vars.get("HOSTNAME").map_or(hostname, String::as_str)),
+    };
+    vars.entry("CONFIG_ID".to_owned())
+        .or_insert_with(|| identity.config_id.to_string());
     let env = vars.clone();
     let raw: raw::RawConfig = yaml::parse(text, vars).map_err(invalid)?;
     let instance = instance_path(path);
-    compile::compile(raw, hostname, &instance, state_directory.as_deref(), &env).map_err(invalid)
+    compile::compile(
+        raw,
+        hostname,
+        &instance,
+        state_directory.as_deref(),
+        &env,
+        identity,
+    )
+    .map_err(invalid)
+}
+
+/// The configuration id: the first 12 hex digits of the SHA-256 of the mapping as parsed, with
+/// its `${VAR}`s substituted, written as JSON with sorted keys. Comments, key order, quoting and
+/// layout do not change it; any value does, a variable's included. `${CONFIG_ID}` itself reads
+/// as empty here (the id cannot contain itself). `None` when the text does not parse (the
+/// compile then reports why). `check` prints it; the identity message carries it.
+pub fn config_id(text: &str, vars: &HashMap<String, String>) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let mut vars = vars.clone();
+    vars.insert("CONFIG_ID".to_owned(), String::new());
+    let doc: serde_json::Value = yaml::parse(text, vars).ok()?;
+    let canonical = serde_json::to_vec(&doc).ok()?;
+    Some(crate::outputs::tls::hex(&Sha256::digest(&canonical)[..6]))
 }
 
 /// The JSON Schema of a mapping file, from the config types (their `///` docs are the

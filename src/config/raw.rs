@@ -375,16 +375,26 @@ pub struct RawGroupValue {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMqtt {
-    /// Broker host name or IP address.
-    pub host: String,
-    /// Broker TCP port. Default 1883.
+    /// Broker host name or IP address. Exactly one of `host` and `hosts`.
+    #[serde(default)]
+    pub host: Option<Located<String>>,
+    /// Brokers to fail over between, in order: `host`, `host:port` or `[v6 address]:port`
+    /// (without a port: `port`). On a failed connect or a lost connection the gateway tries
+    /// the next one at once; after every broker failed once, it backs off as usual. It stays
+    /// on a broker that works, and moves on (back to the first after the last) only when
+    /// that one fails. Exactly one of `host` and `hosts`.
+    #[serde(default)]
+    pub hosts: Vec<Located<String>>,
+    /// Broker TCP port (for `host`, and for `hosts` entries without one). Default 1883.
     #[serde(default = "default_mqtt_port")]
     pub port: u16,
     /// MQTT client id; must be unique among the broker's clients: a broker disconnects a
     /// client when another connects with the same id. Default
     /// `fieldgate-<hostname>-<machine-id, 8 digits>-<instance>`, where `<instance>` is 6 hex
     /// digits of a SHA-256 of the mapping file's absolute path and the status topic: stable
-    /// across restarts, different for two gateways on one host.
+    /// across restarts, different for two gateways on one host. May be a pattern of
+    /// variables, like any value: `${HOSTNAME}` (the environment's, else the kernel's host
+    /// name) and `${CONFIG_ID}` (the configuration id `check` prints) are always set.
     #[serde(default)]
     pub client_id: Option<String>,
     /// MQTT keep-alive. Default 30s.

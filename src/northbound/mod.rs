@@ -10,6 +10,7 @@
 
 pub mod groups;
 pub mod homeassistant;
+pub mod identity;
 pub mod points;
 pub mod sparkplug;
 

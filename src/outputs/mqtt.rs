@@ -139,6 +139,23 @@ enum Options {
     V5(Box<rumqttc::v5::MqttOptions>),
 }
 
+/// The options for each broker of `settings.brokers`, in the order they are tried.
+fn broker_options(settings: &MqttSettings) -> Vec<Options> {
+    if settings.brokers.is_empty() {
+        return vec![options(settings)];
+    }
+    settings
+        .brokers
+        .iter()
+        .map(|(host, port)| {
+            let mut one = settings.clone();
+            one.host.clone_from(host);
+            one.port = *port;
+            options(&one)
+        })
+        .collect()
+}
+
 fn options(settings: &MqttSettings) -> Options {
     let transport = settings.tls.as_ref().and_then(|tls| {
         // Checked when the mapping was loaded; a file that changed since fails here.
@@ -238,6 +255,8 @@ enum Session {
     Up {
         conn: u64,
         client: Client,
+        /// `host:port` of the broker this connection is to.
+        broker: Arc<str>,
     },
     /// The broker refused the publish sent under `pkid` (MQTT 5 only).
     Refused {
@@ -313,7 +332,7 @@ pub fn start_with_node(
 ) -> MqttOutput {
     let node = node.map(NodeHook::new);
     let death = node.as_ref().map(|n| Arc::clone(&n.death));
-    let opts = options(settings);
+    let opts = broker_options(settings);
     let (store, recovery) = Store::open(&settings.buffer.store);
     let durable = store
         .is_durable()
@@ -633,7 +652,11 @@ impl Publisher {
 
     fn on_session(&mut self, s: Session) {
         match s {
-            Session::Up { conn, client } => {
+            Session::Up {
+                conn,
+                client,
+                broker,
+            } => {
                 let mut c = Conn {
                     id: conn,
                     client,
@@ -670,6 +693,7 @@ impl Publisher {
                     topic: Arc::from(format!("{}/connection", self.status_topic)),
                     payload: serde_json::json!({
                         "state": ConnState::Connected.as_str(),
+                        "broker": broker.as_ref(),
                         "ts": crate::vocabulary::timestamp(SystemTime::now()),
                         "last_failure": failure,
                     })
@@ -928,6 +952,7 @@ impl Reporter<'_> {
         self.send(Session::Up {
             conn: self.conn,
             client,
+            broker: Arc::from(self.broker),
         });
         // After the subscriptions and the publisher's Up: the profile's NBIRTH follows both.
         if let Some((n, bd_seq)) = self.node {
@@ -1130,8 +1155,14 @@ impl Policy {
 
 /// Connect, run the connection until it fails, back off, repeat; a fresh client and event
 /// loop each time. Every event the publisher needs goes to `sessions`, in order.
+///
+/// With several brokers (`brokers`, in order; `mqtt.hosts`): a failed connect or a lost
+/// connection moves to the next broker (after the last, the first) at once; only when every
+/// broker has failed since the last connection that came up does the usual backoff apply. A
+/// broker that works is kept: there is no moving back to the first while it works. A session
+/// taken over stays on its broker (the other client is there) and waits as usual.
 async fn run_connection(
-    opts: Options,
+    brokers: Vec<Options>,
     keep_alive: Duration,
     announce: Arc<std::sync::Mutex<Announce>>,
     sessions: mpsc::UnboundedSender<Session>,
@@ -1139,15 +1170,27 @@ async fn run_connection(
     hard_stop: CancellationToken,
     mut node: Option<NodeHook>,
 ) {
-    let (host, port) = match &opts {
-        Options::V4(o) => o.broker_address(),
-        Options::V5(o) => o.broker_address(),
+    let address = |o: &Options| {
+        let (host, port) = match o {
+            Options::V4(o) => o.broker_address(),
+            Options::V5(o) => o.broker_address(),
+        };
+        if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        }
     };
-    let client_id = match &opts {
+    let Some(first) = brokers.first() else {
+        return;
+    };
+    let client_id = match first {
         Options::V4(o) => o.client_id(),
         Options::V5(o) => o.client_id(),
     };
-    let broker = format!("{host}:{port}");
+    let addresses: Vec<String> = brokers.iter().map(address).collect();
+    // The broker in use, and how many have failed in a row since a connection was up.
+    let (mut current, mut failed_in_row) = (0usize, 0usize);
     let mut policy = Policy::new(keep_alive);
     let mut last_error = String::new();
     // `poll()` is never raced against a timer (it also connects and writes, which must not be
@@ -1156,23 +1199,25 @@ async fn run_connection(
         crate::supervisor::heartbeat_within("mqtt", keep_alive * 2 + Duration::from_secs(10));
     let mut tick = tokio::time::interval(crate::supervisor::BEAT_EVERY);
     for conn in 1u64.. {
+        let opts = &brokers[current];
+        let broker = addresses[current].as_str();
         // Sparkplug: a new bdSeq and NDEATH will for every CONNECT.
         let prepared = match node.as_mut() {
             Some(n) => n
-                .before_connect(&opts)
+                .before_connect(opts)
                 .map(|(o, bd)| (std::borrow::Cow::Owned(o), Some(bd))),
-            None => Ok((std::borrow::Cow::Borrowed(&opts), None)),
+            None => Ok((std::borrow::Cow::Borrowed(opts), None)),
         };
         let (opts, bd_seq, refused) = match prepared {
             Ok((o, bd)) => (o, bd, None),
-            Err(reason) => (std::borrow::Cow::Borrowed(&opts), None, Some(reason)),
+            Err(reason) => (std::borrow::Cow::Borrowed(opts), None, Some(reason)),
         };
         let reporter = Reporter {
             conn,
             sessions: &sessions,
             commands: &commands,
             announce: &announce,
-            broker: &broker,
+            broker,
             up_at: std::sync::OnceLock::new(),
             node: node.as_ref().zip(bd_seq),
         };
@@ -1198,12 +1243,26 @@ async fn run_connection(
             Ended::Stopped => return,
             Ended::Failed(f) => f,
         };
-        let verdict = policy.ended(up_for, &failure);
+        let mut verdict = policy.ended(up_for, &failure);
+        // Fail over: the next broker, at once while some broker of the list has not failed
+        // since the last connection that came up.
+        if up_for.is_some() {
+            failed_in_row = 0;
+        }
+        failed_in_row += 1;
+        let next = (current + 1) % brokers.len();
+        if brokers.len() > 1 && matches!(verdict, Verdict::Retry(_)) {
+            if failed_in_row < brokers.len() {
+                verdict = Verdict::Retry(Duration::ZERO);
+            }
+            events::mqtt_failover(broker, &addresses[next]);
+            current = next;
+        }
         let (state, reason, delay) = match verdict {
             Verdict::Retry(delay) => (failure.state, failure.reason, delay),
             Verdict::TakenOver(delay) => {
                 events::mqtt_taken_over(
-                    &broker,
+                    broker,
                     &client_id,
                     up_for.unwrap_or_default(),
                     &failure.reason,
@@ -1224,7 +1283,7 @@ async fn run_connection(
         });
         let _ = sessions.send(Session::Down { conn });
         if matches!(verdict, Verdict::Retry(_)) && (up_for.is_some() || reason != last_error) {
-            events::mqtt_down(&broker, state.as_str(), &reason, delay);
+            events::mqtt_down(broker, state.as_str(), &reason, delay);
         }
         last_error = reason;
         // Sleep out the backoff, beating as we go.

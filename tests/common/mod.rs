@@ -301,13 +301,30 @@ pub async fn mosquitto(dir: &Path, extra_conf: &str) -> (Proc, SocketAddr) {
     .await
 }
 
+/// Debian's mosquitto on the loopback `port` (to bring a killed broker back where it was).
+#[allow(dead_code)]
+pub async fn mosquitto_on(dir: &Path, port: u16, extra_conf: &str) -> (Proc, SocketAddr) {
+    start_mosquitto_on(dir, port, |port| {
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra_conf}")
+    })
+    .await
+}
+
 /// mosquitto with the configuration `conf(port)`, on a free port.
 async fn start_mosquitto(dir: &Path, conf: impl FnOnce(u16) -> String) -> (Proc, SocketAddr) {
+    start_mosquitto_on(dir, free_port(), conf).await
+}
+
+/// mosquitto with the configuration `conf(port)`, on `port`.
+async fn start_mosquitto_on(
+    dir: &Path,
+    port: u16,
+    conf: impl FnOnce(u16) -> String,
+) -> (Proc, SocketAddr) {
     let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
         .into_iter()
         .find(|p| Path::new(p).exists())
         .expect("mosquitto is not installed: apt-get install -y mosquitto mosquitto-clients");
-    let port = free_port();
     let file = dir.join(format!("mosquitto-{port}.conf"));
     std::fs::write(&file, conf(port)).unwrap();
     let p = Proc::spawn(Command::new(exe).arg("-c").arg(&file));

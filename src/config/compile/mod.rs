@@ -79,6 +79,7 @@ pub(super) fn compile(
     mapping: &std::path::Path,
     state_directory: Option<&std::path::Path>,
     env: &HashMap<String, String>,
+    identity: Identity,
 ) -> Result<Model, Vec<Issue>> {
     let mut ctx = Ctx {
         issues: Vec::new(),
@@ -127,6 +128,7 @@ pub(super) fn compile(
             commands,
             homeassistant,
             sparkplug,
+            identity,
             warnings: ctx.warnings,
         })
     } else {

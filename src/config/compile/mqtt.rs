@@ -41,9 +41,10 @@ pub(super) fn compile(
         .tls
         .as_ref()
         .and_then(|t| compile_tls(ctx, t, &m.status_topic));
+    let brokers = brokers(ctx, m);
     if let Some(r) = m.tls.as_ref().and_then(|t| t.required.as_ref())
         && r.value
-        && m.port == PLAINTEXT_PORT
+        && brokers.iter().any(|(_, port)| *port == PLAINTEXT_PORT)
     {
         ctx.err(
             r,
@@ -61,8 +62,9 @@ pub(super) fn compile(
         tls,
         credentials,
         encryption,
-        host: m.host.clone(),
-        port: m.port,
+        host: brokers.first().map(|b| b.0.clone()).unwrap_or_default(),
+        port: brokers.first().map_or(m.port, |b| b.1),
+        brokers,
         client_id: m.client_id.clone().unwrap_or_else(|| {
             crate::config::default_client_id(hostname, mapping, &m.status_topic.value)
         }),
@@ -78,6 +80,82 @@ pub(super) fn compile(
         );
     }
     mqtt
+}
+
+/// `mqtt.host` or `mqtt.hosts`: the brokers, in the order they are tried, as (host, port).
+fn brokers(ctx: &mut Ctx, m: &RawMqtt) -> Vec<(String, u16)> {
+    match (&m.host, m.hosts.as_slice()) {
+        (Some(h), []) => {
+            if h.value.trim().is_empty() {
+                ctx.err(h, "mqtt.host", "host must not be empty");
+            }
+            vec![(h.value.clone(), m.port)]
+        }
+        (None, []) => {
+            ctx.err(
+                &m.status_topic,
+                "mqtt.host",
+                "the broker is missing: give `host` (or `hosts`, a list to fail over between)",
+            );
+            Vec::new()
+        }
+        (Some(h), _) => {
+            ctx.err(h, "mqtt.host", "give either `host` or `hosts`, not both");
+            Vec::new()
+        }
+        (None, hosts) => {
+            let mut out: Vec<(String, u16)> = Vec::new();
+            for (i, h) in hosts.iter().enumerate() {
+                let key = format!("mqtt.hosts[{i}]");
+                match broker_address(&h.value, m.port) {
+                    Ok(b) if out.contains(&b) => {
+                        ctx.err(h, &key, format!("{}:{} is listed twice", b.0, b.1))
+                    }
+                    Ok(b) => out.push(b),
+                    Err(e) => ctx.err(h, &key, e),
+                }
+            }
+            out
+        }
+    }
+}
+
+/// One `hosts` entry: `host`, `host:port`, `[v6]:port` or a bare IPv6 address; `port` when it
+/// names none.
+fn broker_address(entry: &str, port: u16) -> Result<(String, u16), String> {
+    let entry = entry.trim();
+    let bad_port = |p: &str| format!("`{p}` is not a TCP port 1-65535 (in `{entry}`)");
+    let parse_port = |p: &str| match p.parse::<u16>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(bad_port(p)),
+    };
+    if entry.is_empty() {
+        return Err("a broker address must not be empty".to_owned());
+    }
+    if let Some(rest) = entry.strip_prefix('[') {
+        let (host, tail) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("`{entry}`: an IPv6 address needs its closing `]`"))?;
+        return match tail {
+            "" => Ok((host.to_owned(), port)),
+            t => match t.strip_prefix(':') {
+                Some(p) => Ok((host.to_owned(), parse_port(p)?)),
+                None => Err(format!("`{entry}`: expected `[address]:port`")),
+            },
+        };
+    }
+    match entry.matches(':').count() {
+        0 => Ok((entry.to_owned(), port)),
+        1 => {
+            let (host, p) = entry.split_once(':').unwrap_or((entry, ""));
+            if host.is_empty() {
+                return Err(format!("`{entry}`: the host is missing"));
+            }
+            Ok((host.to_owned(), parse_port(p)?))
+        }
+        // A bare IPv6 address: no port can be told from it.
+        _ => Ok((entry.to_owned(), port)),
+    }
 }
 
 /// `mqtt.buffer`: the offline store's bounds and where it lives (by default under the state
@@ -348,4 +426,38 @@ fn compile_encryption(ctx: &mut Ctx, e: &RawPayloadEncryption) -> Option<Encrypt
         key_file: path,
         topics,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::broker_address;
+
+    #[test]
+    fn broker_addresses_take_a_port_or_the_default() {
+        /// An entry, and the broker it names or a fragment of the error.
+        type Case = (&'static str, Result<(&'static str, u16), &'static str>);
+        let cases: &[Case] = &[
+            ("a", Ok(("a", 1883))),
+            ("a:8883", Ok(("a", 8883))),
+            ("10.0.0.1:1884", Ok(("10.0.0.1", 1884))),
+            ("[::1]:8883", Ok(("::1", 8883))),
+            ("[::1]", Ok(("::1", 1883))),
+            ("fe80::1", Ok(("fe80::1", 1883))),
+            ("a:0", Err("not a TCP port")),
+            ("a:99999", Err("not a TCP port")),
+            ("a:x", Err("not a TCP port")),
+            (":8883", Err("host is missing")),
+            ("[::1", Err("closing `]`")),
+            ("[::1]8883", Err("expected `[address]:port`")),
+            ("", Err("must not be empty")),
+        ];
+        for (entry, want) in cases {
+            let got = broker_address(entry, 1883);
+            match (want, &got) {
+                (Ok((h, p)), Ok((gh, gp))) => assert_eq!((*h, *p), (gh.as_str(), *gp), "{entry}"),
+                (Err(frag), Err(e)) => assert!(e.contains(frag), "{entry}: {e}"),
+                _ => panic!("{entry}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
 }

@@ -193,6 +193,18 @@ async fn reach(obs: &mut Observer, n: u64) -> u64 {
     json(&m.payload)["value"].as_u64().unwrap()
 }
 
+/// Wait until `broker` holds the group's retained configuration: an announcement that is not
+/// sent again to a broker that acknowledged it, but must be sent to another one.
+async fn holds_configuration(broker: SocketAddr) {
+    let mut obs = Observer::start(broker, "fo/cfg").await;
+    let m = obs
+        .wait(0, "the group's retained configuration", |m| {
+            m.payload.contains("\"s0\"")
+        })
+        .await;
+    assert!(m.retain, "{m:?}");
+}
+
 /// The broker named in the newest retained `<status>/connection` on `broker`.
 async fn connection_broker(broker: SocketAddr) -> String {
     let mut obs = Observer::start(broker, "fo/status/connection").await;
@@ -228,6 +240,9 @@ mqtt:
   keep_alive: 2s
   status_topic: fo/status
   buffer: {{ path: "{buf}" }}
+groups:
+  - {{ source: s0, format: detailed, interval: 1m, configuration_topic: fo/cfg, measurement_topic: fo/meas,
+      values: [{{ key: reads, point: tower.reads }}] }}
 devices:
   - name: tower
     tcp: {{ host: 127.0.0.1, port: {sp} }}
@@ -276,6 +291,8 @@ devices:
         connection_broker(pair.addr_b).await,
         pair.addr_b.to_string()
     );
+    // Retained announcements the first broker acknowledged are sent to the second too.
+    holds_configuration(pair.addr_b).await;
 
     // The first broker returns (same port): the gateway stays on the second, which works.
     let (a2, _) = restart_mosquitto(&pair.dir, pair.addr_a).await;
@@ -299,6 +316,7 @@ devices:
         killed.elapsed()
     );
     let back = reach(&mut obs_a2, on_b + 20).await;
+    holds_configuration(pair.addr_a).await;
 
     // Not one reading missing across both switches: 1 ..= back, from the three observers.
     let mut seen: BTreeSet<u64> = BTreeSet::new();

@@ -373,6 +373,7 @@ pub fn start_with_node(
         encryption: settings.encryption.clone(),
         last_failure: None,
         acked_retained: Default::default(),
+        acked_by: None,
         death,
     };
     let publisher = tokio::spawn(publisher.run(outbound, session_rx, control_rx));
@@ -454,6 +455,9 @@ struct Publisher {
     /// Retained announcements the broker acknowledged: not sent again after a reconnect
     /// until they change (the broker keeps them).
     acked_retained: std::collections::HashSet<(Arc<str>, u64)>,
+    /// The broker that acknowledged `acked_retained` (`host:port`): another broker (failover,
+    /// `mqtt.hosts`) holds none of them.
+    acked_by: Option<Arc<str>>,
     /// Sparkplug: the live connection's NDEATH, published before DISCONNECT at shutdown.
     death: Option<NodeDeath>,
 }
@@ -657,6 +661,10 @@ impl Publisher {
                 client,
                 broker,
             } => {
+                if self.acked_by.as_ref() != Some(&broker) {
+                    self.acked_retained.clear();
+                    self.acked_by = Some(Arc::clone(&broker));
+                }
                 let mut c = Conn {
                     id: conn,
                     client,

@@ -317,6 +317,9 @@ devices:
     );
     let back = reach(&mut obs_a2, on_b + 20).await;
     holds_configuration(pair.addr_a).await;
+    // Two brokers dying soon after the gateway connected to each is not another client taking
+    // the session over (which would wait a takeover backoff of seconds before moving on).
+    assert_eq!(gw.count_lines("session taken over"), 0, "{}", gw.output());
 
     // Not one reading missing across both switches: 1 ..= back, from the three observers.
     let mut seen: BTreeSet<u64> = BTreeSet::new();

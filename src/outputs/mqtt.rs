@@ -1135,6 +1135,14 @@ impl Policy {
         }
     }
 
+    /// The next attempt goes to another broker (`mqtt.hosts`): sessions ended on the old one
+    /// say nothing about a takeover on the new one (a broker that dies ends its sessions
+    /// early too).
+    fn switched_broker(&mut self) {
+        self.short_in_a_row = 0;
+        self.taken_over = false;
+    }
+
     /// A connection ended: `up_for` is how long it had been up since its ConnAck (`None`: it
     /// never got one).
     fn ended(&mut self, up_for: Option<Duration>, f: &Failure) -> Verdict {
@@ -1264,6 +1272,7 @@ async fn run_connection(
                 verdict = Verdict::Retry(Duration::ZERO);
             }
             events::mqtt_failover(broker, &addresses[next]);
+            policy.switched_broker();
             current = next;
         }
         let (state, reason, delay) = match verdict {
@@ -1464,6 +1473,22 @@ mod tests {
             panic!("still a takeover")
         };
         assert!(d <= Duration::from_millis(320), "{d:?}");
+    }
+
+    #[test]
+    fn short_sessions_on_different_brokers_are_no_takeover() {
+        // Failover: the first broker dies soon after the connect, then the second does.
+        let mut p = Policy::new(Duration::from_secs(30));
+        assert!(matches!(p.ended(S(1), &closed(false)), Verdict::Retry(_)));
+        p.switched_broker();
+        assert!(matches!(p.ended(S(2), &closed(false)), Verdict::Retry(_)));
+        // On one broker, the same two sessions are.
+        let mut p = Policy::new(Duration::from_secs(30));
+        assert!(matches!(p.ended(S(1), &closed(false)), Verdict::Retry(_)));
+        assert!(matches!(
+            p.ended(S(2), &closed(false)),
+            Verdict::TakenOver(_)
+        ));
     }
 
     #[test]

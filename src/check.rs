@@ -230,22 +230,10 @@ fn sparkplug(s: &mut String, m: &Model) {
 
 /// The broker, the session and its security.
 fn mqtt(s: &mut String, m: &Model) {
-    let brokers: Vec<String> = m
-        .mqtt
-        .brokers
-        .iter()
-        .map(|(h, p)| {
-            if h.contains(':') {
-                format!("[{h}]:{p}")
-            } else {
-                format!("{h}:{p}")
-            }
-        })
-        .collect();
     let _ = writeln!(
         s,
         "mqtt: {} client_id {} status {}",
-        brokers.join(", then "),
+        m.mqtt.broker_names().join(", then "),
         m.mqtt.client_id,
         m.mqtt.status_topic
     );

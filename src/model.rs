@@ -175,6 +175,26 @@ pub struct MqttSettings {
     pub encryption: Option<Encryption>,
 }
 
+impl MqttSettings {
+    /// Each broker as `host:port`, an IPv6 address in brackets (`[::1]:1883`), in the order
+    /// they are tried: for logs, `check` and the identity message.
+    pub fn broker_names(&self) -> Vec<String> {
+        self.brokers
+            .iter()
+            .map(|(host, port)| broker_name(host, *port))
+            .collect()
+    }
+}
+
+/// `host:port`, with an IPv6 address in brackets (RFC 3986 section 3.2.2).
+pub fn broker_name(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// A secret: compared and cloned, never shown (`Debug` prints `***`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub Vec<u8>);

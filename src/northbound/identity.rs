@@ -47,18 +47,7 @@ impl Identity {
     /// The message's JSON (see the module docs), made at `at`.
     pub fn payload(&self, at: SystemTime) -> serde_json::Value {
         let m = &self.model;
-        let brokers: Vec<String> = m
-            .mqtt
-            .brokers
-            .iter()
-            .map(|(h, p)| {
-                if h.contains(':') {
-                    format!("[{h}]:{p}")
-                } else {
-                    format!("{h}:{p}")
-                }
-            })
-            .collect();
+        let brokers = m.mqtt.broker_names();
         let devices: Vec<serde_json::Value> = m
             .devices
             .iter()

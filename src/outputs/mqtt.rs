@@ -1191,11 +1191,7 @@ async fn run_connection(
             Options::V4(o) => o.broker_address(),
             Options::V5(o) => o.broker_address(),
         };
-        if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        }
+        crate::model::broker_name(&host, port)
     };
     let Some(first) = brokers.first() else {
         return;

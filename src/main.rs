@@ -38,6 +38,9 @@ enum Command {
         /// Also print each group's messages with every value null.
         #[arg(long)]
         sample: bool,
+        /// Also print every device with every point, templates expanded: exactly what runs.
+        #[arg(long)]
+        expand: bool,
     },
     /// Read registers once (or `--watch`) and print every plausible decoding; or, with
     /// `--write`, make one test write.
@@ -82,7 +85,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     fieldgate::telemetry::init_logging(cli.log_format == "json");
     match cli.command {
-        Command::Check { config, sample } => cli::check::check(&config, sample),
+        Command::Check {
+            config,
+            sample,
+            expand,
+        } => cli::check::check(&config, sample, expand),
         Command::Crypt { command } => match cli::crypt::crypt(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use fieldgate::config::{self, ConfigError};
 
-pub(crate) fn check(path: &Path, sample: bool) -> ExitCode {
+pub(crate) fn check(path: &Path, sample: bool, expand: bool) -> ExitCode {
     match config::load(path) {
         Ok(model) => {
             println!("{}: ok", path.display());
@@ -14,6 +14,9 @@ pub(crate) fn check(path: &Path, sample: bool) -> ExitCode {
             if sample {
                 println!("sample messages:");
                 print!("{}", fieldgate::check::samples(&model));
+            }
+            if expand {
+                print!("{}", fieldgate::check::expanded(&model));
             }
             eprint!("{}", fieldgate::check::warnings(path, &model));
             ExitCode::SUCCESS

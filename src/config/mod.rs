@@ -7,6 +7,8 @@
 mod compile;
 pub use compile::read_key_file;
 pub mod raw;
+pub mod sources;
+pub mod templates;
 pub mod yaml;
 
 use std::collections::HashMap;
@@ -41,7 +43,8 @@ impl fmt::Display for Issues<'_> {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}:{}:{}: ", self.0.display(), issue.line, issue.col)?;
+            let file = issue.file.as_deref().unwrap_or(self.0);
+            write!(f, "{}:{}:{}: ", file.display(), issue.line, issue.col)?;
             if !issue.path.is_empty() {
                 write!(f, "{}: ", issue.path)?;
             }
@@ -122,9 +125,45 @@ pub fn load_str(
         .filter(|d| !d.is_empty())
         .map(PathBuf::from);
     let env = vars.clone();
-    let raw: raw::RawConfig = yaml::parse(text, vars).map_err(invalid)?;
+    // Templates and includes (issue 18): the `templates` block is shielded from environment
+    // interpolation, the included files are read, and devices are expanded from their
+    // templates before the compiler sees them.
+    let mut sources = sources::Sources::new(path);
+    let text = sources.shield(0, text, false);
+    let mut raw: raw::RawConfig = yaml::parse(&text, vars).map_err(invalid)?;
+    let mut issues = Vec::new();
+    let mut library = std::mem::take(&mut raw.templates);
+    let includes = std::mem::take(&mut raw.include);
+    sources::include_all(
+        &mut sources,
+        &includes,
+        0,
+        &mut vec![0],
+        &mut library,
+        &mut issues,
+    );
+    let expansion = templates::expand(&mut raw, &library, &sources, &mut issues);
     let instance = instance_path(path);
-    compile::compile(raw, hostname, &instance, state_directory.as_deref(), &env).map_err(invalid)
+    let compiled = compile::compile(raw, hostname, &instance, state_directory.as_deref(), &env);
+    let found = match compiled {
+        Ok(mut model) if issues.is_empty() => {
+            expansion.annotate(&mut model.warnings, &sources);
+            sources.localise(&mut model.warnings);
+            model.library = expansion.library(&sources);
+            return Ok(model);
+        }
+        Ok(_) => Vec::new(),
+        Err(found) => found,
+    };
+    let mut found: Vec<Issue> = found
+        .into_iter()
+        .filter(|i| !expansion.follows_from_broken(i))
+        .collect();
+    expansion.annotate(&mut found, &sources);
+    issues.extend(found);
+    issues.sort_by_key(|i| (i.line, i.col));
+    sources.localise(&mut issues);
+    Err(invalid(issues))
 }
 
 /// The JSON Schema of a mapping file, from the config types (their `///` docs are the

@@ -523,7 +523,6 @@ fn under(path: &str, prefix: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::path::Path;
 
     use crate::config::{ConfigError, load_str};
     use crate::model::Model;

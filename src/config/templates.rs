@@ -544,7 +544,7 @@ templates:
       - { topic: \"${site}/${device}/relay/set\", write: \"${device}.relay\" }
 ";
 
-    const HEAD: &str = "mqtt: { host: 127.0.0.1, status_topic: s }\nbuses:\n  - { name: rs485, serial: { device: /dev/null } }\n";
+    const HEAD: &str = "mqtt: { host: 127.0.0.1, client_id: gw, status_topic: s }\nbuses:\n  - { name: rs485, serial: { device: /dev/null } }\n";
 
     /// A mapping `main` next to `lib/meters.yaml` = `lib`, loaded with `vars`.
     fn load(main: &str, lib: &str, vars: &[(&str, &str)]) -> Result<Model, String> {
@@ -726,5 +726,33 @@ templates:
              b.yaml:3:13: templates[t].name: template `t` is already defined at m.yaml:6:13\n\
              c.yaml:2:28: templates[t].colour: unknown field `colour`, expected one of name, description, parameters, points, derived, commands"
         );
+    }
+
+    /// `check --expand` is what runs: written back as a mapping, it compiles to the same
+    /// devices, points, read plans, derived values and commands.
+    #[test]
+    fn the_expanded_mapping_compiles_to_the_same_model() {
+        let main = format!(
+            "{HEAD}include: [lib/meters.yaml]\ndevices:\n  - {{ name: m1, bus: rs485, unit: 7, poll_interval: 2s, template: meter, parameters: {{ site: a }} }}\n  - {{ name: m2, tcp: {{ host: 10.0.0.2, port: 1502 }}, template: meter, parameters: {{ site: b }}, drop: [voltage] }}\n"
+        );
+        let m = load(&main, LIB, &[]).unwrap();
+        let expanded = crate::check::expanded(&m);
+        let again = format!("{HEAD}{expanded}");
+        let m2 = load(&again, "templates: []\n", &[]).unwrap();
+        let without_notes = |s: String| {
+            s.lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(
+            without_notes(crate::check::expanded(&m2)),
+            without_notes(expanded)
+        );
+        let summary = |m: &Model| {
+            crate::check::summary(m).replace(&crate::check::library(m), "")
+        };
+        assert_eq!(summary(&m2), summary(&m));
+        assert_eq!(m2.points.len(), 7);
     }
 }

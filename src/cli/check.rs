@@ -31,11 +31,16 @@ pub(crate) fn check(path: &Path, sample: bool, expand: bool) -> ExitCode {
     }
 }
 
-/// Print the JSON Schema of mapping files.
-pub(crate) fn schema() -> ExitCode {
+/// Print the JSON Schema of mapping files, or of device libraries.
+pub(crate) fn schema(library: bool) -> ExitCode {
+    let schema = if library {
+        config::library_schema()
+    } else {
+        config::schema()
+    };
     println!(
         "{}",
-        serde_json::to_string_pretty(&config::schema()).unwrap_or_default()
+        serde_json::to_string_pretty(&schema).unwrap_or_default()
     );
     ExitCode::SUCCESS
 }

@@ -170,6 +170,28 @@ pub fn load_str(
 /// descriptions). Numbers and booleans also accept a `${VAR}` string, since interpolation
 /// happens before the types are checked. Shipped as `docs/schemas/mapping.schema.json`.
 pub fn schema() -> serde_json::Value {
+    finish_schema(
+        serde_json::to_value(schemars::schema_for!(raw::RawConfig)).unwrap_or_default(),
+        "fieldgate mapping file",
+        true,
+    )
+}
+
+/// The JSON Schema of an included file of templates (a device library such as
+/// `mappings/devices/*.yaml`): `include` and `templates` only. Shipped as
+/// `docs/schemas/device-library.schema.json`. No `${VAR}` here: inside templates `${...}` is a
+/// placeholder, filled in in texts only.
+pub fn library_schema() -> serde_json::Value {
+    finish_schema(
+        serde_json::to_value(schemars::schema_for!(raw::RawFragment)).unwrap_or_default(),
+        "fieldgate device library (an included file of templates)",
+        false,
+    )
+}
+
+/// A generated schema with its title and, with `variables`, `${VAR}` allowed for numbers and
+/// booleans.
+fn finish_schema(mut schema: serde_json::Value, title: &str, variables: bool) -> serde_json::Value {
     fn allow_variables(v: &mut serde_json::Value) {
         match v {
             serde_json::Value::Object(map) => {
@@ -196,10 +218,11 @@ pub fn schema() -> serde_json::Value {
             _ => {}
         }
     }
-    let mut schema =
-        serde_json::to_value(schemars::schema_for!(raw::RawConfig)).unwrap_or_default();
+    schema["title"] = title.into();
+    if !variables {
+        return schema;
+    }
     allow_variables(&mut schema);
-    schema["title"] = "fieldgate mapping file".into();
     schema["$defs"]["Variable"] = serde_json::json!({
         "type": "string",
         "description": "${VAR} or ${VAR:-default}, replaced from the environment when the file is loaded.",

@@ -749,9 +749,7 @@ templates:
             without_notes(crate::check::expanded(&m2)),
             without_notes(expanded)
         );
-        let summary = |m: &Model| {
-            crate::check::summary(m).replace(&crate::check::library(m), "")
-        };
+        let summary = |m: &Model| crate::check::summary(m).replace(&crate::check::library(m), "");
         assert_eq!(summary(&m2), summary(&m));
         assert_eq!(m2.points.len(), 7);
     }

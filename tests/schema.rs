@@ -123,7 +123,11 @@ fn the_device_library_schema_is_shipped_and_every_library_file_validates() {
         // A misspelt key is caught.
         let broken = text.replacen("    points:", "    pionts:", 1);
         let doc: serde_json::Value = serde_saphyr::from_str(&broken).unwrap();
-        assert!(!v.is_valid(&doc), "{}: a misspelt key passes", path.display());
+        assert!(
+            !v.is_valid(&doc),
+            "{}: a misspelt key passes",
+            path.display()
+        );
         files += 1;
     }
     assert!(files >= 5, "{files} library files");

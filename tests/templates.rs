@@ -220,3 +220,72 @@ async fn twenty_meters_from_one_template_on_one_bus_all_publish() {
     }
     drop(sim);
 }
+
+/// Write as editors do (a temporary file renamed over the old one), so no half file is read.
+fn write(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_reloads_when_an_included_file_changes_and_names_it_in_errors() {
+    let mut sim = Proc::spawn(Command::new(bin()).args([
+        "simulate",
+        "energy-meter",
+        "--profile",
+        "sdm630",
+        "--listen",
+        "127.0.0.1:0",
+        "--speed",
+        "0",
+    ]));
+    let line = sim.wait_line("listening on").await;
+    let modbus: std::net::SocketAddr = line.rsplit(' ').next().unwrap().trim().parse().unwrap();
+    let (_broker, mqtt) = broker("127.0.0.1:0").await;
+    let mut obs = Observer::start(mqtt, "w/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("lib")).unwrap();
+    let lib = dir.path().join("lib/meter.yaml");
+    let template = |topic: &str, qos: u8| {
+        format!(
+            "templates:\n  - name: meter\n    points:\n      - {{ name: v, kind: input_register, address: 0, type: f32, publish: {{ topic: \"w/${{device}}/{topic}\", qos: {qos} }} }}\n"
+        )
+    };
+    write(&lib, &template("v", 1));
+    let path = dir.path().join("mapping.yaml");
+    write(
+        &path,
+        &format!(
+            "mqtt: {{ host: 127.0.0.1, port: {}, status_topic: w/status }}\ninclude: [lib/meter.yaml]\ndevices:\n  - {{ name: m1, tcp: {{ host: 127.0.0.1, port: {} }}, poll_interval: 200ms, template: meter }}\n",
+            mqtt.port(),
+            modbus.port()
+        ),
+    );
+    let mut gw = Proc::spawn(
+        Command::new(bin())
+            .args(["run", "--watch", "-c"])
+            .arg(&path),
+    );
+    obs.wait_topic(0, "w/m1/v", |p| p == "230.1").await;
+
+    // Only the included file changes: the watch sees it and the new topic is published.
+    write(&lib, &template("volts", 1));
+    gw.wait_line("reload applied").await;
+    let since = obs.len();
+    obs.wait_topic(since, "w/m1/volts", |p| p == "230.1").await;
+
+    // A mistake in the included file: rejected, logged with that file's name and place.
+    write(&lib, &template("volts", 3));
+    gw.wait_line("reload rejected").await;
+    let out = gw.output();
+    assert!(
+        out.contains("lib/meter.yaml:4:74: devices[m1].points[v].publish.qos: qos must be 0, 1 or 2, not 3 (in template `meter`, used by device `m1` at ")
+            && out.contains("mapping.yaml:4:88)"),
+        "{out}"
+    );
+    let now = obs.len();
+    obs.wait(now, "still published", |m| m.topic == "w/m1/volts")
+        .await;
+    drop(sim);
+}

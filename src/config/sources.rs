@@ -253,6 +253,48 @@ pub fn include_all(
     }
 }
 
+/// Every file a mapping is made of: the mapping itself and each file it includes, directly or
+/// through others (canonical paths, each once), for `run --watch`. Best effort: a file that
+/// cannot be read or parsed ends the search there (loading it reports why).
+pub fn files_of(mapping: &Path) -> Vec<PathBuf> {
+    #[derive(serde::Deserialize)]
+    struct Includes {
+        #[serde(default)]
+        include: Vec<String>,
+    }
+    let mut files = vec![std::fs::canonicalize(mapping).unwrap_or_else(|_| mapping.to_owned())];
+    let mut next = 0;
+    while next < files.len() && files.len() < MAX_FILES {
+        let file = files[next].clone();
+        next += 1;
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        if !text.contains("include") {
+            continue;
+        }
+        // The mapping's includes may name environment variables; fragments read none.
+        let vars = if next == 1 {
+            std::env::vars().collect()
+        } else {
+            HashMap::new()
+        };
+        let (shielded, _) = shield(&text, next > 1);
+        let Ok(found) = super::yaml::parse::<Includes>(&shielded, vars) else {
+            continue;
+        };
+        let dir = file.parent().unwrap_or(Path::new("")).to_owned();
+        for inc in found.include {
+            if let Ok(c) = std::fs::canonicalize(dir.join(inc))
+                && !files.contains(&c)
+            {
+                files.push(c);
+            }
+        }
+    }
+    files
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,5 +348,26 @@ mod tests {
             (issues[1].line, issues[1].file.as_deref()),
             (12, Some(Path::new("lib/a.yaml")))
         );
+    }
+
+    #[test]
+    fn the_files_of_a_mapping_are_found_through_its_includes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::create_dir(p.join("lib")).unwrap();
+        std::fs::write(p.join("m.yaml"), "include: [lib/a.yaml]\nmqtt: {}\n").unwrap();
+        std::fs::write(p.join("lib/a.yaml"), "include: [b.yaml, ../lib/a.yaml]\n").unwrap();
+        std::fs::write(p.join("lib/b.yaml"), "templates: []\n").unwrap();
+        let files = files_of(&p.join("m.yaml"));
+        let names: Vec<String> = files
+            .iter()
+            .map(|f| {
+                f.strip_prefix(p.canonicalize().unwrap())
+                    .unwrap()
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(names, ["m.yaml", "lib/a.yaml", "lib/b.yaml"]);
     }
 }

@@ -142,12 +142,12 @@ pub fn load_str(
         &mut library,
         &mut issues,
     );
-    let expansion = templates::expand(&mut raw, &library, &sources, &mut issues);
+    let mut expansion = templates::expand(&mut raw, &library, &sources, &mut issues);
     let instance = instance_path(path);
     let compiled = compile::compile(raw, hostname, &instance, state_directory.as_deref(), &env);
     let found = match compiled {
-        Ok(mut model) if issues.is_empty() => {
-            expansion.annotate(&mut model.warnings, &sources);
+        Ok(mut model) if issues.is_empty() && !expansion.has_issues() => {
+            model.warnings = expansion.annotate(std::mem::take(&mut model.warnings), &sources);
             sources.localise(&mut model.warnings);
             model.library = expansion.library(&sources);
             return Ok(model);
@@ -155,12 +155,11 @@ pub fn load_str(
         Ok(_) => Vec::new(),
         Err(found) => found,
     };
-    let mut found: Vec<Issue> = found
+    let found: Vec<Issue> = found
         .into_iter()
         .filter(|i| !expansion.follows_from_broken(i))
         .collect();
-    expansion.annotate(&mut found, &sources);
-    issues.extend(found);
+    issues.extend(expansion.annotate(found, &sources));
     issues.sort_by_key(|i| (i.line, i.col));
     sources.localise(&mut issues);
     Err(invalid(issues))

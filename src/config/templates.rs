@@ -9,6 +9,7 @@
 //! expanded points mean (that is `compile`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
 
 use super::Issue;
 use super::raw::{RawCommand, RawConfig, RawDerived, RawPoint, RawTemplate};
@@ -37,14 +38,14 @@ pub struct Expansion {
     /// Devices whose template could not be applied: problems the compiler finds in them
     /// follow from that one and are not repeated.
     broken: Vec<String>,
+    /// Problems found while filling in a template's placeholders, with the use (index into
+    /// `uses`) they were found for.
+    inside: Vec<(Issue, usize)>,
 }
 
-/// The values of one device's placeholders, and how to name the device in messages.
+/// The values of one device's placeholders.
 struct Fill<'a> {
     values: HashMap<&'a str, String>,
-    template: &'a str,
-    device: &'a str,
-    at: String,
 }
 
 impl Fill<'_> {
@@ -72,9 +73,8 @@ impl Fill<'_> {
                         col: s.col,
                         path: path.to_owned(),
                         message: format!(
-                            "unknown placeholder `${{{name}}}` (known here: {}){}",
-                            known.join(", "),
-                            self.note()
+                            "unknown placeholder `${{{name}}}` (known here: {})",
+                            known.join(", ")
                         ),
                         file: None,
                     });
@@ -98,22 +98,11 @@ impl Fill<'_> {
                 line,
                 col,
                 path: path.to_owned(),
-                message: format!(
-                    "placeholders are filled in only in topics, metric names, derived names and point references{}",
-                    self.note()
-                ),
+                message: "placeholders are filled in only in topics, metric names, derived names and point references".to_owned(),
                 file: None,
             });
         }
     }
-
-    fn note(&self) -> String {
-        note(self.template, self.device, &self.at)
-    }
-}
-
-fn note(template: &str, device: &str, at: &str) -> String {
-    format!(" (in template `{template}`, used by device `{device}` at {at})")
 }
 
 /// A template's point for one device.
@@ -311,7 +300,6 @@ pub fn expand(
             continue;
         };
         let t = &templates[ti];
-        let at = sources.place(tname.line, tname.col);
         let mut values: HashMap<&str, String> = HashMap::new();
         values.insert("device", d.name.value.clone());
         values.insert("unit", d.unit.to_string());
@@ -364,13 +352,9 @@ pub fn expand(
                 }
             }
         }
-        let device_name = d.name.value.clone();
-        let fill = Fill {
-            values,
-            template: &t.name.value,
-            device: &device_name,
-            at: at.clone(),
-        };
+        let fill = Fill { values };
+        // Problems inside the template, found for this device.
+        let mut inside = Vec::new();
         // Drops and overrides name template points.
         let names: HashSet<&str> = t.points.iter().map(|p| p.name.as_str()).collect();
         let mut dropped = HashSet::new();
@@ -417,7 +401,7 @@ pub fn expand(
                     p,
                     &fill,
                     &format!("{dpath}.points[{}]", p.name.value),
-                    issues,
+                    &mut inside,
                 )),
             }
         }
@@ -429,7 +413,7 @@ pub fn expand(
                 dv,
                 &fill,
                 &format!("templates[{}].derived[{i}]", t.name.value),
-                issues,
+                &mut inside,
             );
             prefixes.push(format!("derived[{}]", e.name.value));
             new_derived.push(e);
@@ -439,7 +423,7 @@ pub fn expand(
                 c,
                 &fill,
                 &format!("templates[{}].commands[{i}]", t.name.value),
-                issues,
+                &mut inside,
             );
             prefixes.push(format!(
                 "commands[{}]",
@@ -447,6 +431,8 @@ pub fn expand(
             ));
             new_commands.push(e);
         }
+        let index = x.uses.len();
+        x.inside.extend(inside.into_iter().map(|i| (i, index)));
         x.uses.push(Use {
             template: ti,
             device: d.name.value.clone(),
@@ -465,25 +451,68 @@ impl Expansion {
         self.broken.iter().any(|p| under(&issue.path, p))
     }
 
-    /// Each issue (or warning) inside a template, with the device that used it: both places
-    /// are in the message.
-    pub fn annotate(&self, issues: &mut [Issue], sources: &Sources) {
+    /// True when filling in a template found a problem.
+    pub fn has_issues(&self) -> bool {
+        !self.inside.is_empty()
+    }
+
+    /// `issues` (or warnings), with the problems found inside templates: each of those is
+    /// reported at the template's place and names the device that used it, with that device's
+    /// place. One problem inside a template found for several devices is reported once, naming
+    /// them all.
+    pub fn annotate(&mut self, issues: Vec<Issue>, sources: &Sources) -> Vec<Issue> {
+        let mut out = Vec::new();
+        let mut tagged = std::mem::take(&mut self.inside);
         for i in issues {
-            if !sources.in_templates(i.line) || i.message.contains(" (in template `") {
-                continue;
-            }
-            if let Some(u) = self
-                .uses
-                .iter()
-                .find(|u| u.prefixes.iter().any(|p| under(&i.path, p)))
-            {
-                i.message.push_str(&note(
-                    &self.templates[u.template].0,
-                    &u.device,
-                    &sources.place(u.at.0, u.at.1),
-                ));
+            let user = sources
+                .in_templates(i.line)
+                .then(|| {
+                    self.uses
+                        .iter()
+                        .position(|u| u.prefixes.iter().any(|p| under(&i.path, p)))
+                })
+                .flatten();
+            match user {
+                Some(u) => tagged.push((i, u)),
+                None => out.push(i),
             }
         }
+        // The same problem at the same place, whichever device it was found for.
+        let mut groups: Vec<(Issue, String, Vec<usize>)> = Vec::new();
+        for (i, u) in tagged {
+            let rest = self.uses[u]
+                .prefixes
+                .iter()
+                .find_map(|p| i.path.strip_prefix(p.as_str()))
+                .unwrap_or(&i.path)
+                .to_owned();
+            match groups.iter_mut().find(|(g, r, _)| {
+                (g.line, g.col, &g.message, r) == (i.line, i.col, &i.message, &rest)
+            }) {
+                Some((_, _, users)) => users.push(u),
+                None => groups.push((i, rest, vec![u])),
+            }
+        }
+        for (mut i, _, users) in groups {
+            let first = &self.uses[users[0]];
+            let _ = write!(
+                i.message,
+                " (in template `{}`, used by device `{}` at {}",
+                self.templates[first.template].0,
+                first.device,
+                sources.place(first.at.0, first.at.1)
+            );
+            if users.len() > 1 {
+                let others: Vec<String> = users[1..]
+                    .iter()
+                    .map(|&u| format!("`{}`", self.uses[u].device))
+                    .collect();
+                let _ = write!(i.message, ", and by {}", others.join(", "));
+            }
+            i.message.push(')');
+            out.push(i);
+        }
+        out
     }
 
     /// The templates and includes, for `check`.
@@ -669,6 +698,23 @@ templates:
         );
         assert!(
             e.ends_with("(in template `meter`, used by device `m1` at m.yaml:6:39)"),
+            "{e}"
+        );
+        // One mistake, three devices: reported once, naming them all.
+        let three = format!(
+            "{HEAD}include: [lib/meters.yaml]\ndevices:\n  - {{ name: m1, bus: rs485, unit: 1, template: meter, parameters: {{ site: a }} }}\n  - {{ name: m2, bus: rs485, unit: 2, template: meter, parameters: {{ site: a }} }}\n  - {{ name: m3, bus: rs485, unit: 3, template: meter, parameters: {{ site: a }} }}\n"
+        );
+        let lib = LIB.replace("address: 12, type: f32", "address: 12, type: bool");
+        let e = load(&three, &lib, &[]).unwrap_err();
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(
+            e.starts_with("lib/meters.yaml:9:65: devices[m1].points[power].type: "),
+            "{e}"
+        );
+        assert!(
+            e.ends_with(
+                "(in template `meter`, used by device `m1` at m.yaml:6:48, and by `m2`, `m3`)"
+            ),
             "{e}"
         );
         // A topic without ${device}: the second device collides with the first.

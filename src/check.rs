@@ -110,7 +110,8 @@ fn security(s: &mut String, m: &Model) {
 pub fn warnings(path: &std::path::Path, m: &Model) -> String {
     let mut s = String::new();
     for w in &m.warnings {
-        let _ = write!(s, "{}:{}:{}: ", path.display(), w.line, w.col);
+        let file = w.file.as_deref().unwrap_or(path);
+        let _ = write!(s, "{}:{}:{}: ", file.display(), w.line, w.col);
         if !w.path.is_empty() {
             let _ = write!(s, "{}: ", w.path);
         }
@@ -126,6 +127,7 @@ pub fn warnings(path: &std::path::Path, m: &Model) -> String {
 pub fn summary(m: &Model) -> String {
     let mut s = String::new();
     mqtt(&mut s, m);
+    s.push_str(&library(m));
     links(&mut s, m);
     devices(&mut s, m);
     derived(&mut s, m);
@@ -609,6 +611,240 @@ pub fn samples(m: &Model) -> String {
     let mut s = String::new();
     for (topic, body) in crate::mappings::group::sample_messages(&m.groups) {
         let _ = writeln!(s, "{topic}\n  {body}");
+    }
+    s
+}
+
+// --- templates and includes (issue 18) ---
+
+/// The included files and the templates, each with the devices made from it; empty when the
+/// mapping has neither. Part of the `check` summary.
+pub fn library(m: &Model) -> String {
+    let mut s = String::new();
+    let lib = &m.library;
+    if !lib.includes.is_empty() {
+        let _ = writeln!(s, "includes: {}", lib.includes.len());
+        for f in &lib.includes {
+            let _ = writeln!(s, "  {}", f.display());
+        }
+    }
+    if !lib.templates.is_empty() {
+        let _ = writeln!(s, "templates: {}", lib.templates.len());
+        for t in &lib.templates {
+            let used = if t.used_by.is_empty() {
+                "unused".to_owned()
+            } else {
+                format!(
+                    "used by {} device(s): {}",
+                    t.used_by.len(),
+                    t.used_by.join(", ")
+                )
+            };
+            let _ = writeln!(
+                s,
+                "  {} ({}:{}): {} point(s), {used}",
+                t.name,
+                t.file.display(),
+                t.line,
+                t.points
+            );
+        }
+    }
+    s
+}
+
+/// A string as a YAML scalar: plain when that reads back as the same string, else quoted.
+fn yaml_str(v: &str) -> String {
+    let plain = !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '/' | '.' | '°' | '%'))
+        && !v.starts_with(['-', '.'])
+        && v.parse::<f64>().is_err()
+        && !matches!(
+            v,
+            "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "~"
+        );
+    if plain {
+        v.to_owned()
+    } else {
+        serde_json::Value::String(v.to_owned()).to_string()
+    }
+}
+
+fn yaml_duration(d: std::time::Duration) -> String {
+    humantime::format_duration(d).to_string().replace(' ', "")
+}
+
+/// A publish rule in the mapping's words, as a flow map.
+fn yaml_publish(r: &PublishRule) -> String {
+    let mode = match r.mode {
+        PublishMode::Interval => "interval",
+        PublishMode::OnChange => "on_change",
+        PublishMode::Both => "both",
+    };
+    let mut out = format!(
+        "{{ topic: {}, qos: {}, retain: {}, mode: {mode}",
+        yaml_str(&r.topic),
+        r.qos.level(),
+        r.retain
+    );
+    if r.mode != PublishMode::OnChange {
+        let _ = write!(out, ", interval: {}", yaml_duration(r.interval));
+    }
+    if r.mode != PublishMode::Interval {
+        let _ = write!(out, ", deadband: {}", r.deadband);
+        if let Some(ms) = r.max_silence {
+            let _ = write!(out, ", max_silence: {}", yaml_duration(ms));
+        }
+    }
+    let fmt = match r.format {
+        Format::Plain => "plain",
+        Format::Json => "json",
+    };
+    let _ = write!(out, ", format: {fmt} }}");
+    out
+}
+
+/// One point in the mapping's words, as a flow map.
+fn yaml_point(p: &Point) -> String {
+    use crate::vocabulary::DataType;
+    let (dtype, extra) = match p.dtype {
+        DataType::Bool => ("bool".to_owned(), String::new()),
+        DataType::Bit(b) => ("bit".to_owned(), format!(", bit: {b}")),
+        DataType::String(n) => ("string".to_owned(), format!(", length: {n}")),
+        other => (format!("{other:?}").to_lowercase(), String::new()),
+    };
+    let mut out = format!(
+        "{{ name: {}, kind: {}, address: {}, type: {dtype}{extra}",
+        yaml_str(&p.name),
+        p.kind.name(),
+        p.address
+    );
+    if p.dtype.width() > 1 {
+        let _ = write!(out, ", order: {:?}", p.order);
+    }
+    let _ = write!(out, ", scale: {}, offset: {}", p.scale, p.offset);
+    if let Some(d) = p.decimals {
+        let _ = write!(out, ", decimals: {d}");
+    }
+    if !p.no_value.is_empty() {
+        let codes: Vec<String> = p.no_value.iter().map(|c| format!("0x{c:X}")).collect();
+        let _ = write!(out, ", no_value: [{}]", codes.join(", "));
+    }
+    if let Some(u) = &p.unit {
+        let _ = write!(out, ", unit: {}", yaml_str(u));
+    }
+    if let Some(w) = p.write {
+        let _ = write!(
+            out,
+            ", writable: true, min: {}, max: {}",
+            format_number(w.min),
+            format_number(w.max)
+        );
+    }
+    if let Some(r) = &p.publish {
+        let _ = write!(out, ", publish: {}", yaml_publish(r));
+    }
+    out.push_str(" }");
+    out
+}
+
+/// What `check --expand` prints: every device with every point, and every derived value and
+/// command, templates expanded, written as a mapping's `devices`, `derived` and `commands`
+/// sections (with every default spelt out). This is the compiled model, so it is exactly what
+/// runs.
+pub fn expanded(m: &Model) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# what runs: templates expanded, defaults written out (mqtt, buses and the other sections as in the file)"
+    );
+    let _ = writeln!(s, "devices:");
+    for d in &m.devices {
+        let _ = writeln!(s, "  - name: {}", yaml_str(&d.name));
+        let link = &m.links[d.link];
+        match &link.spec {
+            LinkSpec::Tcp { host, port } => {
+                let _ = writeln!(s, "    tcp: {{ host: {}, port: {port} }}", yaml_str(host));
+            }
+            LinkSpec::Rtu(_) | LinkSpec::RtuOverTcp { .. } => {
+                let _ = writeln!(s, "    bus: {}", yaml_str(&link.name));
+            }
+        }
+        if let Some(t) = m
+            .library
+            .templates
+            .iter()
+            .find(|t| t.used_by.iter().any(|u| **u == *d.name))
+        {
+            let _ = writeln!(
+                s,
+                "    # from template {} ({}:{})",
+                t.name,
+                t.file.display(),
+                t.line
+            );
+        }
+        let _ = writeln!(s, "    unit: {}", d.unit);
+        let _ = writeln!(s, "    poll_interval: {}", yaml_duration(d.poll_interval));
+        let _ = writeln!(s, "    timeout: {}", yaml_duration(d.timeout));
+        let _ = writeln!(s, "    status_topic: {}", yaml_str(&d.status_topic));
+        let _ = writeln!(s, "    points:");
+        for &pid in &d.points {
+            let _ = writeln!(s, "      - {}", yaml_point(&m.points[pid]));
+        }
+    }
+    if !m.derived.is_empty() {
+        let _ = writeln!(s, "derived:");
+        for dv in &m.derived {
+            let bits: Vec<&str> = dv
+                .pack_bits
+                .iter()
+                .map(|&p| &*m.points[p].full_name)
+                .collect();
+            let _ = writeln!(
+                s,
+                "  - {{ name: {}, pack_bits: [{}], publish: {} }}",
+                yaml_str(&dv.name),
+                bits.join(", "),
+                yaml_publish(&dv.publish)
+            );
+        }
+    }
+    if !m.commands.is_empty() {
+        let _ = writeln!(s, "commands:");
+        for c in &m.commands {
+            let _ = writeln!(
+                s,
+                "  - topic: {}\n    ack_topic: {}\n    qos: {}",
+                yaml_str(&c.topic),
+                yaml_str(&c.ack_topic),
+                c.qos.level()
+            );
+            match &c.action {
+                CommandAction::Value(p) => {
+                    let _ = writeln!(s, "    write: {}", m.points[*p].full_name);
+                }
+                CommandAction::Table(table) => {
+                    let _ = writeln!(s, "    payloads:");
+                    let mut keys: Vec<&String> = table.keys().collect();
+                    keys.sort();
+                    for k in keys {
+                        let writes: Vec<String> = table[k]
+                            .iter()
+                            .map(|(p, v)| {
+                                format!(
+                                    "{{ point: {}, value: {} }}",
+                                    m.points[*p].full_name,
+                                    format_number(*v)
+                                )
+                            })
+                            .collect();
+                        let _ = writeln!(s, "      {}: [{}]", yaml_str(k), writes.join(", "));
+                    }
+                }
+            }
+        }
     }
     s
 }

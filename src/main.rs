@@ -38,6 +38,9 @@ enum Command {
         /// Also print each group's messages with every value null.
         #[arg(long)]
         sample: bool,
+        /// Also print every device with every point, templates expanded: exactly what runs.
+        #[arg(long)]
+        expand: bool,
     },
     /// Read registers once (or `--watch`) and print every plausible decoding; or, with
     /// `--write`, make one test write.
@@ -57,7 +60,12 @@ enum Command {
         command: cli::crypt::CryptCommand,
     },
     /// Print the JSON Schema of mapping files (for editors; also `docs/schemas/mapping.schema.json`).
-    Schema,
+    Schema {
+        /// The schema of an included file of templates instead (a device library; also
+        /// `docs/schemas/device-library.schema.json`).
+        #[arg(long)]
+        library: bool,
+    },
     /// Run a simulated plant as a Modbus TCP slave.
     Simulate {
         #[command(subcommand)]
@@ -82,7 +90,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     fieldgate::telemetry::init_logging(cli.log_format == "json");
     match cli.command {
-        Command::Check { config, sample } => cli::check::check(&config, sample),
+        Command::Check {
+            config,
+            sample,
+            expand,
+        } => cli::check::check(&config, sample, expand),
         Command::Crypt { command } => match cli::crypt::crypt(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -90,7 +102,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Schema => cli::check::schema(),
+        Command::Schema { library } => cli::check::schema(library),
         command => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -120,7 +132,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     let shutdown = cli::shutdown_on_signals();
     match command {
-        Command::Check { .. } | Command::Schema => unreachable!("handled without a runtime"),
+        Command::Check { .. } | Command::Schema { .. } => unreachable!("handled without a runtime"),
         Command::Run { config, watch } => cli::run::run(config, watch, shutdown).await,
         Command::Simulate { plant } => cli::simulate::run(plant, shutdown).await,
         #[cfg(feature = "embedded-broker")]

@@ -32,6 +32,31 @@ pub struct Model {
     pub identity: Identity,
     /// What `check` warns about: allowed, but probably not what was meant.
     pub warnings: Vec<Issue>,
+    /// The included files and the templates the devices were made from (issue 18), for
+    /// `check`. Not read at run time.
+    pub library: Library,
+}
+
+/// Where a mapping's templates came from and who used them: what `check` shows.
+#[derive(Debug, Clone, Default)]
+pub struct Library {
+    /// Every included file, in the order it was first read (absolute or as written).
+    pub includes: Vec<PathBuf>,
+    /// Every template, in the order it was read.
+    pub templates: Vec<TemplateInfo>,
+}
+
+/// One template of a [`Library`].
+#[derive(Debug, Clone)]
+pub struct TemplateInfo {
+    pub name: String,
+    /// The file it is written in and its line there.
+    pub file: PathBuf,
+    pub line: u32,
+    /// How many points it has.
+    pub points: usize,
+    /// The devices made from it, in file order.
+    pub used_by: Vec<String>,
 }
 
 /// What tells one gateway of a fleet from another, and whether it runs the expected mapping.
@@ -688,6 +713,8 @@ pub struct Issue {
     /// Path of the key, e.g. `devices[tower].points[level].address`.
     pub path: String,
     pub message: String,
+    /// The file the problem is in when it is not the mapping file itself: an included file.
+    pub file: Option<PathBuf>,
 }
 
 /// Bounds and disk settings of the buffer.

@@ -100,8 +100,8 @@ pub struct Reloads {
     pub requests: mpsc::Receiver<()>,
 }
 
-/// Reload requests on SIGHUP, and, with `watch`, when the file's modification time or size
-/// changes (checked every second).
+/// Reload requests on SIGHUP, and, with `watch`, when the modification time or size of the file
+/// or of a file it includes changes (checked every second).
 pub fn reload_requests(path: PathBuf, watch: bool, shutdown: CancellationToken) -> Reloads {
     let (tx, requests) = mpsc::channel(4);
     let watched = path.clone();
@@ -113,10 +113,16 @@ pub fn reload_requests(path: PathBuf, watch: bool, shutdown: CancellationToken) 
                 None
             }
         };
+        // The mapping and every file it includes (issue 18): a change to any of them reloads.
         let stamp = |p: &Path| {
-            std::fs::metadata(p)
-                .ok()
-                .map(|m| (m.modified().ok(), m.len()))
+            crate::config::sources::files_of(p)
+                .iter()
+                .map(|f| {
+                    std::fs::metadata(f)
+                        .ok()
+                        .map(|m| (m.modified().ok(), m.len()))
+                })
+                .collect::<Vec<_>>()
         };
         let mut last = stamp(&watched);
         let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -86,3 +86,49 @@ fn a_broken_mapping_is_rejected() {
         assert!(!v.is_valid(&doc), "accepted a mapping with `{}`", to.trim());
     }
 }
+
+// --- device libraries (issue 18) ---
+
+#[test]
+fn the_device_library_schema_is_shipped_and_every_library_file_validates() {
+    let out = Command::new(bin())
+        .args(["schema", "--library"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let generated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shipped: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo("docs/schemas/device-library.schema.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        generated, shipped,
+        "regenerate with: fieldgate schema --library > docs/schemas/device-library.schema.json"
+    );
+    let v = jsonschema::validator_for(&shipped).unwrap();
+    let mut files = 0;
+    for e in std::fs::read_dir(repo("mappings/devices")).unwrap() {
+        let path = e.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with(
+                "# yaml-language-server: $schema=../../docs/schemas/device-library.schema.json\n"
+            ),
+            "{} lacks the modeline",
+            path.display()
+        );
+        let doc: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+        let errors: Vec<String> = v.iter_errors(&doc).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+        // A misspelt key is caught.
+        let broken = text.replacen("    points:", "    pionts:", 1);
+        let doc: serde_json::Value = serde_saphyr::from_str(&broken).unwrap();
+        assert!(
+            !v.is_valid(&doc),
+            "{}: a misspelt key passes",
+            path.display()
+        );
+        files += 1;
+    }
+    assert!(files >= 5, "{files} library files");
+}

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use fieldgate::config::{self, ConfigError};
 
-pub(crate) fn check(path: &Path, sample: bool) -> ExitCode {
+pub(crate) fn check(path: &Path, sample: bool, expand: bool) -> ExitCode {
     match config::load(path) {
         Ok(model) => {
             println!("{}: ok", path.display());
@@ -14,6 +14,9 @@ pub(crate) fn check(path: &Path, sample: bool) -> ExitCode {
             if sample {
                 println!("sample messages:");
                 print!("{}", fieldgate::check::samples(&model));
+            }
+            if expand {
+                print!("{}", fieldgate::check::expanded(&model));
             }
             eprint!("{}", fieldgate::check::warnings(path, &model));
             ExitCode::SUCCESS
@@ -28,11 +31,16 @@ pub(crate) fn check(path: &Path, sample: bool) -> ExitCode {
     }
 }
 
-/// Print the JSON Schema of mapping files.
-pub(crate) fn schema() -> ExitCode {
+/// Print the JSON Schema of mapping files, or of device libraries.
+pub(crate) fn schema(library: bool) -> ExitCode {
+    let schema = if library {
+        config::library_schema()
+    } else {
+        config::schema()
+    };
     println!(
         "{}",
-        serde_json::to_string_pretty(&config::schema()).unwrap_or_default()
+        serde_json::to_string_pretty(&schema).unwrap_or_default()
     );
     ExitCode::SUCCESS
 }

@@ -17,7 +17,7 @@ pub(crate) async fn run(
     let model = config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
     for w in &model.warnings {
         tracing::warn!(
-            file = %config.display(),
+            file = %w.file.as_deref().unwrap_or(&config).display(),
             line = w.line,
             col = w.col,
             key = %w.path,

@@ -16,7 +16,19 @@ pub(crate) enum Plant {
     WaterTower(TowerArgs),
     /// A three-phase energy meter (register map in the README). Same options; `--level`,
     /// `--levels` and `--auto` do not apply.
-    EnergyMeter(TowerArgs),
+    EnergyMeter(MeterArgs),
+}
+
+/// `energy-meter`: the tower's options and the register map to present.
+#[derive(Debug, clap::Args)]
+pub(crate) struct MeterArgs {
+    /// The register map: `native` (the simulator's own, in the README) or `sdm630` (the
+    /// Eastron SDM630's input registers, float32 high word first; see
+    /// mappings/devices/sdm630.yaml).
+    #[arg(long, default_value = "native", value_parser = ["native", "sdm630"])]
+    profile: String,
+    #[command(flatten)]
+    args: TowerArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -83,8 +95,13 @@ pub(crate) async fn run(plant: Plant, shutdown: CancellationToken) -> anyhow::Re
         Plant::WaterTower(args) => {
             simulate(fieldgate::simulator::Kind::WaterTower, args, shutdown).await
         }
-        Plant::EnergyMeter(args) => {
-            simulate(fieldgate::simulator::Kind::EnergyMeter, args, shutdown).await
+        Plant::EnergyMeter(m) => {
+            let kind = if m.profile == "sdm630" {
+                fieldgate::simulator::Kind::EnergyMeterSdm630
+            } else {
+                fieldgate::simulator::Kind::EnergyMeter
+            };
+            simulate(kind, m.args, shutdown).await
         }
     }
 }
@@ -179,5 +196,6 @@ fn name(kind: fieldgate::simulator::Kind) -> &'static str {
     match kind {
         fieldgate::simulator::Kind::WaterTower => "water tower",
         fieldgate::simulator::Kind::EnergyMeter => "energy meter",
+        fieldgate::simulator::Kind::EnergyMeterSdm630 => "energy meter (sdm630)",
     }
 }

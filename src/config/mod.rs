@@ -7,6 +7,8 @@
 mod compile;
 pub use compile::read_key_file;
 pub mod raw;
+pub mod sources;
+pub mod templates;
 pub mod yaml;
 
 use std::collections::HashMap;
@@ -42,7 +44,8 @@ impl fmt::Display for Issues<'_> {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}:{}:{}: ", self.0.display(), issue.line, issue.col)?;
+            let file = issue.file.as_deref().unwrap_or(self.0);
+            write!(f, "{}:{}:{}: ", file.display(), issue.line, issue.col)?;
             if !issue.path.is_empty() {
                 write!(f, "{}: ", issue.path)?;
             }
@@ -135,45 +138,124 @@ pub fn load_str(
         .and_then(|d| d.split(':').next())
         .filter(|d| !d.is_empty())
         .map(PathBuf::from);
+    // `${CONFIG_ID}` reads as empty until the id is known (it cannot contain itself); the
+    // environment's own CONFIG_ID, if any, wins.
     let mut vars = vars;
+    let own_id = vars.contains_key("CONFIG_ID");
+    if !own_id {
+        vars.insert("CONFIG_ID".to_owned(), String::new());
+    }
+    // Templates and includes (issue 18): the `templates` block is shielded from environment
+    // interpolation, the included files are read, and devices are expanded from their
+    // templates before the compiler sees them.
+    let mut sources = sources::Sources::new(path);
+    let text = sources.shield(0, text, false);
+    let main_doc: Option<serde_json::Value> = yaml::parse(&text, vars.clone()).ok();
+    let mut raw: raw::RawConfig = yaml::parse(&text, vars.clone()).map_err(invalid)?;
+    let mut issues = Vec::new();
+    let mut library = std::mem::take(&mut raw.templates);
+    let includes = std::mem::take(&mut raw.include);
+    sources::include_all(
+        &mut sources,
+        &includes,
+        0,
+        &mut vec![0],
+        &mut library,
+        &mut issues,
+    );
     let identity = crate::model::Identity {
-        config_id: Arc::from(config_id(text, &vars).unwrap_or_default()),
+        config_id: Arc::from(config_id(main_doc.as_ref(), sources.includes())),
         hostname: Arc::from(vars.get("HOSTNAME").map_or(hostname, String::as_str)),
     };
-    vars.entry("CONFIG_ID".to_owned())
-        .or_insert_with(|| identity.config_id.to_string());
-    let env = vars.clone();
-    let raw: raw::RawConfig = yaml::parse(text, vars).map_err(invalid)?;
+    if !own_id && text.contains("CONFIG_ID") {
+        // Read again with the id in place (the includes and templates are already taken).
+        vars.insert("CONFIG_ID".to_owned(), identity.config_id.to_string());
+        raw = yaml::parse(&text, vars.clone()).map_err(invalid)?;
+        raw.templates.clear();
+        raw.include.clear();
+    }
+    let env = vars;
+    let mut expansion = templates::expand(&mut raw, &library, &sources, &mut issues);
     let instance = instance_path(path);
-    compile::compile(
+    let compiled = compile::compile(
         raw,
         hostname,
         &instance,
         state_directory.as_deref(),
         &env,
         identity,
-    )
-    .map_err(invalid)
+    );
+    let found = match compiled {
+        Ok(mut model) if issues.is_empty() && !expansion.has_issues() => {
+            model.warnings = expansion.annotate(std::mem::take(&mut model.warnings), &sources);
+            sources.localise(&mut model.warnings);
+            model.library = expansion.library(&sources);
+            return Ok(model);
+        }
+        Ok(_) => Vec::new(),
+        Err(found) => found,
+    };
+    let found: Vec<Issue> = found
+        .into_iter()
+        .filter(|i| !expansion.follows_from_broken(i))
+        .collect();
+    issues.extend(expansion.annotate(found, &sources));
+    issues.sort_by_key(|i| (i.line, i.col));
+    sources.localise(&mut issues);
+    Err(invalid(issues))
 }
 
-/// The configuration id: the first 12 hex digits of the SHA-256 of the mapping as parsed, with
-/// its `${VAR}`s substituted, written as JSON with sorted keys. Comments, key order, quoting and
-/// layout do not change it; any value does, a variable's included. `${CONFIG_ID}` itself reads
-/// as empty here (the id cannot contain itself). `None` when the text does not parse (the
-/// compile then reports why). `check` prints it; the identity message carries it.
-pub fn config_id(text: &str, vars: &HashMap<String, String>) -> Option<String> {
+/// The configuration id: the first 12 hex digits of a SHA-256 over the mapping as parsed
+/// (`main`: its `${VAR}`s substituted, `${CONFIG_ID}` as empty since the id cannot contain
+/// itself, template placeholders as written), then each included file as parsed, in include
+/// order; each written as JSON with sorted keys. Comments, key order, quoting and layout do not
+/// change it; any value does, a variable's or an included template's too. `check` prints it;
+/// the identity message carries it. Empty when the mapping does not parse (it then does not
+/// load either).
+pub fn config_id(main: Option<&serde_json::Value>, includes: &[PathBuf]) -> String {
     use sha2::{Digest, Sha256};
-    let mut vars = vars.clone();
-    vars.insert("CONFIG_ID".to_owned(), String::new());
-    let doc: serde_json::Value = yaml::parse(text, vars).ok()?;
-    let canonical = serde_json::to_vec(&doc).ok()?;
-    Some(crate::outputs::tls::hex(&Sha256::digest(&canonical)[..6]))
+    let Some(main) = main else {
+        return String::new();
+    };
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(main).unwrap_or_default());
+    for file in includes {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let doc: serde_json::Value =
+            yaml::parse(&sources::shielded_fragment(&text), HashMap::new())
+                .unwrap_or(serde_json::Value::Null);
+        h.update([0]);
+        h.update(serde_json::to_vec(&doc).unwrap_or_default());
+    }
+    crate::outputs::tls::hex(&h.finalize()[..6])
 }
 
 /// The JSON Schema of a mapping file, from the config types (their `///` docs are the
 /// descriptions). Numbers and booleans also accept a `${VAR}` string, since interpolation
 /// happens before the types are checked. Shipped as `docs/schemas/mapping.schema.json`.
 pub fn schema() -> serde_json::Value {
+    finish_schema(
+        serde_json::to_value(schemars::schema_for!(raw::RawConfig)).unwrap_or_default(),
+        "fieldgate mapping file",
+        true,
+    )
+}
+
+/// The JSON Schema of an included file of templates (a device library such as
+/// `mappings/devices/*.yaml`): `include` and `templates` only. Shipped as
+/// `docs/schemas/device-library.schema.json`. No `${VAR}` here: inside templates `${...}` is a
+/// placeholder, filled in in texts only.
+pub fn library_schema() -> serde_json::Value {
+    finish_schema(
+        serde_json::to_value(schemars::schema_for!(raw::RawFragment)).unwrap_or_default(),
+        "fieldgate device library (an included file of templates)",
+        false,
+    )
+}
+
+/// A generated schema with its title and, with `variables`, `${VAR}` allowed for numbers and
+/// booleans.
+fn finish_schema(mut schema: serde_json::Value, title: &str, variables: bool) -> serde_json::Value {
     fn allow_variables(v: &mut serde_json::Value) {
         match v {
             serde_json::Value::Object(map) => {
@@ -200,10 +282,11 @@ pub fn schema() -> serde_json::Value {
             _ => {}
         }
     }
-    let mut schema =
-        serde_json::to_value(schemars::schema_for!(raw::RawConfig)).unwrap_or_default();
+    schema["title"] = title.into();
+    if !variables {
+        return schema;
+    }
     allow_variables(&mut schema);
-    schema["title"] = "fieldgate mapping file".into();
     schema["$defs"]["Variable"] = serde_json::json!({
         "type": "string",
         "description": "${VAR} or ${VAR:-default}, replaced from the environment when the file is loaded.",

@@ -169,6 +169,66 @@ pub struct RawConfig {
     /// next to plain topics and groups.
     #[serde(default)]
     pub sparkplug: Option<Located<RawSparkplug>>,
+    // --- templates and includes (issue 18) ---
+    /// Mapping fragments to read, each a file of `templates` (and `include`s of its own),
+    /// relative to this file's directory: a site's shared device library. No file may include
+    /// itself, directly or through others.
+    #[serde(default)]
+    pub include: Vec<Located<String>>,
+    /// Device types: named sets of points, derived values and commands that devices take with
+    /// `template:`.
+    #[serde(default)]
+    pub templates: Vec<Located<RawTemplate>>,
+}
+
+/// An included mapping fragment: templates, and includes of its own.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawFragment {
+    /// Further fragments, relative to this file's directory.
+    #[serde(default)]
+    pub include: Vec<Located<String>>,
+    /// Device types, as in a mapping file's `templates`.
+    #[serde(default)]
+    pub templates: Vec<Located<RawTemplate>>,
+}
+
+/// `templates[]`: a device type. Its topics, metric names, derived names and point references
+/// are patterns: `${device}` (the device's name), `${unit}` (its unit id) and `${<parameter>}`
+/// are replaced for each device that uses it; any other `${...}` is an error. Environment
+/// variables are not read inside templates: pass them through a parameter.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTemplate {
+    /// The template's name, used by `devices[].template`; unique across all included files.
+    pub name: Located<String>,
+    /// What the device is: maker, model, and the register map's source.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The template's parameters by name (letters, digits and `_`), each with an optional
+    /// default; a parameter without one must be given by every device.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, RawParameter>,
+    /// The points every device of this type gets.
+    pub points: Vec<Located<RawPoint>>,
+    /// Derived values each device gets (names and references use `${device}`).
+    #[serde(default)]
+    pub derived: Vec<Located<RawDerived>>,
+    /// Commands each device gets (topics and references use `${device}`).
+    #[serde(default)]
+    pub commands: Vec<Located<RawCommand>>,
+}
+
+/// `templates[].parameters.<name>`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawParameter {
+    /// The value when a device does not give one. Without it, every device must.
+    #[serde(default)]
+    pub default: Option<String>,
+    /// What the parameter means.
+    #[serde(default)]
+    pub description: Option<String>,
 }
 
 /// `homeassistant`: MQTT discovery for Home Assistant (device-based discovery, one retained
@@ -674,8 +734,20 @@ pub struct RawDevice {
     /// Sparkplug B: this device's device id. Default: the device name.
     #[serde(default)]
     pub device_id: Option<Located<String>>,
-    /// The mapped values of this device.
+    /// The mapped values of this device. With `template`, points added to the template's; a
+    /// point with the name of a template point replaces it.
+    #[serde(default)]
     pub points: Vec<Located<RawPoint>>,
+    // --- templates (issue 18) ---
+    /// The name of a template: the device gets every point, derived value and command of it.
+    #[serde(default)]
+    pub template: Option<Located<String>>,
+    /// Values of the template's parameters, by name (`${VAR}` works here).
+    #[serde(default)]
+    pub parameters: BTreeMap<String, Located<String>>,
+    /// Template points this device leaves out, by name.
+    #[serde(default)]
+    pub drop: Vec<Located<String>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
@@ -811,7 +883,7 @@ pub enum RawType {
     String,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPoint {
     /// Point name, unique within its device.
@@ -903,7 +975,7 @@ pub enum RawFormat {
     Json,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPublish {
     /// Topic to publish on; no wildcards.
@@ -931,7 +1003,7 @@ pub struct RawPublish {
     pub format: RawFormat,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawDerived {
     /// Name of the derived value.
@@ -942,7 +1014,7 @@ pub struct RawDerived {
     pub publish: Located<RawPublish>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCommand {
     /// Topic to subscribe to; no wildcards.
@@ -961,7 +1033,7 @@ pub struct RawCommand {
     pub write: Option<Located<String>>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawWrite {
     /// The writable point, `device.point`.

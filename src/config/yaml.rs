@@ -28,7 +28,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Located<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = serde_saphyr::Spanned::<T>::deserialize(d)?;
         Ok(Located {
-            line: s.referenced.line() as u32,
+            line: s.referenced.line() as u32 + LINE_BASE.with(std::cell::Cell::get),
             col: s.referenced.column() as u32,
             value: s.value,
         })
@@ -59,6 +59,9 @@ impl<T> std::ops::Deref for Located<T> {
 }
 
 thread_local! {
+    /// Added to every line read on this thread while [`parse_at`] runs: the first line of the
+    /// file in the mapping's line space (see `config::sources`), 0 for the mapping file.
+    static LINE_BASE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
     /// The message of the last error raised by one of our own `Deserialize` impls on this
     /// thread (see [`custom_error`]).
     static OWN_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
@@ -157,7 +160,30 @@ pub fn parse<T: for<'de> Deserialize<'de>>(
             col,
             path,
             message,
+            file: None,
         }]
+    })
+}
+
+/// [`parse`] for a file whose lines start at `base` in the mapping's line space (an included
+/// file): every [`Located`] line and every issue's line is `base` + its line in `text`.
+pub fn parse_at<T: for<'de> Deserialize<'de>>(
+    text: &str,
+    vars: HashMap<String, String>,
+    base: u32,
+) -> Result<T, Vec<Issue>> {
+    struct Reset(u32);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            LINE_BASE.with(|b| b.set(self.0));
+        }
+    }
+    let _reset = Reset(LINE_BASE.with(|b| b.replace(base)));
+    parse(text, vars).map_err(|mut issues| {
+        for i in &mut issues {
+            i.line += base;
+        }
+        issues
     })
 }
 
@@ -274,6 +300,7 @@ pub fn unset_references(text: &str, vars: &HashMap<String, String>) -> Vec<Issue
                         col: line[..i].chars().count() as u32 + 1,
                         path: String::new(),
                         message: format!("${{{inner}}} is not set and has no default (write ${{{inner}:-default}} for one)"),
+                        file: None,
                     });
                 }
                 i += 2 + end;
@@ -373,9 +400,11 @@ struct Names {
     devices: Option<Vec<Named>>,
     #[serde(default)]
     derived: Option<Vec<Named>>,
+    #[serde(default)]
+    templates: Option<Vec<Named>>,
 }
 
-/// Replace `devices[0]` / `points[1]` / `derived[2]` indexes by names when the file is at least
+/// Replace `devices[0]` / `templates[0]` / `points[1]` / `derived[2]` indexes by names when the file is at least
 /// readable YAML, so a path reads `devices[tank].points[level].address`.
 fn named_path(path: &str, text: &str) -> String {
     let opts =
@@ -396,6 +425,9 @@ fn named_path(path: &str, text: &str) -> String {
         let replaced = if let Some(i) = index(seg, "devices[") {
             device = names.devices.as_ref().and_then(|d| d.get(i));
             named(names.devices.as_ref(), i).map(|n| format!("devices[{n}]"))
+        } else if let Some(i) = index(seg, "templates[") {
+            device = names.templates.as_ref().and_then(|d| d.get(i));
+            named(names.templates.as_ref(), i).map(|n| format!("templates[{n}]"))
         } else if let Some(i) = index(seg, "points[") {
             named(device.and_then(|d| d.points.as_ref()), i).map(|n| format!("points[{n}]"))
         } else if let Some(i) = index(seg, "derived[") {

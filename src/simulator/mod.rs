@@ -85,6 +85,8 @@ pub fn check_range(
 pub enum Kind {
     WaterTower,
     EnergyMeter,
+    /// The energy meter with the Eastron SDM630's register map (`--profile sdm630`).
+    EnergyMeterSdm630,
 }
 
 /// How a simulated unit misbehaves.
@@ -581,6 +583,9 @@ pub async fn serve_water_tower(
                     Box::new(tower)
                 }
                 Kind::EnergyMeter => Box::new(energy_meter::EnergyMeter::new(seed)),
+                Kind::EnergyMeterSdm630 => {
+                    Box::new(energy_meter::Sdm630(energy_meter::EnergyMeter::new(seed)))
+                }
             };
             let fault = opts
                 .faults

@@ -32,6 +32,7 @@ pub(super) fn compile(ctx: &mut Ctx, raw: &[Located<RawCommand>], devs: &Devices
                 col: 1,
                 path: "commands".into(),
                 message: format!("ack topic `{}` is also used for values", c.ack_topic),
+                file: None,
             });
         }
     }

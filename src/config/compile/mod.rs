@@ -48,6 +48,7 @@ impl Ctx {
             col: at.col,
             path: path.into(),
             message: message.into(),
+            file: None,
         });
     }
     fn err_at(&mut self, line: u32, col: u32, path: impl Into<String>, message: impl Into<String>) {
@@ -56,6 +57,7 @@ impl Ctx {
             col,
             path: path.into(),
             message: message.into(),
+            file: None,
         });
     }
     /// Notes that the key at `path` publishes to `topic`; an error if another key already does.
@@ -130,6 +132,7 @@ pub(super) fn compile(
             sparkplug,
             identity,
             warnings: ctx.warnings,
+            library: Library::default(),
         })
     } else {
         ctx.issues.sort_by_key(|i| (i.line, i.col));

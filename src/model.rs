@@ -30,6 +30,74 @@ pub struct Model {
     pub sparkplug: Option<Sparkplug>,
     /// What `check` warns about: allowed, but probably not what was meant.
     pub warnings: Vec<Issue>,
+    /// The web console; `None` when the mapping has no `web` section.
+    pub web: Option<Web>,
+}
+
+/// `web`, checked: the console's listener, who may use it, and whether it may write.
+#[derive(Debug, Clone)]
+pub struct Web {
+    pub listen: SocketAddr,
+    /// Empty: no authentication (only allowed on loopback).
+    pub users: Vec<WebUser>,
+    /// Where the users came from, for `check`.
+    pub users_file: Option<PathBuf>,
+    /// Certificate chain and key (PEM) for HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub allow_writes: bool,
+    /// Samples kept per numeric value for the trends.
+    pub trend_samples: usize,
+    /// First 12 hex digits of the SHA-256 of the mapping text as written (before `${VAR}`
+    /// interpolation): which configuration is running, shown by the console.
+    pub config_id: Arc<str>,
+}
+
+/// Two web sections are the same when they would serve the same console; the configuration
+/// id does not count (it changes with any edit of the file).
+impl PartialEq for Web {
+    fn eq(&self, o: &Self) -> bool {
+        self.listen == o.listen
+            && self.users == o.users
+            && self.users_file == o.users_file
+            && self.tls == o.tls
+            && self.allow_writes == o.allow_writes
+            && self.trend_samples == o.trend_samples
+    }
+}
+
+/// What a console user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebRole {
+    /// See everything; write nothing.
+    View,
+    /// Also write, when `allow_writes` is on.
+    Operate,
+}
+
+/// How a console user proves who they are.
+#[derive(Clone, PartialEq, Eq)]
+pub enum WebSecret {
+    /// An argon2 hash in PHC string format (`$argon2id$v=19$...`), for a password.
+    Password(String),
+    /// The SHA-256 of a bearer token.
+    Token([u8; 32]),
+}
+
+impl std::fmt::Debug for WebSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WebSecret::Password(_) => f.write_str("Password(***)"),
+            WebSecret::Token(_) => f.write_str("Token(***)"),
+        }
+    }
+}
+
+/// One entry of `web.users_file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebUser {
+    pub name: Arc<str>,
+    pub role: WebRole,
+    pub secret: WebSecret,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

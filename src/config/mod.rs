@@ -5,7 +5,7 @@
 //! the model or the pure core (tests aside): it sits above them.
 
 mod compile;
-pub use compile::read_key_file;
+pub use compile::{parse_users, read_key_file};
 pub mod raw;
 pub mod yaml;
 
@@ -124,7 +124,20 @@ pub fn load_str(
     let env = vars.clone();
     let raw: raw::RawConfig = yaml::parse(text, vars).map_err(invalid)?;
     let instance = instance_path(path);
-    compile::compile(raw, hostname, &instance, state_directory.as_deref(), &env).map_err(invalid)
+    let mut model = compile::compile(raw, hostname, &instance, state_directory.as_deref(), &env)
+        .map_err(invalid)?;
+    if let Some(web) = model.web.as_mut() {
+        web.config_id = config_id(text);
+    }
+    Ok(model)
+}
+
+/// The configuration id the web console shows: the first 12 hex digits of the SHA-256 of the
+/// mapping text as written (before `${VAR}` interpolation).
+pub fn config_id(text: &str) -> std::sync::Arc<str> {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(text.as_bytes());
+    std::sync::Arc::from(crate::outputs::tls::hex(&digest[..6]))
 }
 
 /// The JSON Schema of a mapping file, from the config types (their `///` docs are the

@@ -303,6 +303,11 @@ const LOCATED_FIELDS: &[&str] = &[
     "pack_bits",
     "homeassistant",
     "sparkplug",
+    "web",
+    "tls",
+    "users_file",
+    "cert_file",
+    "key_file",
 ];
 
 /// Sections whose entries are a map by name (`homeassistant.devices.<device>.points.<point>`),

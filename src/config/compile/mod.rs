@@ -15,12 +15,14 @@ mod homeassistant;
 mod mqtt;
 mod points;
 mod sparkplug;
+mod web;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use mqtt::read_key_file;
+pub use web::parse_users;
 
 use super::Issue;
 use super::raw::*;
@@ -114,6 +116,7 @@ pub(super) fn compile(
         &mut commands,
     );
     let sparkplug = sparkplug::compile(&mut ctx, &raw, &devs, &derived, &mqtt);
+    let web = web::compile(&mut ctx, raw.web.as_ref());
 
     if ctx.issues.is_empty() {
         Ok(Model {
@@ -128,6 +131,7 @@ pub(super) fn compile(
             homeassistant,
             sparkplug,
             warnings: ctx.warnings,
+            web,
         })
     } else {
         ctx.issues.sort_by_key(|i| (i.line, i.col));

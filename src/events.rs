@@ -41,6 +41,7 @@ pub fn buffer_level(depth: usize, bytes: usize, age_seconds: f64) {
     gauge!("fieldgate_mqtt_queue_depth").set(depth as f64);
     gauge!("fieldgate_mqtt_queue_bytes").set(bytes as f64);
     gauge!("fieldgate_mqtt_queue_oldest_age_seconds").set(age_seconds);
+    crate::health::buffer_level(depth, bytes, age_seconds);
 }
 
 /// The buffer was full: the `n` oldest publications were dropped (logged once per episode).
@@ -102,10 +103,17 @@ pub fn command_done(seconds: f64) {
     histogram!("fieldgate_command_duration_seconds").record(seconds);
 }
 
+/// A command's outcome was acknowledged to `origin` (`mqtt:<topic>`, `web:<user>`): kept for
+/// the web console's recent acks (logged by the executor's own events).
+pub fn command_acked(origin: &str, body: &serde_json::Value) {
+    crate::health::ack(origin, body);
+}
+
 pub fn link_connected(link: &str) {
     gauge!("fieldgate_modbus_link_up", "link" => link.to_owned()).set(1.0);
     counter!("fieldgate_modbus_connects_total", "link" => link.to_owned()).increment(1);
     info!(link, "modbus link connected");
+    crate::health::link(link, true, None);
 }
 
 /// The link was re-opened after a device fault (a timeout, a garbled reply, a connection the
@@ -119,6 +127,7 @@ pub fn link_reopened(link: &str, why: &str) {
 pub fn link_down(link: &str, reason: &str, retry_in: std::time::Duration) {
     gauge!("fieldgate_modbus_link_up", "link" => link.to_owned()).set(0.0);
     warn!(link, reason, retry_in = ?retry_in, "modbus link down");
+    crate::health::link(link, false, Some(reason));
 }
 
 /// A device did not answer properly (timeout, bad reply); the link stays up.
@@ -129,6 +138,7 @@ pub fn device_fault(device: &str, reason: &str) {
 
 /// A device entered (true) or left (false) quarantine.
 pub fn quarantine(device: &str, on: bool) {
+    crate::health::quarantine(device, on);
     gauge!("fieldgate_device_quarantined", "device" => device.to_owned()).set(if on {
         1.0
     } else {
@@ -300,6 +310,7 @@ pub fn mqtt_connected(broker: &str) {
     gauge!("fieldgate_mqtt_connected").set(1.0);
     counter!("fieldgate_mqtt_connects_total").increment(1);
     info!(broker, "mqtt connected");
+    crate::health::mqtt_connected(broker);
 }
 
 /// A connection attempt failed, or a connection was lost: `state` says why in a word
@@ -307,6 +318,7 @@ pub fn mqtt_connected(broker: &str) {
 pub fn mqtt_down(broker: &str, state: &str, reason: &str, retry_in: std::time::Duration) {
     gauge!("fieldgate_mqtt_connected").set(0.0);
     warn!(broker, state, reason, retry_in = ?retry_in, "mqtt connection lost");
+    crate::health::mqtt_down(broker, state, reason);
 }
 
 /// The broker took the session away soon after accepting it, again: most likely another
@@ -322,6 +334,7 @@ pub fn mqtt_taken_over(
 ) {
     gauge!("fieldgate_mqtt_connected").set(0.0);
     counter!("fieldgate_mqtt_takeovers_total").increment(1);
+    crate::health::mqtt_down(broker, "session_taken_over", reason);
     tracing::error!(
         broker,
         client_id,
@@ -342,6 +355,7 @@ pub fn publication_refused(topic: &str, reason: &str) {
 /// The broker connection's state: `fieldgate_mqtt_connection_state{state}` is 1 for the
 /// current one and 0 for the others.
 pub fn mqtt_state(state: &'static str, all: &[&'static str]) {
+    crate::health::mqtt_state(state);
     for &s in all {
         gauge!("fieldgate_mqtt_connection_state", "state" => s).set(if s == state {
             1.0

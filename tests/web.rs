@@ -198,7 +198,13 @@ struct Setup {
 
 impl Setup {
     async fn start(allow_writes: bool) -> Setup {
+        Self::start_with(allow_writes, |_| String::new()).await
+    }
+
+    /// With more lines for the `web` section, made from the test's directory.
+    async fn start_with(allow_writes: bool, web_extra: impl FnOnce(&Path) -> String) -> Setup {
         let dir = tempfile::tempdir().unwrap();
+        let extra = web_extra(dir.path());
         let (token, token_entry) = token_line("script", "view");
         let users = format!(
             "# test users\n{}{}{token_entry}",
@@ -211,7 +217,7 @@ impl Setup {
         };
         let yaml = format!(
             "mqtt: {{ host: \"${{MQTT_HOST}}\", port: \"${{MQTT_PORT}}\", client_id: webtest, status_topic: {PREFIX}/status }}\n\
-             web:\n  listen: 127.0.0.1:0\n  users_file: {users}\n  allow_writes: {allow_writes}\n\
+             web:\n  listen: 127.0.0.1:0\n  users_file: {users}\n  allow_writes: {allow_writes}\n{extra}\
              devices:\n  - name: tower\n    tcp: {{ host: \"${{MODBUS_HOST}}\", port: \"${{MODBUS_PORT}}\" }}\n    poll_interval: 500ms\n    points:\n\
              \x20     - {{ name: level, kind: input_register, address: 0, unit: cm, publish: {level} }}\n\
              \x20     - {{ name: consumption, kind: input_register, address: 3, type: f32, decimals: 1, unit: l/min, publish: {consumption} }}\n\
@@ -236,7 +242,7 @@ impl Setup {
         let mut gateway = gateway(&config, modbus, mqtt, PREFIX).await;
         let line = gateway.wait_line("web console listening").await;
         let web: SocketAddr = line
-            .split("url=http://")
+            .split("://")
             .nth(1)
             .and_then(|s| s.split('/').next())
             .and_then(|s| s.parse().ok())
@@ -681,5 +687,107 @@ async fn a_real_browser_sees_the_level_change_starts_pump_1_and_mbpoll_confirms_
         png.starts_with(b"\x89PNG") && png.len() > 10_000,
         "screenshot {}",
         shot.display()
+    );
+}
+
+/// An HTTP/1.0 request over TLS, trusting only `ca`; the response as text.
+async fn https(addr: SocketAddr, ca: &Path, request: &str) -> String {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    let _ = tokio::time::timeout(DEADLINE, tls.read_to_string(&mut raw)).await;
+    raw
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_tls_the_console_speaks_https_only_and_its_cookie_is_secure() {
+    let pki = std::sync::Arc::new(std::sync::Mutex::new(PathBuf::new()));
+    let keep = std::sync::Arc::clone(&pki);
+    let s = Setup::start_with(false, move |dir| {
+        let out = dir.join("pki");
+        let made = Command::new("bash")
+            .arg(repo("certs/gen.sh"))
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        *keep.lock().unwrap() = out.clone();
+        format!(
+            "  tls: {{ cert_file: {0}/broker.crt, key_file: {0}/broker.key }}\n",
+            out.display()
+        )
+    })
+    .await;
+    assert!(
+        s.gateway
+            .output()
+            .contains(&format!("url=https://{}/", s.web)),
+        "{}",
+        s.gateway.output()
+    );
+    let ca = pki.lock().unwrap().join("ca.crt");
+    let host = s.web;
+    let r = https(
+        s.web,
+        &ca,
+        &format!("GET /api/status HTTP/1.0\r\nHost: {host}\r\n\r\n"),
+    )
+    .await;
+    assert!(
+        r.starts_with("HTTP/1.0 401") || r.starts_with("HTTP/1.1 401"),
+        "{r}"
+    );
+    assert!(
+        r.to_ascii_lowercase().contains("strict-transport-security"),
+        "{r}"
+    );
+    let body = serde_json::json!({"user": "alice", "password": OPERATOR_PASSWORD}).to_string();
+    let r = https(
+        s.web,
+        &ca,
+        &format!(
+            "POST /api/login HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
+    let cookie = r
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("{r}"));
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let mut plain = tokio::net::TcpStream::connect(s.web).await.unwrap();
+    plain
+        .write_all(format!("GET / HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, plain.read_to_end(&mut raw)).await;
+    assert!(
+        !String::from_utf8_lossy(&raw).starts_with("HTTP/"),
+        "plain HTTP was answered"
     );
 }

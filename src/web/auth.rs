@@ -241,7 +241,15 @@ impl Auth {
                 secret: WebSecret::Password(hash),
                 ..
             }) => verify(hash, password),
-            _ => false,
+            // An unknown user costs the same hash as a known one: the answer's time does not
+            // tell which names exist.
+            _ => {
+                static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+                let dummy =
+                    DUMMY.get_or_init(|| hash_password("not a password").unwrap_or_default());
+                let _ = verify(dummy, password);
+                false
+            }
         };
         match found {
             Some(u) if ok => Ok(Who {

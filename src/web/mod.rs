@@ -785,11 +785,11 @@ async fn write(State(app): State<App>, req: Request) -> Response {
 /// board and recent acks, when they change). A slow reader gets the latest values, never a
 /// backlog.
 async fn events(State(app): State<App>) -> Response {
-    let mut changes = app.console.subscribe();
+    let changes = app.console.subscribe();
     let stop = app.shutdown.clone();
     let state = (app, 0u64, String::new(), true);
     let stream = futures_util::stream::unfold(
-        (state, changes.clone()),
+        (state, changes),
         move |((app, since, last_status, first), mut changes)| {
             let stop = stop.clone();
             async move {
@@ -829,7 +829,6 @@ async fn events(State(app): State<App>) -> Response {
             }
         },
     );
-    changes.borrow_and_update();
     use futures_util::StreamExt;
     Sse::new(stream.flatten())
         .keep_alive(KeepAlive::default())

@@ -12,6 +12,7 @@ import sys
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -22,12 +23,22 @@ opts.binary_location = "/usr/bin/chromium"
 for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1100"):
     opts.add_argument(a)
 driver = webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=opts)
-wait = WebDriverWait(driver, 60, poll_frequency=0.1)
+# Live updates replace cells and a status change re-renders the page: an element found a moment
+# ago may be gone, so every lookup is retried until the deadline.
+wait = WebDriverWait(driver, 60, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException])
 
 
 def text(point):
-    els = driver.find_elements(By.CSS_SELECTOR, f'[data-value="{point}"]')
-    return els[0].get_attribute("data-text") if els else None
+    """The point's value as a plain topic carries it (`data-text`), read in one step."""
+    return driver.execute_script(
+        "const e = document.querySelector(`[data-value=\"${arguments[0]}\"]`); return e ? e.dataset.text : null;",
+        point,
+    )
+
+
+def click(selector):
+    driver.find_element(By.CSS_SELECTOR, selector).click()
+    return True
 
 
 try:
@@ -38,12 +49,14 @@ try:
     wait.until(lambda d: text("tower.level") not in (None, first))
     print(f"level changed: {first} -> {text('tower.level')}")
 
-    buttons = sorted(b.get_attribute("data-payload") for b in driver.find_elements(By.CSS_SELECTOR, "button[data-payload]"))
+    buttons = driver.execute_script(
+        "return [...document.querySelectorAll('button[data-payload]')].map(b => b.dataset.payload).sort()"
+    )
     assert buttons == ["startp1", "startp2", "stopp1", "stopp2"], buttons
     assert driver.find_elements(By.CSS_SELECTOR, '[data-chart="tower.level"] canvas'), "no level trend"
 
     assert text("tower.p1_running") == "false", f"pump 1 already running: {text('tower.p1_running')}"
-    driver.find_element(By.CSS_SELECTOR, 'button[data-payload="startp1"]').click()
+    wait.until(lambda d: click('button[data-payload="startp1"]'))
     wait.until(lambda d: "startp1: ok" in d.find_element(By.ID, "result").text)
     print("ack:", driver.find_element(By.ID, "result").text)
     wait.until(lambda d: text("tower.p1_running") == "true")

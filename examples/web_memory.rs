@@ -117,9 +117,13 @@ fn main() -> anyhow::Result<()> {
             .join("fieldgate"),
     };
     if !gw.exists() {
-        bail!("{} not found: build it first, or pass --gateway", gw.display());
+        bail!(
+            "{} not found: build it first, or pass --gateway",
+            gw.display()
+        );
     }
-    let sim = spawn(Command::new(&gw).args(["simulate", "water-tower", "--listen", "127.0.0.1:0"]))?;
+    let sim =
+        spawn(Command::new(&gw).args(["simulate", "water-tower", "--listen", "127.0.0.1:0"]))?;
     let modbus = last_word_addr(&wait_line(&sim, "water tower listening on")?)?;
     let broker = spawn(Command::new(&gw).args(["broker", "--listen", "127.0.0.1:0"]))?;
     let mqtt = last_word_addr(&wait_line(&broker, "broker listening on")?)?;
@@ -140,7 +144,12 @@ fn main() -> anyhow::Result<()> {
     }
     let config = dir.join("mapping.yaml");
     std::fs::write(&config, yaml)?;
-    let gateway = spawn(Command::new(&gw).args(["run", "-c"]).arg(&config).env("RUST_LOG", "info"))?;
+    let gateway = spawn(
+        Command::new(&gw)
+            .args(["run", "-c"])
+            .arg(&config)
+            .env("RUST_LOG", "info"),
+    )?;
     let line = wait_line(&gateway, "web console listening")?;
     let web: SocketAddr = line
         .split("url=http://")
@@ -149,7 +158,9 @@ fn main() -> anyhow::Result<()> {
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("no address in {line}"))?;
     let pid = gateway.0.id();
-    println!("gateway pid {pid}, 100 points every 50 ms, trend_samples 600 (window full after 30 s)");
+    println!(
+        "gateway pid {pid}, 100 points every 50 ms, trend_samples 600 (window full after 30 s)"
+    );
     println!("seconds  rss_kB  rss_anon_kB  trend_samples");
     let start = Instant::now();
     let mut t = 0;

@@ -791,3 +791,41 @@ async fn with_tls_the_console_speaks_https_only_and_its_cookie_is_secure() {
         "plain HTTP was answered"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_browser_must_log_in_and_a_read_only_console_shows_no_controls() {
+    let python = repo("target/peers-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: bash scripts/test.sh makes it",
+        python.display()
+    );
+    tool("chromium");
+    tool("chromedriver");
+    let s = Setup::start(false).await;
+    let url = format!("http://{}/", s.web);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(repo("tests/browser/login.py"))
+            .args([&url, "alice", OPERATOR_PASSWORD])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the browser test failed:\n{said}");
+    assert!(
+        said.contains("refused:") && said.contains("read-only console"),
+        "{said}"
+    );
+    let log = s.gateway.output();
+    assert!(
+        log.contains("web login failed") && log.contains("web login user=alice"),
+        "{log}"
+    );
+}

@@ -175,9 +175,8 @@ pub struct RawConfig {
     pub web: Option<Located<RawWeb>>,
 }
 
-const fn default_trend_samples() -> usize {
-    600
-}
+/// `web.trend_samples` when it is not given.
+pub const DEFAULT_TREND_SAMPLES: usize = 600;
 
 /// `web`: the built-in console (see README "Web console").
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -201,9 +200,9 @@ pub struct RawWeb {
     #[serde(default)]
     pub allow_writes: bool,
     /// Samples kept in memory per numeric value for the trend graphs (one per poll, the oldest
-    /// dropped). Default 600: 5 minutes at a 500 ms poll interval.
-    #[serde(default = "default_trend_samples")]
-    pub trend_samples: usize,
+    /// dropped), 2 to 100000. Default 600: 5 minutes at a 500 ms poll interval.
+    #[serde(default)]
+    pub trend_samples: Option<Located<usize>>,
 }
 
 /// `web.tls`: the console's certificate chain and private key.

@@ -308,6 +308,7 @@ const LOCATED_FIELDS: &[&str] = &[
     "users_file",
     "cert_file",
     "key_file",
+    "trend_samples",
 ];
 
 /// Sections whose entries are a map by name (`homeassistant.devices.<device>.points.<point>`),

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::Ctx;
-use crate::config::raw::RawWeb;
+use crate::config::raw::{DEFAULT_TREND_SAMPLES, RawWeb};
 use crate::config::yaml::Located;
 use crate::model::{Web, WebRole, WebSecret, WebUser};
 
@@ -90,23 +90,28 @@ pub(super) fn compile(ctx: &mut Ctx, web: Option<&Located<RawWeb>>) -> Option<We
             "passwords and session cookies cross the network in clear text: add web.tls",
         );
     }
-    if !(2..=MAX_TREND_SAMPLES).contains(&w.trend_samples) {
-        ctx.err(
-            w,
-            "web.trend_samples",
-            format!(
-                "trend_samples must be between 2 and {MAX_TREND_SAMPLES}, not {}",
-                w.trend_samples
-            ),
-        );
-    }
+    let trend_samples = match &w.trend_samples {
+        Some(n) if !(2..=MAX_TREND_SAMPLES).contains(&n.value) => {
+            ctx.err(
+                n,
+                "web.trend_samples",
+                format!(
+                    "trend_samples must be between 2 and {MAX_TREND_SAMPLES}, not {}",
+                    n.value
+                ),
+            );
+            DEFAULT_TREND_SAMPLES
+        }
+        Some(n) => n.value,
+        None => DEFAULT_TREND_SAMPLES,
+    };
     Some(Web {
         listen,
         users,
         users_file: w.users_file.as_ref().map(|f| PathBuf::from(&f.value)),
         tls,
         allow_writes: w.allow_writes,
-        trend_samples: w.trend_samples,
+        trend_samples,
         config_id: Arc::from(""),
     })
 }

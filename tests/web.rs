@@ -513,6 +513,37 @@ async fn next_event(
     }
 }
 
+/// Wait (with a deadline over all events) for a `points` event holding a point for which
+/// `pred` holds; returns that point.
+async fn wait_point(
+    lines: &mut tokio::io::Lines<BufReader<tokio::net::TcpStream>>,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let found = async {
+        loop {
+            let (ev, data) = next_event(lines).await;
+            if ev != "points" {
+                continue;
+            }
+            if let Some(p) = data["points"].as_array().unwrap().iter().find(|p| pred(p)) {
+                return p.clone();
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, found)
+        .await
+        .unwrap_or_else(|_| panic!("no point event: {what} within {DEADLINE:?}"))
+}
+
+/// Wait (with a deadline over all events) for an event of kind `kind`.
+async fn wait_kind(lines: &mut tokio::io::Lines<BufReader<tokio::net::TcpStream>>, kind: &str) {
+    let found = async { while next_event(lines).await.0 != kind {} };
+    tokio::time::timeout(DEADLINE, found)
+        .await
+        .unwrap_or_else(|_| panic!("no `{kind}` event within {DEADLINE:?}"));
+}
+
 fn parse_ts(s: &str) -> SystemTime {
     humantime::parse_rfc3339(s).unwrap_or_else(|e| panic!("{s}: {e}"))
 }
@@ -534,35 +565,17 @@ async fn the_event_stream_delivers_a_changed_value_within_one_poll() {
         .unwrap();
     let mut lines = BufReader::new(stream).lines();
     // The first event holds every value; wait until the register has been read.
-    loop {
-        let (ev, data) = next_event(&mut lines).await;
-        if ev == "points"
-            && data["points"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|p| p["id"] == "tower.p1_start_level" && p["quality"] == "good")
-        {
-            break;
-        }
-    }
+    wait_point(&mut lines, "p1_start_level read", |p| {
+        p["id"] == "tower.p1_start_level" && p["quality"] == "good"
+    })
+    .await;
     // The independent master changes the register behind the gateway's back.
     let written_at = SystemTime::now();
     mbpoll_write_register(s.modbus, 0, 123);
-    let seen = loop {
-        let (ev, data) = next_event(&mut lines).await;
-        if ev != "points" {
-            continue;
-        }
-        if let Some(p) = data["points"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["id"] == "tower.p1_start_level" && p["value"] == 123)
-        {
-            break p.clone();
-        }
-    };
+    let seen = wait_point(&mut lines, "p1_start_level 123", |p| {
+        p["id"] == "tower.p1_start_level" && p["value"] == 123
+    })
+    .await;
     // Read by the first poll after the write: within one poll interval (plus the read itself,
     // at most the device timeout). Times are the gateway's read stamps, not a stopwatch.
     let read_at = parse_ts(seen["read_at"].as_str().unwrap());
@@ -828,4 +841,56 @@ async fn a_real_browser_must_log_in_and_a_read_only_console_shows_no_controls() 
         log.contains("web login failed") && log.contains("web login user=alice"),
         "{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_reaches_the_open_pages_and_a_changed_web_section_is_refused() {
+    let mut s = Setup::start(false).await;
+    let mut stream = tokio::net::TcpStream::connect(s.web).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /api/events HTTP/1.0\r\nHost: {}\r\nAuthorization: {}\r\n\r\n",
+                s.web,
+                s.bearer()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut lines = BufReader::new(stream).lines();
+    assert_eq!(next_event(&mut lines).await.0, "points");
+    // A new point: the reload is applied, the stream says so, and the point is there.
+    let path = s._dir.path().join("mapping.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let point = "      - { name: p1_stop_level, kind: holding_register, address: 2, unit: cm }\n";
+    let with_point = yaml.replace("commands:\n", &format!("{point}commands:\n"));
+    assert_ne!(with_point, yaml);
+    std::fs::write(&path, &with_point).unwrap();
+    s.gateway.signal("HUP");
+    s.gateway.wait_line("reload applied").await;
+    wait_kind(&mut lines, "reload").await;
+    wait_point(&mut lines, "the new point", |p| {
+        p["id"] == "tower.p1_stop_level" && p["value"] == 370
+    })
+    .await;
+    // Switching writes on needs a restart: the reload is refused and writes stay off.
+    std::fs::write(
+        &path,
+        with_point.replace("allow_writes: false", "allow_writes: true"),
+    )
+    .unwrap();
+    s.gateway.signal("HUP");
+    let line = s.gateway.wait_line("reload rejected").await;
+    assert!(line.contains("web section changed"), "{line}");
+    let alice = logged_in(s.web, "alice", OPERATOR_PASSWORD).await;
+    let r = http(
+        s.web,
+        "POST",
+        "/api/command",
+        &[("Cookie", &alice.cookie), ("X-CSRF-Token", &alice.csrf)],
+        Some(r#"{"topic": "webtest/pump", "payload": "startp1"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{r:?}");
 }

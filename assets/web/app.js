@@ -277,6 +277,7 @@ async function start() {
   es.addEventListener('points', ev => onPoints(JSON.parse(ev.data).points));
   es.addEventListener('status', ev => onStatus(JSON.parse(ev.data)));
   es.addEventListener('devices', () => onDevices());
+  es.addEventListener('reload', () => location.reload());
   document.body.dataset.live = 'yes';
 }
 

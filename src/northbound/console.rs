@@ -58,6 +58,8 @@ struct DeviceEntry {
 #[derive(Debug)]
 struct Board {
     model: Arc<Model>,
+    /// How many times the board was reset for a new model (reloads).
+    generation: u64,
     seq: u64,
     dirty: bool,
     /// Points by `PointId`, then derived values.
@@ -87,6 +89,7 @@ impl Board {
                 model.devices.len()
             ],
             model,
+            generation: 0,
             seq,
             dirty: true,
         }
@@ -131,6 +134,11 @@ impl Console {
         Arc::clone(&self.board().model)
     }
 
+    /// Goes up by one each time a reload gives the console a new model (its points may differ).
+    pub fn generation(&self) -> u64 {
+        self.board().generation
+    }
+
     /// Wakes on every batch that changed something; the value is the sequence number.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changed.subscribe()
@@ -142,8 +150,9 @@ impl Console {
         {
             let mut b = self.board();
             if !Arc::ptr_eq(&b.model, &model) {
-                let seq = b.seq + 1;
+                let (seq, generation) = (b.seq + 1, b.generation + 1);
                 *b = Board::new(model, seq);
+                b.generation = generation;
                 drop(b);
                 self.changed.send_replace(seq);
             }

@@ -110,12 +110,21 @@ impl Limiter {
     }
 }
 
-/// The users, the sessions and the limiter of one console.
-#[derive(Debug)]
+/// The users, the sessions and the limiter of one console. `Debug` shows counts only (session
+/// ids and CSRF tokens are secrets).
 pub struct Auth {
     users: Vec<WebUser>,
     sessions: Mutex<HashMap<String, Session>>,
     limiter: Mutex<Limiter>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("users", &self.users.len())
+            .field("sessions", &self.sessions().len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// 32 random bytes from the OS, as 64 hex digits.

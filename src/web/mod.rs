@@ -781,19 +781,21 @@ async fn write(State(app): State<App>, req: Request) -> Response {
 }
 
 /// `GET /api/events`: Server-Sent Events. `points` (every value at first, then the ones a poll
-/// changed, each as in `/api/points`), `devices` (status changes) and `status` (the health
-/// board and recent acks, when they change). A slow reader gets the latest values, never a
+/// changed, each as in `/api/points`), `devices` (status changes), `status` (the health
+/// board and recent acks, when they change) and `reload` (the mapping was reloaded: points may
+/// have come or gone; the page loads again). A slow reader gets the latest values, never a
 /// backlog.
 async fn events(State(app): State<App>) -> Response {
     let changes = app.console.subscribe();
     let stop = app.shutdown.clone();
-    let state = (app, 0u64, String::new(), true);
+    let generation = app.console.generation();
+    let state = (app, 0u64, String::new(), generation);
     let stream = futures_util::stream::unfold(
         (state, changes),
-        move |((app, since, last_status, first), mut changes)| {
+        move |((app, since, last_status, generation), mut changes)| {
             let stop = stop.clone();
             async move {
-                if !first {
+                if since != 0 {
                     tokio::select! {
                         () = stop.cancelled() => return None,
                         r = changes.changed() => r.ok()?,
@@ -803,6 +805,10 @@ async fn events(State(app): State<App>) -> Response {
                 let devs = app.console.devices_since(since);
                 let status = json!({"health": health_json(&app), "acks": acks_json()}).to_string();
                 let mut evs = Vec::new();
+                let now = app.console.generation();
+                if now != generation {
+                    evs.push(Event::default().event("reload").data("{}"));
+                }
                 if !values.is_empty() {
                     evs.push(
                         Event::default()
@@ -824,7 +830,7 @@ async fn events(State(app): State<App>) -> Response {
                     futures_util::stream::iter(
                         evs.into_iter().map(Ok::<_, std::convert::Infallible>),
                     ),
-                    ((app, seq, status, false), changes),
+                    ((app, seq.max(1), status, now), changes),
                 ))
             }
         },

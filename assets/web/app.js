@@ -97,7 +97,7 @@ function pointTable(ids) {
 function viewOverview() {
   const s = S.status;
   const m = s.mqtt;
-  const fail = m.last_failure ? `<div class="error">last failure ${esc(m.last_failure.at)}: ${esc(m.last_failure.reason)}</div>` : '';
+  const fail = `<div class="error" id="mqtt-failure">${esc(failure(m.last_failure))}</div>`;
   const links = s.links.map(l => `<tr><td>${esc(l.name)}</td><td>${badge(l.up ? 'ok' : 'error')}</td><td class="error">${esc(l.last_error ?? '')}</td></tr>`).join('');
   const devices = s.devices.map(d => `<tr><td><a href="#/device/${encodeURIComponent(d.name)}">${esc(d.name)}</a></td><td>${esc(d.link)} unit ${esc(d.unit)}</td>
     <td data-status="${esc(d.name)}">${badge(d.status)}</td><td class="error">${esc(d.last_error ?? '')}</td>
@@ -116,6 +116,10 @@ function viewOverview() {
   <h2>Devices</h2><table><thead><tr><th>Device</th><th>Where</th><th>Status</th><th>Last error</th><th>Read plan</th></tr></thead><tbody>${devices}</tbody></table>
   ${derived.length ? `<h2>Derived values</h2>${pointTable(derived)}` : ''}
   <h2>Recent commands</h2><table><thead><tr><th>When</th><th>From</th><th>Command</th><th>Result</th></tr></thead><tbody>${acks}</tbody></table>`;
+}
+
+function failure(f) {
+  return f ? `last failure ${f.at}: ${f.reason}` : '';
 }
 
 function dur(s) {
@@ -248,6 +252,8 @@ function onStatus(st) {
   S.acks = st.acks;
   const m = document.getElementById('mqtt-state');
   if (m) m.innerHTML = badge(st.health.mqtt_state);
+  const f = document.getElementById('mqtt-failure');
+  if (f) f.textContent = failure(st.health.mqtt_last_failure);
   const b = document.getElementById('buffer');
   if (b) b.textContent = `${st.health.buffer_depth} waiting, oldest ${Math.round(st.health.buffer_oldest_age_s)} s`;
   const u = document.getElementById('uptime');

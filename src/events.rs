@@ -394,3 +394,36 @@ pub fn sparkplug_host(online: bool) {
 pub fn sparkplug_rebirth_requested(topic: &str) {
     info!(topic, "sparkplug rebirth requested");
 }
+
+/// The web console listens at `url`.
+pub fn web_listening(url: &str, writes: bool, users: usize) {
+    info!(url = %url, writes, users, "web console listening");
+}
+
+/// A web console login (`ok`) or a failed one (wrong password or unknown user: one answer for
+/// both); the user name as typed, made printable; never the password.
+pub fn web_login(user: &str, client: std::net::IpAddr, ok: bool) {
+    counter!("fieldgate_web_logins_total", "outcome" => if ok { "ok" } else { "failed" })
+        .increment(1);
+    if ok {
+        info!(user = %user, client = %client, "web login");
+    } else {
+        warn!(user = %user, client = %client, "web login failed");
+    }
+}
+
+/// A bearer token that matches no entry of the users file (never the token itself).
+pub fn web_token_refused(client: std::net::IpAddr) {
+    counter!("fieldgate_web_logins_total", "outcome" => "bad_token").increment(1);
+    warn!(client = %client, "web bearer token refused");
+}
+
+/// A write from the web console passed its checks and goes to the device.
+pub fn web_command(origin: &str, command: &str, payload: &str) {
+    info!(origin = %origin, command = %command, payload = %payload, "web command");
+}
+
+/// The web listener could not accept a connection (it tries again).
+pub fn web_accept_failed(error: &std::io::Error) {
+    warn!(%error, "web accept failed");
+}

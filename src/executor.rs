@@ -345,7 +345,7 @@ async fn web_command(
         }
         Ok(accepted) => {
             events::command_accepted(&what.0, &accepted.label);
-            tracing::info!(origin = %origin, command = %what.0, payload = %accepted.label, "web command");
+            events::web_command(&origin, &what.0, &accepted.label);
             let ci = Some(accepted.command).filter(|&c| c != crate::mappings::command::NO_COMMAND);
             (ci, execute(snap, accepted, &origin).await)
         }

@@ -268,7 +268,7 @@ impl Auth {
             }),
             _ => {
                 self.limiter().fail(ip, Instant::now());
-                tracing::warn!(user = %crate::mappings::command::printable(user), client = %ip, "web login failed");
+                crate::events::web_login(&crate::mappings::command::printable(user), ip, false);
                 Err(Denied::Unauthorized)
             }
         }
@@ -302,7 +302,7 @@ impl Auth {
                 }),
                 None => {
                     self.limiter().fail(ip, Instant::now());
-                    tracing::warn!(client = %ip, "web bearer token refused");
+                    crate::events::web_token_refused(ip);
                     Err(Denied::Unauthorized)
                 }
             };

@@ -127,11 +127,10 @@ pub async fn serve(
     });
     let router = router(app);
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(
-        url = %format!("{scheme}://{addr}/"),
-        writes = settings.allow_writes,
-        users = settings.users.len(),
-        "web console listening"
+    crate::events::web_listening(
+        &format!("{scheme}://{addr}/"),
+        settings.allow_writes,
+        settings.users.len(),
     );
     tokio::spawn(accept_loop(listener, tls, router, shutdown));
     Ok(addr)
@@ -150,7 +149,7 @@ async fn accept_loop(
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::warn!(error = %e, "web accept failed");
+                    crate::events::web_accept_failed(&e);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -415,7 +414,7 @@ async fn login(State(app): State<App>, req: Request) -> Response {
     match result {
         Ok(Ok(who)) => {
             let (id, csrf) = app.auth.open_session(Arc::clone(&who.user), who.role);
-            tracing::info!(user = %who.user, client = %ip, "web login");
+            crate::events::web_login(&who.user, ip, true);
             let mut r = Json(json!({"user": &*who.user, "role": role(who.role), "csrf": csrf}))
                 .into_response();
             r.headers_mut()

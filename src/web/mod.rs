@@ -83,6 +83,9 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
 ];
 const INDEX: &str = include_str!("../../assets/web/index.html");
 
+/// The most connections served at once (each open page holds one for its event stream).
+const MAX_CONNECTIONS: usize = 64;
+
 /// The Content-Security-Policy of every response: nothing from elsewhere, no inline script or
 /// style, no framing (clickjacking), no plugins.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
@@ -143,6 +146,7 @@ async fn accept_loop(
     shutdown: CancellationToken,
 ) {
     let tasks = tokio_util::task::TaskTracker::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -155,10 +159,16 @@ async fn accept_loop(
                 }
             },
         };
+        // At most MAX_CONNECTIONS at a time: one more is closed at once.
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
         let router = router.clone();
         let tls = tls.clone();
         let stop = shutdown.clone();
         tasks.spawn(async move {
+            let _slot = slot;
             let service =
                 hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(Peer(peer));
@@ -168,7 +178,10 @@ async fn accept_loop(
                         r.call(req.map(axum::body::Body::new)).await
                     }
                 });
-            let http = hyper::server::conn::http1::Builder::new();
+            let mut http = hyper::server::conn::http1::Builder::new();
+            // A client that sends its request head slowly (slowloris) is cut off.
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
             let served = async {
                 match tls {
                     Some(acceptor) => {

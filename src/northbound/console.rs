@@ -167,6 +167,13 @@ impl Console {
     /// `value`, `text` (as a plain MQTT topic would carry it), `quality`, `read_at` (RFC 3339),
     /// `age_ms` (at `now`) and `error`.
     pub fn values_since(&self, since: u64, now: SystemTime) -> (u64, Vec<Json>) {
+        let (seq, values, _) = self.values_with_model(since, now);
+        (seq, values)
+    }
+
+    /// [`Console::values_since`], with the model the values belong to (taken together: a
+    /// reload between two calls would pair values with another model's points).
+    pub fn values_with_model(&self, since: u64, now: SystemTime) -> (u64, Vec<Json>, Arc<Model>) {
         let b = self.board();
         let m = &b.model;
         let out = b
@@ -190,7 +197,7 @@ impl Console {
                 })
             })
             .collect();
-        (b.seq, out)
+        (b.seq, out, Arc::clone(&b.model))
     }
 
     /// Each device's status (`unknown` before its first poll, `ok`, `degraded`, `error`), the

@@ -460,8 +460,12 @@ fn device_rows(app: &Inner, model: &Model) -> Vec<Json_> {
     model
         .devices
         .iter()
-        .zip(statuses)
-        .map(|(d, st)| {
+        .map(|d| {
+            let st = statuses
+                .iter()
+                .find(|s| s["name"] == *d.name)
+                .cloned()
+                .unwrap_or_default();
             let link = &model.links[d.link];
             let quarantined = health.quarantined.get(&*d.name).copied().unwrap_or(false);
             let mut status = st["status"].as_str().unwrap_or("unknown").to_owned();
@@ -538,12 +542,11 @@ async fn devices(State(app): State<App>) -> Response {
 /// `GET /api/points`: every point and derived value: what it is (`device`, `unit`, `kind`,
 /// `writable` limits) and its latest value, quality and age.
 async fn points(State(app): State<App>) -> Response {
-    let model = app.console.model();
-    let (seq, values) = app.console.values_since(0, SystemTime::now());
+    let (seq, values, model) = app.console.values_with_model(0, SystemTime::now());
     let rows: Vec<Json_> = values
         .into_iter()
         .enumerate()
-        .map(|(i, mut v)| {
+        .filter_map(|(i, mut v)| {
             if let Some(p) = model.points.get(i) {
                 v["device"] = json!(&*model.devices[p.device].name);
                 v["name"] = json!(&*p.name);
@@ -555,7 +558,7 @@ async fn points(State(app): State<App>) -> Response {
                     None => Json_::Null,
                 };
             } else {
-                let d = &model.derived[i - model.points.len()];
+                let d = model.derived.get(i - model.points.len())?;
                 v["device"] = Json_::Null;
                 v["name"] = json!(&*d.name);
                 v["kind"] = json!("derived");
@@ -563,7 +566,7 @@ async fn points(State(app): State<App>) -> Response {
                 v["numeric"] = json!(true);
                 v["writable"] = Json_::Null;
             }
-            v
+            Some(v)
         })
         .collect();
     Json(json!({"seq": seq, "points": rows})).into_response()

@@ -4,7 +4,8 @@
 # Modbus master), systemd-analyze (to verify the unit), openssl (certs/gen.sh makes the test
 # certificates), the system CA store, and in target/peers-venv pymodbus (an independent Modbus
 # slave), jinja2 (Home Assistant's template engine, to render our availability templates) and
-# pysparkplug (an independent Sparkplug B host). Then runs
+# pysparkplug (an independent Sparkplug B host), and for the web console's browser test Debian's
+# chromium and chromium-driver with selenium in the venv. Then runs
 # every test. A test whose peer is missing fails; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,9 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v openssl >/dev/null || need+=(openssl)
 [ -d /etc/ssl/certs ] && ls /etc/ssl/certs/*.pem >/dev/null 2>&1 || need+=(ca-certificates)
+# The web console's browser test (tests/web.rs): headless Chromium driven through chromedriver.
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}"
   sudo=""
@@ -56,6 +60,12 @@ fi
 if ! "$venv/bin/python" -c 'import pysparkplug, sys; sys.exit(pysparkplug.__version__ != "0.6.1")' 2>/dev/null; then
   echo "installing pysparkplug into $venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "pysparkplug==0.6.1"
+fi
+
+# selenium: drives Chromium in tests/web.rs (tests/browser/console.py).
+if ! "$venv/bin/python" -c 'import selenium, sys; sys.exit(selenium.__version__ != "4.38.0")' 2>/dev/null; then
+  echo "installing selenium into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "selenium==4.38.0"
 fi
 
 cargo test --locked --all-targets

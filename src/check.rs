@@ -134,6 +134,7 @@ pub fn summary(m: &Model) -> String {
     groups(&mut s, m);
     homeassistant(&mut s, m);
     sparkplug(&mut s, m);
+    web(&mut s, m);
     publishes(&mut s, m);
     s
 }
@@ -165,6 +166,52 @@ fn homeassistant(s: &mut String, m: &Model) {
             .map(|(p, keys)| format!("{p} {}", keys.join(" ")))
             .collect();
         let _ = writeln!(s, "  {}: {}", discovery_topic(h, m, d), list.join("; "));
+    }
+}
+
+/// The web console: where it listens, who may use it (names and roles, never a secret), and
+/// whether it may write.
+fn web(s: &mut String, m: &Model) {
+    use crate::model::{WebRole, WebSecret};
+    let Some(w) = &m.web else { return };
+    let _ = writeln!(
+        s,
+        "web console: {}://{}, {}, trends {} samples per value",
+        if w.tls.is_some() { "https" } else { "http" },
+        w.listen,
+        if w.allow_writes {
+            "writes allowed (role operate)"
+        } else {
+            "read-only"
+        },
+        w.trend_samples
+    );
+    match &w.users_file {
+        None => {
+            let _ = writeln!(
+                s,
+                "  no users: open to anyone who can reach {} (loopback only)",
+                w.listen
+            );
+        }
+        Some(f) => {
+            let _ = writeln!(s, "  users from {}:", f.display());
+            for u in &w.users {
+                let _ = writeln!(
+                    s,
+                    "    {} {} ({})",
+                    match u.secret {
+                        WebSecret::Password(_) => "user",
+                        WebSecret::Token(_) => "token",
+                    },
+                    u.name,
+                    match u.role {
+                        WebRole::View => "view",
+                        WebRole::Operate => "operate",
+                    }
+                );
+            }
+        }
     }
 }
 

@@ -15,7 +15,9 @@ use crate::simulator::{Endpoint, TowerOptions, serve_water_tower};
 /// The shipped mapping, embedded so that the demo runs from any directory.
 pub const WATER_TOWER_YAML: &str = include_str!("../mappings/water-tower.yaml");
 
-pub async fn run(speed: f64, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Run the demo until `shutdown`; the web console listens on `127.0.0.1:web_port` (0: any free
+/// port), and its URL is printed.
+pub async fn run(speed: f64, web_port: u16, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let modbus = listener.local_addr()?;
     let opts = TowerOptions {
@@ -46,13 +48,23 @@ pub async fn run(speed: f64, shutdown: CancellationToken) -> anyhow::Result<()> 
     vars.insert("MODBUS_PORT".into(), modbus.port().to_string());
     vars.insert("MQTT_HOST".into(), broker.ip().to_string());
     vars.insert("MQTT_PORT".into(), broker.port().to_string());
-    let model = crate::config::load_str(
+    let mut model = crate::config::load_str(
         Path::new("mappings/water-tower.yaml"),
         WATER_TOWER_YAML,
         vars,
         "demo",
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The console on loopback, writes allowed, no users: the seed's console (level trend, pump
+    // states, the four pump buttons) on the tower's page.
+    model.web = Some(crate::model::Web {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], web_port)),
+        users: Vec::new(),
+        users_file: None,
+        tls: None,
+        allow_writes: true,
+        trend_samples: crate::config::raw::DEFAULT_TREND_SAMPLES,
+    });
     let prefix = model
         .mqtt
         .status_topic
@@ -105,5 +117,11 @@ pub async fn run(speed: f64, shutdown: CancellationToken) -> anyhow::Result<()> 
             }
         }
     });
-    crate::run(Arc::new(model), shutdown).await
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        if let Ok(addr) = bound_rx.await {
+            println!("  console: http://{addr}/#/device/tower  (writes allowed, loopback only)");
+        }
+    });
+    crate::gateway::run_announcing(Arc::new(model), None, shutdown, Some(bound_tx)).await
 }

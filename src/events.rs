@@ -41,6 +41,7 @@ pub fn buffer_level(depth: usize, bytes: usize, age_seconds: f64) {
     gauge!("fieldgate_mqtt_queue_depth").set(depth as f64);
     gauge!("fieldgate_mqtt_queue_bytes").set(bytes as f64);
     gauge!("fieldgate_mqtt_queue_oldest_age_seconds").set(age_seconds);
+    crate::health::buffer_level(depth, bytes, age_seconds);
 }
 
 /// The buffer was full: the `n` oldest publications were dropped (logged once per episode).
@@ -102,10 +103,17 @@ pub fn command_done(seconds: f64) {
     histogram!("fieldgate_command_duration_seconds").record(seconds);
 }
 
+/// A command's outcome was acknowledged to `origin` (`mqtt:<topic>`, `web:<user>`): kept for
+/// the web console's recent acks (logged by the executor's own events).
+pub fn command_acked(origin: &str, body: &serde_json::Value) {
+    crate::health::ack(origin, body);
+}
+
 pub fn link_connected(link: &str) {
     gauge!("fieldgate_modbus_link_up", "link" => link.to_owned()).set(1.0);
     counter!("fieldgate_modbus_connects_total", "link" => link.to_owned()).increment(1);
     info!(link, "modbus link connected");
+    crate::health::link(link, true, None);
 }
 
 /// The link was re-opened after a device fault (a timeout, a garbled reply, a connection the
@@ -119,6 +127,7 @@ pub fn link_reopened(link: &str, why: &str) {
 pub fn link_down(link: &str, reason: &str, retry_in: std::time::Duration) {
     gauge!("fieldgate_modbus_link_up", "link" => link.to_owned()).set(0.0);
     warn!(link, reason, retry_in = ?retry_in, "modbus link down");
+    crate::health::link(link, false, Some(reason));
 }
 
 /// A device did not answer properly (timeout, bad reply); the link stays up.
@@ -129,6 +138,7 @@ pub fn device_fault(device: &str, reason: &str) {
 
 /// A device entered (true) or left (false) quarantine.
 pub fn quarantine(device: &str, on: bool) {
+    crate::health::quarantine(device, on);
     gauge!("fieldgate_device_quarantined", "device" => device.to_owned()).set(if on {
         1.0
     } else {
@@ -300,6 +310,7 @@ pub fn mqtt_connected(broker: &str) {
     gauge!("fieldgate_mqtt_connected").set(1.0);
     counter!("fieldgate_mqtt_connects_total").increment(1);
     info!(broker, "mqtt connected");
+    crate::health::mqtt_connected(broker);
 }
 
 /// A connection attempt failed, or a connection was lost: `state` says why in a word
@@ -307,6 +318,7 @@ pub fn mqtt_connected(broker: &str) {
 pub fn mqtt_down(broker: &str, state: &str, reason: &str, retry_in: std::time::Duration) {
     gauge!("fieldgate_mqtt_connected").set(0.0);
     warn!(broker, state, reason, retry_in = ?retry_in, "mqtt connection lost");
+    crate::health::mqtt_down(broker, state, reason);
 }
 
 /// With several brokers (`mqtt.hosts`): the connection to `from` failed or was lost, the next
@@ -329,6 +341,7 @@ pub fn mqtt_taken_over(
 ) {
     gauge!("fieldgate_mqtt_connected").set(0.0);
     counter!("fieldgate_mqtt_takeovers_total").increment(1);
+    crate::health::mqtt_down(broker, "session_taken_over", reason);
     tracing::error!(
         broker,
         client_id,
@@ -349,6 +362,7 @@ pub fn publication_refused(topic: &str, reason: &str) {
 /// The broker connection's state: `fieldgate_mqtt_connection_state{state}` is 1 for the
 /// current one and 0 for the others.
 pub fn mqtt_state(state: &'static str, all: &[&'static str]) {
+    crate::health::mqtt_state(state);
     for &s in all {
         gauge!("fieldgate_mqtt_connection_state", "state" => s).set(if s == state {
             1.0
@@ -386,4 +400,37 @@ pub fn sparkplug_host(online: bool) {
 /// A host asked for a rebirth (NCMD `Node Control/Rebirth = true`).
 pub fn sparkplug_rebirth_requested(topic: &str) {
     info!(topic, "sparkplug rebirth requested");
+}
+
+/// The web console listens at `url`.
+pub fn web_listening(url: &str, writes: bool, users: usize) {
+    info!(url = %url, writes, users, "web console listening");
+}
+
+/// A web console login (`ok`) or a failed one (wrong password or unknown user: one answer for
+/// both); the user name as typed, made printable; never the password.
+pub fn web_login(user: &str, client: std::net::IpAddr, ok: bool) {
+    counter!("fieldgate_web_logins_total", "outcome" => if ok { "ok" } else { "failed" })
+        .increment(1);
+    if ok {
+        info!(user = %user, client = %client, "web login");
+    } else {
+        warn!(user = %user, client = %client, "web login failed");
+    }
+}
+
+/// A bearer token that matches no entry of the users file (never the token itself).
+pub fn web_token_refused(client: std::net::IpAddr) {
+    counter!("fieldgate_web_logins_total", "outcome" => "bad_token").increment(1);
+    warn!(client = %client, "web bearer token refused");
+}
+
+/// A write from the web console passed its checks and goes to the device.
+pub fn web_command(origin: &str, command: &str, payload: &str) {
+    info!(origin = %origin, command = %command, payload = %payload, "web command");
+}
+
+/// The web listener could not accept a connection (it tries again).
+pub fn web_accept_failed(error: &std::io::Error) {
+    warn!(%error, "web accept failed");
 }

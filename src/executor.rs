@@ -230,20 +230,172 @@ async fn sparkplug_command(
     let _ = signals.send(SessionEvent::Written { points });
 }
 
+/// What the web console asks of the executor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WebRequest {
+    /// A configured command, exactly as an MQTT client would send it: its topic and payload
+    /// (`startp1`, or a value).
+    Command { topic: String, payload: String },
+    /// A value (as text: `55`, `true`) for a writable point, by its `device.point` name. When a
+    /// value command writes that point, its ack topic gets the ack as well.
+    Point { point: String, value: String },
+}
+
+/// A write from the web console, by the authenticated `user`; the ack body comes back on
+/// `reply` (and goes to the MQTT ack topic when the command has one).
+#[derive(Debug)]
+pub struct WebCommand {
+    pub request: WebRequest,
+    pub user: Arc<str>,
+    pub reply: oneshot::Sender<serde_json::Value>,
+}
+
+/// Write every op of an accepted command in order, read each back, and return the ack body:
+/// `result` `ok` with the read-back values, or `error` with the first failure (the writes
+/// after it are not made).
+async fn execute(
+    snap: &Snapshot,
+    accepted: crate::mappings::command::Accepted,
+    origin: &Arc<str>,
+) -> serde_json::Value {
+    let model = &snap.model;
+    let started = Instant::now();
+    let mut readback = HashMap::new();
+    let mut failure: Option<String> = None;
+    for op in accepted.writes {
+        let point = &model.points[op.point];
+        let written = op.value.clone();
+        let Some(result) = write(snap, op, origin).await else {
+            continue;
+        };
+        match result {
+            Ok(data) if readback_matches(&written, &data) => {
+                let v = decode_at(point, &data, 0).map(|v| render_plain(&v, point.decimals));
+                readback.insert(point.full_name.to_string(), v);
+            }
+            Ok(data) => {
+                let v = decode_at(point, &data, 0).map(|v| render_plain(&v, point.decimals));
+                failure = Some(format!(
+                    "{}: read-back {} does not match the written value",
+                    point.full_name,
+                    v.unwrap_or_default()
+                ));
+                break;
+            }
+            Err(f) => {
+                failure = Some(format!("{}: {f}", point.full_name));
+                break;
+            }
+        }
+    }
+    events::command_done(started.elapsed().as_secs_f64());
+    match &failure {
+        None => {
+            json!({"command": accepted.label, "result": "ok", "readback": readback, "ts": timestamp(SystemTime::now())})
+        }
+        Some(reason) => {
+            json!({"command": accepted.label, "result": "error", "reason": reason, "ts": timestamp(SystemTime::now())})
+        }
+    }
+}
+
+/// The ack publication of command `ci` of `model`.
+fn ack_publication(model: &Model, ci: usize, body: &serde_json::Value) -> Publication {
+    let c = &model.commands[ci];
+    Publication {
+        topic: c.ack_topic.clone(),
+        payload: body.to_string().into_bytes(),
+        qos: c.qos,
+        retain: false,
+        created_at: SystemTime::now(),
+    }
+}
+
+/// One write from the web console: checked by the same router as an MQTT command (or, for a
+/// point, by the same value rules), written, read back and acknowledged, with origin
+/// `web:<user>`. Returns the ack body.
+async fn web_command(
+    snap: &Snapshot,
+    cmd: &WebCommand,
+    out: &mpsc::Sender<Publication>,
+) -> serde_json::Value {
+    let (model, router) = (&snap.model, &snap.router);
+    let origin: Arc<str> = Arc::from(format!("web:{}", cmd.user));
+    let (parsed, what) = match &cmd.request {
+        WebRequest::Command { topic, payload } => (
+            router.parse(topic, payload.as_bytes(), false),
+            (printable(topic), printable(payload)),
+        ),
+        WebRequest::Point { point, value } => (
+            router.parse_point(point, value),
+            (printable(point), printable(value)),
+        ),
+    };
+    let (ci, body) = match parsed {
+        Err((ci, e)) => {
+            let reason = match (&cmd.request, &e) {
+                (WebRequest::Point { .. }, CommandError::UnknownTopic) => {
+                    "not a writable point".to_owned()
+                }
+                _ => e.to_string(),
+            };
+            events::command_rejected(&what.0, &what.1, &reason, rejection_kind(&e));
+            let body = json!({"command": what.1, "result": "rejected", "reason": reason, "ts": timestamp(SystemTime::now())});
+            (ci, body)
+        }
+        Ok(accepted) => {
+            events::command_accepted(&what.0, &accepted.label);
+            events::web_command(&origin, &what.0, &accepted.label);
+            let ci = Some(accepted.command).filter(|&c| c != crate::mappings::command::NO_COMMAND);
+            (ci, execute(snap, accepted, &origin).await)
+        }
+    };
+    events::command_acked(&origin, &body);
+    if let Some(ci) = ci {
+        hand_off(out, ack_publication(model, ci, &body)).await;
+    }
+    body
+}
+
 /// Run commands from `commands` one at a time until `stop` is cancelled; see the module docs.
 /// Sparkplug NCMD, STATE and write outcomes go to the profiles through `signals`.
 pub async fn run_executor(
     snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    commands: mpsc::Receiver<IncomingCommand>,
+    out: mpsc::Sender<Publication>,
+    signals: mpsc::UnboundedSender<SessionEvent>,
+    stop: CancellationToken,
+) {
+    run_executor_with_web(snapshots, commands, None, out, signals, stop).await;
+}
+
+/// [`run_executor`], also taking the web console's writes from `web`, in the same queue: one
+/// command at a time, whichever source it comes from.
+pub async fn run_executor_with_web(
+    snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
     mut commands: mpsc::Receiver<IncomingCommand>,
+    mut web: Option<mpsc::Receiver<WebCommand>>,
     out: mpsc::Sender<Publication>,
     signals: mpsc::UnboundedSender<SessionEvent>,
     stop: CancellationToken,
 ) {
     let mut replays = ReplayGuard::default();
     loop {
+        let web_next = async {
+            match web.as_mut() {
+                Some(w) => w.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         let mut cmd = tokio::select! {
             () = stop.cancelled() => return,
             c = commands.recv() => match c { Some(c) => c, None => return },
+            Some(w) = web_next => {
+                let snap = Arc::clone(&snapshots.borrow());
+                let body = web_command(&snap, &w, &out).await;
+                let _ = w.reply.send(body);
+                continue;
+            }
         };
         let snap = Arc::clone(&snapshots.borrow());
         let (model, router) = (&snap.model, &snap.router);
@@ -261,15 +413,10 @@ pub async fn run_executor(
             .as_ref()
             .filter(|e| e.covers(&cmd.topic, &model.mqtt.status_topic));
         let mut text = printable(&String::from_utf8_lossy(&cmd.payload));
+        let origin: Arc<str> = Arc::from(format!("mqtt:{}", cmd.topic));
         let ack = |ci: usize, body: serde_json::Value| {
-            let c = &model.commands[ci];
-            Publication {
-                topic: c.ack_topic.clone(),
-                payload: body.to_string().into_bytes(),
-                qos: c.qos,
-                retain: false,
-                created_at: SystemTime::now(),
-            }
+            events::command_acked(&origin, &body);
+            ack_publication(model, ci, &body)
         };
         if let Some(enc) = encrypted {
             // Only a payload that authenticates, is fresh and was not seen before goes on.
@@ -312,45 +459,8 @@ pub async fn run_executor(
             }
         };
         events::command_accepted(&cmd.topic, &accepted.label);
-        let started = Instant::now();
-        let origin: Arc<str> = Arc::from(format!("mqtt:{}", cmd.topic));
-        let mut readback = HashMap::new();
-        let mut failure: Option<String> = None;
-        for op in accepted.writes {
-            let point = &model.points[op.point];
-            let written = op.value.clone();
-            let Some(result) = write(&snap, op, &origin).await else {
-                continue;
-            };
-            match result {
-                Ok(data) if readback_matches(&written, &data) => {
-                    let v = decode_at(point, &data, 0).map(|v| render_plain(&v, point.decimals));
-                    readback.insert(point.full_name.to_string(), v);
-                }
-                Ok(data) => {
-                    let v = decode_at(point, &data, 0).map(|v| render_plain(&v, point.decimals));
-                    failure = Some(format!(
-                        "{}: read-back {} does not match the written value",
-                        point.full_name,
-                        v.unwrap_or_default()
-                    ));
-                    break;
-                }
-                Err(f) => {
-                    failure = Some(format!("{}: {f}", point.full_name));
-                    break;
-                }
-            }
-        }
-        let body = match &failure {
-            None => {
-                json!({"command": accepted.label, "result": "ok", "readback": readback, "ts": timestamp(SystemTime::now())})
-            }
-            Some(reason) => {
-                json!({"command": accepted.label, "result": "error", "reason": reason, "ts": timestamp(SystemTime::now())})
-            }
-        };
-        events::command_done(started.elapsed().as_secs_f64());
-        hand_off(&out, ack(accepted.command, body)).await;
+        let ci = accepted.command;
+        let body = execute(&snap, accepted, &origin).await;
+        hand_off(&out, ack(ci, body)).await;
     }
 }

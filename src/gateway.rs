@@ -20,11 +20,12 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{Snapshot, run_executor};
+use crate::executor::{Snapshot, WebCommand, run_executor_with_web};
 use crate::handoff::{HANDOFF, hand_off};
 use crate::inputs::LinkEvent;
 use crate::mappings::engine::Engine;
 use crate::model::Model;
+use crate::northbound::console::Console;
 use crate::northbound::{self, Profile, SessionEvent};
 use crate::outputs::mqtt::{self, IncomingCommand};
 pub use crate::reload::{Reloads, reload_requests};
@@ -54,6 +55,19 @@ fn profiles(model: &Arc<Model>) -> Vec<Box<dyn Profile>> {
 fn started_at() -> SystemTime {
     static STARTED: std::sync::OnceLock<SystemTime> = std::sync::OnceLock::new();
     *STARTED.get_or_init(SystemTime::now)
+}
+
+/// [`profiles`], and the web console's profile when there is a console: it publishes nothing
+/// and keeps what the console shows (`northbound::console`).
+fn profiles_with_console(
+    model: &Arc<Model>,
+    console: Option<&Arc<Console>>,
+) -> Vec<Box<dyn Profile>> {
+    let mut p = profiles(model);
+    if let Some(c) = console {
+        p.push(Box::new(c.profile(Arc::clone(model))));
+    }
+    p
 }
 
 /// The MQTT side of a Sparkplug edge node: its NDEATH will and bdSeq, and the session's news
@@ -168,9 +182,20 @@ pub async fn run(model: Arc<Model>, shutdown: CancellationToken) -> anyhow::Resu
 
 /// Run the gateway, applying `reloads` as they come, until `shutdown` is cancelled.
 pub async fn run_reloadable(
+    model: Arc<Model>,
+    reloads: Option<Reloads>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    run_announcing(model, reloads, shutdown, None).await
+}
+
+/// [`run_reloadable`], sending the web console's bound address (when the model has a `web`
+/// section) on `web_bound` once it listens: `fieldgate demo` prints it.
+pub async fn run_announcing(
     mut model: Arc<Model>,
     mut reloads: Option<Reloads>,
     shutdown: CancellationToken,
+    web_bound: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
 ) -> anyhow::Result<()> {
     started_at();
     // One gateway per state directory: two would share the buffer's segments, the Sparkplug
@@ -183,6 +208,19 @@ pub async fn run_reloadable(
         crate::telemetry::serve_metrics(addr, shutdown.clone())
             .await
             .map_err(|e| anyhow::anyhow!("metrics listener on {addr}: {e}"))?;
+    }
+    // The web console: its board (fed by its profile in the engine task) and its writes (to
+    // the executor, in the same queue as MQTT commands).
+    let console = model
+        .web
+        .as_ref()
+        .map(|w| Console::new(Arc::clone(&model), w.trend_samples));
+    let (web_tx, web_rx) = mpsc::channel::<WebCommand>(8);
+    if let (Some(w), Some(c)) = (&model.web, &console) {
+        let addr = crate::web::serve(w, Arc::clone(c), web_tx, shutdown.clone()).await?;
+        if let Some(tx) = web_bound {
+            let _ = tx.send(addr);
+        }
     }
     let (out_tx, out_rx) = mpsc::channel::<Publication>(HANDOFF);
     let (cmd_tx, cmd_rx) = mpsc::channel::<IncomingCommand>(64);
@@ -211,6 +249,7 @@ pub async fn run_reloadable(
     let (engine_tx, engine_rx) = mpsc::channel::<Arc<Model>>(1);
     let engine = tokio::spawn(run_engine(
         Arc::clone(&model),
+        console.clone(),
         ev_rx,
         engine_rx,
         msg_rx,
@@ -219,9 +258,10 @@ pub async fn run_reloadable(
     ));
     let (snap_tx, snap_rx) = tokio::sync::watch::channel(Snapshot::new(&model, writers(&running)));
     let executor_stop = CancellationToken::new();
-    let executor = tokio::spawn(run_executor(
+    let executor = tokio::spawn(run_executor_with_web(
         snap_rx,
         cmd_rx,
+        console.is_some().then_some(web_rx),
         out_tx.clone(),
         signal_tx,
         executor_stop.clone(),
@@ -278,13 +318,14 @@ pub async fn run_reloadable(
 
 async fn run_engine(
     model: Arc<Model>,
+    console: Option<Arc<Console>>,
     mut events: mpsc::Receiver<LinkEvent>,
     mut reloads: mpsc::Receiver<Arc<Model>>,
     mut messages: mpsc::Receiver<IncomingCommand>,
     mut signals: mpsc::UnboundedReceiver<SessionEvent>,
     out: mpsc::Sender<Publication>,
 ) {
-    let mut profiles = profiles(&model);
+    let mut profiles = profiles_with_console(&model, console.as_ref());
     let mut durable = DurableState::new(&model);
     durable.restore(&mut profiles);
     // The session so far (the live connection, the primary host's last STATE), replayed
@@ -317,7 +358,7 @@ async fn run_engine(
             Some(new) = reloads.recv() => {
                 // Published values start afresh under the new mapping: every value goes out
                 // on its next poll.
-                profiles = self::profiles(&new);
+                profiles = profiles_with_console(&new, console.as_ref());
                 durable = DurableState::new(&new);
                 durable.restore(&mut profiles);
                 engine = Engine::new(new);

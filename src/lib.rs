@@ -19,6 +19,7 @@ pub mod executor;
 pub mod fuzz_targets;
 pub mod gateway;
 pub mod handoff;
+pub mod health;
 pub mod inputs;
 pub mod mappings;
 pub mod model;
@@ -28,6 +29,7 @@ pub mod reload;
 pub mod simulator;
 pub mod telemetry;
 pub mod vocabulary;
+pub mod web;
 
 pub use gateway::run;
 pub mod check;

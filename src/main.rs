@@ -59,6 +59,12 @@ enum Command {
         #[command(subcommand)]
         command: cli::crypt::CryptCommand,
     },
+    /// The web console's users file: `web passwd NAME` prints a user line with an argon2 hash
+    /// of a password read from stdin; `web token NAME` makes a bearer token.
+    Web {
+        #[command(subcommand)]
+        command: cli::web::WebCommand,
+    },
     /// Print the JSON Schema of mapping files (for editors; also `docs/schemas/mapping.schema.json`).
     Schema {
         /// The schema of an included file of templates instead (a device library; also
@@ -77,6 +83,9 @@ enum Command {
         /// Simulated seconds per real second.
         #[arg(long, default_value_t = 20.0)]
         speed: f64,
+        /// The web console's port on 127.0.0.1 (0: any free port; the URL is printed).
+        #[arg(long, default_value_t = 0)]
+        web_port: u16,
     },
     /// An embedded MQTT broker on loopback (for demos and tests; no TLS, no auth).
     #[cfg(feature = "embedded-broker")]
@@ -103,6 +112,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Schema { library } => cli::check::schema(library),
+        Command::Web { command } => cli::web::run(command),
         command => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -132,13 +142,15 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     let shutdown = cli::shutdown_on_signals();
     match command {
-        Command::Check { .. } | Command::Schema { .. } => unreachable!("handled without a runtime"),
+        Command::Check { .. } | Command::Schema { .. } | Command::Web { .. } => {
+            unreachable!("handled without a runtime")
+        }
         Command::Run { config, watch } => cli::run::run(config, watch, shutdown).await,
         Command::Simulate { plant } => cli::simulate::run(plant, shutdown).await,
         #[cfg(feature = "embedded-broker")]
         Command::Broker { listen } => cli::broker::run(listen, shutdown).await,
         #[cfg(feature = "embedded-broker")]
-        Command::Demo { speed } => fieldgate::demo::run(speed, shutdown).await,
+        Command::Demo { speed, web_port } => fieldgate::demo::run(speed, web_port, shutdown).await,
         Command::Probe(a) => cli::probe::probe(a, shutdown).await,
         Command::Scan(a) => cli::scan::scan(a).await,
         Command::Crypt { .. } => anyhow::bail!("crypt runs before the runtime starts"),

@@ -35,6 +35,8 @@ pub struct Model {
     /// The included files and the templates the devices were made from (issue 18), for
     /// `check`. Not read at run time.
     pub library: Library,
+    /// The web console; `None` when the mapping has no `web` section.
+    pub web: Option<Web>,
 }
 
 /// Where a mapping's templates came from and who used them: what `check` shows.
@@ -68,6 +70,56 @@ pub struct Identity {
     pub config_id: Arc<str>,
     /// The host name: `${HOSTNAME}` from the environment, else the kernel's.
     pub hostname: Arc<str>,
+}
+
+/// `web`, checked: the console's listener, who may use it, and whether it may write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Web {
+    pub listen: SocketAddr,
+    /// Empty: no authentication (only allowed on loopback).
+    pub users: Vec<WebUser>,
+    /// Where the users came from, for `check`.
+    pub users_file: Option<PathBuf>,
+    /// Certificate chain and key (PEM) for HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub allow_writes: bool,
+    /// Samples kept per numeric value for the trends.
+    pub trend_samples: usize,
+}
+
+/// What a console user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebRole {
+    /// See everything; write nothing.
+    View,
+    /// Also write, when `allow_writes` is on.
+    Operate,
+}
+
+/// How a console user proves who they are.
+#[derive(Clone, PartialEq, Eq)]
+pub enum WebSecret {
+    /// An argon2 hash in PHC string format (`$argon2id$v=19$...`), for a password.
+    Password(String),
+    /// The SHA-256 of a bearer token.
+    Token([u8; 32]),
+}
+
+impl std::fmt::Debug for WebSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WebSecret::Password(_) => f.write_str("Password(***)"),
+            WebSecret::Token(_) => f.write_str("Token(***)"),
+        }
+    }
+}
+
+/// One entry of `web.users_file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebUser {
+    pub name: Arc<str>,
+    pub role: WebRole,
+    pub secret: WebSecret,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -224,6 +224,13 @@ pub async fn reload(
             path.display()
         )]);
     }
+    // The web console's listener, users and switches are read once, at start.
+    if new.web != old.web {
+        return rejected(vec![format!(
+            "{}: the web section changed (or the users file it names); that needs a restart",
+            path.display()
+        )]);
+    }
     // The Sparkplug edge node's NDEATH will is registered with the connection: adding,
     // removing or renaming the node needs a new session. Its devices and metrics may change
     // (the node is born again on the new mapping with the same bdSeq).

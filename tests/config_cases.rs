@@ -70,6 +70,12 @@ fn every_shipped_mapping_passes_check() {
     );
     std::fs::write(etc.path().join("mqtt-password"), "not-a-real-password\n").unwrap();
     std::fs::write(etc.path().join("payload.key"), [7u8; 32]).unwrap();
+    // The web console's users (examples/web-console.yaml): one bearer token's digest.
+    std::fs::write(
+        etc.path().join("web-users"),
+        format!("token ci view sha256:{}\n", "0".repeat(64)),
+    )
+    .unwrap();
     let mut checked = 0;
     for dir in ["mappings", "examples"] {
         let Ok(entries) = std::fs::read_dir(root.join(dir)) else {

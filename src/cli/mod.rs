@@ -13,6 +13,7 @@ pub(crate) mod run;
 pub(crate) mod scan;
 pub(crate) mod simulate;
 pub(crate) mod tls;
+pub(crate) mod web;
 
 use std::path::PathBuf;
 

@@ -5,7 +5,7 @@
 //! the model or the pure core (tests aside): it sits above them.
 
 mod compile;
-pub use compile::read_key_file;
+pub use compile::{parse_users, read_key_file};
 pub mod raw;
 pub mod sources;
 pub mod templates;

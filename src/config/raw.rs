@@ -179,6 +179,10 @@ pub struct RawConfig {
     /// `template:`.
     #[serde(default)]
     pub templates: Vec<Located<RawTemplate>>,
+    /// The built-in web console: live values, trends, device health and (when allowed)
+    /// commands, over HTTP or HTTPS. Off when absent.
+    #[serde(default)]
+    pub web: Option<Located<RawWeb>>,
 }
 
 /// An included mapping fragment: templates, and includes of its own.
@@ -229,6 +233,46 @@ pub struct RawParameter {
     /// What the parameter means.
     #[serde(default)]
     pub description: Option<String>,
+}
+
+/// `web.trend_samples` when it is not given.
+pub const DEFAULT_TREND_SAMPLES: usize = 600;
+
+/// `web`: the built-in console (see README "Web console").
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeb {
+    /// `IP:port` to listen on, e.g. `127.0.0.1:8080`; port 0 picks a free port (logged at
+    /// start-up). Any address other than loopback needs `users_file`.
+    pub listen: Located<String>,
+    /// Who may use the console: a text file, one entry per line, `user NAME ROLE HASH` (an
+    /// argon2 PHC string, made by `fieldgate web passwd NAME`) or `token NAME ROLE sha256:HEX`
+    /// (a bearer token for scripts, made by `fieldgate web token NAME`); ROLE is `view` or
+    /// `operate`; `#` starts a comment. Without it the console is open to whoever reaches
+    /// `listen`, which must then be loopback.
+    #[serde(default)]
+    pub users_file: Option<Located<String>>,
+    /// Serve HTTPS with this certificate chain and key (PEM), through rustls.
+    #[serde(default)]
+    pub tls: Option<Located<RawWebTls>>,
+    /// Whether the console may write: command buttons and inputs for writable points, through
+    /// the same checks as MQTT commands, for users with role `operate`. Default false.
+    #[serde(default)]
+    pub allow_writes: bool,
+    /// Samples kept in memory per numeric value for the trend graphs (one per poll, the oldest
+    /// dropped), 2 to 100000. Default 600: 5 minutes at a 500 ms poll interval.
+    #[serde(default)]
+    pub trend_samples: Option<Located<usize>>,
+}
+
+/// `web.tls`: the console's certificate chain and private key.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebTls {
+    /// The certificate chain, PEM, leaf first.
+    pub cert_file: Located<String>,
+    /// The private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Located<String>,
 }
 
 /// `homeassistant`: MQTT discovery for Home Assistant (device-based discovery, one retained

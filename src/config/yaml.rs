@@ -330,6 +330,12 @@ const LOCATED_FIELDS: &[&str] = &[
     "pack_bits",
     "homeassistant",
     "sparkplug",
+    "web",
+    "tls",
+    "users_file",
+    "cert_file",
+    "key_file",
+    "trend_samples",
 ];
 
 /// Sections whose entries are a map by name (`homeassistant.devices.<device>.points.<point>`),

@@ -235,6 +235,54 @@ impl Router {
     }
 }
 
+/// [`Accepted::command`] of a point write that no value command covers (it has no ack topic).
+pub const NO_COMMAND: usize = usize::MAX;
+
+impl Router {
+    /// Check a value for the writable point `full_name` (`device.point`) by the rules of a value
+    /// command (`42`, `true`/`false`/`on`/`off`, `{"value": ...}`; typed, range-checked,
+    /// inverse-scaled). [`Accepted::command`] is the value command that writes the point, or
+    /// [`NO_COMMAND`]. Used by the web console, whose writable points need no command topic.
+    ///
+    /// # Errors
+    /// An unknown or read-only point (`UnknownTopic`), or the value's errors as for a command.
+    pub fn parse_point(
+        &self,
+        full_name: &str,
+        text: &str,
+    ) -> Result<Accepted, (Option<usize>, CommandError)> {
+        let model = &self.model;
+        let Some((pid, p)) = model
+            .points
+            .iter()
+            .enumerate()
+            .find(|(_, p)| &*p.full_name == full_name)
+        else {
+            return Err((None, CommandError::UnknownTopic));
+        };
+        let ci = model
+            .commands
+            .iter()
+            .position(|c| matches!(c.action, CommandAction::Value(v) if v == pid));
+        let Some(limits) = p.write else {
+            return Err((ci, CommandError::UnknownTopic));
+        };
+        if text.len() > MAX_PAYLOAD {
+            return Err((ci, CommandError::TooLong));
+        }
+        let Some(given) = parse_value(text) else {
+            return Err((ci, CommandError::NotAValue(printable(text))));
+        };
+        let value = typed_value(p, given, text).map_err(|e| (ci, e))?;
+        let v = encode_point(p, value, limits).map_err(|e| (ci, e))?;
+        Ok(Accepted {
+            command: ci.unwrap_or(NO_COMMAND),
+            label: format_number(value),
+            writes: vec![op(pid, p, v)],
+        })
+    }
+}
+
 /// The write of `value` to point `pid`.
 pub fn op(pid: usize, p: &Point, value: WriteValue) -> WriteOp {
     WriteOp {

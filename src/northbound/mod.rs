@@ -8,6 +8,7 @@
 //! Must not: do I/O, read a clock, spawn tasks, or parse commands. The list of running
 //! profiles is built in `gateway.rs` from the mapping.
 
+pub mod console;
 pub mod groups;
 pub mod homeassistant;
 pub mod identity;

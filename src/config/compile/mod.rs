@@ -15,12 +15,14 @@ mod homeassistant;
 mod mqtt;
 mod points;
 mod sparkplug;
+mod web;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use mqtt::read_key_file;
+pub use web::parse_users;
 
 use super::Issue;
 use super::raw::*;
@@ -117,6 +119,7 @@ pub(super) fn compile(
         &mut commands,
     );
     let sparkplug = sparkplug::compile(&mut ctx, &raw, &devs, &derived, &mqtt);
+    let web = web::compile(&mut ctx, raw.web.as_ref());
 
     if ctx.issues.is_empty() {
         Ok(Model {
@@ -133,6 +136,7 @@ pub(super) fn compile(
             identity,
             warnings: ctx.warnings,
             library: Library::default(),
+            web,
         })
     } else {
         ctx.issues.sort_by_key(|i| (i.line, i.col));

@@ -321,11 +321,15 @@ pub fn mqtt_down(broker: &str, state: &str, reason: &str, retry_in: std::time::D
     crate::health::mqtt_down(broker, state, reason);
 }
 
-/// With several brokers (`mqtt.hosts`): the connection to `from` failed or was lost, the next
-/// attempt goes to `to`.
+/// With several brokers (`mqtt.hosts`): connected to `to`, another broker than `from`, the
+/// broker of the last connection that was up. Counted once per switch (attempts that fail on
+/// the way are not switches).
 pub fn mqtt_failover(from: &str, to: &str) {
     counter!("fieldgate_mqtt_failovers_total").increment(1);
-    info!(from, to, "mqtt broker failover: trying the next broker");
+    info!(
+        from,
+        to, "mqtt broker failover: connected to another broker"
+    );
 }
 
 /// The broker took the session away soon after accepting it, again: most likely another

@@ -320,6 +320,8 @@ devices:
     // Two brokers dying soon after the gateway connected to each is not another client taking
     // the session over (which would wait a takeover backoff of seconds before moving on).
     assert_eq!(gw.count_lines("session taken over"), 0, "{}", gw.output());
+    // Two switches, each logged once (the attempts on the way are not switches).
+    assert_eq!(gw.count_lines("mqtt broker failover"), 2, "{}", gw.output());
 
     // Not one reading missing across both switches: 1 ..= back, from the three observers.
     let mut seen: BTreeSet<u64> = BTreeSet::new();

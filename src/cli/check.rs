@@ -9,15 +9,16 @@ use fieldgate::config::{self, ConfigError};
 pub(crate) fn check(path: &Path, sample: bool, expand: bool) -> ExitCode {
     match config::load(path) {
         Ok(model) => {
-            println!("{}: ok", path.display());
-            print!("{}", fieldgate::check::summary(&model));
+            let mut text = format!("{}: ok\n", path.display());
+            text.push_str(&fieldgate::check::summary(&model));
             if sample {
-                println!("sample messages:");
-                print!("{}", fieldgate::check::samples(&model));
+                text.push_str("sample messages:\n");
+                text.push_str(&fieldgate::check::samples(&model));
             }
             if expand {
-                print!("{}", fieldgate::check::expanded(&model));
+                text.push_str(&fieldgate::check::expanded(&model));
             }
+            out(&text);
             eprint!("{}", fieldgate::check::warnings(path, &model));
             ExitCode::SUCCESS
         }
@@ -31,6 +32,16 @@ pub(crate) fn check(path: &Path, sample: bool, expand: bool) -> ExitCode {
     }
 }
 
+/// Write `text` to standard output. A reader that went away (`check … | head`) ends the
+/// output quietly, as with other command-line tools, instead of a panic.
+fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
+}
+
 /// Print the JSON Schema of mapping files, or of device libraries.
 pub(crate) fn schema(library: bool) -> ExitCode {
     let schema = if library {
@@ -38,9 +49,9 @@ pub(crate) fn schema(library: bool) -> ExitCode {
     } else {
         config::schema()
     };
-    println!(
-        "{}",
+    out(&format!(
+        "{}\n",
         serde_json::to_string_pretty(&schema).unwrap_or_default()
-    );
+    ));
     ExitCode::SUCCESS
 }

@@ -64,7 +64,7 @@ pub fn load(path: &Path) -> Result<Model, ConfigError> {
     let mut vars: HashMap<String, String> = std::env::vars().collect();
     // `${HOSTNAME}`: the environment's, else the kernel's (a login shell sets HOSTNAME but does
     // not export it, and systemd does not set it).
-    if !vars.contains_key("HOSTNAME") {
+    if vars.get("HOSTNAME").is_none_or(|h| h.trim().is_empty()) {
         vars.insert("HOSTNAME".to_owned(), hostname());
     }
     load_str(path, &text, vars, &host_id())
@@ -150,7 +150,9 @@ pub fn load_str(
     // templates before the compiler sees them.
     let mut sources = sources::Sources::new(path);
     let text = sources.shield(0, text, false);
-    let main_doc: Option<serde_json::Value> = yaml::parse(&text, vars.clone()).ok();
+    // The configuration id hashes the mapping as written: its variables unexpanded.
+    let main_doc: Option<serde_json::Value> =
+        yaml::parse(&sources::shielded_fragment(&text), HashMap::new()).ok();
     let mut raw: raw::RawConfig = yaml::parse(&text, vars.clone()).map_err(invalid)?;
     let mut issues = Vec::new();
     let mut library = std::mem::take(&mut raw.templates);
@@ -205,25 +207,45 @@ pub fn load_str(
     Err(invalid(issues))
 }
 
-/// The configuration id: the first 12 hex digits of a SHA-256 over the mapping as parsed
-/// (`main`: its `${VAR}`s substituted, `${CONFIG_ID}` as empty since the id cannot contain
-/// itself, template placeholders as written), then each included file as parsed, in include
-/// order; each written as JSON with sorted keys. Comments, key order, quoting and layout do not
-/// change it; any value does, a variable's or an included template's too. `check` prints it;
-/// the identity message carries it. Empty when the mapping does not parse (it then does not
-/// load either).
+/// The configuration id: the first 12 hex digits of a SHA-256 over the mapping as written
+/// (`main`, parsed with its `${VAR}`s and template placeholders left as written, not their
+/// values), then each included file the same way, in include order. Each is made canonical
+/// first: every number and boolean as text (`1883` and `"1883"` are the same), the inline
+/// `mqtt.password` left out (the id is published; it must not let anyone test guesses of a
+/// password), and written as JSON with sorted keys. So comments, key order, quoting and layout
+/// do not change it, nor do the values of variables (the same mapping on every box of a fleet
+/// has the same id, whatever its host name or addresses); a changed value, key or template
+/// does. `check` prints it; the identity message carries it. Empty when the mapping does not
+/// parse (it then does not load either).
 pub fn config_id(main: Option<&serde_json::Value>, includes: &[PathBuf]) -> String {
     use sha2::{Digest, Sha256};
+    /// Numbers and booleans as text, everywhere below `v`.
+    fn as_text(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
+                *v = serde_json::Value::String(v.to_string());
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(as_text),
+            serde_json::Value::Object(map) => map.values_mut().for_each(as_text),
+            _ => {}
+        }
+    }
     let Some(main) = main else {
         return String::new();
     };
+    let mut main = main.clone();
+    if let Some(mqtt) = main.get_mut("mqtt").and_then(|m| m.as_object_mut()) {
+        mqtt.remove("password");
+    }
+    as_text(&mut main);
     let mut h = Sha256::new();
-    h.update(serde_json::to_vec(main).unwrap_or_default());
+    h.update(serde_json::to_vec(&main).unwrap_or_default());
     for file in includes {
         let text = std::fs::read_to_string(file).unwrap_or_default();
-        let doc: serde_json::Value =
+        let mut doc: serde_json::Value =
             yaml::parse(&sources::shielded_fragment(&text), HashMap::new())
                 .unwrap_or(serde_json::Value::Null);
+        as_text(&mut doc);
         h.update([0]);
         h.update(serde_json::to_vec(&doc).unwrap_or_default());
     }

@@ -6,14 +6,15 @@
 //! the one `fieldgate check` prints). The payload is one JSON object:
 //!
 //! ```json
-//! {"version":"0.1.0","hostname":"cabinet-7","client_id":"fieldgate-cabinet-7-…",
-//!  "config_id":"3f9a0c2e71b4","started":"2026-11-30T12:00:00.000Z","ts":"2026-11-30T12:00:05.123Z",
+//! {"version":"0.1.0","hostname":"cabinet-7","client_id":"fieldgate-cabinet-7-3d1219c7-d39363",
+//!  "config_id":"3f9a0c2e71b4","started":"2026-11-30T12:00:00.000Z","loaded":"2026-11-30T12:00:00.012Z",
 //!  "brokers":["broker-a:8883","broker-b:8883"],
 //!  "devices":[{"name":"tower","link":"tcp://10.0.0.5:502","unit":1}]}
 //! ```
 //!
-//! `started` is when the process started (unchanged by reloads and reconnects), `ts` when the
-//! message was made. It carries no secret: no password, key or certificate path.
+//! `started` is when the process started (unchanged by reloads and reconnects), `loaded` when
+//! the running mapping was loaded (the start, or the reload that brought it). It carries no
+//! secret: no password, key or certificate path.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -44,7 +45,7 @@ impl Identity {
         format!("{}/info", model.mqtt.status_topic)
     }
 
-    /// The message's JSON (see the module docs), made at `at`.
+    /// The message's JSON (see the module docs) for the mapping loaded at `at`.
     pub fn payload(&self, at: SystemTime) -> serde_json::Value {
         let m = &self.model;
         let brokers = m.mqtt.broker_names();
@@ -65,7 +66,7 @@ impl Identity {
             "client_id": m.mqtt.client_id,
             "config_id": m.identity.config_id.as_ref(),
             "started": timestamp(self.started),
-            "ts": timestamp(at),
+            "loaded": timestamp(at),
             "brokers": brokers,
             "devices": devices,
         })
@@ -156,14 +157,26 @@ devices:
         assert_eq!(a.identity.config_id, reformatted.identity.config_id);
         let changed = model(&YAML.replace("address: 0", "address: 1"));
         assert_ne!(a.identity.config_id, changed.identity.config_id);
-        // A variable's value is part of what runs.
+        // The same mapping on every box of a fleet has one id: variables count as written, not
+        // by their values.
         let vars = |h: &str| [("HOSTNAME".to_owned(), h.to_owned())].into();
-        let load = |h| {
-            crate::config::load_str(std::path::Path::new("m.yaml"), YAML, vars(h), "b")
+        let load = |yaml: &str, h| {
+            crate::config::load_str(std::path::Path::new("m.yaml"), yaml, vars(h), "b")
                 .unwrap()
                 .identity
                 .config_id
         };
-        assert_ne!(load("one"), load("two"));
+        assert_eq!(load(YAML, "one"), load(YAML, "two"));
+        // Quoting does not count: 502 and "502" are one value.
+        assert_eq!(
+            load(&YAML.replace("port: 502", "port: \"502\""), "one"),
+            load(YAML, "one")
+        );
+        // The inline password is not hashed: the id is published, and must not let anyone
+        // test guesses of it.
+        assert_eq!(
+            load(&YAML.replace("password: s3cret", "password: other"), "one"),
+            load(YAML, "one")
+        );
     }
 }

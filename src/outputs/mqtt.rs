@@ -937,6 +937,9 @@ struct Reporter<'a> {
     commands: &'a mpsc::Sender<IncomingCommand>,
     announce: &'a std::sync::Mutex<Announce>,
     broker: &'a str,
+    /// With several brokers: the broker of the last connection that was up, when this one is
+    /// to another (a failover, reported once this connection is up).
+    switched_from: Option<&'a str>,
     /// When the connection got its ConnAck, if it did.
     up_at: std::sync::OnceLock<Instant>,
     /// Sparkplug: the node's session, and the bdSeq this connection's will carries.
@@ -947,6 +950,9 @@ impl Reporter<'_> {
     fn connected(&self, client: Client) {
         let _ = self.up_at.set(Instant::now());
         events::mqtt_connected(self.broker);
+        if let Some(from) = self.switched_from {
+            events::mqtt_failover(from, self.broker);
+        }
         report_state(ConnState::Connected);
         let subscriptions = self
             .announce
@@ -1201,8 +1207,10 @@ async fn run_connection(
         Options::V5(o) => o.client_id(),
     };
     let addresses: Vec<String> = brokers.iter().map(address).collect();
-    // The broker in use, and how many have failed in a row since a connection was up.
+    // The broker in use, how many have failed in a row since a connection was up, and the
+    // broker of the last connection that came up.
     let (mut current, mut failed_in_row) = (0usize, 0usize);
+    let mut last_up: Option<usize> = None;
     let mut policy = Policy::new(keep_alive);
     let mut last_error = String::new();
     // `poll()` is never raced against a timer (it also connects and writes, which must not be
@@ -1230,6 +1238,9 @@ async fn run_connection(
             commands: &commands,
             announce: &announce,
             broker,
+            switched_from: last_up
+                .filter(|&l| l != current)
+                .map(|l| addresses[l].as_str()),
             up_at: std::sync::OnceLock::new(),
             node: node.as_ref().zip(bd_seq),
         };
@@ -1244,6 +1255,9 @@ async fn run_connection(
             (None, Options::V5(o)) => drive_v5(o, &reporter, &beat, &hard_stop).await,
         };
         let up_for = reporter.up_at.get().map(|t| t.elapsed());
+        if up_for.is_some() {
+            last_up = Some(current);
+        }
         if let (Some(n), Some(_)) = (node.as_ref(), up_for) {
             (n.session.on_session)(None);
         }
@@ -1267,7 +1281,6 @@ async fn run_connection(
             if failed_in_row < brokers.len() {
                 verdict = Verdict::Retry(Duration::ZERO);
             }
-            events::mqtt_failover(broker, &addresses[next]);
             policy.switched_broker();
             current = next;
         }

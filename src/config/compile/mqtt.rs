@@ -108,9 +108,11 @@ fn brokers(ctx: &mut Ctx, m: &RawMqtt) -> Vec<(String, u16)> {
             for (i, h) in hosts.iter().enumerate() {
                 let key = format!("mqtt.hosts[{i}]");
                 match broker_address(&h.value, m.port) {
-                    Ok(b) if out.contains(&b) => {
-                        ctx.err(h, &key, format!("{}:{} is listed twice", b.0, b.1))
-                    }
+                    Ok(b) if out.contains(&b) => ctx.err(
+                        h,
+                        &key,
+                        format!("{} is listed twice", crate::model::broker_name(&b.0, b.1)),
+                    ),
                     Ok(b) => out.push(b),
                     Err(e) => ctx.err(h, &key, e),
                 }
@@ -131,6 +133,11 @@ fn broker_address(entry: &str, port: u16) -> Result<(String, u16), String> {
     };
     if entry.is_empty() {
         return Err("a broker address must not be empty".to_owned());
+    }
+    if entry.contains("://") || entry.contains('/') {
+        return Err(format!(
+            "`{entry}`: write the broker as `host`, `host:port` or `[IPv6 address]:port`, without a scheme or path (TLS is `mqtt.tls`)"
+        ));
     }
     if let Some(rest) = entry.strip_prefix('[') {
         let (host, tail) = rest
@@ -154,7 +161,12 @@ fn broker_address(entry: &str, port: u16) -> Result<(String, u16), String> {
             Ok((host.to_owned(), parse_port(p)?))
         }
         // A bare IPv6 address: no port can be told from it.
-        _ => Ok((entry.to_owned(), port)),
+        _ => match entry.parse::<std::net::Ipv6Addr>() {
+            Ok(_) => Ok((entry.to_owned(), port)),
+            Err(_) => Err(format!(
+                "`{entry}` is not an IPv6 address; an IPv6 address with a port is written `[address]:port`"
+            )),
+        },
     }
 }
 
@@ -450,6 +462,8 @@ mod tests {
             ("[::1", Err("closing `]`")),
             ("[::1]8883", Err("expected `[address]:port`")),
             ("", Err("must not be empty")),
+            ("http://127.0.0.1:1883", Err("without a scheme")),
+            ("::1:33015", Err("is not an IPv6 address")),
         ];
         for (entry, want) in cases {
             let got = broker_address(entry, 1883);

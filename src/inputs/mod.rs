@@ -8,6 +8,7 @@ pub mod commission;
 pub mod error;
 pub mod link;
 pub mod mbap;
+pub mod s7;
 
 use std::sync::Arc;
 use std::time::SystemTime;

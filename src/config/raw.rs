@@ -1061,7 +1061,8 @@ pub struct RawS7Point {
     /// The address in S7 notation: `DB1.DBX4.0`, `DB1.DBB2`, `DB1.DBW6`, `DB1.DBD0`, or with
     /// the type, `DB1,REAL0`, `DB1,INT6`, `DB1,DINT8`, `DB1,LREAL16`, `DB1,STRING24.20` (a
     /// STRING of at most 20 characters); `M10.0`, `MB4`, `MW20`, `MD24`; `I0.1` (or `E0.1`),
-    /// `IW64`; `Q0.0` (or `A0.0`), `QW2`. Offsets are bytes, bits 0-7.
+    /// `IW64`; `Q0.0` (or `A0.0`), `QW2`; on a LOGO! 8, `V10.0`, `VW0` (its V memory is DB1).
+    /// Offsets are bytes, bits 0-7.
     pub address: Located<String>,
     /// The type of a `B`/`W`/`D` address: `byte`; `word` (default for W) or `int`; `dword`
     /// (default for D), `dint` or `real`. `bool` for a bit address. The `DB1,REAL0` form names

@@ -162,7 +162,8 @@ pub struct S7Address {
 }
 
 impl std::fmt::Display for S7Address {
-    /// In the `DB1,REAL0` form for data blocks, `MW20` / `I0.1` elsewhere.
+    /// In the `DB1,REAL0` form for data blocks, `MW20` / `I0.1` elsewhere (where the type is
+    /// not part of the notation: say it beside).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let b = self.byte;
         match (self.area, self.ty) {
@@ -177,7 +178,7 @@ impl std::fmt::Display for S7Address {
                     4 => "D",
                     _ => "?",
                 };
-                write!(f, "{a}{letter}{b} ({})", t.name())
+                write!(f, "{a}{letter}{b}")
             }
         }
     }
@@ -287,7 +288,8 @@ pub const MAX_BYTE: u32 = 65_535;
 ///   `D`/`DW`/`DWORD`, `DINT`, `REAL`, `LREAL`, and `DB<n>,STRING<byte>.<max length>` (also
 ///   `S`); the notation of Snap7's and PLC4X's tag strings;
 /// - `I`/`E`, `Q`/`A`, `M` followed by `<byte>.<bit>` (BOOL), or `B`, `W`, `D` and `<byte>`:
-///   `I0.1`, `Q0.0`, `M10.0`, `MB4`, `MW20`, `MD24`, `IW64`.
+///   `I0.1`, `Q0.0`, `M10.0`, `MB4`, `MW20`, `MD24`, `IW64`;
+/// - `V` followed by the same (a LOGO! 8's V memory, which is DB1): `V10.0`, `VW0`.
 ///
 /// Errors name the character where the address goes wrong.
 pub fn parse_address(text: &str, ty: Option<&str>) -> Result<S7Address, AddressError> {
@@ -388,11 +390,13 @@ fn parse_upper(s: &str, ty: Option<&str>) -> Result<S7Address, AddressError> {
             Some('I' | 'E') => Area::Inputs,
             Some('Q' | 'A') => Area::Outputs,
             Some('M') => Area::Flags,
+            // A LOGO! 8's V memory is DB1 to S7comm.
+            Some('V') => Area::Db(1),
             _ => {
                 return Err(err(
                     0,
                     format!(
-                        "`{head}` is not an S7 area: DB<n>, I (E), Q (A) or M (timers and counters are not supported)"
+                        "`{head}` is not an S7 area: DB<n>, I (E), Q (A), M or V (LOGO!); timers and counters are not supported"
                     ),
                 ));
             }
@@ -961,7 +965,8 @@ mod tests {
         assert_eq!(a("DB1.DBX4.1").to_string(), "DB1.DBX4.1");
         assert_eq!(a("DB3,S2.8").to_string(), "DB3,STRING2.8");
         assert_eq!(a("M1.2").to_string(), "M1.2");
-        assert_eq!(a("MW4").to_string(), "MW4 (WORD)");
+        assert_eq!(a("MW4").to_string(), "MW4");
+        assert_eq!(a("QD4").to_string(), "QD4");
     }
 
     fn item(area: Area, start: u32, len: u16) -> S7Item {

@@ -142,16 +142,22 @@ fn device(
         let address = match s7::parse_address(&p.address, p.dtype.as_ref().map(|t| t.as_str())) {
             Ok(a) => a,
             Err(e) => {
-                ctx.err(
-                    &p.address,
-                    format!("{ppath}.address"),
-                    format!(
-                        "`{}`: {} (at character {})",
-                        p.address.value,
-                        e.message,
-                        e.at + 1
+                match &p.dtype {
+                    // A type that does not fit: said at `type`.
+                    Some(t) if e.message.starts_with("`type: ") => {
+                        ctx.err(t, format!("{ppath}.type"), e.message.clone());
+                    }
+                    _ => ctx.err(
+                        &p.address,
+                        format!("{ppath}.address"),
+                        format!(
+                            "`{}`: {} (at character {})",
+                            p.address.value,
+                            e.message,
+                            e.at + 1
+                        ),
                     ),
-                );
+                }
                 S7Address {
                     area: s7::Area::Db(1),
                     byte: 0,

@@ -139,8 +139,8 @@ fn write(t: &mut WaterTower, spec: &ItemSpec, data: &[u8]) -> u8 {
         };
     }
     if (24..34).contains(&start)
-        && start % 2 == 0
-        && data.len() % 2 == 0
+        && start.is_multiple_of(2)
+        && data.len().is_multiple_of(2)
         && start + data.len() <= 34
     {
         let words: Vec<u16> = data

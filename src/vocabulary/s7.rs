@@ -338,7 +338,7 @@ fn parse_upper(s: &str, ty: Option<&str>) -> Result<S7Address, AddressError> {
             Some(',') => {
                 let (l, at2) = letters(s, at + 1);
                 let (byte, at3) = number(s, at2, "the byte offset", MAX_BYTE)?;
-                let t = match l {
+                match l {
                     "X" => {
                         let (bit, end) = suffix(s, at3, "the bit number", 7)?
                             .ok_or_else(|| err(at3, "an X address needs `.<bit>` (0-7)".into()))?;
@@ -374,8 +374,7 @@ fn parse_upper(s: &str, ty: Option<&str>) -> Result<S7Address, AddressError> {
                         };
                         (area, (byte, None, t.bytes(), Some(t)), at3)
                     }
-                };
-                t
+                }
             }
             _ => {
                 return Err(err(

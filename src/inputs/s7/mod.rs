@@ -20,6 +20,7 @@
 //! - `snap7-client` 0.1.x: async tokio, S7comm and S7CommPlus, but weeks old with a new minor
 //!   release every few days, a client behind its own `Mutex`, and much we do not use
 //!   (S7CommPlus, TLS); no server side either.
+//!
 //! S7comm PUT/GET is small and public; ~600 lines of our own give multi-item reads planned by
 //! our planner, per-item return codes as point faults, the same timeout and backoff shape as
 //! our Modbus links, and one frame codec shared by client, simulator and fuzzer.

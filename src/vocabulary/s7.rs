@@ -676,22 +676,29 @@ pub fn item_code_name(code: u8) -> &'static str {
     }
 }
 
-/// The name of an S7 header error (error class and code of an Ack/Ack_Data), with the usual
-/// cause where one is known.
+/// The name of an S7 header error (error class and code of an Ack/Ack_Data, as the Wireshark
+/// s7comm dissector names them, `errcls_names` and `param_errcode_names`), with the usual cause
+/// where one is known.
 pub fn header_error_name(class: u8, code: u8) -> &'static str {
     match (class, code) {
         (0x81, 0x04) => {
-            "function not available in this context: on an S7-1200/1500, enable PUT/GET access"
+            "service not implemented on the module, or a frame error; on an S7-1200/1500: PUT/GET access is not enabled"
         }
         (0x81, _) => "application relationship error",
+        (0x82, 0x04) => "the type specification for the object is inconsistent",
         (0x82, _) => "object definition error",
+        (0x83, 0x05) => "function not available",
         (0x83, _) => "no resources available",
-        (0x84, 0x04) => "error in the service processing (object does not exist?)",
+        (0x84, 0x04) => "S7 protocol: the function cannot be performed",
         (0x84, _) => "error on service processing",
-        (0x85, 0x00) => "PDU size exceeded",
+        (0x85, 0x00) => "S7 protocol error: wrong frames",
         (0x85, _) => "error on supplies",
+        (0x87, 0x01) => "error addressing the object (for example, area length error)",
+        (0x87, 0x02) => "the requested service is not supported by the module",
+        (0x87, 0x03) => "access to object refused",
+        (0x87, 0x04) => "access error: object damaged",
         (0x87, _) => "access error",
-        _ => "error",
+        _ => "unknown error class",
     }
 }
 

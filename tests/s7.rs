@@ -63,7 +63,7 @@ mqtt:
   status_topic: {prefix}/status
 s7_devices:
   - name: plc
-    s7: {{ host: 127.0.0.1, port: {s7_port}, rack: 0, slot: 1 }}
+    s7: {{ host: 127.0.0.1, port: {s7_port}, rack: 0, slot: 1, pdu_size: 960 }}
     timeout: 1s
     poll_interval: 200ms
     points:
@@ -103,7 +103,9 @@ async fn python_snap7_values_are_published_and_an_int_write_is_read_back() {
     let mut obs = Observer::start(mqtt, "s7a/#").await;
     let dir = tempfile::tempdir().unwrap();
     let mut gw = gateway_yaml(dir.path(), &peer_mapping("s7a", mqtt, s7_port));
-    gw.wait_line("s7 link connected").await;
+    // Asked for 960, python-snap7 grants 480: the reads are planned again for it.
+    let connected = gw.wait_line("s7 link connected").await;
+    assert!(connected.contains("pdu=480"), "{connected}");
 
     let t = obs.wait_topic(0, "s7a/temperature", |_| true).await;
     let t = json(&t.payload);

@@ -376,3 +376,58 @@ fn check_prints_the_s7_read_plan_and_validates_addresses() {
     );
     assert!(text.contains("rack 0 slot 1 (PG)"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn put_get_refused_marks_the_values_bad_and_keeps_the_connection() {
+    let (mut sim, s7) = s7_simulator("127.0.0.1:0").await;
+    let (_broker, mqtt) = broker("127.0.0.1:0").await;
+    let mut obs = Observer::start(mqtt, "s7e/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = shipped_with_ghost(dir.path(), s7, mqtt, "s7e");
+    let mut gw = gateway_yaml(dir.path(), &yaml);
+    gw.wait_line("s7 link connected").await;
+    obs.wait_topic(0, "s7e/consumption", |p| json(p)["quality"] == "good")
+        .await;
+
+    // As an S7-1200 without PUT/GET access: every request refused, the connection kept.
+    let since = obs.len();
+    sim.send_line("put-get off");
+    sim.wait_line("put-get off ok").await;
+    let st = obs
+        .wait_topic(since, "s7e/status/tower", |p| json(p)["status"] == "error")
+        .await;
+    let reason = json(&st.payload)["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.contains("error class 0x81 code 0x04") && reason.contains("PUT/GET"),
+        "{reason}"
+    );
+    let bad = obs
+        .wait_topic(since, "s7e/consumption", |p| json(p)["quality"] == "bad")
+        .await;
+    assert!(
+        json(&bad.payload)["error"]
+            .as_str()
+            .unwrap()
+            .contains("S7 request refused"),
+        "{}",
+        bad.payload
+    );
+    // A write is refused by the PLC too, and acked as failed.
+    let w = obs.len();
+    obs.publish("s7e/settings/p1_start_level/set", "33", false)
+        .await;
+    let ack = obs
+        .wait_topic(w, "s7e/settings/p1_start_level/set/ack", |_| true)
+        .await;
+    assert_eq!(json(&ack.payload)["result"], "error", "{}", ack.payload);
+
+    let since = obs.len();
+    sim.send_line("put-get on");
+    obs.wait_topic(since, "s7e/status/tower", |p| {
+        json(p)["status"] == "degraded"
+    })
+    .await;
+    obs.wait_topic(since, "s7e/consumption", |p| json(p)["quality"] == "good")
+        .await;
+    assert_eq!(gw.count_lines("s7 link connected"), 1, "{}", gw.output());
+}

@@ -4,7 +4,10 @@
 //!
 //! It accepts any rack/slot (TSAP), grants at most 480 bytes of PDU, answers ReadVar and
 //! WriteVar item by item: 0x0A for any area but DB1, 0x05 past its end, 0x03 for writes to a
-//! read-only part. For tests and demos only: no PLC behaviour beyond that.
+//! read-only part. `put-get off` on stdin makes it refuse every ReadVar and WriteVar as an
+//! S7-1200/1500 does when PUT/GET access is not enabled (error class 0x81, code 0x04) while the
+//! connection stays up; `put-get on` ends that. For tests and demos only: no PLC behaviour
+//! beyond that.
 //!
 //! | bytes | address | meaning | type |
 //! |---|---|---|---|
@@ -23,10 +26,11 @@
 //! | 52-59 | `DB1,LREAL52` | water level, m | LREAL |
 //! | 60-63 | | spare, 0 | |
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -156,11 +160,15 @@ fn write(t: &mut WaterTower, spec: &ItemSpec, data: &[u8]) -> u8 {
     frame::ITEM_ACCESS_DENIED
 }
 
-/// The reply to one S7 PDU from a client; `None` for what deserves no answer.
-fn answer(t: &Mutex<WaterTower>, pdu: &[u8]) -> Option<Vec<u8>> {
+/// The reply to one S7 PDU from a client; `None` for what deserves no answer. With
+/// `refuse`, reads and writes are refused as by a CPU without PUT/GET access.
+fn answer(t: &Mutex<WaterTower>, pdu: &[u8], refuse: bool) -> Option<Vec<u8>> {
     let Ok(Pdu::Job { pdu_ref, job }) = frame::decode_pdu(pdu) else {
         return None;
     };
+    if refuse && matches!(job, Job::Read(_) | Job::Write(_)) {
+        return Some(frame::error_reply(pdu_ref, 0x81, 0x04));
+    }
     let mut t = t.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     Some(match job {
         Job::Setup { pdu } => frame::setup_reply(pdu_ref, pdu.clamp(240, MAX_PDU)),
@@ -186,13 +194,18 @@ fn answer(t: &Mutex<WaterTower>, pdu: &[u8]) -> Option<Vec<u8>> {
 pub fn answer_for_fuzzing(data: &[u8]) -> Option<Vec<u8>> {
     let tower = Mutex::new(WaterTower::new(1, 200.0));
     if let Ok(Cotp::Data { payload, .. }) = frame::decode_cotp(data) {
-        let _ = answer(&tower, payload);
+        let _ = answer(&tower, payload, false);
     }
-    answer(&tower, data)
+    let _ = answer(&tower, data, true);
+    answer(&tower, data, false)
 }
 
 /// Serve one client: COTP connect, then jobs until it goes.
-async fn client(mut s: TcpStream, tower: Arc<Mutex<WaterTower>>) -> std::io::Result<()> {
+async fn client(
+    mut s: TcpStream,
+    tower: Arc<Mutex<WaterTower>>,
+    refuse: Arc<AtomicBool>,
+) -> std::io::Result<()> {
     let _ = s.set_nodelay(true);
     let mut pdu = Vec::new();
     loop {
@@ -224,7 +237,7 @@ async fn client(mut s: TcpStream, tower: Arc<Mutex<WaterTower>>) -> std::io::Res
                     return Err(std::io::Error::other("S7 PDU too long"));
                 }
                 if eot {
-                    if let Some(reply) = answer(&tower, &pdu) {
+                    if let Some(reply) = answer(&tower, &pdu, refuse.load(Ordering::Relaxed)) {
                         s.write_all(&frame::data(&reply)).await?;
                     }
                     pdu.clear();
@@ -233,6 +246,29 @@ async fn client(mut s: TcpStream, tower: Arc<Mutex<WaterTower>>) -> std::io::Res
             _ => return Ok(()),
         }
     }
+}
+
+/// Reads `put-get off` / `put-get on` lines from stdin; prints the line and `ok`, or what is
+/// wrong.
+fn control_from_stdin(refuse: Arc<AtomicBool>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        loop {
+            let line = tokio::select! {
+                () = shutdown.cancelled() => return,
+                l = lines.next_line() => match l { Ok(Some(l)) => l, _ => return },
+            };
+            match line.trim() {
+                "put-get off" => refuse.store(true, Ordering::Relaxed),
+                "put-get on" => refuse.store(false, Ordering::Relaxed),
+                _ => {
+                    println!("{line}: the S7 simulator takes `put-get off` or `put-get on`");
+                    continue;
+                }
+            }
+            println!("{line} ok");
+        }
+    });
 }
 
 /// Serve the water tower as an S7 PLC on `listener` until shutdown; `speed` simulated seconds
@@ -244,6 +280,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let tower = Arc::new(Mutex::new(tower));
+    let refuse = Arc::new(AtomicBool::new(false));
+    control_from_stdin(Arc::clone(&refuse), shutdown.clone());
     let stepper = Arc::clone(&tower);
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -267,8 +305,9 @@ pub async fn serve(
             r = listener.accept() => {
                 let (s, peer) = r?;
                 let tower = Arc::clone(&tower);
+                let refuse = Arc::clone(&refuse);
                 tokio::spawn(async move {
-                    if let Err(e) = client(s, tower).await {
+                    if let Err(e) = client(s, tower, refuse).await {
                         tracing::debug!(%peer, error = %e, "s7 client dropped");
                     }
                 });

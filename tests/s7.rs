@@ -431,3 +431,53 @@ async fn put_get_refused_marks_the_values_bad_and_keeps_the_connection() {
         .await;
     assert_eq!(gw.count_lines("s7 link connected"), 1, "{}", gw.output());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_s7_device_is_a_sparkplug_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, mqtt) = mosquitto(dir.path(), "").await;
+    let (_sim, s7) = s7_simulator("127.0.0.1:0").await;
+    let python = repo("target/peers-venv/bin/python");
+    assert!(
+        python.exists(),
+        "run scripts/test.sh: it installs pysparkplug"
+    );
+    let mut host = Proc::spawn(
+        Command::new(python)
+            .arg(repo("tests/peers/spb_host.py"))
+            .arg(mqtt.ip().to_string())
+            .arg(mqtt.port().to_string())
+            .arg("plant"),
+    );
+    host.wait_line(r#"{"type": "ready"}"#).await;
+    let mut yaml = shipped_with_ghost(dir.path(), s7, mqtt, "s7f");
+    let state = dir.path().join("state");
+    yaml = yaml.replace(
+        "  status_topic: s7f/status\n",
+        &format!(
+            "  status_topic: s7f/status\n  buffer: {{ path: {} }}\nsparkplug: {{ group_id: plant, edge_node_id: gw1 }}\n",
+            state.display()
+        ),
+    );
+    assert!(yaml.contains("sparkplug:"));
+    let _gw = gateway_yaml(dir.path(), &yaml);
+
+    // pysparkplug decodes the DBIRTH of device `tower` with its S7 values.
+    let line = host.wait_line(r#""type": "DBIRTH""#).await;
+    let birth = json(&line);
+    assert_eq!(birth["device"], "tower", "{birth}");
+    let metric = |name: &str| {
+        birth["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no metric {name} in {birth}"))
+    };
+    assert_eq!(metric("level")["value"], 150, "{birth}");
+    assert_eq!(metric("level")["datatype"], "INT16", "{birth}");
+    assert_eq!(metric("site")["value"], "WATER TOWER 1", "{birth}");
+    assert_eq!(metric("consumption")["datatype"], "FLOAT", "{birth}");
+    assert_eq!(metric("p1_command")["value"], false, "{birth}");
+}

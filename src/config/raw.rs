@@ -978,8 +978,8 @@ pub const DEFAULT_PDU_SIZE: u16 = 480;
 /// A Siemens S7 PLC (S7-300/400/1200/1500, LOGO! 8, and compatibles) read over S7comm PUT/GET.
 /// Shared with Modbus devices: `name`, `timeout`, `poll_interval`, `status_topic`, and what
 /// points do with their values. Modbus-only (not here): `tcp`, `bus`, `unit`, `max_registers`,
-/// `max_bits`, `connect_delay`, `request_delay`, `write_function`, `device_id` (S7 devices are
-/// not Sparkplug devices yet).
+/// `max_bits`, `connect_delay`, `request_delay`, `write_function`, `device_id` (for Sparkplug B
+/// the device name is the device id, and each point's name its metric).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawS7Device {

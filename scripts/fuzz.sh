@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-60}"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-for t in config decode command store sparkplug; do
+for t in config decode command store sparkplug s7; do
   mkdir -p "fuzz/corpus/$t"
   cp -n fuzz/regressions/"$t"/* "fuzz/corpus/$t/"
   echo "== $t: ${secs}s"

@@ -4,8 +4,9 @@
 # Modbus master), systemd-analyze (to verify the unit), openssl (certs/gen.sh makes the test
 # certificates), the system CA store, and in target/peers-venv pymodbus (an independent Modbus
 # slave), jinja2 (Home Assistant's template engine, to render our availability templates) and
-# pysparkplug (an independent Sparkplug B host), and for the web console's browser test Debian's
-# chromium and chromium-driver with selenium in the venv. Then runs
+# pysparkplug (an independent Sparkplug B host) and python-snap7 (an independent S7 server and
+# client), and for the web console's browser test Debian's chromium and chromium-driver with
+# selenium in the venv. Then runs
 # every test. A test whose peer is missing fails; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,6 +61,12 @@ fi
 if ! "$venv/bin/python" -c 'import pysparkplug, sys; sys.exit(pysparkplug.__version__ != "0.6.1")' 2>/dev/null; then
   echo "installing pysparkplug into $venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "pysparkplug==0.6.1"
+fi
+# python-snap7: the independent S7 server (a DB with a REAL, an INT, a BOOL and a STRING) and S7
+# client (reading back our writes) of tests/s7.rs. 3.x is pure Python (no libsnap7 needed).
+if ! "$venv/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m.version("python-snap7") != "3.3.0")' 2>/dev/null; then
+  echo "installing python-snap7 into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "python-snap7==3.3.0"
 fi
 
 # selenium: drives Chromium in tests/web.rs (tests/browser/console.py).

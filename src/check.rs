@@ -375,6 +375,10 @@ fn bus_time(s: &mut String, m: &Model, l: &Link, serial: &SerialSpec) {
 fn devices(s: &mut String, m: &Model) {
     let _ = writeln!(s, "devices: {}", m.devices.len());
     for d in &m.devices {
+        if let LinkSpec::S7(s7) = &m.links[d.link].spec {
+            s7_device(s, m, d, s7);
+            continue;
+        }
         let _ = writeln!(
             s,
             "  {}: {} unit {}, poll every {}, timeout {}, {} points, status {}",
@@ -804,12 +808,16 @@ pub fn expanded(m: &Model) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "# what runs: templates expanded, defaults written out (mqtt, buses and the other sections as in the file)"
+        "# what runs: templates expanded, defaults written out (mqtt, buses, s7_devices and the other sections as in the file)"
     );
     let _ = writeln!(s, "devices:");
     for d in &m.devices {
-        let _ = writeln!(s, "  - name: {}", yaml_str(&d.name));
         let link = &m.links[d.link];
+        // S7 devices have no templates: `s7_devices` runs as written in the file.
+        if matches!(link.spec, LinkSpec::S7(_)) {
+            continue;
+        }
+        let _ = writeln!(s, "  - name: {}", yaml_str(&d.name));
         match &link.spec {
             LinkSpec::Tcp { host, port } => {
                 let _ = writeln!(s, "    tcp: {{ host: {}, port: {port} }}", yaml_str(host));
@@ -817,6 +825,7 @@ pub fn expanded(m: &Model) -> String {
             LinkSpec::Rtu(_) | LinkSpec::RtuOverTcp { .. } => {
                 let _ = writeln!(s, "    bus: {}", yaml_str(&link.name));
             }
+            LinkSpec::S7(_) => {}
         }
         if let Some(t) = m
             .library
@@ -894,4 +903,60 @@ pub fn expanded(m: &Model) -> String {
         }
     }
     s
+}
+
+/// An S7 device (issue 19): its connection, its points in S7 notation, and its S7 read plan
+/// (ReadVar requests and their items).
+fn s7_device(s: &mut String, m: &Model, d: &Device, s7: &crate::model::S7Link) {
+    let _ = writeln!(
+        s,
+        "  {}: {} {}, PDU size asked {}, poll every {}, timeout {}, {} points, status {}",
+        d.name,
+        m.links[d.link].spec,
+        s7.endpoint,
+        s7.pdu,
+        humantime::format_duration(d.poll_interval),
+        humantime::format_duration(d.timeout),
+        d.points.len(),
+        d.status_topic
+    );
+    for (&pid, (_, address)) in d.points.iter().zip(&s7.points) {
+        let p = &m.points[pid];
+        let mut line = format!("    {} {address} {}", p.name, address.ty.name());
+        if !p.is_unscaled() {
+            let _ = write!(line, " x{} {:+}", p.scale, p.offset);
+        }
+        if let Some(u) = &p.unit {
+            let _ = write!(line, " [{u}]");
+        }
+        if let Some(w) = p.write {
+            let _ = write!(
+                line,
+                " writable {}..={}",
+                format_number(w.min),
+                format_number(w.max)
+            );
+        }
+        if let Some(r) = &p.publish {
+            let _ = write!(line, " -> {}", rule(r));
+        }
+        let _ = writeln!(s, "{line}");
+    }
+    let _ = writeln!(
+        s,
+        "    S7 read plan at PDU {}: {} ReadVar request(s) per cycle (planned again if the CPU grants less)",
+        s7.plan.pdu,
+        s7.plan.requests.len()
+    );
+    for r in &s7.plan.requests {
+        let items: Vec<String> = r.items.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            s,
+            "      ReadVar {} item(s), {} of {} bytes in the reply: {}",
+            r.items.len(),
+            r.reply_bytes(),
+            s7.plan.pdu,
+            items.join("; ")
+        );
+    }
 }

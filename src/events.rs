@@ -438,3 +438,23 @@ pub fn web_command(origin: &str, command: &str, payload: &str) {
 pub fn web_accept_failed(error: &std::io::Error) {
     warn!(%error, "web accept failed");
 }
+
+// ---- Siemens S7 (issue 19) -------------------------------------------------------------------
+
+/// An S7 link connected, with the PDU size the CPU granted.
+pub fn s7_connected(link: &str, pdu: u16) {
+    gauge!("fieldgate_modbus_link_up", "link" => link.to_owned()).set(1.0);
+    counter!("fieldgate_modbus_connects_total", "link" => link.to_owned()).increment(1);
+    info!(link, pdu, "s7 link connected");
+}
+
+/// An S7 value started (`on`) or stopped failing with an item error (a return code other than
+/// 0xFF) or a refused request: one line per episode, not per poll.
+pub fn s7_item_fault(device: &str, point: &str, address: &str, fault: &str, on: bool) {
+    if on {
+        counter!("fieldgate_s7_item_faults_total", "device" => device.to_owned()).increment(1);
+        warn!(device, point, address, fault, "s7 value refused by the PLC");
+    } else {
+        info!(device, point, address, "s7 value readable again");
+    }
+}

@@ -262,3 +262,29 @@ fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
+
+/// S7 frames (issue 19): TPKT header, COTP TPDU and S7 PDU decoding never panic, whatever
+/// the bytes; a decoded read reply has no more items than it announced; the bytes after a
+/// TPKT header decode the same way.
+pub fn s7(data: &[u8]) {
+    use crate::inputs::s7::frame::{self, Pdu, Reply};
+    let _ = frame::tpkt_length(data);
+    for body in [data, data.get(4..).unwrap_or(&[])] {
+        if let Ok(frame::Cotp::Data { payload, .. }) = frame::decode_cotp(body) {
+            let _ = frame::decode_pdu(payload);
+        }
+        match frame::decode_pdu(body) {
+            Ok(Pdu::Ack {
+                reply: Reply::Read(items),
+                ..
+            }) => assert!(items.len() <= 255),
+            Ok(Pdu::Ack {
+                reply: Reply::Write(codes),
+                ..
+            }) => assert!(codes.len() <= 255),
+            _ => {}
+        }
+    }
+    // The simulator's S7 server answers anything without panicking.
+    let _ = crate::simulator::s7::answer_for_fuzzing(data);
+}

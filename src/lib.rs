@@ -1,4 +1,4 @@
-//! fieldgate: a Modbus TCP ⇄ MQTT protocol-converter gateway.
+//! fieldgate: a Modbus TCP/RTU (and Siemens S7) ⇄ MQTT protocol-converter gateway.
 //!
 //! The flow: `inputs` (one task per Modbus link) produce poll results; the `mappings` engine
 //! (pure) turns them into typed updates, which the `northbound` profiles (pure) turn into

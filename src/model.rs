@@ -348,6 +348,9 @@ pub enum LinkSpec {
     Rtu(SerialSpec),
     /// Modbus RTU framing over a TCP socket.
     RtuOverTcp { host: String, port: u16 },
+    /// S7comm PUT/GET over ISO-on-TCP to a Siemens S7 PLC: one connection for one device
+    /// (see [`S7Link`]).
+    S7(Arc<S7Link>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -390,6 +393,7 @@ impl std::fmt::Display for LinkSpec {
             LinkSpec::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
             LinkSpec::Rtu(s) => write!(f, "rtu://{} {} {}", s.path, s.baud, s.framing()),
             LinkSpec::RtuOverTcp { host, port } => write!(f, "rtu+tcp://{host}:{port}"),
+            LinkSpec::S7(s) => write!(f, "s7://{}:{}", s.host, s.port),
         }
     }
 }
@@ -817,4 +821,45 @@ pub struct TlsSettings {
     pub server_name: Option<String>,
     /// Where `tls inspect --pin` writes accepted pins (also read into `Trust::Pins`).
     pub pin_file: Option<PathBuf>,
+}
+
+// ---- Siemens S7 (issue 19) -------------------------------------------------------------------
+//
+// An S7 device (`s7_devices` in the mapping) is a `Device` with its own `Link`, whose spec is
+// `LinkSpec::S7`. Its points are ordinary `Point`s: the S7 value is handed to the engine as the
+// registers a Modbus device would hold for it (see `vocabulary::s7`), so `kind` is `Coil` for a
+// BOOL and `HoldingRegister` for every other type, `address` is the byte offset, `order` is
+// `ABCD` (S7 is big-endian), and `Device::plan` has one request per point (request `i` is
+// point `i` of the device). The real reads are the S7 plan here.
+
+/// The connection type of an S7 link: the high byte of the remote TSAP (Snap7
+/// `CONNTYPE_PG`/`OP`/`S7_BASIC`). PG is what programming software uses; OP and basic use
+/// the CPU's other connection resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum S7ConnectionType {
+    Pg = 1,
+    Op = 2,
+    Basic = 3,
+}
+
+/// An S7 link, checked: where the CPU is, the TSAPs, the PDU size asked for, and what its one
+/// device reads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct S7Link {
+    pub host: String,
+    /// ISO-on-TCP port, 102 by default.
+    pub port: u16,
+    pub local_tsap: u16,
+    pub remote_tsap: u16,
+    /// `rack 0 slot 1 (PG)` or `TSAP 0x0100 -> 0x0102`, for `check` and logs.
+    pub endpoint: String,
+    /// The PDU size asked for at connect (the CPU may grant less; the reads are then planned
+    /// again for what it granted).
+    pub pdu: u16,
+    /// Largest hole (bytes) bridged to merge two values into one item.
+    pub max_gap: u16,
+    /// The device's points, in `Device::points` order: name and S7 address.
+    pub points: Vec<(Arc<str>, crate::vocabulary::s7::S7Address)>,
+    /// The reads at the requested PDU size.
+    pub plan: crate::vocabulary::s7::S7ReadPlan,
 }

@@ -60,13 +60,28 @@ pub fn start_link(model: &Arc<Model>, link: usize, events: &mpsc::Sender<LinkEve
     let l = &model.links[link];
     let (writer, writes) = mpsc::channel(16);
     let stop = CancellationToken::new();
-    let task = Link {
-        link,
-        model: Arc::clone(model),
-        events: events.clone(),
-        writes,
-        beat: crate::supervisor::heartbeat(format!("link {}", l.name)),
-        multiple_writes: Default::default(),
+    let beat = crate::supervisor::heartbeat(format!("link {}", l.name));
+    // An S7 link (issue 19) has its own task; every other link is Modbus.
+    let done = if let crate::model::LinkSpec::S7(s7) = &l.spec {
+        let task = crate::inputs::s7::link::S7LinkTask {
+            link,
+            s7: Arc::clone(s7),
+            model: Arc::clone(model),
+            events: events.clone(),
+            writes,
+            beat,
+        };
+        tokio::spawn(task.run(stop.clone()))
+    } else {
+        let task = Link {
+            link,
+            model: Arc::clone(model),
+            events: events.clone(),
+            writes,
+            beat,
+            multiple_writes: Default::default(),
+        };
+        tokio::spawn(task.run(stop.clone()))
     };
     Running {
         signature: link_signature(model, link),
@@ -76,7 +91,7 @@ pub fn start_link(model: &Arc<Model>, link: usize, events: &mpsc::Sender<LinkEve
             .map(|&d| model.devices[d].name.clone())
             .collect(),
         writer,
-        done: tokio::spawn(task.run(stop.clone())),
+        done,
         stop,
     }
 }

@@ -44,3 +44,8 @@ fn store_inputs() {
 fn sparkplug_inputs() {
     replay("sparkplug", fieldgate::fuzz_targets::sparkplug);
 }
+
+#[test]
+fn s7_inputs() {
+    replay("s7", fieldgate::fuzz_targets::s7);
+}

@@ -87,6 +87,11 @@ pub(crate) struct TowerArgs {
     /// `quirk SPEC` or `quirk clear` to stdin.
     #[arg(long = "quirk", value_name = "SPEC")]
     quirks: Vec<fieldgate::simulator::Quirk>,
+    /// Water tower only: serve it as a Siemens S7 PLC (S7comm PUT/GET over ISO-on-TCP) on
+    /// `--listen` instead of Modbus, its values in DB1 (layout in the README). Any rack/slot is
+    /// accepted; `--seed`, `--speed`, `--level` and `--auto` apply.
+    #[arg(long)]
+    s7: bool,
 }
 
 /// Serve `plant` until shutdown.
@@ -111,6 +116,9 @@ async fn simulate(
     a: TowerArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    if a.s7 {
+        return simulate_s7(kind, a, shutdown).await;
+    }
     let faults = a
         .faults
         .iter()
@@ -198,4 +206,34 @@ fn name(kind: fieldgate::simulator::Kind) -> &'static str {
         fieldgate::simulator::Kind::EnergyMeter => "energy meter",
         fieldgate::simulator::Kind::EnergyMeterSdm630 => "energy meter (sdm630)",
     }
+}
+
+/// `--s7`: the water tower as an S7 PLC (`fieldgate::simulator::s7`).
+async fn simulate_s7(
+    kind: fieldgate::simulator::Kind,
+    a: TowerArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if kind != fieldgate::simulator::Kind::WaterTower {
+        anyhow::bail!("--s7 serves the water tower only");
+    }
+    if a.rtu.is_some() || a.rtu_over_tcp {
+        anyhow::bail!("--s7 speaks ISO-on-TCP: --rtu and --rtu-over-tcp do not apply");
+    }
+    let mut tower = fieldgate::simulator::water_tower::WaterTower::new(a.seed, a.level);
+    if a.auto {
+        let _ = tower.write_holding_registers(4, &[1]);
+    }
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("listen on {}", a.listen))?;
+    let addr = listener.local_addr()?;
+    println!("water tower (S7, DB1) listening on {addr}");
+    tracing::info!(
+        seed = a.seed,
+        speed = a.speed,
+        "water tower S7 simulator running"
+    );
+    fieldgate::simulator::s7::serve(listener, tower, a.speed, shutdown).await?;
+    Ok(())
 }

@@ -149,8 +149,15 @@ pub struct RawConfig {
     /// Shared Modbus RTU buses (serial, or RTU framing over TCP) that devices refer to.
     #[serde(default)]
     pub buses: Vec<Located<RawBus>>,
-    /// The Modbus devices to poll.
+    /// The Modbus devices to poll. May be empty (or absent) when `s7_devices` has devices.
+    #[serde(default)]
     pub devices: Vec<Located<RawDevice>>,
+    /// Siemens S7 PLCs read and written over S7comm PUT/GET (ISO-on-TCP, port 102): each one
+    /// connection, polled, mapped and written like a Modbus device. Its points share every key
+    /// with Modbus points but `kind`, `address`, `type`, `bit`, `length`, `order` and
+    /// `no_value`, which are Modbus-only; an S7 point's `address` is S7 notation instead.
+    #[serde(default)]
+    pub s7_devices: Vec<Located<RawS7Device>>,
     /// Values computed from other points (no scripting).
     #[serde(default)]
     pub derived: Vec<Located<RawDerived>>,
@@ -1084,4 +1091,133 @@ pub struct RawWrite {
     pub point: Located<String>,
     /// The value to write, in engineering units (`1`/`0` for coils).
     pub value: f64,
+}
+
+// ---- Siemens S7 (issue 19) -------------------------------------------------------------------
+
+const fn default_s7_port() -> u16 {
+    102
+}
+/// The PDU size asked for when `pdu_size` is not set (Snap7's default).
+pub const DEFAULT_PDU_SIZE: u16 = 480;
+
+/// A Siemens S7 PLC (S7-300/400/1200/1500, LOGO! 8, and compatibles) read over S7comm PUT/GET.
+/// Shared with Modbus devices: `name`, `timeout`, `poll_interval`, `status_topic`, and what
+/// points do with their values. Modbus-only (not here): `tcp`, `bus`, `unit`, `max_registers`,
+/// `max_bits`, `connect_delay`, `request_delay`, `write_function`, `device_id` (for Sparkplug B
+/// the device name is the device id, and each point's name its metric).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawS7Device {
+    /// Unique device name (across `devices` and `s7_devices`); used in topics, logs, metrics and
+    /// `device.point` references.
+    pub name: Located<String>,
+    /// Where the CPU is and how to connect: the `s7` link.
+    pub s7: Located<RawS7Link>,
+    /// Time to wait for each answer (and at least 3s for connecting). Default 1s.
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    /// Time between poll cycles. Default 1s.
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval: Dur,
+    /// Largest hole (in bytes) bridged to merge two values of one area or DB into one ReadVar
+    /// item. Default 0: only adjacent values merge, so no unmapped byte is ever read.
+    #[serde(default)]
+    pub max_gap: u16,
+    /// Topic for this device's retained status. Default `<mqtt.status_topic>/<name>`.
+    #[serde(default)]
+    pub status_topic: Option<Located<String>>,
+    /// The mapped values of this PLC.
+    pub points: Vec<Located<RawS7Point>>,
+}
+
+/// The connection type: the high byte of the remote TSAP.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawS7ConnectionType {
+    /// Programming device (1): what STEP 7 / TIA Portal use; the default.
+    #[default]
+    Pg,
+    /// Operator panel (2).
+    Op,
+    /// S7 basic communication (3).
+    Basic,
+}
+
+/// An `s7` link: one ISO-on-TCP connection to the CPU.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawS7Link {
+    /// Host name or IP address of the CPU (or of its CP).
+    pub host: Located<String>,
+    /// ISO-on-TCP port (RFC 1006). Default 102.
+    #[serde(default = "default_s7_port")]
+    pub port: u16,
+    /// The CPU's rack, 0-7. With `slot`; exclusive with the TSAPs. Default 0.
+    #[serde(default)]
+    pub rack: Option<Located<u8>>,
+    /// The CPU's slot, 0-31: 2 on an S7-300, 1 on an S7-1200/1500 (default), 0 or 1 on a
+    /// LOGO! or S7-1500 with a CP (see the CPU's hardware configuration).
+    #[serde(default)]
+    pub slot: Option<Located<u8>>,
+    /// `pg` (default), `op` or `basic`. With rack and slot.
+    #[serde(default)]
+    pub connection_type: RawS7ConnectionType,
+    /// Our TSAP, e.g. `0x0100` (LOGO!: `0x0100` or `0x0200`), with `remote_tsap` instead of
+    /// rack and slot. Default 0x0100.
+    #[serde(default)]
+    pub local_tsap: Option<Located<u16>>,
+    /// The CPU's TSAP, e.g. `0x0102` (LOGO!: `0x0200` or `0x0300`), instead of rack and slot.
+    #[serde(default)]
+    pub remote_tsap: Option<Located<u16>>,
+    /// The PDU size asked for at connect, 240-960 bytes; the CPU grants at most its own (240 on
+    /// S7-300 and S7-1200, 480 on S7-400, 960 on S7-1500), and the reads are planned for what
+    /// it grants. Default 480.
+    #[serde(default)]
+    pub pdu_size: Option<Located<u16>>,
+}
+
+/// One value in an S7 PLC. Shared with Modbus points: `name`, `scale`, `offset`, `decimals`,
+/// `unit`, `writable`, `min`, `max`, `publish`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawS7Point {
+    /// Point name, unique within its device.
+    pub name: Located<String>,
+    /// The address in S7 notation: `DB1.DBX4.0`, `DB1.DBB2`, `DB1.DBW6`, `DB1.DBD0`, or with
+    /// the type, `DB1,REAL0`, `DB1,INT6`, `DB1,DINT8`, `DB1,LREAL16`, `DB1,STRING24.20` (a
+    /// STRING of at most 20 characters); `M10.0`, `MB4`, `MW20`, `MD24`; `I0.1` (or `E0.1`),
+    /// `IW64`; `Q0.0` (or `A0.0`), `QW2`; on a LOGO! 8, `V10.0`, `VW0` (its V memory is DB1).
+    /// Offsets are bytes, bits 0-7.
+    pub address: Located<String>,
+    /// The type of a `B`/`W`/`D` address: `byte`; `word` (default for W) or `int`; `dword`
+    /// (default for D), `dint` or `real`. `bool` for a bit address. The `DB1,REAL0` form names
+    /// the type itself.
+    #[serde(default, rename = "type")]
+    pub dtype: Option<Located<String>>,
+    /// Engineering value = raw * scale + offset. Default 1.
+    #[serde(default = "default_scale")]
+    pub scale: f64,
+    /// Added after scaling. Default 0.
+    #[serde(default)]
+    pub offset: f64,
+    /// Round published values to this many decimals. Default: from `scale` for integer types.
+    #[serde(default)]
+    pub decimals: Option<u8>,
+    /// Engineering unit, e.g. `cm`, `°C`; shown in JSON payloads.
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// Allow commands to write this point (by WriteVar, then read back). Default false. Not for
+    /// STRING points.
+    #[serde(default)]
+    pub writable: Located<bool>,
+    /// Lowest value a command may write, in engineering units.
+    #[serde(default)]
+    pub min: Option<f64>,
+    /// Highest value a command may write, in engineering units.
+    #[serde(default)]
+    pub max: Option<f64>,
+    /// How to publish this point. Not published when absent.
+    #[serde(default)]
+    pub publish: Option<Located<RawPublish>>,
 }

@@ -249,6 +249,7 @@ pub async fn open(spec: &LinkSpec, unit: u8, o: OpenOptions) -> Result<Client, S
                 Slave(unit),
             )))
         }
+        LinkSpec::S7(_) => Err("an S7 link is not a Modbus link".into()),
         LinkSpec::Rtu(s) => {
             let builder = tokio_serial::new(&s.path, s.baud)
                 .data_bits(if s.data_bits == 7 {

@@ -1,6 +1,7 @@
-//! Modbus input side: one task owns each link and serialises its reads and writes.
+//! The input side: one task owns each link and serialises its reads and writes. Modbus here;
+//! Siemens S7 in `s7/`, through the same events and write requests.
 //!
-//! Speaks Modbus only; knows nothing of MQTT. Results leave as [`LinkEvent`]s; writes
+//! Speaks the field protocols only; knows nothing of MQTT. Results leave as [`LinkEvent`]s; writes
 //! arrive as [`WriteRequest`]s and are answered with the read-back data.
 
 pub mod client;
@@ -8,6 +9,7 @@ pub mod commission;
 pub mod error;
 pub mod link;
 pub mod mbap;
+pub mod s7;
 
 use std::sync::Arc;
 use std::time::SystemTime;

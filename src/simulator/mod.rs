@@ -14,6 +14,7 @@
 pub mod energy_meter;
 pub mod quirks;
 pub mod rtu_frame;
+pub mod s7;
 pub mod water_tower;
 
 pub use quirks::{Quirk, QuirkError, Quirks};

@@ -9,6 +9,7 @@ pub mod plan;
 mod poll;
 mod publication;
 mod registers;
+pub mod s7;
 
 pub use plan::{ReadPlan, ReadRequest, Slot, Span};
 pub use poll::{

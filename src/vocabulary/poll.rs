@@ -32,6 +32,12 @@ pub enum Fault {
     Transport(String),
     /// The device's link is down; nothing was sent.
     NotConnected,
+    /// S7: the PLC answered this item of a ReadVar/WriteVar with a return code other than
+    /// 0xFF (success), e.g. 0x0A "object does not exist"; the other items are unaffected.
+    S7Item(u8),
+    /// S7: the PLC refused the whole request (error class and code of the S7 header, e.g.
+    /// 0x81 0x04 when PUT/GET access is not enabled); the connection stays up.
+    S7Refused(u8, u8),
 }
 
 impl std::fmt::Display for Fault {
@@ -43,6 +49,16 @@ impl std::fmt::Display for Fault {
             Fault::Timeout => f.write_str("timeout"),
             Fault::Transport(e) => write!(f, "transport: {e}"),
             Fault::NotConnected => f.write_str("device not connected"),
+            Fault::S7Item(code) => write!(
+                f,
+                "S7 item error {code:#04x} ({})",
+                super::s7::item_code_name(*code)
+            ),
+            Fault::S7Refused(class, code) => write!(
+                f,
+                "S7 request refused: error class {class:#04x} code {code:#04x} ({})",
+                super::s7::header_error_name(*class, *code)
+            ),
         }
     }
 }

@@ -42,9 +42,6 @@ pub(super) fn compile(
     status_topic: &Arc<str>,
 ) -> Devices {
     let mut seen = Seen::default();
-    if raw_devices.is_empty() {
-        ctx.err_at(1, 1, "devices", "at least one device is needed");
-    }
     for (di, d) in raw_devices.iter().enumerate() {
         device(ctx, &mut seen, links, bus_index, status_topic, di, d);
     }

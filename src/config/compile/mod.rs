@@ -14,6 +14,7 @@ mod groups;
 mod homeassistant;
 mod mqtt;
 mod points;
+mod s7;
 mod sparkplug;
 mod web;
 
@@ -99,11 +100,21 @@ pub(super) fn compile(
         "mqtt.status_topic",
     );
     let (mut links, bus_index) = buses::compile(&mut ctx, &raw.buses);
-    let devs = devices::compile(
+    let mut devs = devices::compile(
         &mut ctx,
         &raw.devices,
         &mut links,
         &bus_index,
+        &mqtt.status_topic,
+    );
+    if raw.devices.is_empty() && raw.s7_devices.is_empty() {
+        ctx.err_at(1, 1, "devices", "at least one device is needed");
+    }
+    s7::compile(
+        &mut ctx,
+        &raw.s7_devices,
+        &mut links,
+        &mut devs,
         &mqtt.status_topic,
     );
     let derived = derived::compile(&mut ctx, &raw.derived, &devs);

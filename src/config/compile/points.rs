@@ -296,7 +296,7 @@ fn write_limits(
 }
 
 /// Decimals implied by a scale factor: 0.1 -> 1, 0.25 -> 2, 10 -> 0.
-fn decimals_of(scale: f64) -> Option<u8> {
+pub(super) fn decimals_of(scale: f64) -> Option<u8> {
     if scale == 1.0 {
         return None;
     }

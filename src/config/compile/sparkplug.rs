@@ -198,6 +198,63 @@ pub(super) fn compile(
             metrics,
         });
     }
+    // S7 devices (issue 19): the device name is the Sparkplug device id and each point's
+    // name its metric (S7 devices have no `device_id` or `metric` keys yet).
+    for sd in &raw.s7_devices {
+        let Some(device) = devs.devices.iter().position(|d| *d.name == *sd.name.value) else {
+            continue;
+        };
+        let dpath = format!("s7_devices[{}]", sd.name.value);
+        check_id(ctx, &sd.name, &format!("{dpath}.name"));
+        let device_id = Arc::clone(&devs.devices[device].name);
+        if !device_ids.insert(Arc::clone(&device_id)) {
+            ctx.err(
+                &sd.name,
+                format!("{dpath}.name"),
+                format!("Sparkplug device id `{device_id}` is used by another device"),
+            );
+        }
+        let mut names = HashSet::new();
+        let mut metrics = Vec::new();
+        for &point in &devs.devices[device].points {
+            let name = Arc::clone(&devs.points[point].name);
+            names.insert(Arc::clone(&name));
+            metrics.push(SparkplugMetric {
+                name,
+                alias,
+                source: MetricSource::Point(point),
+                datatype: SparkplugType::of_point(&devs.points[point]),
+            });
+            alias += 1;
+        }
+        for (i, d) in derived.iter().enumerate() {
+            if d.pack_bits.first().map(|&p| devs.points[p].device) != Some(device) {
+                continue;
+            }
+            if !names.insert(Arc::clone(&d.name)) {
+                ctx.err(
+                    &sd.name,
+                    format!("derived[{}].name", d.name),
+                    format!(
+                        "derived value `{}` has the name of a metric of device `{}`, whose metric it is",
+                        d.name, sd.name.value
+                    ),
+                );
+            }
+            metrics.push(SparkplugMetric {
+                name: Arc::clone(&d.name),
+                alias,
+                source: MetricSource::Derived(i),
+                datatype: SparkplugType::UInt64,
+            });
+            alias += 1;
+        }
+        devices.push(SparkplugDevice {
+            device,
+            device_id,
+            metrics,
+        });
+    }
     Some(Sparkplug {
         group_id,
         edge_node_id,

@@ -1,0 +1,483 @@
+//! Siemens S7 (issue 19), end to end: the real binary polls an S7 server over S7comm PUT/GET
+//! and publishes to the embedded broker; MQTT writes go through the executor to the PLC and are
+//! read back and acked.
+//!
+//! Two independent judges: python-snap7 (pure-Python S7comm, pinned in scripts/test.sh) as the
+//! S7 server holding a DB with a REAL, an INT, a BOOL and a STRING, and as an S7 client reading
+//! back what fieldgate wrote (to its own server and to our simulator's S7 mode). A missing
+//! peer fails the test.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// The python-snap7 peer (`tests/peers/s7_peer.py`) on a free port.
+async fn snap7_peer() -> (Proc, u16) {
+    let python = repo("target/peers-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/test.sh (it installs python-snap7 into the peers venv)",
+        python.display()
+    );
+    let port = free_port();
+    let mut p = Proc::spawn(
+        Command::new(python)
+            .arg(repo("tests/peers/s7_peer.py"))
+            .arg(port.to_string()),
+    );
+    p.wait_line(&format!("listening {port}")).await;
+    (p, port)
+}
+
+/// Send `cmd` to the peer and wait for its `n`-th answer line starting with `prefix`.
+async fn peer_says(p: &mut Proc, cmd: &str, prefix: &str) -> String {
+    let before = p.count_lines(prefix);
+    p.send_line(cmd);
+    p.wait_count(&[prefix], before + 1).await;
+    let out = p.output();
+    out.lines()
+        .filter(|l| l.starts_with(prefix))
+        .nth(before)
+        .unwrap()
+        .to_owned()
+}
+
+/// Read an INT with the python-snap7 client from the S7 server at `port` (the peer's own, or
+/// our simulator).
+async fn snap7_read_int(peer: &mut Proc, port: u16, db: u16, byte: u16) -> i16 {
+    let line = peer_says(peer, &format!("read_int {db} {byte} {port}"), "int ").await;
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+fn peer_mapping(prefix: &str, mqtt: SocketAddr, s7_port: u16) -> String {
+    format!(
+        r#"
+mqtt:
+  host: 127.0.0.1
+  port: {mqtt_port}
+  client_id: fg-s7-{prefix}
+  status_topic: {prefix}/status
+s7_devices:
+  - name: plc
+    s7: {{ host: 127.0.0.1, port: {s7_port}, rack: 0, slot: 1, pdu_size: 960 }}
+    timeout: 1s
+    poll_interval: 200ms
+    points:
+      - name: temperature
+        address: DB1,REAL0
+        unit: "°C"
+        publish: {{ topic: {prefix}/temperature, format: json, interval: 200ms }}
+      - name: count
+        address: DB1,INT4
+        publish: {{ topic: {prefix}/count, interval: 200ms }}
+      - {{ name: running, address: DB1.DBX6.0, publish: {{ topic: {prefix}/running, interval: 200ms }} }}
+      - {{ name: idle, address: DB1.DBX6.1, publish: {{ topic: {prefix}/idle, interval: 200ms }} }}
+      - name: label
+        address: DB1,STRING8.10
+        publish: {{ topic: {prefix}/label, interval: 200ms }}
+      - name: setpoint
+        address: DB1.DBW20
+        type: int
+        writable: true
+        min: -500
+        max: 500
+        publish: {{ topic: {prefix}/setpoint, format: json, interval: 200ms }}
+      - name: ghost
+        address: DB9,INT0
+        publish: {{ topic: {prefix}/ghost, format: json, interval: 200ms }}
+commands:
+  - {{ topic: {prefix}/setpoint/set, write: plc.setpoint }}
+"#,
+        mqtt_port = mqtt.port()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_snap7_values_are_published_and_an_int_write_is_read_back() {
+    let (mut peer, s7_port) = snap7_peer().await;
+    let (_broker, mqtt) = broker("127.0.0.1:0").await;
+    let mut obs = Observer::start(mqtt, "s7a/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = gateway_yaml(dir.path(), &peer_mapping("s7a", mqtt, s7_port));
+    // Asked for 960, python-snap7 grants 480: the reads are planned again for it.
+    let connected = gw.wait_line("s7 link connected").await;
+    assert!(connected.contains("pdu=480"), "{connected}");
+
+    let t = obs.wait_topic(0, "s7a/temperature", |_| true).await;
+    let t = json(&t.payload);
+    assert_eq!(t["value"], 21.5, "{t}");
+    assert_eq!(t["quality"], "good", "{t}");
+    assert_eq!(t["unit"], "°C", "{t}");
+    obs.wait_topic(0, "s7a/count", |p| p == "-1234").await;
+    obs.wait_topic(0, "s7a/running", |p| p == "true").await;
+    obs.wait_topic(0, "s7a/idle", |p| p == "false").await;
+    obs.wait_topic(0, "s7a/label", |p| p == "PUMP-7").await;
+    obs.wait_topic(0, "s7a/setpoint", |p| json(p)["value"] == 100)
+        .await;
+
+    // The DB that does not exist fails that point only, with the PLC's reason.
+    let ghost = obs.wait_topic(0, "s7a/ghost", |_| true).await;
+    let ghost = json(&ghost.payload);
+    assert_eq!(ghost["quality"], "bad", "{ghost}");
+    assert!(
+        ghost["error"]
+            .as_str()
+            .unwrap()
+            .contains("0x0a (object does not exist)"),
+        "{ghost}"
+    );
+    let status = obs
+        .wait_topic(0, "s7a/status/plc", |p| json(p)["status"] == "degraded")
+        .await;
+    let status = json(&status.payload);
+    assert_eq!(
+        status["failing"],
+        serde_json::json!(["plc.ghost"]),
+        "{status}"
+    );
+    assert!(
+        status["reason"].as_str().unwrap().contains("DB9,INT0"),
+        "{status}"
+    );
+
+    // An MQTT write of the INT: written by WriteVar, read back, acked, and python-snap7's own
+    // client reads the new value from its server.
+    let since = obs.len();
+    obs.publish("s7a/setpoint/set", "321", false).await;
+    let ack = obs
+        .wait_topic(since, "s7a/setpoint/set/ack", |_| true)
+        .await;
+    let ack = json(&ack.payload);
+    assert_eq!(ack["result"], "ok", "{ack}");
+    assert_eq!(ack["readback"]["plc.setpoint"], "321", "{ack}");
+    assert_eq!(snap7_read_int(&mut peer, s7_port, 1, 20).await, 321);
+    obs.wait_topic(since, "s7a/setpoint", |p| json(p)["value"] == 321)
+        .await;
+    gw.wait_line("write ok").await;
+    assert!(
+        gw.output().contains("mqtt:s7a/setpoint/set"),
+        "{}",
+        gw.output()
+    );
+
+    // Out of limits: refused before anything reaches the PLC.
+    let since = obs.len();
+    obs.publish("s7a/setpoint/set", "501", false).await;
+    let ack = obs
+        .wait_topic(since, "s7a/setpoint/set/ack", |_| true)
+        .await;
+    assert_eq!(json(&ack.payload)["result"], "rejected", "{}", ack.payload);
+    assert_eq!(snap7_read_int(&mut peer, s7_port, 1, 20).await, 321);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_snap7_server_stops_and_starts_again() {
+    let (mut peer, s7_port) = snap7_peer().await;
+    let (_broker, mqtt) = broker("127.0.0.1:0").await;
+    let mut obs = Observer::start(mqtt, "s7b/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = gateway_yaml(dir.path(), &peer_mapping("s7b", mqtt, s7_port));
+    gw.wait_line("s7 link connected").await;
+    obs.wait_topic(0, "s7b/temperature", |p| json(p)["quality"] == "good")
+        .await;
+
+    // The server goes away: the device goes to error, its JSON values go stale.
+    let since = obs.len();
+    peer_says(&mut peer, "stop", "stopped").await;
+    let down = obs
+        .wait_topic(since, "s7b/status/plc", |p| json(p)["status"] == "error")
+        .await;
+    assert!(!json(&down.payload)["reason"].as_str().unwrap().is_empty());
+    let stale = obs
+        .wait_topic(since, "s7b/temperature", |p| json(p)["quality"] == "stale")
+        .await;
+    assert_eq!(json(&stale.payload)["value"], 21.5);
+    // A write while it is down is refused at once, and says why.
+    let w = obs.len();
+    obs.publish("s7b/setpoint/set", "7", false).await;
+    let ack = obs.wait_topic(w, "s7b/setpoint/set/ack", |_| true).await;
+    assert_eq!(json(&ack.payload)["result"], "error", "{}", ack.payload);
+
+    // Back: the link reconnects with backoff, the device recovers (degraded: the ghost point
+    // still fails), fresh values flow again.
+    let since = obs.len();
+    peer_says(&mut peer, "start", "started").await;
+    obs.wait_topic(since, "s7b/status/plc", |p| json(p)["status"] == "degraded")
+        .await;
+    obs.wait_topic(since, "s7b/temperature", |p| {
+        json(p)["quality"] == "good" && json(p)["value"] == 21.5
+    })
+    .await;
+    assert!(gw.count_lines("s7 link connected") >= 2, "{}", gw.output());
+}
+
+/// The simulator in S7 mode on `listen`; its address.
+async fn s7_simulator(listen: &str) -> (Proc, SocketAddr) {
+    let mut p = Proc::spawn(Command::new(bin()).args([
+        "simulate",
+        "water-tower",
+        "--s7",
+        "--listen",
+        listen,
+        "--speed",
+        "0",
+        "--level",
+        "150",
+    ]));
+    let line = p.wait_line("water tower (S7, DB1) listening on").await;
+    let addr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    (p, addr)
+}
+
+/// The shipped `mappings/water-tower-s7.yaml`, pointed at `s7` and `mqtt`, plus a point on a
+/// DB the simulator does not have.
+fn shipped_with_ghost(dir: &Path, s7: SocketAddr, mqtt: SocketAddr, prefix: &str) -> String {
+    let text = std::fs::read_to_string(repo("mappings/water-tower-s7.yaml")).unwrap();
+    let text = text
+        .replace("${S7_HOST:-127.0.0.1}", &s7.ip().to_string())
+        .replace("${S7_PORT:-102}", &s7.port().to_string())
+        .replace("${MQTT_HOST:-127.0.0.1}", "127.0.0.1")
+        .replace("${MQTT_PORT:-1883}", &mqtt.port().to_string())
+        .replace("${TOPIC_PREFIX:-ISBTest/pumpcontrol}", prefix)
+        .replace(
+            "      - name: level_m\n",
+            &format!(
+                "      - {{ name: ghost, address: \"DB9,INT0\", publish: {{ topic: {prefix}/ghost, format: json }} }}\n      - name: level_m\n"
+            ),
+        );
+    assert!(text.contains("name: ghost"));
+    let path = dir.join("mapping.yaml");
+    std::fs::write(&path, &text).unwrap();
+    text
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn simulator_s7_mode_is_read_and_written_like_the_peer() {
+    let (mut peer, _) = snap7_peer().await;
+    let (_sim, s7) = s7_simulator("127.0.0.1:0").await;
+    let (_broker, mqtt) = broker("127.0.0.1:0").await;
+    let mut obs = Observer::start(mqtt, "s7c/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = shipped_with_ghost(dir.path(), s7, mqtt, "s7c");
+    let mut gw = gateway_yaml(dir.path(), &yaml);
+    gw.wait_line("s7 link connected").await;
+
+    obs.wait_topic(0, "s7c/waterlevel", |p| p == "150").await;
+    obs.wait_topic(0, "s7c/site", |p| p == "WATER TOWER 1")
+        .await;
+    obs.wait_topic(0, "s7c/settings/p1_stop_level", |p| p == "370")
+        .await;
+    let t = obs.wait_topic(0, "s7c/pump1/temperature", |_| true).await;
+    assert_eq!(json(&t.payload)["value"], 20.0, "{}", t.payload);
+    let m = obs.wait_topic(0, "s7c/level_m", |_| true).await;
+    assert_eq!(json(&m.payload)["value"], 1.5, "{}", m.payload);
+    obs.wait_topic(0, "s7c/pumpcode", |p| p == "0").await;
+    // Unknown DB: that point only.
+    let ghost = obs.wait_topic(0, "s7c/ghost", |_| true).await;
+    assert!(
+        json(&ghost.payload)["error"]
+            .as_str()
+            .unwrap()
+            .contains("object does not exist"),
+        "{}",
+        ghost.payload
+    );
+    let st = obs
+        .wait_topic(0, "s7c/status/tower", |p| json(p)["status"] == "degraded")
+        .await;
+    assert_eq!(
+        json(&st.payload)["failing"],
+        serde_json::json!(["tower.ghost"])
+    );
+
+    // An INT write, judged by python-snap7's client reading our simulator.
+    let since = obs.len();
+    obs.publish("s7c/settings/p1_start_level/set", "55", false)
+        .await;
+    let ack = obs
+        .wait_topic(since, "s7c/settings/p1_start_level/set/ack", |_| true)
+        .await;
+    assert_eq!(json(&ack.payload)["result"], "ok", "{}", ack.payload);
+    assert_eq!(snap7_read_int(&mut peer, s7.port(), 1, 24).await, 55);
+    obs.wait_topic(since, "s7c/settings/p1_start_level", |p| p == "55")
+        .await;
+
+    // A BOOL write (one bit, transport size BIT): the pump runs, the pumpcode follows.
+    let since = obs.len();
+    obs.publish("s7c/pump", "startp2", false).await;
+    let ack = obs.wait_topic(since, "s7c/pump/ack", |_| true).await;
+    assert_eq!(json(&ack.payload)["result"], "ok", "{}", ack.payload);
+    obs.wait_topic(since, "s7c/pumpcode", |p| p == "2").await;
+
+    // The top of the range is written and read back.
+    let since = obs.len();
+    obs.publish("s7c/settings/p1_start_level/set", "400", false)
+        .await;
+    let ack = obs
+        .wait_topic(since, "s7c/settings/p1_start_level/set/ack", |_| true)
+        .await;
+    assert_eq!(json(&ack.payload)["result"], "ok", "{}", ack.payload);
+    assert_eq!(snap7_read_int(&mut peer, s7.port(), 1, 24).await, 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn simulator_s7_stops_and_starts_again() {
+    let (sim, s7) = s7_simulator("127.0.0.1:0").await;
+    let (_broker, mqtt) = broker("127.0.0.1:0").await;
+    let mut obs = Observer::start(mqtt, "s7d/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = shipped_with_ghost(dir.path(), s7, mqtt, "s7d");
+    let mut gw = gateway_yaml(dir.path(), &yaml);
+    gw.wait_line("s7 link connected").await;
+    obs.wait_topic(0, "s7d/consumption", |p| json(p)["quality"] == "good")
+        .await;
+
+    let since = obs.len();
+    drop(sim); // killed
+    obs.wait_topic(since, "s7d/status/tower", |p| json(p)["status"] == "error")
+        .await;
+    obs.wait_topic(since, "s7d/consumption", |p| json(p)["quality"] == "stale")
+        .await;
+
+    let since = obs.len();
+    let (_sim, again) = s7_simulator(&s7.to_string()).await;
+    assert_eq!(again, s7);
+    obs.wait_topic(since, "s7d/status/tower", |p| {
+        json(p)["status"] == "degraded"
+    })
+    .await;
+    obs.wait_topic(since, "s7d/consumption", |p| json(p)["quality"] == "good")
+        .await;
+    assert!(gw.count_lines("s7 link connected") >= 2, "{}", gw.output());
+}
+
+#[test]
+fn check_prints_the_s7_read_plan_and_validates_addresses() {
+    let out = Command::new(bin())
+        .args(["check", "-c"])
+        .arg(repo("mappings/water-tower-s7.yaml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("S7 read plan at PDU 480: 1 ReadVar request(s) per cycle"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "ReadVar 2 item(s), 78 of 480 bytes in the reply: DB1 bytes 0..17; DB1 bytes 22..59"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("rack 0 slot 1 (PG)"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn put_get_refused_marks_the_values_bad_and_keeps_the_connection() {
+    let (mut sim, s7) = s7_simulator("127.0.0.1:0").await;
+    let (_broker, mqtt) = broker("127.0.0.1:0").await;
+    let mut obs = Observer::start(mqtt, "s7e/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = shipped_with_ghost(dir.path(), s7, mqtt, "s7e");
+    let mut gw = gateway_yaml(dir.path(), &yaml);
+    gw.wait_line("s7 link connected").await;
+    obs.wait_topic(0, "s7e/consumption", |p| json(p)["quality"] == "good")
+        .await;
+
+    // As an S7-1200 without PUT/GET access: every request refused, the connection kept.
+    let since = obs.len();
+    sim.send_line("put-get off");
+    sim.wait_line("put-get off ok").await;
+    let st = obs
+        .wait_topic(since, "s7e/status/tower", |p| json(p)["status"] == "error")
+        .await;
+    let reason = json(&st.payload)["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.contains("error class 0x81 code 0x04") && reason.contains("PUT/GET"),
+        "{reason}"
+    );
+    let bad = obs
+        .wait_topic(since, "s7e/consumption", |p| json(p)["quality"] == "bad")
+        .await;
+    assert!(
+        json(&bad.payload)["error"]
+            .as_str()
+            .unwrap()
+            .contains("S7 request refused"),
+        "{}",
+        bad.payload
+    );
+    // A write is refused by the PLC too, and acked as failed.
+    let w = obs.len();
+    obs.publish("s7e/settings/p1_start_level/set", "33", false)
+        .await;
+    let ack = obs
+        .wait_topic(w, "s7e/settings/p1_start_level/set/ack", |_| true)
+        .await;
+    assert_eq!(json(&ack.payload)["result"], "error", "{}", ack.payload);
+
+    let since = obs.len();
+    sim.send_line("put-get on");
+    obs.wait_topic(since, "s7e/status/tower", |p| {
+        json(p)["status"] == "degraded"
+    })
+    .await;
+    obs.wait_topic(since, "s7e/consumption", |p| json(p)["quality"] == "good")
+        .await;
+    assert_eq!(gw.count_lines("s7 link connected"), 1, "{}", gw.output());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_s7_device_is_a_sparkplug_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, mqtt) = mosquitto(dir.path(), "").await;
+    let (_sim, s7) = s7_simulator("127.0.0.1:0").await;
+    let python = repo("target/peers-venv/bin/python");
+    assert!(
+        python.exists(),
+        "run scripts/test.sh: it installs pysparkplug"
+    );
+    let mut host = Proc::spawn(
+        Command::new(python)
+            .arg(repo("tests/peers/spb_host.py"))
+            .arg(mqtt.ip().to_string())
+            .arg(mqtt.port().to_string())
+            .arg("plant"),
+    );
+    host.wait_line(r#"{"type": "ready"}"#).await;
+    let mut yaml = shipped_with_ghost(dir.path(), s7, mqtt, "s7f");
+    let state = dir.path().join("state");
+    yaml = yaml.replace(
+        "  status_topic: s7f/status\n",
+        &format!(
+            "  status_topic: s7f/status\n  buffer: {{ path: {} }}\nsparkplug: {{ group_id: plant, edge_node_id: gw1 }}\n",
+            state.display()
+        ),
+    );
+    assert!(yaml.contains("sparkplug:"));
+    let _gw = gateway_yaml(dir.path(), &yaml);
+
+    // pysparkplug decodes the DBIRTH of device `tower` with its S7 values.
+    let line = host.wait_line(r#""type": "DBIRTH""#).await;
+    let birth = json(&line);
+    assert_eq!(birth["device"], "tower", "{birth}");
+    let metric = |name: &str| {
+        birth["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no metric {name} in {birth}"))
+    };
+    assert_eq!(metric("level")["value"], 150, "{birth}");
+    assert_eq!(metric("level")["datatype"], "INT16", "{birth}");
+    assert_eq!(metric("site")["value"], "WATER TOWER 1", "{birth}");
+    assert_eq!(metric("consumption")["datatype"], "FLOAT", "{birth}");
+    assert_eq!(metric("p1_command")["value"], false, "{birth}");
+}

@@ -283,6 +283,12 @@ pub fn expand(
             continue;
         };
         let Some(&ti) = by_name.get(tname.as_str()) else {
+            x.broken.push(dpath.clone());
+            if sources.include_failed() {
+                // The template may be in the file that could not be read: that one problem is
+                // reported, not one more per device.
+                continue;
+            }
             let mut known: Vec<&str> = by_name.keys().copied().collect();
             known.sort_unstable();
             let known = if known.is_empty() {
@@ -296,7 +302,6 @@ pub fn expand(
                 format!("{dpath}.template"),
                 format!("unknown template `{}`; {known}", tname.value),
             ));
-            x.broken.push(dpath);
             continue;
         };
         let t = &templates[ti];

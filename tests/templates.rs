@@ -30,10 +30,10 @@ fn expanded_points(mapping: &std::path::Path) -> Vec<(String, String, u16)> {
     let mut points = Vec::new();
     for line in text.lines() {
         if let Some(d) = line.strip_prefix("  - name: ") {
-            device = d.to_owned();
+            device = d.trim_matches('"').to_owned();
         }
         if let Some(p) = line.strip_prefix("      - { name: ") {
-            let name = p.split(',').next().unwrap().to_owned();
+            let name = p.split(',').next().unwrap().trim_matches('"').to_owned();
             let address = p
                 .split("address: ")
                 .nth(1)

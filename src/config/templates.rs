@@ -27,6 +27,9 @@ struct Use {
     /// Key paths of what the template gave the device: `devices[<name>]`, `derived[<name>]`,
     /// `commands[<i>]`.
     prefixes: Vec<String>,
+    /// Template points the device drops, and those it overrides.
+    dropped: Vec<String>,
+    overridden: Vec<String>,
 }
 
 /// What expanding left for later: who used which template.
@@ -395,6 +398,7 @@ pub fn expand(
                 added.push(p);
             }
         }
+        let overridden: Vec<String> = own.keys().cloned().collect();
         let mut points = Vec::with_capacity(t.points.len() + added.len());
         for p in &t.points {
             if dropped.contains(p.name.as_str()) {
@@ -443,6 +447,8 @@ pub fn expand(
             device: d.name.value.clone(),
             at: (tname.line, tname.col),
             prefixes,
+            dropped: d.drop.iter().map(|n| n.value.clone()).collect(),
+            overridden,
         });
     }
     raw.derived.extend(new_derived);
@@ -543,6 +549,12 @@ impl Expansion {
                             .collect(),
                     }
                 })
+                .collect(),
+            changes: self
+                .uses
+                .iter()
+                .filter(|u| !u.dropped.is_empty() || !u.overridden.is_empty())
+                .map(|u| (u.device.clone(), u.dropped.clone(), u.overridden.clone()))
                 .collect(),
         }
     }
@@ -806,8 +818,18 @@ templates:
         let main = format!(
             "{HEAD}include: [lib/meters.yaml]\ndevices:\n  - {{ name: m1, bus: rs485, unit: 7, poll_interval: 2s, template: meter, parameters: {{ site: a }} }}\n  - {{ name: m2, tcp: {{ host: 10.0.0.2, port: 1502 }}, template: meter, parameters: {{ site: b }}, drop: [voltage] }}\n"
         );
-        let m = load(&main, LIB, &[]).unwrap();
+        // A unit that is no plain YAML scalar, and a literal `${` in a topic, read back as they are.
+        let lib = LIB
+            .replace("unit: A", "unit: \"%\"")
+            .replace("${site}/${device}/voltage", "${site}/${device}/$${p}: v");
+        let m = load(&main, &lib, &[]).unwrap();
         let expanded = crate::check::expanded(&m);
+        assert!(expanded.contains("unit: \"%\""), "{expanded}");
+        assert!(expanded.contains("\"a/m1/$${p}: v\""), "{expanded}");
+        assert!(
+            expanded.contains("# dropped: voltage; overridden: none"),
+            "{expanded}"
+        );
         let again = format!("{HEAD}{expanded}");
         let m2 = load(&again, "templates: []\n", &[]).unwrap();
         let without_notes = |s: String| {
@@ -828,5 +850,65 @@ templates:
         };
         assert_eq!(summary(&m2), summary(&m));
         assert_eq!(m2.points.len(), 7);
+        assert_eq!(
+            m2.points[0].publish.as_ref().map(|p| p.topic.to_string()),
+            Some("a/m1/${p}: v".to_owned())
+        );
+    }
+
+    /// The shipped twenty meters (SDM630 template, units `%` among them): the expanded output,
+    /// under the example's own `mqtt` and `buses`, loads and compiles to the same 680 points.
+    #[test]
+    fn the_shipped_twenty_meters_expand_to_a_mapping_that_loads_the_same() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/twenty-meters.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let m = load_str(&path, &text, HashMap::new(), "h").unwrap();
+        let expanded = crate::check::expanded(&m);
+        assert!(expanded.contains("unit: \"%\""), "{expanded}");
+        let head: String = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("mqtt:")
+                    || l.starts_with("buses:")
+                    || l.starts_with("  - { name: rs485")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let again = format!("{head}{expanded}");
+        let m2 = load_str(
+            &path.with_file_name("expanded.yaml"),
+            &again,
+            HashMap::new(),
+            "h",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(m.points.len(), 680);
+        assert_eq!(m2.points.len(), 680);
+        let without_notes = |s: String| {
+            s.lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(
+            without_notes(crate::check::expanded(&m2)),
+            without_notes(expanded)
+        );
+        // Another file name: another default client id; the rest is the same.
+        let summary = |m: &Model| -> Vec<String> {
+            crate::check::summary(m)
+                .replace(&crate::check::library(m), "")
+                .replace(&*m.identity.config_id, "")
+                .lines()
+                .filter(|l| !l.starts_with("mqtt:"))
+                .map(str::to_owned)
+                .collect()
+        };
+        let (a, b) = (summary(&m), summary(&m2));
+        assert_eq!(a.len(), b.len());
+        for (a, b) in a.iter().zip(&b) {
+            assert_eq!(a, b);
+        }
     }
 }

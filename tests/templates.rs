@@ -162,7 +162,12 @@ async fn twenty_meters_from_one_template_on_one_bus_all_publish() {
             .args(["--speed", "0", "--units", &units.join(","), "--rtu"])
             .arg(&pty.a),
     );
-    sim.wait_line("serving rtu").await;
+    // The meter simulator names the plant it simulates (not "water tower").
+    let line = sim.wait_line("serving rtu").await;
+    assert!(
+        line.contains("energy meter (sdm630) serving rtu on"),
+        "{line}"
+    );
     let (_broker, mqtt) = broker("127.0.0.1:0").await;
     let mut obs = Observer::start(mqtt, "bus/#").await;
     let dir = tempfile::tempdir().unwrap();

@@ -9,15 +9,19 @@ use fieldgate::config::{self, ConfigError};
 pub(crate) fn check(path: &Path, sample: bool, expand: bool) -> ExitCode {
     match config::load(path) {
         Ok(model) => {
-            println!("{}: ok", path.display());
-            print!("{}", fieldgate::check::summary(&model));
+            let mut out = format!("{}: ok\n", path.display());
+            out.push_str(&fieldgate::check::summary(&model));
             if sample {
-                println!("sample messages:");
-                print!("{}", fieldgate::check::samples(&model));
+                out.push_str("sample messages:\n");
+                out.push_str(&fieldgate::check::samples(&model));
             }
             if expand {
-                print!("{}", fieldgate::check::expanded(&model));
+                out.push_str(&fieldgate::check::expanded(&model));
             }
+            // Not `print!`: a reader that stops early (`check --expand | head`) closes the pipe,
+            // and that must end the output, not panic.
+            use std::io::Write as _;
+            let _ = std::io::stdout().lock().write_all(out.as_bytes());
             eprint!("{}", fieldgate::check::warnings(path, &model));
             ExitCode::SUCCESS
         }

@@ -703,10 +703,11 @@ pub fn library(m: &Model) -> String {
 /// A string as a YAML scalar that reads back as the same string: always quoted.
 fn yaml_str(v: &str) -> String {
     // Every string as a JSON string (valid YAML, whatever it holds: `%`, `:`, `#`, quotes), and
-    // `${` as `$${` so the loader's interpolation gives the text back as it is.
+    // every `$` as `$$` (the loader reads `$$` as `$`, and `$${` as a literal `${`), so the
+    // loader's interpolation gives the text back as it is.
     serde_json::Value::String(v.to_owned())
         .to_string()
-        .replace("${", "$${")
+        .replace('$', "$$")
 }
 
 fn yaml_duration(d: std::time::Duration) -> String {

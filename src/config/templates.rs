@@ -1001,11 +1001,11 @@ templates:
         // A unit that is no plain YAML scalar, and a literal `${` in a topic, read back as they are.
         let lib = LIB
             .replace("unit: A", "unit: \"%\"")
-            .replace("${site}/${device}/voltage", "${site}/${device}/$${p}: v");
+            .replace("${site}/${device}/voltage", "${site}/${device}/$${p}: $$v");
         let m = load(&main, &lib, &[]).unwrap();
         let expanded = crate::check::expanded(&m);
         assert!(expanded.contains("unit: \"%\""), "{expanded}");
-        assert!(expanded.contains("\"a/m1/$${p}: v\""), "{expanded}");
+        assert!(expanded.contains("\"a/m1/$${p}: $$v\""), "{expanded}");
         assert!(
             expanded.contains("# dropped: voltage; overridden: none"),
             "{expanded}"
@@ -1032,7 +1032,7 @@ templates:
         assert_eq!(m2.points.len(), 7);
         assert_eq!(
             m2.points[0].publish.as_ref().map(|p| p.topic.to_string()),
-            Some("a/m1/${p}: v".to_owned())
+            Some("a/m1/${p}: $v".to_owned())
         );
     }
 

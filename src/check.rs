@@ -695,6 +695,23 @@ pub fn library(m: &Model) -> String {
                 t.line,
                 t.points
             );
+            for (device, dropped, overridden) in
+                lib.changes.iter().filter(|c| t.used_by.contains(&c.0))
+            {
+                let list = |v: &[String]| {
+                    if v.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        v.join(", ")
+                    }
+                };
+                let _ = writeln!(
+                    s,
+                    "    {device}: dropped {}; overridden {}",
+                    list(dropped),
+                    list(overridden)
+                );
+            }
         }
     }
     s

@@ -699,27 +699,36 @@ pub fn library(m: &Model) -> String {
                 t.line,
                 t.points
             );
+            for (device, dropped, overridden) in
+                lib.changes.iter().filter(|c| t.used_by.contains(&c.0))
+            {
+                let list = |v: &[String]| {
+                    if v.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        v.join(", ")
+                    }
+                };
+                let _ = writeln!(
+                    s,
+                    "    {device}: dropped {}; overridden {}",
+                    list(dropped),
+                    list(overridden)
+                );
+            }
         }
     }
     s
 }
 
-/// A string as a YAML scalar: plain when that reads back as the same string, else quoted.
+/// A string as a YAML scalar that reads back as the same string: always quoted.
 fn yaml_str(v: &str) -> String {
-    let plain = !v.is_empty()
-        && v.chars()
-            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '/' | '.' | '°' | '%'))
-        && !v.starts_with(['-', '.'])
-        && v.parse::<f64>().is_err()
-        && !matches!(
-            v,
-            "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "~"
-        );
-    if plain {
-        v.to_owned()
-    } else {
-        serde_json::Value::String(v.to_owned()).to_string()
-    }
+    // Every string as a JSON string (valid YAML, whatever it holds: `%`, `:`, `#`, quotes), and
+    // every `$` as `$$` (the loader reads `$$` as `$`, and `$${` as a literal `${`), so the
+    // loader's interpolation gives the text back as it is.
+    serde_json::Value::String(v.to_owned())
+        .to_string()
+        .replace('$', "$$")
 }
 
 fn yaml_duration(d: std::time::Duration) -> String {
@@ -808,7 +817,7 @@ pub fn expanded(m: &Model) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "# what runs: templates expanded, defaults written out (mqtt, buses, s7_devices and the other sections as in the file)"
+        "# what runs: templates expanded, each device's settings written out but max_gap (the read plan above shows its effect) and device_id; mqtt, buses, s7_devices and the other sections as in the file"
     );
     let _ = writeln!(s, "devices:");
     for d in &m.devices {
@@ -841,9 +850,40 @@ pub fn expanded(m: &Model) -> String {
                 t.line
             );
         }
+        if let Some((_, dropped, overridden)) =
+            m.library.changes.iter().find(|(n, _, _)| **n == *d.name)
+        {
+            let list = |v: &[String]| {
+                if v.is_empty() {
+                    "none".to_owned()
+                } else {
+                    v.join(", ")
+                }
+            };
+            let _ = writeln!(
+                s,
+                "    # dropped: {}; overridden: {}",
+                list(dropped),
+                list(overridden)
+            );
+        }
         let _ = writeln!(s, "    unit: {}", d.unit);
         let _ = writeln!(s, "    poll_interval: {}", yaml_duration(d.poll_interval));
         let _ = writeln!(s, "    timeout: {}", yaml_duration(d.timeout));
+        let _ = writeln!(s, "    request_delay: {}", yaml_duration(d.request_delay));
+        let _ = writeln!(
+            s,
+            "    connect_delay: {}",
+            yaml_duration(link.connect_delay)
+        );
+        let wf = match d.write_function {
+            crate::model::WriteFunction::Auto => "auto",
+            crate::model::WriteFunction::Single => "single",
+            crate::model::WriteFunction::Multiple => "multiple",
+        };
+        let _ = writeln!(s, "    write_function: {wf}");
+        let _ = writeln!(s, "    max_registers: {}", d.max_registers);
+        let _ = writeln!(s, "    max_bits: {}", d.max_bits);
         let _ = writeln!(s, "    status_topic: {}", yaml_str(&d.status_topic));
         let _ = writeln!(s, "    points:");
         for &pid in &d.points {
@@ -853,10 +893,10 @@ pub fn expanded(m: &Model) -> String {
     if !m.derived.is_empty() {
         let _ = writeln!(s, "derived:");
         for dv in &m.derived {
-            let bits: Vec<&str> = dv
+            let bits: Vec<String> = dv
                 .pack_bits
                 .iter()
-                .map(|&p| &*m.points[p].full_name)
+                .map(|&p| yaml_str(&m.points[p].full_name))
                 .collect();
             let _ = writeln!(
                 s,
@@ -879,7 +919,7 @@ pub fn expanded(m: &Model) -> String {
             );
             match &c.action {
                 CommandAction::Value(p) => {
-                    let _ = writeln!(s, "    write: {}", m.points[*p].full_name);
+                    let _ = writeln!(s, "    write: {}", yaml_str(&m.points[*p].full_name));
                 }
                 CommandAction::Table(table) => {
                     let _ = writeln!(s, "    payloads:");
@@ -891,7 +931,7 @@ pub fn expanded(m: &Model) -> String {
                             .map(|(p, v)| {
                                 format!(
                                     "{{ point: {}, value: {} }}",
-                                    m.points[*p].full_name,
+                                    yaml_str(&m.points[*p].full_name),
                                     format_number(*v)
                                 )
                             })

@@ -46,6 +46,9 @@ pub struct Library {
     pub includes: Vec<PathBuf>,
     /// Every template, in the order it was read.
     pub templates: Vec<TemplateInfo>,
+    /// For each device made from a template that changed it: (device, the template points it
+    /// dropped, the template points it overrides), each in the order the device names them.
+    pub changes: Vec<(String, Vec<String>, Vec<String>)>,
 }
 
 /// One template of a [`Library`].

@@ -177,3 +177,28 @@ devices:
     );
     assert!(s.contains("warning: the bus is over-subscribed"), "{s}");
 }
+
+/// `check --expand | head`: the reader closes the pipe early; `check` stops writing and exits
+/// 0, without a panic. The twenty meters' output (about 200 KB) is more than a pipe holds, so
+/// the write meets the closed pipe.
+#[test]
+fn check_stops_quietly_when_its_reader_goes_away() {
+    use std::io::Read;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fieldgate"))
+        .args(["check", "--expand", "-c"])
+        .arg(root.join("examples/twenty-meters.yaml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 64];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{:?} {stderr}", out.status);
+    assert!(String::from_utf8_lossy(&first).contains("twenty-meters.yaml: ok"));
+}

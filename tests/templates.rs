@@ -30,10 +30,10 @@ fn expanded_points(mapping: &std::path::Path) -> Vec<(String, String, u16)> {
     let mut points = Vec::new();
     for line in text.lines() {
         if let Some(d) = line.strip_prefix("  - name: ") {
-            device = d.to_owned();
+            device = d.trim_matches('"').to_owned();
         }
         if let Some(p) = line.strip_prefix("      - { name: ") {
-            let name = p.split(',').next().unwrap().to_owned();
+            let name = p.split(',').next().unwrap().trim_matches('"').to_owned();
             let address = p
                 .split("address: ")
                 .nth(1)
@@ -162,7 +162,12 @@ async fn twenty_meters_from_one_template_on_one_bus_all_publish() {
             .args(["--speed", "0", "--units", &units.join(","), "--rtu"])
             .arg(&pty.a),
     );
-    sim.wait_line("serving rtu").await;
+    // The meter simulator names the plant it simulates (not "water tower").
+    let line = sim.wait_line("serving rtu").await;
+    assert!(
+        line.contains("energy meter (sdm630) serving rtu on"),
+        "{line}"
+    );
     let (_broker, mqtt) = broker("127.0.0.1:0").await;
     let mut obs = Observer::start(mqtt, "bus/#").await;
     let dir = tempfile::tempdir().unwrap();

@@ -51,7 +51,8 @@ pub(crate) struct TowerArgs {
     /// Unit id (when `--units` is not given).
     #[arg(long, default_value_t = 1)]
     unit: u8,
-    /// Several units on one bus or listener, each its own tower: `--units 1,2`.
+    /// Several units on one bus or listener, each its own plant (a tower, or a meter):
+    /// `--units 1,2`.
     #[arg(long, value_delimiter = ',')]
     units: Vec<u8>,
     /// Seed of the consumption random walk.
@@ -172,7 +173,8 @@ async fn simulate(
             let port = tokio_serial::SerialStream::open(&builder)
                 .with_context(|| format!("open {}", path.display()))?;
             println!(
-                "water tower serving rtu on {} units {units:?}",
+                "{} serving rtu on {} units {units:?}",
+                name(kind),
                 path.display()
             );
             fieldgate::simulator::Endpoint::Rtu(port)
@@ -194,7 +196,8 @@ async fn simulate(
         ?units,
         seed = a.seed,
         speed = a.speed,
-        "water tower simulator running"
+        "{} simulator running",
+        name(kind)
     );
     fieldgate::simulator::serve_water_tower(endpoint, opts, shutdown).await?;
     Ok(())

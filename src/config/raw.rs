@@ -219,7 +219,7 @@ pub struct RawTemplate {
     /// The template's parameters by name (letters, digits and `_`), each with an optional
     /// default; a parameter without one must be given by every device.
     #[serde(default)]
-    pub parameters: BTreeMap<String, RawParameter>,
+    pub parameters: BTreeMap<String, Located<RawParameter>>,
     /// The points every device of this type gets.
     pub points: Vec<Located<RawPoint>>,
     /// Derived values each device gets (names and references use `${device}`).

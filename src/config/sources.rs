@@ -31,6 +31,10 @@ pub const PLACEHOLDER: char = '\u{E000}';
 /// Most files one mapping may be made of (the line space holds 4294).
 const MAX_FILES: usize = 1000;
 
+/// Largest file that may be included, in bytes (4 MiB: the whole SunSpec model library as
+/// templates is far less).
+pub const MAX_INCLUDE_BYTES: u64 = 4 * 1024 * 1024;
+
 /// The files read so far, by their index in the line space.
 #[derive(Debug)]
 pub struct Sources {
@@ -41,6 +45,9 @@ pub struct Sources {
     canonical: Vec<PathBuf>,
     /// The lines (in the line space, inclusive) of each `templates` section.
     template_lines: Vec<(u32, u32)>,
+    /// True when an include could not be read or parsed: its templates are unknown, so a
+    /// device naming an unknown template may be naming one of them.
+    failed: bool,
 }
 
 impl Sources {
@@ -50,7 +57,13 @@ impl Sources {
             files: vec![mapping.to_owned()],
             canonical: vec![std::fs::canonicalize(mapping).unwrap_or_else(|_| mapping.to_owned())],
             template_lines: Vec::new(),
+            failed: false,
         }
+    }
+
+    /// True when an included file could not be read or parsed (its problem is reported).
+    pub fn include_failed(&self) -> bool {
+        self.failed
     }
 
     /// The file a line of the line space is in (its index), and the line in that file.
@@ -172,7 +185,79 @@ fn tidy(path: &Path) -> PathBuf {
             other => out.push(other),
         }
     }
+    if out.is_empty() {
+        return PathBuf::from(".");
+    }
     out.iter().collect()
+}
+
+/// The text of an included file: refused (with the reason, naming `shown`) unless, symbolic
+/// links resolved (`canonical`), it is a regular file of at most [`MAX_INCLUDE_BYTES`]. Read
+/// through a limit too, so a file growing meanwhile cannot exhaust memory; a directory, a
+/// device (`/dev/zero`) or a FIFO (which would block `check` for ever) is never opened.
+pub fn read_include(canonical: &Path, shown: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(canonical)
+        .map_err(|e| format!("cannot read `{}`: {e}", shown.display()))?;
+    if !meta.is_file() {
+        let what = if meta.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file (a device, FIFO or socket)"
+        };
+        return Err(format!(
+            "cannot include `{}`: it is {what}; an include names a YAML file of templates",
+            shown.display()
+        ));
+    }
+    let too_big = || {
+        format!(
+            "cannot include `{}`: it is larger than {} MiB, the most an included file may be",
+            shown.display(),
+            MAX_INCLUDE_BYTES / (1024 * 1024)
+        )
+    };
+    if meta.len() > MAX_INCLUDE_BYTES {
+        return Err(too_big());
+    }
+    let file = std::fs::File::open(canonical)
+        .map_err(|e| format!("cannot read `{}`: {e}", shown.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_INCLUDE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read `{}`: {e}", shown.display()))?;
+    if bytes.len() as u64 > MAX_INCLUDE_BYTES {
+        return Err(too_big());
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        format!(
+            "cannot include `{}`: it is not UTF-8 text, so not a YAML file of templates",
+            shown.display()
+        )
+    })
+}
+
+/// Parse problems of an included file, told without its contents: the parser's position and
+/// key path stay, and a message quoting a value of the file (`invalid type: string "…"`) is
+/// replaced by a generic reason. An include may name any file (`/etc/shadow`); its text must
+/// not end up in a log.
+fn without_contents(mut issues: Vec<Issue>) -> Vec<Issue> {
+    const GENERIC: &str = "this is not a YAML file of templates as `fieldgate schema --library` describes (a syntax error, or a value of the wrong type, here)";
+    let word = |s: &str| {
+        s.len() <= 64
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.[]".contains(c))
+    };
+    for i in &mut issues {
+        if !word(&i.path) {
+            // A key of the file that is no key a fragment has (a line of /etc/shadow).
+            i.path = String::new();
+            i.message = GENERIC.to_owned();
+        } else if i.message.contains(['"', '\'']) {
+            i.message = GENERIC.to_owned();
+        }
+    }
+    issues
 }
 
 /// Read the fragments `includes` names (relative to the file `from`), and theirs, adding their
@@ -208,6 +293,7 @@ pub fn include_all(
             Ok(c) => c,
             Err(e) => {
                 issue(format!("cannot read `{}`: {e}", path.display()));
+                sources.failed = true;
                 continue;
             }
         };
@@ -231,12 +317,14 @@ pub fn include_all(
         }
         if sources.files.len() >= MAX_FILES {
             issue(format!("more than {MAX_FILES} files are included"));
+            sources.failed = true;
             continue;
         }
-        let text = match std::fs::read_to_string(&canonical) {
+        let text = match read_include(&canonical, &path) {
             Ok(t) => t,
-            Err(e) => {
-                issue(format!("cannot read `{}`: {e}", path.display()));
+            Err(message) => {
+                issue(message);
+                sources.failed = true;
                 continue;
             }
         };
@@ -248,7 +336,8 @@ pub fn include_all(
             match parse_at(&shielded, HashMap::new(), index as u32 * LINES_PER_FILE) {
                 Ok(f) => f,
                 Err(found) => {
-                    issues.extend(found);
+                    issues.extend(without_contents(found));
+                    sources.failed = true;
                     continue;
                 }
             };
@@ -273,7 +362,12 @@ pub fn files_of(mapping: &Path) -> Vec<PathBuf> {
     while next < files.len() && files.len() < MAX_FILES {
         let file = files[next].clone();
         next += 1;
-        let Ok(text) = std::fs::read_to_string(&file) else {
+        let text = if next == 1 {
+            std::fs::read_to_string(&file).ok()
+        } else {
+            read_include(&file, &file).ok()
+        };
+        let Some(text) = text else {
             continue;
         };
         if !text.contains("include") {
@@ -354,6 +448,47 @@ mod tests {
             (issues[1].line, issues[1].file.as_deref()),
             (12, Some(Path::new("lib/a.yaml")))
         );
+    }
+
+    #[test]
+    fn only_regular_files_of_a_sane_size_are_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        let refused = |path: &Path| read_include(path, Path::new("shown")).unwrap_err();
+        assert_eq!(
+            refused(p),
+            "cannot include `shown`: it is a directory; an include names a YAML file of templates"
+        );
+        assert!(
+            refused(Path::new("/dev/zero")).contains("not a regular file"),
+            "{}",
+            refused(Path::new("/dev/zero"))
+        );
+        let fifo = p.join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert!(refused(&fifo).contains("not a regular file"));
+        let big = p.join("big.yaml");
+        std::fs::write(&big, vec![b'#'; MAX_INCLUDE_BYTES as usize + 1]).unwrap();
+        assert_eq!(
+            refused(&big),
+            "cannot include `shown`: it is larger than 4 MiB, the most an included file may be"
+        );
+        std::fs::write(&big, "templates: []\n").unwrap();
+        assert_eq!(read_include(&big, &big).unwrap(), "templates: []\n");
+        // A file that is no YAML of templates: its position, not its contents.
+        let issues = without_contents(vec![Issue {
+            line: 1,
+            col: 1,
+            path: "root:$6$x:19000".into(),
+            message: "unknown field `root:$6$x:19000`".into(),
+            file: None,
+        }]);
+        assert_eq!(issues[0].path, "");
+        assert!(!issues[0].message.contains("root"));
     }
 
     #[test]

@@ -25,8 +25,13 @@ struct Use {
     /// Where the device says `template:`.
     at: (u32, u32),
     /// Key paths of what the template gave the device: `devices[<name>]`, `derived[<name>]`,
-    /// `commands[<i>]`.
-    prefixes: Vec<String>,
+    /// `commands[<i>]`, each with the path a problem in it is reported at (the device's own for
+    /// its points; the template's derived value or command, `templates[<t>].commands[<j>]`, for
+    /// the others, whose global index or name would not say which).
+    prefixes: Vec<(String, String)>,
+    /// Template points the device drops, and those it overrides.
+    dropped: Vec<String>,
+    overridden: Vec<String>,
 }
 
 /// What expanding left for later: who used which template.
@@ -65,8 +70,12 @@ impl Fill<'_> {
             match self.values.get(name) {
                 Some(v) => out.push_str(v),
                 None => {
-                    let mut known: Vec<String> =
-                        self.values.keys().map(|k| format!("${{{k}}}")).collect();
+                    let mut known: Vec<String> = self
+                        .values
+                        .keys()
+                        .filter(|k| parameter_name_ok(k) || **k == "device" || **k == "unit")
+                        .map(|k| format!("${{{k}}}"))
+                        .collect();
                     known.sort();
                     issues.push(Issue {
                         line: s.line,
@@ -215,14 +224,15 @@ fn check_templates(templates: &[Located<RawTemplate>], sources: &Sources, issues
         } else {
             first.insert(&t.name.value, t);
         }
-        for p in t.parameters.keys() {
-            let ok = !p.is_empty()
-                && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                && p != "device"
-                && p != "unit";
-            if !ok {
+        for (p, v) in &t.parameters {
+            if let Some(d) = &v.default
+                && let Some(problem) = bad_parameter_value(d)
+            {
+                issues.push(issue(v, format!("{path}.parameters.{p}.default"), problem));
+            }
+            if !parameter_name_ok(p) {
                 issues.push(issue(
-                    t,
+                    v,
                     format!("{path}.parameters.{p}"),
                     format!(
                         "parameter name `{p}` must be letters, digits and `_`, and not `device` or `unit` (those are given)"
@@ -231,6 +241,29 @@ fn check_templates(templates: &[Located<RawTemplate>], sources: &Sources, issues
             }
         }
     }
+}
+
+/// A parameter's name: letters, digits and `_`, and not one of the names every template has.
+fn parameter_name_ok(p: &str) -> bool {
+    !p.is_empty()
+        && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && p != "device"
+        && p != "unit"
+}
+
+/// Why a parameter's value (a default, or a device's) cannot be used, if it cannot: it is empty,
+/// or holds `${` (a parameter's value is used as written, never filled in itself).
+fn bad_parameter_value(v: &str) -> Option<String> {
+    if v.trim().is_empty() {
+        return Some("a parameter's value is empty: give the text it stands for".to_owned());
+    }
+    if v.contains(PLACEHOLDER) || v.contains("${") {
+        return Some(format!(
+            "`{}`: a parameter's value is used as written, `${{...}}` is not filled in inside it (write `${{device}}` or `${{unit}}` in the template's topics instead)",
+            v.replace(PLACEHOLDER, "$")
+        ));
+    }
+    None
 }
 
 /// Expand every device that names a template, in place: its points become the template's (with
@@ -258,6 +291,14 @@ pub fn expand(
     };
     let mut new_derived = Vec::new();
     let mut new_commands = Vec::new();
+    // Templates without points that devices use.
+    let mut empty = std::collections::BTreeSet::new();
+    // Each template derived value's name and command's topic as filled in, by (template,
+    // 'd' or 'c', index, value): its place in the template, and the devices it came out the
+    // same for. Only the first device gets it; more than one is one problem at the template.
+    #[allow(clippy::type_complexity)]
+    let mut shared: BTreeMap<(usize, char, usize, String), (u32, u32, String, Vec<String>)> =
+        BTreeMap::new();
     for (di, d) in raw.devices.iter_mut().enumerate() {
         let dname = if d.name.is_empty() {
             di.to_string()
@@ -283,6 +324,12 @@ pub fn expand(
             continue;
         };
         let Some(&ti) = by_name.get(tname.as_str()) else {
+            x.broken.push(dpath.clone());
+            if sources.include_failed() {
+                // The template may be in the file that could not be read: that one problem is
+                // reported, not one more per device.
+                continue;
+            }
             let mut known: Vec<&str> = by_name.keys().copied().collect();
             known.sort_unstable();
             let known = if known.is_empty() {
@@ -296,7 +343,6 @@ pub fn expand(
                 format!("{dpath}.template"),
                 format!("unknown template `{}`; {known}", tname.value),
             ));
-            x.broken.push(dpath);
             continue;
         };
         let t = &templates[ti];
@@ -306,6 +352,9 @@ pub fn expand(
         for (k, v) in &d.parameters {
             match t.parameters.get_key_value(k) {
                 Some((k, _)) => {
+                    if let Some(problem) = bad_parameter_value(v) {
+                        issues.push(issue(v, format!("{dpath}.parameters.{k}"), problem));
+                    }
                     values.insert(k.as_str(), v.value.clone());
                 }
                 None => {
@@ -332,6 +381,7 @@ pub fn expand(
             }
             match &p.default {
                 Some(v) => {
+                    // A `${` in it is reported once, at the template.
                     values.insert(k.as_str(), v.replace(PLACEHOLDER, "$"));
                 }
                 None => {
@@ -369,7 +419,13 @@ pub fn expand(
                     ),
                 ));
             }
-            dropped.insert(n.value.clone());
+            if !dropped.insert(n.value.clone()) {
+                issues.push(issue(
+                    n,
+                    format!("{dpath}.drop[{i}]"),
+                    format!("point `{}` is dropped twice", n.value),
+                ));
+            }
         }
         let mut own: BTreeMap<String, Located<RawPoint>> = BTreeMap::new();
         let mut added = Vec::new();
@@ -390,6 +446,7 @@ pub fn expand(
                 added.push(p);
             }
         }
+        let overridden: Vec<String> = own.keys().cloned().collect();
         let mut points = Vec::with_capacity(t.points.len() + added.len());
         for p in &t.points {
             if dropped.contains(p.name.as_str()) {
@@ -407,29 +464,86 @@ pub fn expand(
         }
         points.extend(added);
         d.value.points = points;
-        let mut prefixes = vec![dpath.clone()];
+        if t.points.is_empty() {
+            // Reported once, at the template.
+            x.broken.push(dpath.clone());
+            empty.insert(ti);
+        }
+        let mut prefixes = vec![(dpath.clone(), dpath.clone())];
+        // A point this device drops that one of the template's derived values or commands
+        // uses: the drop is refused, at the drop entry, and that one is not made.
+        let mut refused: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        let mut uses_dropped = |refs: &[&str], what: String| -> bool {
+            let mut any = false;
+            for (i, n) in d.drop.iter().enumerate() {
+                let first = d.drop[..i].iter().all(|m| m.value != n.value);
+                let full = format!("{}.{}", d.name.value, n.value);
+                if first && refs.contains(&full.as_str()) {
+                    refused.entry(i).or_default().push(what.clone());
+                    any = true;
+                }
+            }
+            any
+        };
         for (i, dv) in t.derived.iter().enumerate() {
-            let e = derived(
-                dv,
-                &fill,
-                &format!("templates[{}].derived[{i}]", t.name.value),
-                &mut inside,
-            );
-            prefixes.push(format!("derived[{}]", e.name.value));
+            let shown = format!("templates[{}].derived[{i}]", t.name.value);
+            let e = derived(dv, &fill, &shown, &mut inside);
+            let refs: Vec<&str> = e.pack_bits.iter().map(|b| b.value.as_str()).collect();
+            if uses_dropped(&refs, format!("derived value `{}`", e.name.value)) {
+                continue;
+            }
+            let same = shared
+                .entry((ti, 'd', i, e.name.value.clone()))
+                .or_insert_with(|| (dv.name.line, dv.name.col, shown.clone(), Vec::new()));
+            same.3.push(d.name.value.clone());
+            if same.3.len() > 1 {
+                continue;
+            }
+            prefixes.push((format!("derived[{}]", e.name.value), shown));
             new_derived.push(e);
         }
         for (i, c) in t.commands.iter().enumerate() {
-            let e = command(
-                c,
-                &fill,
-                &format!("templates[{}].commands[{i}]", t.name.value),
-                &mut inside,
-            );
-            prefixes.push(format!(
-                "commands[{}]",
-                raw.commands.len() + new_commands.len()
+            let shown = format!("templates[{}].commands[{i}]", t.name.value);
+            let e = command(c, &fill, &shown, &mut inside);
+            let mut refs: Vec<&str> = e.write.iter().map(|w| w.value.as_str()).collect();
+            for writes in e.payloads.iter().flat_map(|p| p.values()) {
+                refs.extend(writes.iter().map(|w| w.point.value.as_str()));
+            }
+            if uses_dropped(&refs, format!("command `{}`", e.topic.value)) {
+                continue;
+            }
+            let same = shared
+                .entry((ti, 'c', i, e.topic.value.clone()))
+                .or_insert_with(|| {
+                    (
+                        c.topic.line,
+                        c.topic.col,
+                        format!("{shown}.topic"),
+                        Vec::new(),
+                    )
+                });
+            same.3.push(d.name.value.clone());
+            if same.3.len() > 1 {
+                continue;
+            }
+            prefixes.push((
+                format!("commands[{}]", raw.commands.len() + new_commands.len()),
+                shown,
             ));
             new_commands.push(e);
+        }
+        for (i, users) in refused {
+            let n = &d.drop[i];
+            issues.push(issue(
+                n,
+                format!("{dpath}.drop[{i}]"),
+                format!(
+                    "point `{}` cannot be dropped: template `{}` uses it in {} (override the point instead of dropping it)",
+                    n.value,
+                    t.name.value,
+                    users.join(" and ")
+                ),
+            ));
         }
         let index = x.uses.len();
         x.inside.extend(inside.into_iter().map(|i| (i, index)));
@@ -438,6 +552,38 @@ pub fn expand(
             device: d.name.value.clone(),
             at: (tname.line, tname.col),
             prefixes,
+            dropped: d.drop.iter().map(|n| n.value.clone()).collect(),
+            overridden,
+        });
+    }
+    for ti in empty {
+        let t = &templates[ti];
+        issues.push(issue(
+            t,
+            format!("templates[{}].points", t.name.value),
+            "a template needs at least one point (the devices using it would have none)",
+        ));
+    }
+    for ((_, kind, _, value), (line, col, path, devices)) in shared {
+        if devices.len() < 2 {
+            continue;
+        }
+        let what = if kind == 'd' {
+            "derived value name"
+        } else {
+            "command topic"
+        };
+        let names: Vec<String> = devices.iter().map(|d| format!("`{d}`")).collect();
+        issues.push(Issue {
+            line,
+            col,
+            path: if kind == 'd' { format!("{path}.name") } else { path },
+            message: format!(
+                "{what} `{value}` comes out the same for the {} devices using this template ({}): write `${{device}}` in it so each device gets its own",
+                devices.len(),
+                names.join(", ")
+            ),
+            file: None,
         });
     }
     raw.derived.extend(new_derived);
@@ -469,7 +615,7 @@ impl Expansion {
                 .then(|| {
                     self.uses
                         .iter()
-                        .position(|u| u.prefixes.iter().any(|p| under(&i.path, p)))
+                        .position(|u| u.prefixes.iter().any(|(p, _)| under(&i.path, p)))
                 })
                 .flatten();
             match user {
@@ -478,22 +624,34 @@ impl Expansion {
             }
         }
         // The same problem at the same place, whichever device it was found for.
-        let mut groups: Vec<(Issue, String, Vec<usize>)> = Vec::new();
-        for (i, u) in tagged {
-            let rest = self.uses[u]
+        let mut groups: Vec<(Issue, String, String, Vec<usize>)> = Vec::new();
+        for (mut i, u) in tagged {
+            let use_ = &self.uses[u];
+            let (rest, shown) = use_
                 .prefixes
                 .iter()
-                .find_map(|p| i.path.strip_prefix(p.as_str()))
-                .unwrap_or(&i.path)
-                .to_owned();
-            match groups.iter_mut().find(|(g, r, _)| {
-                (g.line, g.col, &g.message, r) == (i.line, i.col, &i.message, &rest)
-            }) {
-                Some((_, _, users)) => users.push(u),
-                None => groups.push((i, rest, vec![u])),
+                .find_map(|(p, shown)| {
+                    i.path
+                        .strip_prefix(p.as_str())
+                        .filter(|r| r.is_empty() || r.starts_with(['.', '[']))
+                        .map(|r| (r.to_owned(), shown.clone()))
+                })
+                .unwrap_or_else(|| (i.path.clone(), String::new()));
+            if !shown.is_empty() && !shown.starts_with("devices[") {
+                i.path = format!("{shown}{rest}");
+            }
+            // The device's own name in the message (`m1.relay`) does not make it another
+            // problem.
+            let message = without_word(&i.message, &use_.device);
+            match groups
+                .iter_mut()
+                .find(|(g, r, m, _)| (g.line, g.col, m, r) == (i.line, i.col, &message, &rest))
+            {
+                Some((_, _, _, users)) => users.push(u),
+                None => groups.push((i, rest, message, vec![u])),
             }
         }
-        for (mut i, _, users) in groups {
+        for (mut i, _, _, users) in groups {
             let first = &self.uses[users[0]];
             let _ = write!(
                 i.message,
@@ -539,8 +697,37 @@ impl Expansion {
                     }
                 })
                 .collect(),
+            changes: self
+                .uses
+                .iter()
+                .filter(|u| !u.dropped.is_empty() || !u.overridden.is_empty())
+                .map(|u| (u.device.clone(), u.dropped.clone(), u.overridden.clone()))
+                .collect(),
         }
     }
+}
+
+/// `text` with every whole-word `word` (not inside a longer name) written as `\u{0}`.
+fn without_word(text: &str, word: &str) -> String {
+    if word.is_empty() {
+        return text.to_owned();
+    }
+    let name_char = |c: char| c.is_alphanumeric() || c == '_' || c == '-';
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(word) {
+        let before = rest[..at].chars().next_back();
+        let after = rest[at + word.len()..].chars().next();
+        out.push_str(&rest[..at]);
+        if before.is_some_and(name_char) || after.is_some_and(name_char) {
+            out.push_str(word);
+        } else {
+            out.push('\u{0}');
+        }
+        rest = &rest[at + word.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// True when `path` is `prefix` or a key below it.
@@ -794,6 +981,16 @@ templates:
         assert_ne!(id(&LIB.replace("address: 6", "address: 8")), base);
     }
 
+    #[test]
+    fn a_device_name_in_a_message_is_found_as_a_whole_word_only() {
+        use super::without_word;
+        assert_eq!(
+            without_word("point `m1.relay` of m1, not m10 or am1", "m1"),
+            "point `\u{0}.relay` of \u{0}, not m10 or am1"
+        );
+        assert_eq!(without_word("abc", ""), "abc");
+    }
+
     /// `check --expand` is what runs: written back as a mapping, it compiles to the same
     /// devices, points, read plans, derived values and commands.
     #[test]
@@ -801,8 +998,18 @@ templates:
         let main = format!(
             "{HEAD}include: [lib/meters.yaml]\ndevices:\n  - {{ name: m1, bus: rs485, unit: 7, poll_interval: 2s, template: meter, parameters: {{ site: a }} }}\n  - {{ name: m2, tcp: {{ host: 10.0.0.2, port: 1502 }}, template: meter, parameters: {{ site: b }}, drop: [voltage] }}\n"
         );
-        let m = load(&main, LIB, &[]).unwrap();
+        // A unit that is no plain YAML scalar, and a literal `${` in a topic, read back as they are.
+        let lib = LIB
+            .replace("unit: A", "unit: \"%\"")
+            .replace("${site}/${device}/voltage", "${site}/${device}/$${p}: $$v");
+        let m = load(&main, &lib, &[]).unwrap();
         let expanded = crate::check::expanded(&m);
+        assert!(expanded.contains("unit: \"%\""), "{expanded}");
+        assert!(expanded.contains("\"a/m1/$${p}: $$v\""), "{expanded}");
+        assert!(
+            expanded.contains("# dropped: voltage; overridden: none"),
+            "{expanded}"
+        );
         let again = format!("{HEAD}{expanded}");
         let m2 = load(&again, "templates: []\n", &[]).unwrap();
         let without_notes = |s: String| {
@@ -823,5 +1030,65 @@ templates:
         };
         assert_eq!(summary(&m2), summary(&m));
         assert_eq!(m2.points.len(), 7);
+        assert_eq!(
+            m2.points[0].publish.as_ref().map(|p| p.topic.to_string()),
+            Some("a/m1/${p}: $v".to_owned())
+        );
+    }
+
+    /// The shipped twenty meters (SDM630 template, units `%` among them): the expanded output,
+    /// under the example's own `mqtt` and `buses`, loads and compiles to the same 680 points.
+    #[test]
+    fn the_shipped_twenty_meters_expand_to_a_mapping_that_loads_the_same() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/twenty-meters.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let m = load_str(&path, &text, HashMap::new(), "h").unwrap();
+        let expanded = crate::check::expanded(&m);
+        assert!(expanded.contains("unit: \"%\""), "{expanded}");
+        let head: String = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("mqtt:")
+                    || l.starts_with("buses:")
+                    || l.starts_with("  - { name: rs485")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let again = format!("{head}{expanded}");
+        let m2 = load_str(
+            &path.with_file_name("expanded.yaml"),
+            &again,
+            HashMap::new(),
+            "h",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(m.points.len(), 680);
+        assert_eq!(m2.points.len(), 680);
+        let without_notes = |s: String| {
+            s.lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(
+            without_notes(crate::check::expanded(&m2)),
+            without_notes(expanded)
+        );
+        // Another file name: another default client id; the rest is the same.
+        let summary = |m: &Model| -> Vec<String> {
+            crate::check::summary(m)
+                .replace(&crate::check::library(m), "")
+                .replace(&*m.identity.config_id, "")
+                .lines()
+                .filter(|l| !l.starts_with("mqtt:"))
+                .map(str::to_owned)
+                .collect()
+        };
+        let (a, b) = (summary(&m), summary(&m2));
+        assert_eq!(a.len(), b.len());
+        for (a, b) in a.iter().zip(&b) {
+            assert_eq!(a, b);
+        }
     }
 }

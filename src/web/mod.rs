@@ -314,6 +314,15 @@ fn denied(d: Denied) -> Response {
             );
             r
         }
+        Denied::Busy => {
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "other logins are being checked; try again in a moment",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
         Denied::Limited(after) => {
             let mut r = error(
                 StatusCode::TOO_MANY_REQUESTS,

@@ -45,7 +45,6 @@ async fn http(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Resp {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -58,6 +57,12 @@ async fn http(
     }
     req.push_str("\r\n");
     req.push_str(body.unwrap_or(""));
+    raw_request(addr, &req).await
+}
+
+/// Send `req` as it is (head and body) and read the response to the end.
+async fn raw_request(addr: SocketAddr, req: &str) -> Resp {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(req.as_bytes()).await.unwrap();
     let mut raw = String::new();
     tokio::time::timeout(DEADLINE, s.read_to_string(&mut raw))
@@ -893,4 +898,42 @@ async fn a_reload_reaches_the_open_pages_and_a_changed_web_section_is_refused() 
     )
     .await;
     assert_eq!(r.status, 403, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_from_another_site_or_not_declared_json_is_refused() {
+    let s = Setup::start(false).await;
+    let body = serde_json::json!({"user": "bob", "password": VIEWER_PASSWORD}).to_string();
+    let post = |content_type: &str, origin: Option<String>| {
+        let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
+        format!(
+            "POST /api/login HTTP/1.0\r\nHost: {}\r\nContent-Type: {content_type}\r\n{origin}Content-Length: {}\r\n\r\n{body}",
+            s.web,
+            body.len()
+        )
+    };
+    // A cross-site HTML form or no-cors fetch can send text/plain: refused, no cookie.
+    let r = raw_request(s.web, &post("text/plain", None)).await;
+    assert_eq!(r.status, 415, "{r:?}");
+    assert!(r.header("set-cookie").is_none(), "{}", r.head);
+    for origin in [
+        "http://evil.example".to_owned(),
+        "null".to_owned(),
+        format!("https://{}", s.web),
+    ] {
+        let r = raw_request(s.web, &post("application/json", Some(origin.clone()))).await;
+        assert_eq!(r.status, 403, "{origin}: {r:?}");
+        assert!(r.header("set-cookie").is_none(), "{}", r.head);
+    }
+    // None of these counted as failures; the console's own origin logs in.
+    let r = raw_request(
+        s.web,
+        &post(
+            "application/json; charset=utf-8",
+            Some(format!("http://{}", s.web)),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.header("set-cookie").is_some(), "{}", r.head);
 }

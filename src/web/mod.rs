@@ -414,6 +414,14 @@ async fn login(State(app): State<App>, req: Request) -> Response {
         .extensions()
         .get::<Peer>()
         .map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0.ip());
+    // No login from another site's page (login CSRF: the victim logged in as the attacker;
+    // or a remote lockout of the victim's address).
+    if let Err(r) = json_content(req.headers()) {
+        return r;
+    }
+    if let Err(r) = same_origin(req.headers(), app.tls) {
+        return r;
+    }
     let Ok(bytes) = axum::body::to_bytes(req.into_body(), 16 * 1024).await else {
         return error(StatusCode::BAD_REQUEST, "the body is too long");
     };
@@ -450,7 +458,7 @@ async fn login(State(app): State<App>, req: Request) -> Response {
 
 /// `POST /api/logout`: ends the session (CSRF token required).
 async fn logout(State(app): State<App>, req: Request) -> Response {
-    if let Err(r) = same_origin_and_csrf(&req) {
+    if let Err(r) = same_origin_and_csrf(&req, app.tls) {
         return r;
     }
     if let Some(id) = session_cookie(req.headers()) {
@@ -652,7 +660,7 @@ async fn commands(State(app): State<App>) -> Response {
 /// and no foreign `Origin` or cross-site `Sec-Fetch-Site`. Bearer tokens need neither (a
 /// browser never sends one by itself); a console without users needs a session first.
 #[allow(clippy::result_large_err)]
-fn same_origin_and_csrf(req: &Request) -> Result<(), Response> {
+fn same_origin_and_csrf(req: &Request, tls: bool) -> Result<(), Response> {
     let Some(who) = who(req.extensions()) else {
         return Err(denied(Denied::Unauthorized));
     };
@@ -677,16 +685,28 @@ fn same_origin_and_csrf(req: &Request) -> Result<(), Response> {
             "missing or wrong CSRF token (X-CSRF-Token)",
         ));
     }
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+    same_origin(headers, tls)
+}
+
+/// The request comes from this console's own page, as far as the browser tells: an `Origin`,
+/// when sent, must be exactly `<scheme>://<Host>` with this console's scheme (`Origin: null`
+/// and foreign origins are refused), and `Sec-Fetch-Site`, when sent, `same-origin` or `none`.
+#[allow(clippy::result_large_err)]
+fn same_origin(headers: &HeaderMap, tls: bool) -> Result<(), Response> {
+    if let Some(origin) = headers.get(header::ORIGIN) {
         let host = headers
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let own = origin
-            .split_once("://")
-            .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(host));
+        let scheme = if tls { "https" } else { "http" };
+        let own = !host.is_empty()
+            && origin.to_str().is_ok_and(|o| {
+                o.split_once("://").is_some_and(|(sch, rest)| {
+                    sch.eq_ignore_ascii_case(scheme) && rest.eq_ignore_ascii_case(host)
+                })
+            });
         if !own {
-            return Err(error(StatusCode::FORBIDDEN, "cross-origin write refused"));
+            return Err(error(StatusCode::FORBIDDEN, "cross-origin request refused"));
         }
     }
     if headers
@@ -694,9 +714,28 @@ fn same_origin_and_csrf(req: &Request) -> Result<(), Response> {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|s| s != "same-origin" && s != "none")
     {
-        return Err(error(StatusCode::FORBIDDEN, "cross-site write refused"));
+        return Err(error(StatusCode::FORBIDDEN, "cross-site request refused"));
     }
     Ok(())
+}
+
+/// The body is declared JSON (`Content-Type: application/json`, parameters allowed): a
+/// cross-site HTML form or a `no-cors` fetch cannot send that type.
+#[allow(clippy::result_large_err)]
+fn json_content(headers: &HeaderMap) -> Result<(), Response> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if json {
+        Ok(())
+    } else {
+        Err(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the body as Content-Type: application/json",
+        ))
+    }
 }
 
 /// The checks every write passes before the executor sees it: writes allowed, role `operate`,
@@ -718,7 +757,7 @@ fn may_write(app: &Inner, req: &Request) -> Result<Arc<str>, Response> {
             "your role is `view`: writes need role `operate`",
         ));
     }
-    same_origin_and_csrf(req)?;
+    same_origin_and_csrf(req, app.tls)?;
     Ok(who.user)
 }
 

@@ -937,3 +937,64 @@ async fn a_login_from_another_site_or_not_declared_json_is_refused() {
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.header("set-cookie").is_some(), "{}", r.head);
 }
+
+/// A TCP connection to `to` from the loopback address `from` (127.0.0.x).
+async fn connect_from(from: [u8; 4], to: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::from((from, 0)))
+        .expect("bind a 127.0.0.x source address");
+    socket.connect(to).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_body_is_cut_off_and_one_address_cannot_take_every_connection() {
+    let s = Setup::start(false).await;
+    // 16 connections from 127.0.0.1, each sending a request head and part of its body, then
+    // nothing more.
+    let head = |len: usize| {
+        format!(
+            "POST /api/login HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n{{\"user\"",
+            s.web
+        )
+    };
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        let mut c = connect_from([127, 0, 0, 1], s.web).await;
+        c.write_all(head(100).as_bytes()).await.unwrap();
+        held.push(c);
+    }
+    // The 17th from the same address is closed without an answer ...
+    let mut c = connect_from([127, 0, 0, 1], s.web).await;
+    let _ = c.write_all(b"GET / HTTP/1.0\r\n\r\n").await;
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, c.read_to_end(&mut raw))
+        .await
+        .expect("the 17th connection was neither answered nor closed");
+    assert!(
+        !raw.starts_with(b"HTTP"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    // ... while another address is served.
+    let mut c = connect_from([127, 0, 0, 2], s.web).await;
+    c.write_all(format!("GET / HTTP/1.0\r\nHost: {}\r\n\r\n", s.web).as_bytes())
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    tokio::time::timeout(DEADLINE, c.read_to_string(&mut raw))
+        .await
+        .expect("no answer for another address")
+        .unwrap();
+    assert!(raw.starts_with("HTTP/1.0 200"), "{raw}");
+    // The held connections with their incomplete bodies get 408 (the body timeout) instead of
+    // holding their connection forever.
+    for mut c in held {
+        let mut raw = String::new();
+        tokio::time::timeout(DEADLINE, c.read_to_string(&mut raw))
+            .await
+            .expect("a slow body held its connection past the deadline")
+            .unwrap();
+        assert!(raw.starts_with("HTTP/1.1 408"), "{raw}");
+    }
+}

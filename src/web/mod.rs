@@ -85,6 +85,56 @@ const INDEX: &str = include_str!("../../assets/web/index.html");
 
 /// The most connections served at once (each open page holds one for its event stream).
 const MAX_CONNECTIONS: usize = 64;
+/// The most connections one client address holds at once (a single client cannot take all
+/// [`MAX_CONNECTIONS`]); one more is closed at once.
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 16;
+/// A request head must arrive within this long (slowloris)...
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// ...and a request body too: a body still incomplete after this long is answered 408.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections held per client address; a [`PerAddress`] slot gives its count back on drop.
+type AddressCounts = Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>;
+
+/// One connection's place in the per-address count.
+struct PerAddress {
+    counts: AddressCounts,
+    ip: IpAddr,
+}
+
+impl PerAddress {
+    /// A place for one more connection from `ip`, or `None` when it holds
+    /// [`MAX_CONNECTIONS_PER_ADDRESS`] already.
+    fn take(counts: &AddressCounts, ip: IpAddr) -> Option<Self> {
+        let mut c = counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = c.entry(ip).or_insert(0);
+        if *n >= MAX_CONNECTIONS_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(PerAddress {
+            counts: Arc::clone(counts),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerAddress {
+    fn drop(&mut self) {
+        let mut c = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = c.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// The Content-Security-Policy of every response: nothing from elsewhere, no inline script or
 /// style, no framing (clickjacking), no plugins.
@@ -147,6 +197,7 @@ async fn accept_loop(
 ) {
     let tasks = tokio_util::task::TaskTracker::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_address = AddressCounts::default();
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -160,6 +211,10 @@ async fn accept_loop(
             },
         };
         // At most MAX_CONNECTIONS at a time: one more is closed at once.
+        let Some(mine) = PerAddress::take(&per_address, peer.ip()) else {
+            drop(stream);
+            continue;
+        };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             drop(stream);
             continue;
@@ -168,7 +223,7 @@ async fn accept_loop(
         let tls = tls.clone();
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            let _slot = slot;
+            let _slot = (slot, mine);
             let service =
                 hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(Peer(peer));
@@ -181,7 +236,7 @@ async fn accept_loop(
             let mut http = hyper::server::conn::http1::Builder::new();
             // A client that sends its request head slowly (slowloris) is cut off.
             http.timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10));
+                .header_read_timeout(HEAD_TIMEOUT);
             let served = async {
                 match tls {
                     Some(acceptor) => {
@@ -422,8 +477,9 @@ async fn login(State(app): State<App>, req: Request) -> Response {
     if let Err(r) = same_origin(req.headers(), app.tls) {
         return r;
     }
-    let Ok(bytes) = axum::body::to_bytes(req.into_body(), 16 * 1024).await else {
-        return error(StatusCode::BAD_REQUEST, "the body is too long");
+    let bytes = match read_body(req, 16 * 1024).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let Ok(body) = serde_json::from_slice::<LoginBody>(&bytes) else {
         return error(
@@ -761,9 +817,35 @@ fn may_write(app: &Inner, req: &Request) -> Result<Arc<str>, Response> {
     Ok(who.user)
 }
 
-async fn body_json(req: Request) -> Option<Json_> {
-    let bytes = axum::body::to_bytes(req.into_body(), 4096).await.ok()?;
-    serde_json::from_slice(&bytes).ok()
+/// The request body, at most `limit` bytes, arriving within [`BODY_TIMEOUT`] (a client
+/// sending it slowly cannot hold its connection forever).
+///
+/// # Errors
+/// 408 when the body is not complete in time; 413 when it is longer than `limit` (or broken).
+#[allow(clippy::result_large_err)]
+async fn read_body(req: Request, limit: usize) -> Result<axum::body::Bytes, Response> {
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(req.into_body(), limit)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(_)) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the body is too long or broken",
+        )),
+        Err(_) => {
+            let mut r = error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time",
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Err(r)
+        }
+    }
+}
+
+#[allow(clippy::result_large_err)]
+async fn body_json(req: Request) -> Result<Option<Json_>, Response> {
+    let bytes = read_body(req, 4096).await?;
+    Ok(serde_json::from_slice(&bytes).ok())
 }
 
 async fn run_command(app: &Inner, user: Arc<str>, request: WebRequest) -> Response {
@@ -792,7 +874,10 @@ async fn command(State(app): State<App>, req: Request) -> Response {
         Ok(u) => u,
         Err(r) => return r,
     };
-    let Some(body) = body_json(req).await else {
+    let Some(body) = (match body_json(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    }) else {
         return error(
             StatusCode::BAD_REQUEST,
             "send JSON {\"topic\": ..., \"payload\": ...}",
@@ -818,7 +903,10 @@ async fn write(State(app): State<App>, req: Request) -> Response {
         Ok(u) => u,
         Err(r) => return r,
     };
-    let Some(body) = body_json(req).await else {
+    let Some(body) = (match body_json(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    }) else {
         return error(
             StatusCode::BAD_REQUEST,
             "send JSON {\"point\": ..., \"value\": ...}",

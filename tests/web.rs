@@ -998,3 +998,76 @@ async fn a_slow_body_is_cut_off_and_one_address_cannot_take_every_connection() {
         assert!(raw.starts_with("HTTP/1.1 408"), "{raw}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trends_are_bounded_and_hammering_them_does_not_stop_values_from_flowing() {
+    let mut s = Setup::start(false).await;
+    let bearer = s.bearer();
+    let status = http(
+        s.web,
+        "GET",
+        "/api/status",
+        &[("Authorization", &bearer)],
+        None,
+    )
+    .await;
+    assert_eq!(status.json()["trend_samples"], 600, "{status:?}");
+    // Some samples first.
+    let level = format!("{PREFIX}/level");
+    for _ in 0..3 {
+        let since = s.observer.len();
+        s.observer
+            .wait(since, "a level publication", |m| m.topic == level)
+            .await;
+    }
+    let r = http(
+        s.web,
+        "GET",
+        "/api/trends?max=1",
+        &[("Authorization", &bearer)],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let t = r.json();
+    assert_eq!(t["tower.level"][0].as_array().unwrap().len(), 1, "{t}");
+    // Eight clients ask for the trends without pause; the level keeps being published.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut hammers = Vec::new();
+    for _ in 0..8 {
+        let (web, bearer, stop) = (s.web, bearer.clone(), stop.clone());
+        hammers.push(tokio::spawn(async move {
+            let mut answered = 0usize;
+            while !stop.is_cancelled() {
+                let r = http(
+                    web,
+                    "GET",
+                    "/api/trends",
+                    &[("Authorization", &bearer)],
+                    None,
+                )
+                .await;
+                assert!(r.status == 200 || r.status == 503, "{r:?}");
+                answered += usize::from(r.status == 200);
+            }
+            answered
+        }));
+    }
+    // Five more level publications, one after the other, while the hammering goes on.
+    for _ in 0..5 {
+        let since = s.observer.len();
+        s.observer
+            .wait(
+                since,
+                "a level publication while trends are hammered",
+                |m| m.topic == level,
+            )
+            .await;
+    }
+    stop.cancel();
+    let mut answered = 0;
+    for h in hammers {
+        answered += h.await.unwrap();
+    }
+    assert!(answered > 0, "no trends request was answered");
+}

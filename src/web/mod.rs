@@ -49,6 +49,7 @@ struct Inner {
     started: SystemTime,
     started_mono: Instant,
     shutdown: CancellationToken,
+    trend_requests: tokio::sync::Semaphore,
 }
 
 type App = Arc<Inner>;
@@ -177,6 +178,7 @@ pub async fn serve(
         started: SystemTime::now(),
         started_mono: Instant::now(),
         shutdown: shutdown.clone(),
+        trend_requests: tokio::sync::Semaphore::new(MAX_TREND_REQUESTS),
     });
     let router = router(app);
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -602,6 +604,7 @@ async fn status(State(app): State<App>) -> Response {
         "links": links,
         "devices": device_rows(&app, &model),
         "allow_writes": app.allow_writes,
+        "trend_samples": app.console.trend_samples(),
     }))
     .into_response()
 }
@@ -649,16 +652,49 @@ async fn points(State(app): State<App>) -> Response {
 struct TrendQuery {
     /// Comma-separated ids; all when absent.
     ids: Option<String>,
+    /// The newest this many samples of each value; all (`web.trend_samples`) when absent.
+    max: Option<usize>,
 }
 
-/// `GET /api/trends[?ids=a,b]`: `{id: [[t...], [v...]]}`.
+/// Trend answers built at once (each copies up to every value's samples; more wait for none:
+/// 503 at once), so that parallel requests cannot grow memory without bound.
+const MAX_TREND_REQUESTS: usize = 2;
+
+/// `GET /api/trends[?ids=a,b][&max=N]`: `{id: [[t...], [v...]]}`. The samples are copied
+/// value by value under the board's lock and serialised without it (the engine's updates
+/// never wait for a whole answer).
 async fn trends(State(app): State<App>, Query(q): Query<TrendQuery>) -> Response {
-    let ids: Vec<&str> = q
-        .ids
-        .as_deref()
-        .map(|s| s.split(',').filter(|s| !s.is_empty()).collect())
-        .unwrap_or_default();
-    Json(app.console.trends(&ids)).into_response()
+    let Ok(_permit) = app.trend_requests.try_acquire() else {
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "other trend requests are being answered; try again in a moment",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    };
+    let console = Arc::clone(&app.console);
+    let max = q.max.unwrap_or(usize::MAX);
+    let built = tokio::task::spawn_blocking(move || {
+        let ids: Vec<&str> = q
+            .ids
+            .as_deref()
+            .map(|s| s.split(',').filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default();
+        let mut out = serde_json::Map::new();
+        for (id, t, v) in console.trends(&ids, max) {
+            out.insert(id, json!([t, v]));
+        }
+        serde_json::to_vec(&Json_::Object(out))
+    })
+    .await;
+    match built {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        _ => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the trends could not be built",
+        ),
+    }
 }
 
 fn acks_json() -> Json_ {

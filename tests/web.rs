@@ -1071,3 +1071,74 @@ async fn trends_are_bounded_and_hammering_them_does_not_stop_values_from_flowing
     }
     assert!(answered > 0, "no trends request was answered");
 }
+
+/// Runs `fieldgate web passwd alice` on a pseudo-terminal (Python's pty), types `first` and
+/// `second` at its prompts once the terminal's echo is off, and returns (exit code, everything
+/// the terminal showed).
+const PTY_PASSWD: &str = r#"
+import os, pty, select, sys, termios, time
+binary, first, second = sys.argv[1], sys.argv[2].encode(), sys.argv[3].encode()
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(binary, [binary, "web", "passwd", "alice"])
+out = b""
+deadline = time.monotonic() + 30
+def read_until(needle):
+    global out
+    while needle not in out:
+        r, _, _ = select.select([fd], [], [], max(0, deadline - time.monotonic()))
+        if not r:
+            sys.exit("timed out waiting for %r; got %r" % (needle, out))
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            return
+        out += chunk
+def type_hidden(text):
+    # wait (with the deadline) until the program has turned echo off, then type
+    while termios.tcgetattr(fd)[3] & termios.ECHO:
+        if time.monotonic() > deadline:
+            sys.exit("echo never turned off; got %r" % out)
+        time.sleep(0.01)
+    os.write(fd, text + b"\n")
+read_until(b"password for alice")
+type_hidden(first)
+read_until(b"again")
+type_hidden(second)
+read_until(b"\0never")
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(os.WEXITSTATUS(status))
+"#;
+
+fn passwd_on_a_terminal(first: &str, second: &str) -> (Option<i32>, String) {
+    let out = Command::new("python3")
+        .args(["-c", PTY_PASSWD, bin(), first, second])
+        .output()
+        .expect("python3 runs the pseudo-terminal");
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn web_passwd_on_a_terminal_asks_twice_without_echo() {
+    let (code, shown) = passwd_on_a_terminal("pump-house-7", "pump-house-7");
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(shown.contains("user alice view $argon2id$"), "{shown}");
+    assert!(
+        !shown.contains("pump-house-7"),
+        "the password was echoed: {shown}"
+    );
+    let (code, shown) = passwd_on_a_terminal("pump-house-7", "pump-house-8");
+    assert_eq!(code, Some(1), "{shown}");
+    assert!(shown.contains("differ"), "{shown}");
+    assert!(!shown.contains("$argon2id$"), "{shown}");
+}

@@ -529,6 +529,22 @@ fn uptime(app: &Inner) -> u64 {
     app.started_mono.elapsed().as_secs()
 }
 
+/// Device rows of the console board with `status` `quarantined` for a quarantined device, as
+/// `/api/devices` says (the board knows the poller's status only).
+fn with_quarantine(mut devs: Vec<Json_>) -> Vec<Json_> {
+    let health = crate::health::snapshot();
+    for d in &mut devs {
+        let q = d["name"]
+            .as_str()
+            .and_then(|n| health.quarantined.get(n).copied())
+            .unwrap_or(false);
+        if q {
+            d["status"] = json!("quarantined");
+        }
+    }
+    devs
+}
+
 fn device_rows(app: &Inner, model: &Model) -> Vec<Json_> {
     let health = crate::health::snapshot();
     let statuses = app.console.devices_since(0);
@@ -968,64 +984,87 @@ async fn write(State(app): State<App>, req: Request) -> Response {
 }
 
 /// `GET /api/events`: Server-Sent Events. `points` (every value at first, then the ones a poll
-/// changed, each as in `/api/points`), `devices` (status changes), `status` (the health
-/// board and recent acks, when they change) and `reload` (the mapping was reloaded: points may
+/// changed, each as in `/api/points`), `devices` (every device's status, as in `/api/devices`,
+/// when one changed), `status` (the health board and recent acks, when they change; health and
+/// device statuses are also looked at every [`STATUS_EVERY`] without any value change) and
+/// `reload` (the mapping was reloaded: points may
 /// have come or gone; the page loads again). A slow reader gets the latest values, never a
 /// backlog.
 async fn events(State(app): State<App>) -> Response {
     let changes = app.console.subscribe();
     let stop = app.shutdown.clone();
     let generation = app.console.generation();
-    let state = (app, 0u64, String::new(), generation);
-    let stream = futures_util::stream::unfold(
-        (state, changes),
-        move |((app, since, last_status, generation), mut changes)| {
-            let stop = stop.clone();
-            async move {
-                if since != 0 {
-                    tokio::select! {
-                        () = stop.cancelled() => return None,
-                        r = changes.changed() => r.ok()?,
-                    }
+    let mut tick = tokio::time::interval(STATUS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = Stream_ {
+        app,
+        since: 0,
+        last_status: String::new(),
+        last_devices: String::new(),
+        generation,
+        tick,
+    };
+    let stream = futures_util::stream::unfold((state, changes), move |(mut st, mut changes)| {
+        let stop = stop.clone();
+        async move {
+            if st.since != 0 {
+                tokio::select! {
+                    () = stop.cancelled() => return None,
+                    r = changes.changed() => r.ok()?,
+                    _ = st.tick.tick() => {}
                 }
-                let (seq, values) = app.console.values_since(since, SystemTime::now());
-                let devs = app.console.devices_since(since);
-                let status = json!({"health": health_json(&app), "acks": acks_json()}).to_string();
-                let mut evs = Vec::new();
-                let now = app.console.generation();
-                if now != generation {
-                    evs.push(Event::default().event("reload").data("{}"));
-                }
-                if !values.is_empty() {
-                    evs.push(
-                        Event::default()
-                            .event("points")
-                            .data(json!({"seq": seq, "points": values}).to_string()),
-                    );
-                }
-                if !devs.is_empty() {
-                    evs.push(
-                        Event::default()
-                            .event("devices")
-                            .data(json!(devs).to_string()),
-                    );
-                }
-                if status != last_status {
-                    evs.push(Event::default().event("status").data(status.clone()));
-                }
-                Some((
-                    futures_util::stream::iter(
-                        evs.into_iter().map(Ok::<_, std::convert::Infallible>),
-                    ),
-                    ((app, seq.max(1), status, now), changes),
-                ))
             }
-        },
-    );
+            let app = &st.app;
+            let (seq, values) = app.console.values_since(st.since, SystemTime::now());
+            let devs = with_quarantine(app.console.devices_since(0));
+            let devices = json!(devs).to_string();
+            let status = json!({"health": health_json(app), "acks": acks_json()}).to_string();
+            let mut evs = Vec::new();
+            let now = app.console.generation();
+            if now != st.generation {
+                evs.push(Event::default().event("reload").data("{}"));
+            }
+            if !values.is_empty() {
+                evs.push(
+                    Event::default()
+                        .event("points")
+                        .data(json!({"seq": seq, "points": values}).to_string()),
+                );
+            }
+            if devices != st.last_devices && !devs.is_empty() {
+                evs.push(Event::default().event("devices").data(devices.clone()));
+            }
+            if status != st.last_status {
+                evs.push(Event::default().event("status").data(status.clone()));
+            }
+            st.since = seq.max(1);
+            st.last_status = status;
+            st.last_devices = devices;
+            st.generation = now;
+            Some((
+                futures_util::stream::iter(evs.into_iter().map(Ok::<_, std::convert::Infallible>)),
+                (st, changes),
+            ))
+        }
+    });
     use futures_util::StreamExt;
     Sse::new(stream.flatten())
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// How often an event stream looks at the health board and the device statuses on its own
+/// (a broker or device failure shows even when no value changes); sent only when changed.
+pub const STATUS_EVERY: Duration = Duration::from_secs(2);
+
+/// One event stream's state between two wake-ups.
+struct Stream_ {
+    app: App,
+    since: u64,
+    last_status: String,
+    last_devices: String,
+    generation: u64,
+    tick: tokio::time::Interval,
 }
 
 fn health_json(app: &Inner) -> Json_ {
@@ -1057,5 +1096,32 @@ mod tests {
         assert!(!h("evil.example:8080"));
         assert!(!h("192.168.1.5"));
         assert!(!host_is_loopback(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn the_event_stream_says_quarantined_as_api_devices_does() {
+        crate::health::quarantine("webfix-q-dev", true);
+        let devs = with_quarantine(vec![
+            json!({"name": "webfix-q-dev", "status": "error"}),
+            json!({"name": "webfix-other", "status": "error"}),
+        ]);
+        assert_eq!(devs[0]["status"], "quarantined");
+        assert_eq!(devs[1]["status"], "error");
+    }
+
+    #[test]
+    fn origins_must_match_scheme_and_host_and_null_is_refused() {
+        let h = |origin: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, HeaderValue::from_static("gw:8080"));
+            m.insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
+            m
+        };
+        assert!(same_origin(&h("http://gw:8080"), false).is_ok());
+        assert!(same_origin(&h("https://gw:8080"), true).is_ok());
+        assert!(same_origin(&h("https://gw:8080"), false).is_err());
+        assert!(same_origin(&h("http://gw:8080"), true).is_err());
+        assert!(same_origin(&h("null"), false).is_err());
+        assert!(same_origin(&h("http://evil:8080"), false).is_err());
     }
 }

@@ -1142,3 +1142,57 @@ fn web_passwd_on_a_terminal_asks_twice_without_echo() {
     assert!(shown.contains("differ"), "{shown}");
     assert!(!shown.contains("$argon2id$"), "{shown}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_refused_web_write_is_logged_with_its_origin_and_reason() {
+    let mut s = Setup::start(true).await;
+    let alice = logged_in(s.web, "alice", OPERATOR_PASSWORD).await;
+    let bob = logged_in(s.web, "bob", VIEWER_PASSWORD).await;
+    let body = r#"{"point": "tower.p1_start_level", "value": 999}"#;
+    // No CSRF token: 403, logged with alice's origin and the reason.
+    let r = http(
+        s.web,
+        "POST",
+        "/api/write",
+        &[("Cookie", &alice.cookie)],
+        Some(body),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{r:?}");
+    s.gateway
+        .wait_count(&["web write refused", "origin=web:alice", "CSRF"], 1)
+        .await;
+    // A viewer: 403, logged with bob's origin.
+    let r = http(
+        s.web,
+        "POST",
+        "/api/write",
+        &[("Cookie", &bob.cookie), ("X-CSRF-Token", &bob.csrf)],
+        Some(body),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{r:?}");
+    s.gateway
+        .wait_count(&["web write refused", "origin=web:bob", "role"], 1)
+        .await;
+    // Out of range: the executor refuses it, and its log line names the origin too.
+    let r = http(
+        s.web,
+        "POST",
+        "/api/write",
+        &[("Cookie", &alice.cookie), ("X-CSRF-Token", &alice.csrf)],
+        Some(body),
+    )
+    .await;
+    assert_eq!(r.json()["result"], "rejected", "{r:?}");
+    s.gateway
+        .wait_count(
+            &[
+                "command rejected",
+                "origin=web:alice",
+                "tower.p1_start_level",
+            ],
+            1,
+        )
+        .await;
+}

@@ -293,8 +293,14 @@ fn router(app: App) -> axum::Router {
         .with_state(app)
 }
 
+/// The message of an error answer, kept on the response for the log.
+#[derive(Debug, Clone)]
+struct ErrorText(String);
+
 fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({"error": message}))).into_response()
+    let mut r = (status, Json(json!({"error": message}))).into_response();
+    r.extensions_mut().insert(ErrorText(message.to_owned()));
+    r
 }
 
 fn host_is_loopback(headers: &HeaderMap) -> bool {
@@ -850,6 +856,25 @@ fn json_content(headers: &HeaderMap) -> Result<(), Response> {
 /// same origin and CSRF token. Returns the user.
 #[allow(clippy::result_large_err)]
 fn may_write(app: &Inner, req: &Request) -> Result<Arc<str>, Response> {
+    may_write_unlogged(app, req).inspect_err(|r| {
+        let origin = match who(req.extensions()) {
+            Some(w) => format!("web:{}", w.user),
+            None => "web".to_owned(),
+        };
+        let client = req
+            .extensions()
+            .get::<Peer>()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0.ip());
+        let reason = r
+            .extensions()
+            .get::<ErrorText>()
+            .map_or_else(|| r.status().to_string(), |e| e.0.clone());
+        crate::events::web_write_refused(&origin, client, req.uri().path(), &reason);
+    })
+}
+
+#[allow(clippy::result_large_err)]
+fn may_write_unlogged(app: &Inner, req: &Request) -> Result<Arc<str>, Response> {
     if !app.allow_writes {
         return Err(error(
             StatusCode::FORBIDDEN,

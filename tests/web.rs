@@ -1196,3 +1196,69 @@ async fn every_refused_web_write_is_logged_with_its_origin_and_reason() {
         )
         .await;
 }
+
+#[test]
+fn check_refuses_the_web_tls_files_that_run_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let made = Command::new("bash")
+        .arg(repo("certs/gen.sh"))
+        .arg(&pki)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let encrypted = pki.join("encrypted.key");
+    let enc = Command::new("openssl")
+        .args(["pkey", "-aes256", "-passout", "pass:secret-pass", "-in"])
+        .arg(pki.join("broker.key"))
+        .arg("-out")
+        .arg(&encrypted)
+        .output()
+        .expect("openssl is installed");
+    assert!(enc.status.success(), "{enc:?}");
+    let check = |cert: &Path, key: &Path| {
+        let yaml = format!(
+            "mqtt: {{ host: 127.0.0.1, status_topic: t/status }}\n\
+             web:\n  listen: 127.0.0.1:0\n  tls: {{ cert_file: {}, key_file: {} }}\n\
+             devices:\n  - name: d\n    tcp: {{ host: 127.0.0.1 }}\n    points:\n\
+             \x20     - {{ name: x, kind: holding_register, address: 0, publish: {{ topic: t/x }} }}\n",
+            cert.display(),
+            key.display()
+        );
+        let config = dir.path().join("mapping.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let out = Command::new(bin())
+            .args(["check", "-c"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (crt, key) = (pki.join("broker.crt"), pki.join("broker.key"));
+    let (ok, out) = check(&crt, &key);
+    assert!(ok, "{out}");
+    for (c, k, blamed, key_path) in [
+        (&key, &crt, &key, "web.tls.cert_file"),
+        (&crt, &encrypted, &encrypted, "web.tls.key_file"),
+        (
+            &crt,
+            &pki.join("gateway.key"),
+            &pki.join("gateway.key"),
+            "web.tls.key_file",
+        ),
+    ] {
+        let (ok, out) = check(c, k);
+        assert!(!ok, "{} + {} passed check: {out}", c.display(), k.display());
+        assert!(
+            out.contains(key_path) && out.contains(&blamed.display().to_string()),
+            "{out}"
+        );
+    }
+}

@@ -141,6 +141,42 @@ impl Drop for PerAddress {
 /// style, no framing (clickjacking), no plugins.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
+/// Which of the two TLS files an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFile {
+    Cert,
+    Key,
+}
+
+/// The console's rustls server configuration (ring) from a PEM certificate chain and its PEM
+/// private key, as `run` builds it; `check` calls it too, so both refuse the same files
+/// (encrypted key, swapped files, a key that does not belong to the certificate).
+///
+/// # Errors
+/// Which file, and what is wrong with it (the file is named in the text).
+pub fn server_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<rustls::ServerConfig, (TlsFile, String)> {
+    let certs = crate::outputs::tls::read_certs(cert).map_err(|e| (TlsFile::Cert, e))?;
+    let key_der = crate::outputs::tls::read_key(key).map_err(|e| (TlsFile::Key, e))?;
+    rustls::ServerConfig::builder_with_provider(crate::outputs::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| (TlsFile::Cert, e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| {
+            (
+                TlsFile::Key,
+                format!(
+                    "{} does not go with the certificate {}: {e}",
+                    key.display(),
+                    cert.display()
+                ),
+            )
+        })
+}
+
 /// Start the console of `settings` on its listener, showing `console` and writing through
 /// `commands`, until `shutdown`. Returns the bound address (port 0 picks one), also logged.
 ///
@@ -153,16 +189,9 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     let tls = match &settings.tls {
-        Some((cert, key)) => {
-            let certs = crate::outputs::tls::read_certs(cert).map_err(anyhow::Error::msg)?;
-            let key = crate::outputs::tls::read_key(key).map_err(anyhow::Error::msg)?;
-            let config =
-                rustls::ServerConfig::builder_with_provider(crate::outputs::tls::provider())
-                    .with_safe_default_protocol_versions()?
-                    .with_no_client_auth()
-                    .with_single_cert(certs, key)?;
-            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-        }
+        Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+            server_tls(cert, key).map_err(|(_, e)| anyhow::Error::msg(e))?,
+        ))),
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(settings.listen)

@@ -887,7 +887,10 @@ async fn a_reload_reaches_the_open_pages_and_a_changed_web_section_is_refused() 
     .unwrap();
     s.gateway.signal("HUP");
     let line = s.gateway.wait_line("reload rejected").await;
-    assert!(line.contains("web section changed"), "{line}");
+    assert!(
+        line.contains("web section changed") && line.contains("whole reload is refused"),
+        "{line}"
+    );
     let alice = logged_in(s.web, "alice", OPERATOR_PASSWORD).await;
     let r = http(
         s.web,

@@ -1247,6 +1247,11 @@ fn check_refuses_the_web_tls_files_that_run_would_refuse() {
     let (crt, key) = (pki.join("broker.crt"), pki.join("broker.key"));
     let (ok, out) = check(&crt, &key);
     assert!(ok, "{out}");
+    // Port 0 is said as what it means.
+    assert!(
+        out.contains("https://127.0.0.1 on a free port") && !out.contains(":0,"),
+        "{out}"
+    );
     for (c, k, blamed, key_path) in [
         (&key, &crt, &key, "web.tls.cert_file"),
         (&crt, &encrypted, &encrypted, "web.tls.key_file"),
@@ -1264,4 +1269,34 @@ fn check_refuses_the_web_tls_files_that_run_would_refuse() {
             "{out}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logout_ends_the_session_and_clears_the_cookie() {
+    let s = Setup::start(false).await;
+    let bob = logged_in(s.web, "bob", VIEWER_PASSWORD).await;
+    let r = http(
+        s.web,
+        "POST",
+        "/api/logout",
+        &[("Cookie", &bob.cookie), ("X-CSRF-Token", &bob.csrf)],
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let cookie = r.header("set-cookie").unwrap_or_default();
+    assert!(
+        cookie.starts_with("fieldgate_session=;") && cookie.contains("Max-Age=0"),
+        "{}",
+        r.head
+    );
+    let r = http(
+        s.web,
+        "GET",
+        "/api/status",
+        &[("Cookie", &bob.cookie)],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 401, "{r:?}");
 }

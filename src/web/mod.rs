@@ -549,7 +549,8 @@ async fn login(State(app): State<App>, req: Request) -> Response {
     }
 }
 
-/// `POST /api/logout`: ends the session (CSRF token required).
+/// `POST /api/logout`: ends the session (CSRF token required) and clears the cookie
+/// (`Max-Age=0`).
 async fn logout(State(app): State<App>, req: Request) -> Response {
     if let Err(r) = same_origin_and_csrf(&req, app.tls) {
         return r;
@@ -557,7 +558,16 @@ async fn logout(State(app): State<App>, req: Request) -> Response {
     if let Some(id) = session_cookie(req.headers()) {
         app.auth.close_session(&id);
     }
-    Json(json!({"result": "ok"})).into_response()
+    // The browser forgets the cookie too.
+    let secure = if app.tls { "; Secure" } else { "" };
+    let mut r = Json(json!({"result": "ok"})).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}",
+        auth::COOKIE
+    )) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
 }
 
 fn uptime(app: &Inner) -> u64 {

@@ -1300,3 +1300,14 @@ async fn logout_ends_the_session_and_clears_the_cookie() {
     .await;
     assert_eq!(r.status, 401, "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_answer_json_bodies() {
+    let s = Setup::start(false).await;
+    let bearer = s.bearer();
+    for path in ["/api/nothing", "/nothing", "/api/trends?max=lots"] {
+        let r = http(s.web, "GET", path, &[("Authorization", &bearer)], None).await;
+        assert!(r.status == 404 || r.status == 400, "{path}: {r:?}");
+        assert!(r.json()["error"].is_string(), "{path}: {r:?}");
+    }
+}

@@ -318,6 +318,7 @@ fn router(app: App) -> axum::Router {
         .route("/", get(index))
         .route("/assets/:file", get(asset))
         .nest("/api", api)
+        .fallback(not_found)
         .layer(middleware::from_fn_with_state(Arc::clone(&app), guard))
         .with_state(app)
 }
@@ -325,6 +326,11 @@ fn router(app: App) -> axum::Router {
 /// The message of an error answer, kept on the response for the log.
 #[derive(Debug, Clone)]
 struct ErrorText(String);
+
+/// Any other path: 404 with a JSON body like every other error.
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such page or API endpoint")
+}
 
 fn error(status: StatusCode, message: &str) -> Response {
     let mut r = (status, Json(json!({"error": message}))).into_response();
@@ -724,7 +730,16 @@ const MAX_TREND_REQUESTS: usize = 2;
 /// `GET /api/trends[?ids=a,b][&max=N]`: `{id: [[t...], [v...]]}`. The samples are copied
 /// value by value under the board's lock and serialised without it (the engine's updates
 /// never wait for a whole answer).
-async fn trends(State(app): State<App>, Query(q): Query<TrendQuery>) -> Response {
+async fn trends(
+    State(app): State<App>,
+    q: Result<Query<TrendQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "query: ids=a,b (point ids) and max=N (a whole number of samples)",
+        );
+    };
     let Ok(_permit) = app.trend_requests.try_acquire() else {
         let mut r = error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -174,11 +174,20 @@ fn homeassistant(s: &mut String, m: &Model) {
 fn web(s: &mut String, m: &Model) {
     use crate::model::{WebRole, WebSecret};
     let Some(w) = &m.web else { return };
+    // Port 0 is no address one could open: say what it means.
+    let at = if w.listen.port() == 0 {
+        format!(
+            "{} on a free port (chosen at start and logged)",
+            w.listen.ip()
+        )
+    } else {
+        w.listen.to_string()
+    };
     let _ = writeln!(
         s,
         "web console: {}://{}, {}, trends {} samples per value",
         if w.tls.is_some() { "https" } else { "http" },
-        w.listen,
+        at,
         if w.allow_writes {
             "writes allowed (role operate)"
         } else {

@@ -434,6 +434,26 @@ pub fn web_command(origin: &str, command: &str, payload: &str) {
     info!(origin = %origin, command = %command, payload = %payload, "web command");
 }
 
+/// A web write refused before it reached the executor (writes off, role `view`, CSRF token
+/// or origin), with its origin (`web:<user>`), client address, endpoint and reason.
+pub fn web_write_refused(origin: &str, client: std::net::IpAddr, endpoint: &str, reason: &str) {
+    counter!("fieldgate_commands_total", "outcome" => "rejected", "reason" => "web_refused")
+        .increment(1);
+    warn!(origin = %origin, client = %client, endpoint = %endpoint, reason = %reason, "web write refused");
+}
+
+/// A command rejected by the executor's checks, with its origin (`web:<user>`, ...).
+pub fn command_rejected_from(
+    origin: &str,
+    topic: &str,
+    payload: &str,
+    reason: &str,
+    kind: &'static str,
+) {
+    counter!("fieldgate_commands_total", "outcome" => "rejected", "reason" => kind).increment(1);
+    warn!(origin = %origin, topic, payload, reason, "command rejected");
+}
+
 /// The web listener could not accept a connection (it tries again).
 pub fn web_accept_failed(error: &std::io::Error) {
     warn!(%error, "web accept failed");

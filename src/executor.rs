@@ -339,7 +339,7 @@ async fn web_command(
                 }
                 _ => e.to_string(),
             };
-            events::command_rejected(&what.0, &what.1, &reason, rejection_kind(&e));
+            events::command_rejected_from(&origin, &what.0, &what.1, &reason, rejection_kind(&e));
             let body = json!({"command": what.1, "result": "rejected", "reason": reason, "ts": timestamp(SystemTime::now())});
             (ci, body)
         }

@@ -242,7 +242,7 @@ pub async fn reload(
     // The web console's listener, users and switches are read once, at start.
     if new.web != old.web {
         return rejected(vec![format!(
-            "{}: the web section changed (or the users file it names); that needs a restart",
+            "{}: the web section changed (or the users file it names): the whole reload is refused and the running mapping (users included) stays until a restart",
             path.display()
         )]);
     }

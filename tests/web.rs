@@ -45,7 +45,6 @@ async fn http(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Resp {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -58,6 +57,12 @@ async fn http(
     }
     req.push_str("\r\n");
     req.push_str(body.unwrap_or(""));
+    raw_request(addr, &req).await
+}
+
+/// Send `req` as it is (head and body) and read the response to the end.
+async fn raw_request(addr: SocketAddr, req: &str) -> Resp {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(req.as_bytes()).await.unwrap();
     let mut raw = String::new();
     tokio::time::timeout(DEADLINE, s.read_to_string(&mut raw))
@@ -882,7 +887,10 @@ async fn a_reload_reaches_the_open_pages_and_a_changed_web_section_is_refused() 
     .unwrap();
     s.gateway.signal("HUP");
     let line = s.gateway.wait_line("reload rejected").await;
-    assert!(line.contains("web section changed"), "{line}");
+    assert!(
+        line.contains("web section changed") && line.contains("whole reload is refused"),
+        "{line}"
+    );
     let alice = logged_in(s.web, "alice", OPERATOR_PASSWORD).await;
     let r = http(
         s.web,
@@ -893,4 +901,413 @@ async fn a_reload_reaches_the_open_pages_and_a_changed_web_section_is_refused() 
     )
     .await;
     assert_eq!(r.status, 403, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_from_another_site_or_not_declared_json_is_refused() {
+    let s = Setup::start(false).await;
+    let body = serde_json::json!({"user": "bob", "password": VIEWER_PASSWORD}).to_string();
+    let post = |content_type: &str, origin: Option<String>| {
+        let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
+        format!(
+            "POST /api/login HTTP/1.0\r\nHost: {}\r\nContent-Type: {content_type}\r\n{origin}Content-Length: {}\r\n\r\n{body}",
+            s.web,
+            body.len()
+        )
+    };
+    // A cross-site HTML form or no-cors fetch can send text/plain: refused, no cookie.
+    let r = raw_request(s.web, &post("text/plain", None)).await;
+    assert_eq!(r.status, 415, "{r:?}");
+    assert!(r.header("set-cookie").is_none(), "{}", r.head);
+    for origin in [
+        "http://evil.example".to_owned(),
+        "null".to_owned(),
+        format!("https://{}", s.web),
+    ] {
+        let r = raw_request(s.web, &post("application/json", Some(origin.clone()))).await;
+        assert_eq!(r.status, 403, "{origin}: {r:?}");
+        assert!(r.header("set-cookie").is_none(), "{}", r.head);
+    }
+    // None of these counted as failures; the console's own origin logs in.
+    let r = raw_request(
+        s.web,
+        &post(
+            "application/json; charset=utf-8",
+            Some(format!("http://{}", s.web)),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.header("set-cookie").is_some(), "{}", r.head);
+}
+
+/// A TCP connection to `to` from the loopback address `from` (127.0.0.x).
+async fn connect_from(from: [u8; 4], to: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::from((from, 0)))
+        .expect("bind a 127.0.0.x source address");
+    socket.connect(to).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_body_is_cut_off_and_one_address_cannot_take_every_connection() {
+    let s = Setup::start(false).await;
+    // 16 connections from 127.0.0.1, each sending a request head and part of its body, then
+    // nothing more.
+    let head = |len: usize| {
+        format!(
+            "POST /api/login HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n{{\"user\"",
+            s.web
+        )
+    };
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        let mut c = connect_from([127, 0, 0, 1], s.web).await;
+        c.write_all(head(100).as_bytes()).await.unwrap();
+        held.push(c);
+    }
+    // The 17th from the same address is closed without an answer ...
+    let mut c = connect_from([127, 0, 0, 1], s.web).await;
+    let _ = c.write_all(b"GET / HTTP/1.0\r\n\r\n").await;
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, c.read_to_end(&mut raw))
+        .await
+        .expect("the 17th connection was neither answered nor closed");
+    assert!(
+        !raw.starts_with(b"HTTP"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    // ... while another address is served.
+    let mut c = connect_from([127, 0, 0, 2], s.web).await;
+    c.write_all(format!("GET / HTTP/1.0\r\nHost: {}\r\n\r\n", s.web).as_bytes())
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    tokio::time::timeout(DEADLINE, c.read_to_string(&mut raw))
+        .await
+        .expect("no answer for another address")
+        .unwrap();
+    assert!(raw.starts_with("HTTP/1.0 200"), "{raw}");
+    // The held connections with their incomplete bodies get 408 (the body timeout) instead of
+    // holding their connection forever.
+    for mut c in held {
+        let mut raw = String::new();
+        tokio::time::timeout(DEADLINE, c.read_to_string(&mut raw))
+            .await
+            .expect("a slow body held its connection past the deadline")
+            .unwrap();
+        assert!(raw.starts_with("HTTP/1.1 408"), "{raw}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trends_are_bounded_and_hammering_them_does_not_stop_values_from_flowing() {
+    let mut s = Setup::start(false).await;
+    let bearer = s.bearer();
+    let status = http(
+        s.web,
+        "GET",
+        "/api/status",
+        &[("Authorization", &bearer)],
+        None,
+    )
+    .await;
+    assert_eq!(status.json()["trend_samples"], 600, "{status:?}");
+    // Some samples first.
+    let level = format!("{PREFIX}/level");
+    for _ in 0..3 {
+        let since = s.observer.len();
+        s.observer
+            .wait(since, "a level publication", |m| m.topic == level)
+            .await;
+    }
+    let r = http(
+        s.web,
+        "GET",
+        "/api/trends?max=1",
+        &[("Authorization", &bearer)],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let t = r.json();
+    assert_eq!(t["tower.level"][0].as_array().unwrap().len(), 1, "{t}");
+    // Eight clients ask for the trends without pause; the level keeps being published.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut hammers = Vec::new();
+    for _ in 0..8 {
+        let (web, bearer, stop) = (s.web, bearer.clone(), stop.clone());
+        hammers.push(tokio::spawn(async move {
+            let mut answered = 0usize;
+            while !stop.is_cancelled() {
+                let r = http(
+                    web,
+                    "GET",
+                    "/api/trends",
+                    &[("Authorization", &bearer)],
+                    None,
+                )
+                .await;
+                assert!(r.status == 200 || r.status == 503, "{r:?}");
+                answered += usize::from(r.status == 200);
+            }
+            answered
+        }));
+    }
+    // Five more level publications, one after the other, while the hammering goes on.
+    for _ in 0..5 {
+        let since = s.observer.len();
+        s.observer
+            .wait(
+                since,
+                "a level publication while trends are hammered",
+                |m| m.topic == level,
+            )
+            .await;
+    }
+    stop.cancel();
+    let mut answered = 0;
+    for h in hammers {
+        answered += h.await.unwrap();
+    }
+    assert!(answered > 0, "no trends request was answered");
+}
+
+/// Runs `fieldgate web passwd alice` on a pseudo-terminal (Python's pty), types `first` and
+/// `second` at its prompts once the terminal's echo is off, and returns (exit code, everything
+/// the terminal showed).
+const PTY_PASSWD: &str = r#"
+import os, pty, select, sys, termios, time
+binary, first, second = sys.argv[1], sys.argv[2].encode(), sys.argv[3].encode()
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(binary, [binary, "web", "passwd", "alice"])
+out = b""
+deadline = time.monotonic() + 30
+def read_until(needle):
+    global out
+    while needle not in out:
+        r, _, _ = select.select([fd], [], [], max(0, deadline - time.monotonic()))
+        if not r:
+            sys.exit("timed out waiting for %r; got %r" % (needle, out))
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            return
+        out += chunk
+def type_hidden(text):
+    # wait (with the deadline) until the program has turned echo off, then type
+    while termios.tcgetattr(fd)[3] & termios.ECHO:
+        if time.monotonic() > deadline:
+            sys.exit("echo never turned off; got %r" % out)
+        time.sleep(0.01)
+    os.write(fd, text + b"\n")
+read_until(b"password for alice")
+type_hidden(first)
+read_until(b"again")
+type_hidden(second)
+read_until(b"\0never")
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(os.WEXITSTATUS(status))
+"#;
+
+fn passwd_on_a_terminal(first: &str, second: &str) -> (Option<i32>, String) {
+    let out = Command::new("python3")
+        .args(["-c", PTY_PASSWD, bin(), first, second])
+        .output()
+        .expect("python3 runs the pseudo-terminal");
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn web_passwd_on_a_terminal_asks_twice_without_echo() {
+    let (code, shown) = passwd_on_a_terminal("pump-house-7", "pump-house-7");
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(shown.contains("user alice view $argon2id$"), "{shown}");
+    assert!(
+        !shown.contains("pump-house-7"),
+        "the password was echoed: {shown}"
+    );
+    let (code, shown) = passwd_on_a_terminal("pump-house-7", "pump-house-8");
+    assert_eq!(code, Some(1), "{shown}");
+    assert!(shown.contains("differ"), "{shown}");
+    assert!(!shown.contains("$argon2id$"), "{shown}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_refused_web_write_is_logged_with_its_origin_and_reason() {
+    let mut s = Setup::start(true).await;
+    let alice = logged_in(s.web, "alice", OPERATOR_PASSWORD).await;
+    let bob = logged_in(s.web, "bob", VIEWER_PASSWORD).await;
+    let body = r#"{"point": "tower.p1_start_level", "value": 999}"#;
+    // No CSRF token: 403, logged with alice's origin and the reason.
+    let r = http(
+        s.web,
+        "POST",
+        "/api/write",
+        &[("Cookie", &alice.cookie)],
+        Some(body),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{r:?}");
+    s.gateway
+        .wait_count(&["web write refused", "origin=web:alice", "CSRF"], 1)
+        .await;
+    // A viewer: 403, logged with bob's origin.
+    let r = http(
+        s.web,
+        "POST",
+        "/api/write",
+        &[("Cookie", &bob.cookie), ("X-CSRF-Token", &bob.csrf)],
+        Some(body),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{r:?}");
+    s.gateway
+        .wait_count(&["web write refused", "origin=web:bob", "role"], 1)
+        .await;
+    // Out of range: the executor refuses it, and its log line names the origin too.
+    let r = http(
+        s.web,
+        "POST",
+        "/api/write",
+        &[("Cookie", &alice.cookie), ("X-CSRF-Token", &alice.csrf)],
+        Some(body),
+    )
+    .await;
+    assert_eq!(r.json()["result"], "rejected", "{r:?}");
+    s.gateway
+        .wait_count(
+            &[
+                "command rejected",
+                "origin=web:alice",
+                "tower.p1_start_level",
+            ],
+            1,
+        )
+        .await;
+}
+
+#[test]
+fn check_refuses_the_web_tls_files_that_run_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let made = Command::new("bash")
+        .arg(repo("certs/gen.sh"))
+        .arg(&pki)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let encrypted = pki.join("encrypted.key");
+    let enc = Command::new("openssl")
+        .args(["pkey", "-aes256", "-passout", "pass:secret-pass", "-in"])
+        .arg(pki.join("broker.key"))
+        .arg("-out")
+        .arg(&encrypted)
+        .output()
+        .expect("openssl is installed");
+    assert!(enc.status.success(), "{enc:?}");
+    let check = |cert: &Path, key: &Path| {
+        let yaml = format!(
+            "mqtt: {{ host: 127.0.0.1, status_topic: t/status }}\n\
+             web:\n  listen: 127.0.0.1:0\n  tls: {{ cert_file: {}, key_file: {} }}\n\
+             devices:\n  - name: d\n    tcp: {{ host: 127.0.0.1 }}\n    points:\n\
+             \x20     - {{ name: x, kind: holding_register, address: 0, publish: {{ topic: t/x }} }}\n",
+            cert.display(),
+            key.display()
+        );
+        let config = dir.path().join("mapping.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let out = Command::new(bin())
+            .args(["check", "-c"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (crt, key) = (pki.join("broker.crt"), pki.join("broker.key"));
+    let (ok, out) = check(&crt, &key);
+    assert!(ok, "{out}");
+    // Port 0 is said as what it means.
+    assert!(
+        out.contains("https://127.0.0.1 on a free port") && !out.contains(":0,"),
+        "{out}"
+    );
+    for (c, k, blamed, key_path) in [
+        (&key, &crt, &key, "web.tls.cert_file"),
+        (&crt, &encrypted, &encrypted, "web.tls.key_file"),
+        (
+            &crt,
+            &pki.join("gateway.key"),
+            &pki.join("gateway.key"),
+            "web.tls.key_file",
+        ),
+    ] {
+        let (ok, out) = check(c, k);
+        assert!(!ok, "{} + {} passed check: {out}", c.display(), k.display());
+        assert!(
+            out.contains(key_path) && out.contains(&blamed.display().to_string()),
+            "{out}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logout_ends_the_session_and_clears_the_cookie() {
+    let s = Setup::start(false).await;
+    let bob = logged_in(s.web, "bob", VIEWER_PASSWORD).await;
+    let r = http(
+        s.web,
+        "POST",
+        "/api/logout",
+        &[("Cookie", &bob.cookie), ("X-CSRF-Token", &bob.csrf)],
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let cookie = r.header("set-cookie").unwrap_or_default();
+    assert!(
+        cookie.starts_with("fieldgate_session=;") && cookie.contains("Max-Age=0"),
+        "{}",
+        r.head
+    );
+    let r = http(
+        s.web,
+        "GET",
+        "/api/status",
+        &[("Cookie", &bob.cookie)],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 401, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_answer_json_bodies() {
+    let s = Setup::start(false).await;
+    let bearer = s.bearer();
+    for path in ["/api/nothing", "/nothing", "/api/trends?max=lots"] {
+        let r = http(s.web, "GET", path, &[("Authorization", &bearer)], None).await;
+        assert!(r.status == 404 || r.status == 400, "{path}: {r:?}");
+        assert!(r.json()["error"].is_string(), "{path}: {r:?}");
+    }
 }

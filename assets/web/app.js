@@ -12,7 +12,7 @@ const S = {
   commands: null,  // /api/commands
   acks: [],
   charts: {},      // id -> uPlot
-  maxSamples: 600,
+  maxSamples: 600, // replaced by the server's web.trend_samples (/api/status)
   result: '',
 };
 
@@ -53,9 +53,11 @@ document.getElementById('login-form').addEventListener('submit', async ev => {
   document.getElementById('login-error').textContent = b.error || r.statusText;
 });
 
+// The server's age (age_ms, by its clock) plus the time since this page received it (by the
+// browser's monotonic clock): an unsynchronised browser clock cannot make it lie.
 function age(p) {
-  if (!p.read_at) return '';
-  const ms = Date.now() - Date.parse(p.read_at);
+  if (!p.read_at || typeof p.age_ms !== 'number') return '';
+  const ms = p.age_ms + (performance.now() - (p.received ?? performance.now()));
   return ms < 1000 ? '<1 s' : ms < 120000 ? Math.round(ms / 1000) + ' s' : Math.round(ms / 60000) + ' min';
 }
 
@@ -231,6 +233,7 @@ function render() {
 // Live updates: patch the cells and charts in place.
 function onPoints(rows) {
   for (const r of rows) {
+    r.received = performance.now();
     const p = S.points[r.id] = Object.assign(S.points[r.id] || {}, r);
     if (r.quality === 'good' && typeof r.value !== 'string' && r.value !== null) {
       const tr = S.trends[r.id] || (S.trends[r.id] = [[], []]);
@@ -276,7 +279,9 @@ async function start() {
   const [status, points, trends, commands, acks] = await Promise.all([
     api('status'), api('points'), api('trends'), api('commands'), api('acks')]);
   S.status = status; S.trends = trends; S.commands = commands; S.acks = acks;
-  for (const p of points.points) { S.points[p.id] = p; S.order.push(p.id); }
+  if (status.trend_samples > 0) S.maxSamples = status.trend_samples;
+  const received = performance.now();
+  for (const p of points.points) { p.received = received; S.points[p.id] = p; S.order.push(p.id); }
   render();
   window.addEventListener('hashchange', render);
   const es = new EventSource('/api/events');

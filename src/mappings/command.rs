@@ -294,12 +294,17 @@ pub fn op(pid: usize, p: &Point, value: WriteValue) -> WriteOp {
     }
 }
 
-/// A payload fragment safe to put in a log line or an ack: at most 64 characters, no controls.
+/// A payload fragment safe to put in a log line or an ack: at most 64 characters, control and
+/// format characters (Unicode general category Cc and Cf: bidi overrides, zero-width) as `?`.
 pub fn printable(text: &str) -> String {
     let mut s: String = text
         .chars()
         .take(64)
-        .map(|c| if c.is_control() { '?' } else { c })
+        .map(|c| {
+            let format = unicode_general_category::get_general_category(c)
+                == unicode_general_category::GeneralCategory::Format;
+            if c.is_control() || format { '?' } else { c }
+        })
         .collect();
     if text.chars().count() > 64 {
         s.push('…');
@@ -504,6 +509,9 @@ commands:
     #[test]
     fn printable_truncates_and_masks() {
         assert_eq!(printable("a\nb"), "a?b");
+        // Bidi overrides and zero-width characters (Unicode category Cf) cannot reorder or
+        // hide what a log line shows.
+        assert_eq!(printable("ad\u{202E}nimda\u{200B}"), "ad?nimda?");
         assert_eq!(printable(&"x".repeat(70)).chars().count(), 65);
     }
 }

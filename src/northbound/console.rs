@@ -219,24 +219,61 @@ impl Console {
             .collect()
     }
 
+    /// The most samples a trend holds per value (`web.trend_samples`).
+    pub fn trend_samples(&self) -> usize {
+        self.trend_samples
+    }
+
     /// The trend of each numeric value named in `ids` (all with samples when `ids` is empty):
-    /// `{id: [[t...], [v...]]}`, times in seconds since the Unix epoch, oldest first.
-    pub fn trends(&self, ids: &[&str]) -> Json {
-        let b = self.board();
-        let m = &b.model;
-        let mut out = serde_json::Map::new();
-        for (i, e) in b.entries.iter().enumerate() {
-            let id: &str = match m.points.get(i) {
+    /// `(id, times, values)`, times in seconds since the Unix epoch, oldest first, at most the
+    /// newest `max` samples of each. The board (which the engine's update path needs too) is
+    /// locked once per value, only to copy that value's samples; building the answer happens
+    /// after, without it. A reload meanwhile ends the list early.
+    pub fn trends(&self, ids: &[&str], max: usize) -> Vec<(String, Vec<f64>, Vec<f64>)> {
+        self.trends_with(ids, max, || {})
+    }
+
+    /// [`Console::trends`], calling `between` after each value with the board unlocked.
+    fn trends_with(
+        &self,
+        ids: &[&str],
+        max: usize,
+        mut between: impl FnMut(),
+    ) -> Vec<(String, Vec<f64>, Vec<f64>)> {
+        let (model, generation) = {
+            let b = self.board();
+            (Arc::clone(&b.model), b.generation)
+        };
+        let n = model.points.len() + model.derived.len();
+        let mut out = Vec::new();
+        for i in 0..n {
+            let id: &str = match model.points.get(i) {
                 Some(p) => &p.full_name,
-                None => &m.derived[i - m.points.len()].name,
+                None => &model.derived[i - model.points.len()].name,
             };
-            if e.trend.is_empty() || !(ids.is_empty() || ids.contains(&id)) {
+            if !(ids.is_empty() || ids.contains(&id)) {
                 continue;
             }
-            let (t, v): (Vec<f64>, Vec<f64>) = e.trend.iter().copied().unzip();
-            out.insert(id.to_owned(), json!([t, v]));
+            let copied = {
+                let b = self.board();
+                if b.generation != generation {
+                    break;
+                }
+                b.entries.get(i).map(|e| {
+                    let skip = e.trend.len().saturating_sub(max);
+                    e.trend
+                        .iter()
+                        .skip(skip)
+                        .copied()
+                        .unzip::<_, _, Vec<f64>, Vec<f64>>()
+                })
+            };
+            between();
+            if let Some((t, v)) = copied.filter(|(t, _)| !t.is_empty()) {
+                out.push((id.to_owned(), t, v));
+            }
         }
-        Json::Object(out)
+        out
     }
 
     /// Samples held over all trends, and the most one value may hold.
@@ -387,9 +424,22 @@ mod tests {
         assert_eq!(changed[0]["age_ms"], 1000);
         // Three samples kept, the oldest dropped.
         assert_eq!(
-            console.trends(&[])["d.x"],
-            json!([[1002.0, 1003.0, 1004.0], [12.0, 13.0, 14.0]])
+            console.trends(&[], usize::MAX),
+            vec![(
+                "d.x".to_owned(),
+                vec![1002.0, 1003.0, 1004.0],
+                vec![12.0, 13.0, 14.0]
+            )]
         );
+        // The newest `max` only.
+        assert_eq!(console.trends(&["d.x"], 1)[0].2, vec![14.0]);
+        assert!(console.trends(&["d.y"], 10).is_empty());
+        // Between two values the board is free for the engine's updates.
+        let mut free = 0;
+        console.trends_with(&[], usize::MAX, || {
+            free += usize::from(console.board.try_lock().is_ok());
+        });
+        assert_eq!(free, 1);
         assert_eq!(console.trend_fill(), (3, 3));
         // Nothing changed since `seq`.
         assert!(console.values_since(seq, SystemTime::now()).1.is_empty());

@@ -1,6 +1,8 @@
 //! Who is asking: users with argon2 password hashes (a session cookie after login), bearer
 //! tokens for scripts, or nobody on a console without users (loopback only); failed attempts
-//! rate-limited per client address and overall; CSRF tokens per session.
+//! rate-limited per client address (each attempt counted before its argon2 check, so parallel
+//! attempts cannot slip past the limit), at most [`MAX_VERIFYING`] password checks at once
+//! (argon2 costs 19 MiB each); CSRF tokens per session.
 //!
 //! Secrets never leave this file: passwords are checked and dropped, tokens are compared by
 //! their SHA-256, session ids and CSRF tokens are random (the OS generator), and none of them
@@ -21,12 +23,21 @@ pub const COOKIE: &str = "fieldgate_session";
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// Most sessions held; the oldest goes first.
 const MAX_SESSIONS: usize = 256;
+/// Most sessions of one user; that user's oldest goes first (one user logging in again and
+/// again cannot end other users' sessions).
+pub const MAX_SESSIONS_PER_USER: usize = 8;
 /// Failed logins (or bad tokens) counted over this window...
 pub const FAIL_WINDOW: Duration = Duration::from_secs(60);
-/// ...at most this many per client address before it is refused with 429...
+/// ...at most this many per client address before it is refused with 429. There is no limit
+/// over all addresses together: one address could then lock every other user (and every
+/// bearer token) out. The CPU and memory that logins cost are bounded by [`MAX_VERIFYING`].
 pub const FAILS_PER_CLIENT: usize = 5;
-/// ...and at most this many from all clients together.
-pub const FAILS_OVERALL: usize = 30;
+/// Most argon2 password checks running at once (each holds 19 MiB for tens of
+/// milliseconds); a login arriving while they run is answered 503 at once.
+pub const MAX_VERIFYING: usize = 2;
+/// Shortest bearer token accepted (`fieldgate web token` makes 64 hex digits); a shorter one
+/// is refused without being looked up.
+pub const MIN_TOKEN_LEN: usize = 32;
 /// The user name of a console without users (loopback only).
 pub const LOCAL_USER: &str = "local";
 
@@ -64,12 +75,13 @@ pub enum Denied {
     Unauthorized,
     /// 429: too many failures; try again after this long.
     Limited(Duration),
+    /// 503: [`MAX_VERIFYING`] password checks are already running; try again.
+    Busy,
 }
 
 #[derive(Debug, Default)]
 struct Limiter {
     per_client: HashMap<IpAddr, VecDeque<Instant>>,
-    overall: VecDeque<Instant>,
 }
 
 impl Limiter {
@@ -84,18 +96,35 @@ impl Limiter {
 
     /// `Some(retry after)` when `ip` may not try now.
     fn limited(&mut self, ip: IpAddr, now: Instant) -> Option<Duration> {
-        Self::prune(&mut self.overall, now);
-        let retry = |q: &VecDeque<Instant>| {
+        let q = self.per_client.get_mut(&ip)?;
+        Self::prune(q, now);
+        (q.len() >= FAILS_PER_CLIENT).then(|| {
             q.front().map_or(FAIL_WINDOW, |t| {
                 FAIL_WINDOW.saturating_sub(now.duration_since(*t))
             })
-        };
-        if self.overall.len() >= FAILS_OVERALL {
-            return Some(retry(&self.overall));
+        })
+    }
+
+    /// Count an attempt of `ip` as failed before it is checked (checked and counted under one
+    /// lock: parallel attempts cannot all pass the limit); [`Limiter::refund`] takes it back
+    /// when it succeeds.
+    ///
+    /// # Errors
+    /// `ip` is limited: try again after this long.
+    fn reserve(&mut self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        if let Some(d) = self.limited(ip, now) {
+            return Err(d);
         }
-        let q = self.per_client.get_mut(&ip)?;
-        Self::prune(q, now);
-        (q.len() >= FAILS_PER_CLIENT).then(|| retry(q))
+        self.fail(ip, now);
+        Ok(())
+    }
+
+    /// Take back one attempt of `ip` counted by [`Limiter::reserve`] (it succeeded, or was not
+    /// checked).
+    fn refund(&mut self, ip: IpAddr) {
+        if let Some(q) = self.per_client.get_mut(&ip) {
+            q.pop_back();
+        }
     }
 
     fn fail(&mut self, ip: IpAddr, now: Instant) {
@@ -106,7 +135,6 @@ impl Limiter {
             });
         }
         self.per_client.entry(ip).or_default().push_back(now);
-        self.overall.push_back(now);
     }
 }
 
@@ -116,6 +144,7 @@ pub struct Auth {
     users: Vec<WebUser>,
     sessions: Mutex<HashMap<String, Session>>,
     limiter: Mutex<Limiter>,
+    verifying: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Auth {
@@ -175,6 +204,7 @@ impl Auth {
             users,
             sessions: Mutex::default(),
             limiter: Mutex::default(),
+            verifying: tokio::sync::Semaphore::new(MAX_VERIFYING),
         }
     }
 
@@ -206,6 +236,21 @@ impl Auth {
         let now = Instant::now();
         let mut s = self.sessions();
         s.retain(|_, v| v.expires > now);
+        let mut own: Vec<(&String, Instant)> = s
+            .iter()
+            .filter(|(_, v)| v.user == user)
+            .map(|(k, v)| (k, v.expires))
+            .collect();
+        if own.len() >= MAX_SESSIONS_PER_USER {
+            own.sort_by_key(|(_, e)| *e);
+            let old: Vec<String> = own[..=own.len() - MAX_SESSIONS_PER_USER]
+                .iter()
+                .map(|(k, _)| (*k).clone())
+                .collect();
+            for k in old {
+                s.remove(&k);
+            }
+        }
         if s.len() >= MAX_SESSIONS
             && let Some(oldest) = s
                 .iter()
@@ -232,15 +277,21 @@ impl Auth {
     }
 
     /// Check a login (blocking: argon2 takes tens of milliseconds by design; call it off the
-    /// async threads). Counts a failure against `ip`.
+    /// async threads). The attempt is counted against `ip` before the check and taken back
+    /// when it succeeds.
     ///
     /// # Errors
-    /// `Limited` when `ip` failed too often; `Unauthorized` for an unknown user or a wrong
-    /// password (the same answer for both).
+    /// `Limited` when `ip` failed too often; `Busy` when [`MAX_VERIFYING`] checks are already
+    /// running (not counted); `Unauthorized` for an unknown user or a wrong password (the same
+    /// answer for both).
     pub fn login(&self, ip: IpAddr, user: &str, password: &str) -> Result<Who, Denied> {
-        if let Some(d) = self.limited(ip) {
-            return Err(Denied::Limited(d));
-        }
+        self.limiter()
+            .reserve(ip, Instant::now())
+            .map_err(Denied::Limited)?;
+        let Ok(_permit) = self.verifying.try_acquire() else {
+            self.limiter().refund(ip);
+            return Err(Denied::Busy);
+        };
         let found = self
             .users
             .iter()
@@ -261,13 +312,15 @@ impl Auth {
             }
         };
         match found {
-            Some(u) if ok => Ok(Who {
-                user: Arc::clone(&u.name),
-                role: u.role,
-                via: Via::Bearer,
-            }),
+            Some(u) if ok => {
+                self.limiter().refund(ip);
+                Ok(Who {
+                    user: Arc::clone(&u.name),
+                    role: u.role,
+                    via: Via::Bearer,
+                })
+            }
             _ => {
-                self.limiter().fail(ip, Instant::now());
                 crate::events::web_login(&crate::mappings::command::printable(user), ip, false);
                 Err(Denied::Unauthorized)
             }
@@ -289,10 +342,12 @@ impl Auth {
             if let Some(d) = self.limited(ip) {
                 return Err(Denied::Limited(d));
             }
-            let digest = crate::outputs::tls::sha256(token.trim().as_bytes());
+            let token = token.trim();
+            let digest = crate::outputs::tls::sha256(token.as_bytes());
             let found = self
                 .users
                 .iter()
+                .filter(|_| token.len() >= MIN_TOKEN_LEN)
                 .find(|u| matches!(&u.secret, WebSecret::Token(t) if same(t, &digest)));
             return match found {
                 Some(u) => Ok(Who {
@@ -392,5 +447,106 @@ mod tests {
         assert_eq!(who.via, Via::Session { csrf });
         auth.close_session(&id);
         assert!(auth.authenticate(ip, None, Some(&id)).is_err());
+    }
+
+    fn alice() -> Auth {
+        Auth::new(vec![WebUser {
+            name: Arc::from("alice"),
+            role: WebRole::View,
+            secret: WebSecret::Password(hash_password("right").unwrap()),
+        }])
+    }
+
+    #[test]
+    fn parallel_wrong_logins_from_one_address_get_at_most_the_limit_of_401s() {
+        let auth = alice();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let barrier = std::sync::Barrier::new(16);
+        let answers: Vec<Result<Who, Denied>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..16)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        auth.login(ip, "alice", "wrong")
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let unauthorized = answers
+            .iter()
+            .filter(|a| matches!(a, Err(Denied::Unauthorized)))
+            .count();
+        assert!(unauthorized <= FAILS_PER_CLIENT, "{answers:?}");
+        assert!(answers.iter().all(|a| a.is_err()), "{answers:?}");
+        // Another address (and its right password) is not locked out by this one.
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(auth.login(other, "alice", "right").is_ok());
+    }
+
+    #[test]
+    fn a_login_while_the_password_checks_are_all_busy_is_refused_at_once_and_not_counted() {
+        let auth = alice();
+        let held: Vec<_> = (0..MAX_VERIFYING)
+            .map(|_| auth.verifying.try_acquire().unwrap())
+            .collect();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..FAILS_PER_CLIENT + 1 {
+            assert_eq!(auth.login(ip, "alice", "right").unwrap_err(), Denied::Busy);
+        }
+        drop(held);
+        // The busy answers were not counted against the address.
+        assert!(auth.login(ip, "alice", "right").is_ok());
+    }
+
+    #[test]
+    fn many_failures_from_many_addresses_do_not_lock_out_a_fresh_address() {
+        let auth = alice();
+        for i in 0..40u8 {
+            let ip = IpAddr::from([10, 1, 0, i]);
+            for _ in 0..FAILS_PER_CLIENT {
+                assert_eq!(
+                    auth.login(ip, "alice", "wrong").unwrap_err(),
+                    Denied::Unauthorized
+                );
+            }
+        }
+        assert!(
+            auth.login(IpAddr::from([10, 2, 0, 1]), "alice", "right")
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_short_bearer_token_is_refused_even_when_its_digest_is_listed() {
+        let digest = crate::outputs::tls::sha256(b"test");
+        let auth = Auth::new(vec![WebUser {
+            name: Arc::from("ci"),
+            role: WebRole::View,
+            secret: WebSecret::Token(digest),
+        }]);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(
+            auth.authenticate(ip, Some("Bearer test"), None)
+                .unwrap_err(),
+            Denied::Unauthorized
+        );
+    }
+
+    #[test]
+    fn one_user_logging_in_again_and_again_ends_only_their_own_oldest_sessions() {
+        let auth = alice();
+        let (bob, _) = auth.open_session(Arc::from("bob"), WebRole::View);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let ids: Vec<String> = (0..MAX_SESSIONS + 10)
+            .map(|_| auth.open_session(Arc::from("alice"), WebRole::View).0)
+            .collect();
+        assert!(auth.authenticate(ip, None, Some(&bob)).is_ok());
+        assert_eq!(auth.sessions().len(), MAX_SESSIONS_PER_USER + 1);
+        let last = &ids[ids.len() - MAX_SESSIONS_PER_USER..];
+        for id in last {
+            assert!(auth.authenticate(ip, None, Some(id)).is_ok());
+        }
+        assert!(auth.authenticate(ip, None, Some(&ids[0])).is_err());
     }
 }

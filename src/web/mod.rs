@@ -49,6 +49,7 @@ struct Inner {
     started: SystemTime,
     started_mono: Instant,
     shutdown: CancellationToken,
+    trend_requests: tokio::sync::Semaphore,
 }
 
 type App = Arc<Inner>;
@@ -85,10 +86,96 @@ const INDEX: &str = include_str!("../../assets/web/index.html");
 
 /// The most connections served at once (each open page holds one for its event stream).
 const MAX_CONNECTIONS: usize = 64;
+/// The most connections one client address holds at once (a single client cannot take all
+/// [`MAX_CONNECTIONS`]); one more is closed at once.
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 16;
+/// A request head must arrive within this long (slowloris)...
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// ...and a request body too: a body still incomplete after this long is answered 408.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections held per client address; a [`PerAddress`] slot gives its count back on drop.
+type AddressCounts = Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>;
+
+/// One connection's place in the per-address count.
+struct PerAddress {
+    counts: AddressCounts,
+    ip: IpAddr,
+}
+
+impl PerAddress {
+    /// A place for one more connection from `ip`, or `None` when it holds
+    /// [`MAX_CONNECTIONS_PER_ADDRESS`] already.
+    fn take(counts: &AddressCounts, ip: IpAddr) -> Option<Self> {
+        let mut c = counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = c.entry(ip).or_insert(0);
+        if *n >= MAX_CONNECTIONS_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(PerAddress {
+            counts: Arc::clone(counts),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerAddress {
+    fn drop(&mut self) {
+        let mut c = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = c.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// The Content-Security-Policy of every response: nothing from elsewhere, no inline script or
 /// style, no framing (clickjacking), no plugins.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// Which of the two TLS files an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFile {
+    Cert,
+    Key,
+}
+
+/// The console's rustls server configuration (ring) from a PEM certificate chain and its PEM
+/// private key, as `run` builds it; `check` calls it too, so both refuse the same files
+/// (encrypted key, swapped files, a key that does not belong to the certificate).
+///
+/// # Errors
+/// Which file, and what is wrong with it (the file is named in the text).
+pub fn server_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<rustls::ServerConfig, (TlsFile, String)> {
+    let certs = crate::outputs::tls::read_certs(cert).map_err(|e| (TlsFile::Cert, e))?;
+    let key_der = crate::outputs::tls::read_key(key).map_err(|e| (TlsFile::Key, e))?;
+    rustls::ServerConfig::builder_with_provider(crate::outputs::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| (TlsFile::Cert, e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| {
+            (
+                TlsFile::Key,
+                format!(
+                    "{} does not go with the certificate {}: {e}",
+                    key.display(),
+                    cert.display()
+                ),
+            )
+        })
+}
 
 /// Start the console of `settings` on its listener, showing `console` and writing through
 /// `commands`, until `shutdown`. Returns the bound address (port 0 picks one), also logged.
@@ -102,16 +189,9 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     let tls = match &settings.tls {
-        Some((cert, key)) => {
-            let certs = crate::outputs::tls::read_certs(cert).map_err(anyhow::Error::msg)?;
-            let key = crate::outputs::tls::read_key(key).map_err(anyhow::Error::msg)?;
-            let config =
-                rustls::ServerConfig::builder_with_provider(crate::outputs::tls::provider())
-                    .with_safe_default_protocol_versions()?
-                    .with_no_client_auth()
-                    .with_single_cert(certs, key)?;
-            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-        }
+        Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+            server_tls(cert, key).map_err(|(_, e)| anyhow::Error::msg(e))?,
+        ))),
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(settings.listen)
@@ -127,6 +207,7 @@ pub async fn serve(
         started: SystemTime::now(),
         started_mono: Instant::now(),
         shutdown: shutdown.clone(),
+        trend_requests: tokio::sync::Semaphore::new(MAX_TREND_REQUESTS),
     });
     let router = router(app);
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -147,6 +228,7 @@ async fn accept_loop(
 ) {
     let tasks = tokio_util::task::TaskTracker::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_address = AddressCounts::default();
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -160,6 +242,10 @@ async fn accept_loop(
             },
         };
         // At most MAX_CONNECTIONS at a time: one more is closed at once.
+        let Some(mine) = PerAddress::take(&per_address, peer.ip()) else {
+            drop(stream);
+            continue;
+        };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             drop(stream);
             continue;
@@ -168,7 +254,7 @@ async fn accept_loop(
         let tls = tls.clone();
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            let _slot = slot;
+            let _slot = (slot, mine);
             let service =
                 hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(Peer(peer));
@@ -181,7 +267,7 @@ async fn accept_loop(
             let mut http = hyper::server::conn::http1::Builder::new();
             // A client that sends its request head slowly (slowloris) is cut off.
             http.timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10));
+                .header_read_timeout(HEAD_TIMEOUT);
             let served = async {
                 match tls {
                     Some(acceptor) => {
@@ -232,12 +318,24 @@ fn router(app: App) -> axum::Router {
         .route("/", get(index))
         .route("/assets/:file", get(asset))
         .nest("/api", api)
+        .fallback(not_found)
         .layer(middleware::from_fn_with_state(Arc::clone(&app), guard))
         .with_state(app)
 }
 
+/// The message of an error answer, kept on the response for the log.
+#[derive(Debug, Clone)]
+struct ErrorText(String);
+
+/// Any other path: 404 with a JSON body like every other error.
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such page or API endpoint")
+}
+
 fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({"error": message}))).into_response()
+    let mut r = (status, Json(json!({"error": message}))).into_response();
+    r.extensions_mut().insert(ErrorText(message.to_owned()));
+    r
 }
 
 fn host_is_loopback(headers: &HeaderMap) -> bool {
@@ -312,6 +410,15 @@ fn denied(d: Denied) -> Response {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"fieldgate\""),
             );
+            r
+        }
+        Denied::Busy => {
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "other logins are being checked; try again in a moment",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r
         }
         Denied::Limited(after) => {
@@ -405,8 +512,17 @@ async fn login(State(app): State<App>, req: Request) -> Response {
         .extensions()
         .get::<Peer>()
         .map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0.ip());
-    let Ok(bytes) = axum::body::to_bytes(req.into_body(), 16 * 1024).await else {
-        return error(StatusCode::BAD_REQUEST, "the body is too long");
+    // No login from another site's page (login CSRF: the victim logged in as the attacker;
+    // or a remote lockout of the victim's address).
+    if let Err(r) = json_content(req.headers()) {
+        return r;
+    }
+    if let Err(r) = same_origin(req.headers(), app.tls) {
+        return r;
+    }
+    let bytes = match read_body(req, 16 * 1024).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let Ok(body) = serde_json::from_slice::<LoginBody>(&bytes) else {
         return error(
@@ -439,19 +555,45 @@ async fn login(State(app): State<App>, req: Request) -> Response {
     }
 }
 
-/// `POST /api/logout`: ends the session (CSRF token required).
+/// `POST /api/logout`: ends the session (CSRF token required) and clears the cookie
+/// (`Max-Age=0`).
 async fn logout(State(app): State<App>, req: Request) -> Response {
-    if let Err(r) = same_origin_and_csrf(&req) {
+    if let Err(r) = same_origin_and_csrf(&req, app.tls) {
         return r;
     }
     if let Some(id) = session_cookie(req.headers()) {
         app.auth.close_session(&id);
     }
-    Json(json!({"result": "ok"})).into_response()
+    // The browser forgets the cookie too.
+    let secure = if app.tls { "; Secure" } else { "" };
+    let mut r = Json(json!({"result": "ok"})).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}",
+        auth::COOKIE
+    )) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
 }
 
 fn uptime(app: &Inner) -> u64 {
     app.started_mono.elapsed().as_secs()
+}
+
+/// Device rows of the console board with `status` `quarantined` for a quarantined device, as
+/// `/api/devices` says (the board knows the poller's status only).
+fn with_quarantine(mut devs: Vec<Json_>) -> Vec<Json_> {
+    let health = crate::health::snapshot();
+    for d in &mut devs {
+        let q = d["name"]
+            .as_str()
+            .and_then(|n| health.quarantined.get(n).copied())
+            .unwrap_or(false);
+        if q {
+            d["status"] = json!("quarantined");
+        }
+    }
+    devs
 }
 
 fn device_rows(app: &Inner, model: &Model) -> Vec<Json_> {
@@ -529,6 +671,7 @@ async fn status(State(app): State<App>) -> Response {
         "links": links,
         "devices": device_rows(&app, &model),
         "allow_writes": app.allow_writes,
+        "trend_samples": app.console.trend_samples(),
     }))
     .into_response()
 }
@@ -576,16 +719,58 @@ async fn points(State(app): State<App>) -> Response {
 struct TrendQuery {
     /// Comma-separated ids; all when absent.
     ids: Option<String>,
+    /// The newest this many samples of each value; all (`web.trend_samples`) when absent.
+    max: Option<usize>,
 }
 
-/// `GET /api/trends[?ids=a,b]`: `{id: [[t...], [v...]]}`.
-async fn trends(State(app): State<App>, Query(q): Query<TrendQuery>) -> Response {
-    let ids: Vec<&str> = q
-        .ids
-        .as_deref()
-        .map(|s| s.split(',').filter(|s| !s.is_empty()).collect())
-        .unwrap_or_default();
-    Json(app.console.trends(&ids)).into_response()
+/// Trend answers built at once (each copies up to every value's samples; more wait for none:
+/// 503 at once), so that parallel requests cannot grow memory without bound.
+const MAX_TREND_REQUESTS: usize = 2;
+
+/// `GET /api/trends[?ids=a,b][&max=N]`: `{id: [[t...], [v...]]}`. The samples are copied
+/// value by value under the board's lock and serialised without it (the engine's updates
+/// never wait for a whole answer).
+async fn trends(
+    State(app): State<App>,
+    q: Result<Query<TrendQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "query: ids=a,b (point ids) and max=N (a whole number of samples)",
+        );
+    };
+    let Ok(_permit) = app.trend_requests.try_acquire() else {
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "other trend requests are being answered; try again in a moment",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    };
+    let console = Arc::clone(&app.console);
+    let max = q.max.unwrap_or(usize::MAX);
+    let built = tokio::task::spawn_blocking(move || {
+        let ids: Vec<&str> = q
+            .ids
+            .as_deref()
+            .map(|s| s.split(',').filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default();
+        let mut out = serde_json::Map::new();
+        for (id, t, v) in console.trends(&ids, max) {
+            out.insert(id, json!([t, v]));
+        }
+        serde_json::to_vec(&Json_::Object(out))
+    })
+    .await;
+    match built {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        _ => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the trends could not be built",
+        ),
+    }
 }
 
 fn acks_json() -> Json_ {
@@ -643,7 +828,7 @@ async fn commands(State(app): State<App>) -> Response {
 /// and no foreign `Origin` or cross-site `Sec-Fetch-Site`. Bearer tokens need neither (a
 /// browser never sends one by itself); a console without users needs a session first.
 #[allow(clippy::result_large_err)]
-fn same_origin_and_csrf(req: &Request) -> Result<(), Response> {
+fn same_origin_and_csrf(req: &Request, tls: bool) -> Result<(), Response> {
     let Some(who) = who(req.extensions()) else {
         return Err(denied(Denied::Unauthorized));
     };
@@ -668,16 +853,28 @@ fn same_origin_and_csrf(req: &Request) -> Result<(), Response> {
             "missing or wrong CSRF token (X-CSRF-Token)",
         ));
     }
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+    same_origin(headers, tls)
+}
+
+/// The request comes from this console's own page, as far as the browser tells: an `Origin`,
+/// when sent, must be exactly `<scheme>://<Host>` with this console's scheme (`Origin: null`
+/// and foreign origins are refused), and `Sec-Fetch-Site`, when sent, `same-origin` or `none`.
+#[allow(clippy::result_large_err)]
+fn same_origin(headers: &HeaderMap, tls: bool) -> Result<(), Response> {
+    if let Some(origin) = headers.get(header::ORIGIN) {
         let host = headers
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let own = origin
-            .split_once("://")
-            .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(host));
+        let scheme = if tls { "https" } else { "http" };
+        let own = !host.is_empty()
+            && origin.to_str().is_ok_and(|o| {
+                o.split_once("://").is_some_and(|(sch, rest)| {
+                    sch.eq_ignore_ascii_case(scheme) && rest.eq_ignore_ascii_case(host)
+                })
+            });
         if !own {
-            return Err(error(StatusCode::FORBIDDEN, "cross-origin write refused"));
+            return Err(error(StatusCode::FORBIDDEN, "cross-origin request refused"));
         }
     }
     if headers
@@ -685,15 +882,53 @@ fn same_origin_and_csrf(req: &Request) -> Result<(), Response> {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|s| s != "same-origin" && s != "none")
     {
-        return Err(error(StatusCode::FORBIDDEN, "cross-site write refused"));
+        return Err(error(StatusCode::FORBIDDEN, "cross-site request refused"));
     }
     Ok(())
+}
+
+/// The body is declared JSON (`Content-Type: application/json`, parameters allowed): a
+/// cross-site HTML form or a `no-cors` fetch cannot send that type.
+#[allow(clippy::result_large_err)]
+fn json_content(headers: &HeaderMap) -> Result<(), Response> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if json {
+        Ok(())
+    } else {
+        Err(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the body as Content-Type: application/json",
+        ))
+    }
 }
 
 /// The checks every write passes before the executor sees it: writes allowed, role `operate`,
 /// same origin and CSRF token. Returns the user.
 #[allow(clippy::result_large_err)]
 fn may_write(app: &Inner, req: &Request) -> Result<Arc<str>, Response> {
+    may_write_unlogged(app, req).inspect_err(|r| {
+        let origin = match who(req.extensions()) {
+            Some(w) => format!("web:{}", w.user),
+            None => "web".to_owned(),
+        };
+        let client = req
+            .extensions()
+            .get::<Peer>()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0.ip());
+        let reason = r
+            .extensions()
+            .get::<ErrorText>()
+            .map_or_else(|| r.status().to_string(), |e| e.0.clone());
+        crate::events::web_write_refused(&origin, client, req.uri().path(), &reason);
+    })
+}
+
+#[allow(clippy::result_large_err)]
+fn may_write_unlogged(app: &Inner, req: &Request) -> Result<Arc<str>, Response> {
     if !app.allow_writes {
         return Err(error(
             StatusCode::FORBIDDEN,
@@ -709,13 +944,39 @@ fn may_write(app: &Inner, req: &Request) -> Result<Arc<str>, Response> {
             "your role is `view`: writes need role `operate`",
         ));
     }
-    same_origin_and_csrf(req)?;
+    same_origin_and_csrf(req, app.tls)?;
     Ok(who.user)
 }
 
-async fn body_json(req: Request) -> Option<Json_> {
-    let bytes = axum::body::to_bytes(req.into_body(), 4096).await.ok()?;
-    serde_json::from_slice(&bytes).ok()
+/// The request body, at most `limit` bytes, arriving within [`BODY_TIMEOUT`] (a client
+/// sending it slowly cannot hold its connection forever).
+///
+/// # Errors
+/// 408 when the body is not complete in time; 413 when it is longer than `limit` (or broken).
+#[allow(clippy::result_large_err)]
+async fn read_body(req: Request, limit: usize) -> Result<axum::body::Bytes, Response> {
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(req.into_body(), limit)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(_)) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the body is too long or broken",
+        )),
+        Err(_) => {
+            let mut r = error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time",
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Err(r)
+        }
+    }
+}
+
+#[allow(clippy::result_large_err)]
+async fn body_json(req: Request) -> Result<Option<Json_>, Response> {
+    let bytes = read_body(req, 4096).await?;
+    Ok(serde_json::from_slice(&bytes).ok())
 }
 
 async fn run_command(app: &Inner, user: Arc<str>, request: WebRequest) -> Response {
@@ -744,7 +1005,10 @@ async fn command(State(app): State<App>, req: Request) -> Response {
         Ok(u) => u,
         Err(r) => return r,
     };
-    let Some(body) = body_json(req).await else {
+    let Some(body) = (match body_json(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    }) else {
         return error(
             StatusCode::BAD_REQUEST,
             "send JSON {\"topic\": ..., \"payload\": ...}",
@@ -770,7 +1034,10 @@ async fn write(State(app): State<App>, req: Request) -> Response {
         Ok(u) => u,
         Err(r) => return r,
     };
-    let Some(body) = body_json(req).await else {
+    let Some(body) = (match body_json(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    }) else {
         return error(
             StatusCode::BAD_REQUEST,
             "send JSON {\"point\": ..., \"value\": ...}",
@@ -796,64 +1063,87 @@ async fn write(State(app): State<App>, req: Request) -> Response {
 }
 
 /// `GET /api/events`: Server-Sent Events. `points` (every value at first, then the ones a poll
-/// changed, each as in `/api/points`), `devices` (status changes), `status` (the health
-/// board and recent acks, when they change) and `reload` (the mapping was reloaded: points may
+/// changed, each as in `/api/points`), `devices` (every device's status, as in `/api/devices`,
+/// when one changed), `status` (the health board and recent acks, when they change; health and
+/// device statuses are also looked at every [`STATUS_EVERY`] without any value change) and
+/// `reload` (the mapping was reloaded: points may
 /// have come or gone; the page loads again). A slow reader gets the latest values, never a
 /// backlog.
 async fn events(State(app): State<App>) -> Response {
     let changes = app.console.subscribe();
     let stop = app.shutdown.clone();
     let generation = app.console.generation();
-    let state = (app, 0u64, String::new(), generation);
-    let stream = futures_util::stream::unfold(
-        (state, changes),
-        move |((app, since, last_status, generation), mut changes)| {
-            let stop = stop.clone();
-            async move {
-                if since != 0 {
-                    tokio::select! {
-                        () = stop.cancelled() => return None,
-                        r = changes.changed() => r.ok()?,
-                    }
+    let mut tick = tokio::time::interval(STATUS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = Stream_ {
+        app,
+        since: 0,
+        last_status: String::new(),
+        last_devices: String::new(),
+        generation,
+        tick,
+    };
+    let stream = futures_util::stream::unfold((state, changes), move |(mut st, mut changes)| {
+        let stop = stop.clone();
+        async move {
+            if st.since != 0 {
+                tokio::select! {
+                    () = stop.cancelled() => return None,
+                    r = changes.changed() => r.ok()?,
+                    _ = st.tick.tick() => {}
                 }
-                let (seq, values) = app.console.values_since(since, SystemTime::now());
-                let devs = app.console.devices_since(since);
-                let status = json!({"health": health_json(&app), "acks": acks_json()}).to_string();
-                let mut evs = Vec::new();
-                let now = app.console.generation();
-                if now != generation {
-                    evs.push(Event::default().event("reload").data("{}"));
-                }
-                if !values.is_empty() {
-                    evs.push(
-                        Event::default()
-                            .event("points")
-                            .data(json!({"seq": seq, "points": values}).to_string()),
-                    );
-                }
-                if !devs.is_empty() {
-                    evs.push(
-                        Event::default()
-                            .event("devices")
-                            .data(json!(devs).to_string()),
-                    );
-                }
-                if status != last_status {
-                    evs.push(Event::default().event("status").data(status.clone()));
-                }
-                Some((
-                    futures_util::stream::iter(
-                        evs.into_iter().map(Ok::<_, std::convert::Infallible>),
-                    ),
-                    ((app, seq.max(1), status, now), changes),
-                ))
             }
-        },
-    );
+            let app = &st.app;
+            let (seq, values) = app.console.values_since(st.since, SystemTime::now());
+            let devs = with_quarantine(app.console.devices_since(0));
+            let devices = json!(devs).to_string();
+            let status = json!({"health": health_json(app), "acks": acks_json()}).to_string();
+            let mut evs = Vec::new();
+            let now = app.console.generation();
+            if now != st.generation {
+                evs.push(Event::default().event("reload").data("{}"));
+            }
+            if !values.is_empty() {
+                evs.push(
+                    Event::default()
+                        .event("points")
+                        .data(json!({"seq": seq, "points": values}).to_string()),
+                );
+            }
+            if devices != st.last_devices && !devs.is_empty() {
+                evs.push(Event::default().event("devices").data(devices.clone()));
+            }
+            if status != st.last_status {
+                evs.push(Event::default().event("status").data(status.clone()));
+            }
+            st.since = seq.max(1);
+            st.last_status = status;
+            st.last_devices = devices;
+            st.generation = now;
+            Some((
+                futures_util::stream::iter(evs.into_iter().map(Ok::<_, std::convert::Infallible>)),
+                (st, changes),
+            ))
+        }
+    });
     use futures_util::StreamExt;
     Sse::new(stream.flatten())
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// How often an event stream looks at the health board and the device statuses on its own
+/// (a broker or device failure shows even when no value changes); sent only when changed.
+pub const STATUS_EVERY: Duration = Duration::from_secs(2);
+
+/// One event stream's state between two wake-ups.
+struct Stream_ {
+    app: App,
+    since: u64,
+    last_status: String,
+    last_devices: String,
+    generation: u64,
+    tick: tokio::time::Interval,
 }
 
 fn health_json(app: &Inner) -> Json_ {
@@ -885,5 +1175,32 @@ mod tests {
         assert!(!h("evil.example:8080"));
         assert!(!h("192.168.1.5"));
         assert!(!host_is_loopback(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn the_event_stream_says_quarantined_as_api_devices_does() {
+        crate::health::quarantine("webfix-q-dev", true);
+        let devs = with_quarantine(vec![
+            json!({"name": "webfix-q-dev", "status": "error"}),
+            json!({"name": "webfix-other", "status": "error"}),
+        ]);
+        assert_eq!(devs[0]["status"], "quarantined");
+        assert_eq!(devs[1]["status"], "error");
+    }
+
+    #[test]
+    fn origins_must_match_scheme_and_host_and_null_is_refused() {
+        let h = |origin: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, HeaderValue::from_static("gw:8080"));
+            m.insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
+            m
+        };
+        assert!(same_origin(&h("http://gw:8080"), false).is_ok());
+        assert!(same_origin(&h("https://gw:8080"), true).is_ok());
+        assert!(same_origin(&h("https://gw:8080"), false).is_err());
+        assert!(same_origin(&h("http://gw:8080"), true).is_err());
+        assert!(same_origin(&h("null"), false).is_err());
+        assert!(same_origin(&h("http://evil:8080"), false).is_err());
     }
 }

@@ -1,6 +1,7 @@
 """The web console in a real browser: headless Chromium driven by selenium (tests/web.rs runs it).
 
-Loads the demo's tower page, sees the level change (live, by Server-Sent Events), clicks the
+Loads the demo's tower page, sees the level change (live, by Server-Sent Events), sees the
+Age column stay right with the browser's clock 10 hours ahead, clicks the
 `startp1` button, sees the executor's ack and pump 1's running state change, checks the level
 trend and the four pump buttons are there, and saves a screenshot.
 
@@ -48,6 +49,17 @@ try:
     first = text("tower.level")
     wait.until(lambda d: text("tower.level") not in (None, first))
     print(f"level changed: {first} -> {text('tower.level')}")
+
+    # A browser clock 10 hours ahead must not change the Age column: it comes from the
+    # gateway's age_ms (plus the time since the row arrived, by the page's monotonic clock).
+    driver.execute_script("const real = Date.now; Date.now = () => real() + 36e6;")
+    seen = text("tower.level")
+    wait.until(lambda d: text("tower.level") != seen)
+    ages = driver.execute_script(
+        "const e = document.querySelector('[data-age=\"tower.level\"]'); return e ? e.textContent : null;"
+    )
+    assert ages is not None and ages.endswith(" s"), f"age with a wrong browser clock: {ages!r}"
+    print("age with the browser clock 10 h ahead:", ages)
 
     buttons = driver.execute_script(
         "return [...document.querySelectorAll('button[data-payload]')].map(b => b.dataset.payload).sort()"

@@ -78,10 +78,22 @@ pub(super) fn compile(ctx: &mut Ctx, web: Option<&Located<RawWeb>>) -> Option<We
             }
             PathBuf::from(&f.value)
         };
-        (
+        let pair = (
             file(ctx, &t.cert_file, "web.tls.cert_file"),
             file(ctx, &t.key_file, "web.tls.key_file"),
-        )
+        );
+        // Both readable: build the server configuration as `run` does (rustls on ring), so
+        // that `check` refuses what `run` would.
+        if pair.0.exists()
+            && pair.1.exists()
+            && let Err((which, e)) = crate::web::server_tls(&pair.0, &pair.1)
+        {
+            match which {
+                crate::web::TlsFile::Cert => ctx.err(&t.cert_file, "web.tls.cert_file", e),
+                crate::web::TlsFile::Key => ctx.err(&t.key_file, "web.tls.key_file", e),
+            }
+        }
+        pair
     });
     if tls.is_none() && w.users_file.is_some() && !listen.ip().is_loopback() {
         ctx.warn(
@@ -179,20 +191,11 @@ pub fn parse_users(text: &str) -> Result<Vec<WebUser>, Vec<(usize, usize, String
             ));
             continue;
         }
+        let secret_col = secret.0;
         let parsed = match kind.1 {
-            "user" => match argon2::password_hash::PasswordHash::new(secret.1) {
-                Ok(h) if h.algorithm.as_str().starts_with("argon2") => {
-                    Ok(WebSecret::Password(secret.1.to_owned()))
-                }
-                Ok(h) => Err(format!(
-                    "the hash is {}, not argon2 (make one with `fieldgate web passwd {}`)",
-                    h.algorithm, name.1
-                )),
-                Err(e) => Err(format!(
-                    "not an argon2 hash in PHC string format ({e}); make one with `fieldgate web passwd {}`",
-                    name.1
-                )),
-            },
+            "user" => check_argon2(secret.1)
+                .map(|()| WebSecret::Password(secret.1.to_owned()))
+                .map_err(|e| format!("{e}; make one with `fieldgate web passwd {}`", name.1)),
             "token" => match secret.1.strip_prefix("sha256:").and_then(unhex32) {
                 Some(d) => Ok(WebSecret::Token(d)),
                 None => Err(format!(
@@ -215,13 +218,28 @@ pub fn parse_users(text: &str) -> Result<Vec<WebUser>, Vec<(usize, usize, String
                     errors.push((n, name.0, format!("`{}` is given twice", name.1)));
                     continue;
                 }
+                if let WebSecret::Token(d) = &secret
+                    && let Some(other) = users
+                        .iter()
+                        .find(|u| matches!(&u.secret, WebSecret::Token(t) if t == d))
+                {
+                    errors.push((
+                        n,
+                        secret_col,
+                        format!(
+                            "the same token as `{}`: one token is one caller (make another with `fieldgate web token {}`)",
+                            other.name, name.1
+                        ),
+                    ));
+                    continue;
+                }
                 users.push(WebUser {
                     name: Arc::from(name.1),
                     role,
                     secret,
                 });
             }
-            Err(m) => errors.push((n, secret.0, m)),
+            Err(m) => errors.push((n, secret_col, m)),
         }
     }
     if errors.is_empty() {
@@ -229,6 +247,50 @@ pub fn parse_users(text: &str) -> Result<Vec<WebUser>, Vec<(usize, usize, String
     } else {
         Err(errors)
     }
+}
+
+/// The most memory an argon2 hash of the users file may ask for per check (KiB): 256 MiB.
+/// `fieldgate web passwd` uses 19 MiB; a larger cost times the concurrent checks could exhaust
+/// a small gateway.
+pub const MAX_ARGON2_M_COST: u32 = 256 * 1024;
+
+/// A users-file password hash is one this build can verify: an argon2 (argon2id, argon2i,
+/// argon2d) PHC string (`$argon2id$v=19$m=..,t=..,p=..$salt$hash`, RFC 9106 and the PHC string
+/// format) whose version and parameters the argon2 crate accepts, with a hash, and whose memory
+/// cost is at most [`MAX_ARGON2_M_COST`].
+///
+/// # Errors
+/// What is wrong, in words (the caller adds how to make a good one).
+fn check_argon2(text: &str) -> Result<(), String> {
+    if !text.starts_with("$argon2") {
+        let scheme = text
+            .strip_prefix('$')
+            .and_then(|t| t.split('$').next())
+            .filter(|t| !t.is_empty());
+        return Err(match scheme {
+            Some(s) => format!("not an argon2 hash (its scheme is `{s}`)"),
+            None => "not an argon2 hash (expected `$argon2id$v=19$m=...`)".to_owned(),
+        });
+    }
+    let h = argon2::password_hash::PasswordHash::new(text)
+        .map_err(|e| format!("not an argon2 hash in PHC string format ({e})"))?;
+    argon2::Algorithm::try_from(h.algorithm)
+        .map_err(|_| format!("not an argon2 hash (algorithm `{}`)", h.algorithm))?;
+    if let Some(v) = h.version {
+        argon2::Version::try_from(v).map_err(|_| format!("argon2 version {v} is unknown"))?;
+    }
+    if h.hash.is_none() {
+        return Err("the argon2 string holds no hash".to_owned());
+    }
+    let params = argon2::Params::try_from(&h)
+        .map_err(|e| format!("invalid argon2 parameters ({e}): nobody could log in"))?;
+    if params.m_cost() > MAX_ARGON2_M_COST {
+        return Err(format!(
+            "argon2 memory cost m={} KiB is more than {MAX_ARGON2_M_COST} KiB",
+            params.m_cost()
+        ));
+    }
+    Ok(())
 }
 
 fn unhex32(s: &str) -> Option<[u8; 32]> {
@@ -267,5 +329,30 @@ mod tests {
         assert_eq!(at, vec![(1, 10), (2, 17), (3, 14), (4, 1), (6, 6)], "{e:?}");
         assert!(e[0].2.contains("`view` or `operate`"), "{e:?}");
         assert!(e[1].2.contains("fieldgate web passwd carol"), "{e:?}");
+    }
+
+    #[test]
+    fn bad_argon2_parameters_a_bcrypt_hash_and_a_shared_token_are_refused() {
+        let tok = "cd".repeat(32);
+        let bad = format!(
+            "user a view $argon2id$v=19$m=1,t=2,p=1$c2FsdHNhbHRzYWx0$Ww1C3b0hvgeUJKhyVcIxyAe/8c5pgyVHuQyuPLX8ZZ8\n\
+             user b view $2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW\n\
+             token c view sha256:{tok}\n\
+             token d view sha256:{tok}\n\
+             user e view $argon2id$v=19$m=4194304,t=2,p=1$c2FsdHNhbHRzYWx0$Ww1C3b0hvgeUJKhyVcIxyAe/8c5pgyVHuQyuPLX8ZZ8\n"
+        );
+        let e = parse_users(&bad).unwrap_err();
+        assert_eq!(e.len(), 4, "{e:?}");
+        assert_eq!((e[0].0, e[0].1), (1, 13), "{e:?}");
+        assert!(e[0].2.contains("invalid argon2 parameters"), "{e:?}");
+        assert_eq!(e[1].0, 2);
+        assert!(
+            e[1].2.contains("not an argon2 hash (its scheme is `2b`)"),
+            "{e:?}"
+        );
+        assert_eq!(e[2].0, 4);
+        assert!(e[2].2.contains("the same token as `c`"), "{e:?}");
+        assert_eq!(e[3].0, 5);
+        assert!(e[3].2.contains("memory cost"), "{e:?}");
     }
 }

@@ -448,6 +448,13 @@ pub fn s7_connected(link: &str, pdu: u16) {
     info!(link, pdu, "s7 link connected");
 }
 
+/// An S7 link went down (connect failed, or the connection failed); retried in `retry_in`.
+pub fn s7_link_down(link: &str, reason: &str, retry_in: std::time::Duration) {
+    gauge!("fieldgate_modbus_link_up", "link" => link.to_owned()).set(0.0);
+    warn!(link, reason, retry_in = ?retry_in, "s7 link down");
+    crate::health::link(link, false, Some(reason));
+}
+
 /// An S7 value started (`on`) or stopped failing with an item error (a return code other than
 /// 0xFF) or a refused request: one line per episode, not per poll.
 pub fn s7_item_fault(device: &str, point: &str, address: &str, fault: &str, on: bool) {

@@ -90,9 +90,20 @@ impl S7LinkTask {
         let mut state = State::default();
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
         loop {
-            let connected = tokio::select! {
-                () = shutdown.cancelled() => return,
-                r = S7Client::connect(&opts) => r,
+            // Writes keep being answered (refused at once) while the handshake runs: the
+            // connect may take seconds, and a pump must not start late.
+            let connected = {
+                let connect = S7Client::connect(&opts);
+                tokio::pin!(connect);
+                let mut tick = tokio::time::interval(crate::supervisor::BEAT_EVERY);
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        r = &mut connect => break r,
+                        _ = tick.tick() => self.beat.beat(),
+                        Some(w) = self.writes.recv() => refuse_write(w),
+                    }
+                }
             };
             let reason = match connected {
                 Err(e) => format!(
@@ -101,12 +112,14 @@ impl S7LinkTask {
                 ),
                 Ok(client) => {
                     events::s7_connected(&name, client.pdu());
-                    backoff.reset();
+                    // The backoff is reset only after a whole read cycle succeeded (in
+                    // `serve`): a PLC that accepts the connection and then fails every
+                    // request must not be reconnected every 250 ms.
                     match self.plan_for(client.pdu()) {
                         Err(e) => e,
                         Ok(plan) => {
                             match self
-                                .serve(client, &plan, device, &mut state, &shutdown)
+                                .serve(client, &plan, device, &mut state, &mut backoff, &shutdown)
                                 .await
                             {
                                 Stop::Shutdown => return,
@@ -119,7 +132,7 @@ impl S7LinkTask {
             self.set_status(device, &mut state, DeviceStatus::Error(reason.clone()))
                 .await;
             let delay = backoff.next_delay();
-            events::link_down(&name, &reason, delay);
+            events::s7_link_down(&name, &reason, delay);
             if self
                 .refuse_writes_until(Instant::now() + delay, &shutdown)
                 .await
@@ -170,11 +183,7 @@ impl S7LinkTask {
                 () = shutdown.cancelled() => return true,
                 () = sleep_until(until) => return false,
                 _ = tick.tick() => self.beat.beat(),
-                Some(w) = self.writes.recv() => {
-                    let t = &w.target;
-                    events::write_done(&t.device, &t.point, w.op.address, &value_text(&w.op.value), &w.origin, WriteOutcome::Failed { reason: "device not connected" });
-                    let _ = w.reply.send(Err(Fault::NotConnected));
-                }
+                Some(w) = self.writes.recv() => refuse_write(w),
             }
         }
     }
@@ -186,6 +195,7 @@ impl S7LinkTask {
         plan: &S7ReadPlan,
         device: DeviceId,
         st: &mut State,
+        backoff: &mut Backoff,
         shutdown: &CancellationToken,
     ) -> Stop {
         let mut tick = tokio::time::interval(crate::supervisor::BEAT_EVERY);
@@ -211,6 +221,7 @@ impl S7LinkTask {
                     if let Err(e) = polled {
                         return Stop::Down(e);
                     }
+                    backoff.reset();
                     // Keep the rhythm, but never try to catch up a backlog of missed cycles.
                     due = (due + interval).max(Instant::now());
                 }
@@ -244,7 +255,11 @@ impl S7LinkTask {
                     events::device_fault(&dev.name, &reason);
                     return Err(reason);
                 }
-                Ok(Err(e)) => return Err(e.to_string()),
+                Ok(Err(e)) => {
+                    let reason = e.to_string();
+                    events::device_fault(&dev.name, &reason);
+                    return Err(reason);
+                }
                 Ok(Ok(r)) => replies.push(r),
             }
         }
@@ -422,6 +437,22 @@ impl S7LinkTask {
             }
         }
     }
+}
+
+/// Answer a write at once with "device not connected" (the link is down or connecting).
+fn refuse_write(w: WriteRequest) {
+    let t = &w.target;
+    events::write_done(
+        &t.device,
+        &t.point,
+        w.op.address,
+        &value_text(&w.op.value),
+        &w.origin,
+        WriteOutcome::Failed {
+            reason: "device not connected",
+        },
+    );
+    let _ = w.reply.send(Err(Fault::NotConnected));
 }
 
 /// The value at `slot` of a cycle's replies, as register-shaped data, or the fault that

@@ -139,7 +139,8 @@ impl S7Type {
             S7Type::DInt => DataType::I32,
             S7Type::Real => DataType::F32,
             S7Type::LReal => DataType::F64,
-            S7Type::String(n) => DataType::String((n as u16).div_ceil(2)),
+            // One S7 CHAR (Latin-1) is at most two bytes of UTF-8: n registers hold n chars.
+            S7Type::String(n) => DataType::String(n as u16),
         }
     }
 
@@ -493,15 +494,19 @@ impl S7ReadRequest {
     pub fn request_bytes(&self) -> usize {
         JOB_HEADER + 2 + ITEM_SPEC * self.items.len()
     }
-    /// Bytes of the reply PDU when every item succeeds (a fill byte after each odd-length
-    /// item but the last: counted for every one, to be safe).
+    /// Bytes of the reply PDU when every item succeeds: a fill byte follows each odd-length
+    /// item but the last (Snap7 `cli_ReadMultiVars`; the last item carries none).
     pub fn reply_bytes(&self) -> usize {
+        let n = self.items.len();
         ACK_HEADER
             + 2
             + self
                 .items
                 .iter()
-                .map(|i| ITEM_DATA_HEADER + usize::from(i.len) + usize::from(i.len % 2))
+                .enumerate()
+                .map(|(k, i)| {
+                    ITEM_DATA_HEADER + usize::from(i.len) + usize::from(k + 1 < n && i.len % 2 == 1)
+                })
                 .sum::<usize>()
     }
 }
@@ -524,15 +529,17 @@ pub struct S7ReadPlan {
     pub slots: Vec<S7Slot>,
 }
 
-/// The largest item one reply can carry within `pdu`.
+/// The largest item one reply can carry within `pdu` (alone, so without a fill byte: 222 at
+/// PDU 240).
 pub const fn max_item_bytes(pdu: u16) -> usize {
-    (pdu as usize).saturating_sub(ACK_HEADER + 2 + ITEM_DATA_HEADER + 1)
+    (pdu as usize).saturating_sub(ACK_HEADER + 2 + ITEM_DATA_HEADER)
 }
 
 /// Plan the ReadVar requests for `addresses` within PDU size `pdu`: values in the same area
 /// (and DB) merge into one item when they are at most `max_gap` bytes apart and the item still
-/// fits one reply; items are then packed, in address order, into as few requests as the PDU
-/// (both the request and its reply) and [`MAX_ITEMS`] allow. `Err` names the first value that
+/// fits one reply; items are then packed, in address order, first fit: each into the first
+/// request that still has room for it (both the request and its reply within the PDU, at most
+/// [`MAX_ITEMS`]), a new request when none has. `Err` names the first value that
 /// is too large for one reply at this PDU size.
 pub fn plan(addresses: &[S7Address], pdu: u16, max_gap: u16) -> Result<S7ReadPlan, String> {
     let max_item = max_item_bytes(pdu);
@@ -580,17 +587,20 @@ pub fn plan(addresses: &[S7Address], pdu: u16, max_gap: u16) -> Result<S7ReadPla
     let mut requests: Vec<S7ReadRequest> = Vec::new();
     let mut place = Vec::with_capacity(items.len());
     for item in items {
-        let fits = requests.last().is_some_and(|r| {
+        let fits = |r: &S7ReadRequest| {
             let mut t = r.clone();
             t.items.push(item);
             t.items.len() <= MAX_ITEMS
                 && t.request_bytes() <= usize::from(pdu)
                 && t.reply_bytes() <= usize::from(pdu)
-        });
-        if !fits {
-            requests.push(S7ReadRequest::default());
-        }
-        let r = requests.len() - 1;
+        };
+        let r = match requests.iter().position(fits) {
+            Some(r) => r,
+            None => {
+                requests.push(S7ReadRequest::default());
+                requests.len() - 1
+            }
+        };
         requests[r].items.push(item);
         place.push((r, requests[r].items.len() - 1));
     }
@@ -625,7 +635,10 @@ pub fn to_block(ty: S7Type, bytes: &[u8]) -> Option<BlockData> {
         S7Type::Byte => BlockData::Words(vec![u16::from(b[0])]),
         S7Type::String(max) => {
             let cur = usize::from(b[1].min(max));
-            let mut text = b[2..2 + cur].to_vec();
+            // S7 CHAR is one byte of ISO 8859-1 (Latin-1): byte 0xXX is U+00XX. The engine
+            // decodes text as UTF-8, so the characters are handed over in UTF-8.
+            let text: String = b[2..2 + cur].iter().map(|&c| char::from(c)).collect();
+            let mut text = text.into_bytes();
             let width = usize::from(S7Type::String(max).data_type().width()) * 2;
             text.resize(width, 0);
             BlockData::Words(words(&text))
@@ -1048,13 +1061,14 @@ mod tests {
                 want: vec![vec![item(db1, 0, 404)]],
             },
             Case {
-                name: "two items whose replies do not fit one PDU go to two requests",
+                name: "two items whose replies do not fit one PDU go to two requests; a small \
+                       one after them joins the first with room (first fit)",
                 addresses: vec!["DB1,STRING0.200", "DB2,STRING0.200", "DB3,INT0"],
                 pdu: 240,
                 gap: 0,
                 want: vec![
-                    vec![item(db1, 0, 202)],
-                    vec![item(db2, 0, 202), item(Area::Db(3), 0, 2)],
+                    vec![item(db1, 0, 202), item(Area::Db(3), 0, 2)],
+                    vec![item(db2, 0, 202)],
                 ],
             },
             Case {
@@ -1080,6 +1094,36 @@ mod tests {
                     (1..=19).map(|d| item(Area::Db(d), 0, 1)).collect(),
                     vec![item(Area::Db(20), 0, 1)],
                 ],
+            },
+            Case {
+                name: "the README's example: first fit packs it into 2 ReadVars at PDU 240",
+                addresses: vec![
+                    "IB1",
+                    "QB0",
+                    "MD100",
+                    "DB10,STRING0.212",
+                    "DB10,STRING214.20",
+                    "DB11,INT0",
+                ],
+                pdu: 240,
+                gap: 0,
+                want: vec![
+                    vec![
+                        item(Area::Inputs, 1, 1),
+                        item(Area::Outputs, 0, 1),
+                        item(Area::Flags, 100, 4),
+                        item(Area::Db(10), 214, 22),
+                        item(Area::Db(11), 0, 2),
+                    ],
+                    vec![item(Area::Db(10), 0, 214)],
+                ],
+            },
+            Case {
+                name: "a 222-byte item fits PDU 240 exactly (no fill byte after the last item)",
+                addresses: vec!["DB1,STRING0.220"],
+                pdu: 240,
+                gap: 0,
+                want: vec![vec![item(db1, 0, 222)]],
             },
         ];
         for c in cases {
@@ -1129,14 +1173,38 @@ mod tests {
         );
         assert_eq!(
             b(S7Type::String(5), &[5, 3, b'a', b'b', b'c', 0, 0]),
-            BlockData::Words(vec![0x6162, 0x6300, 0])
+            BlockData::Words(vec![0x6162, 0x6300, 0, 0, 0])
         );
         // A current length above the maximum is capped.
         assert_eq!(
             b(S7Type::String(2), &[2, 9, b'a', b'b']),
-            BlockData::Words(vec![0x6162])
+            BlockData::Words(vec![0x6162, 0])
         );
         assert_eq!(to_block(S7Type::DInt, &[0, 0, 1]), None);
+    }
+
+    /// S7 CHAR is Latin-1: "Hällo" is stored with 0xE4 and published as "Hällo", and a
+    /// STRING of 254 such characters still fits its registers.
+    #[test]
+    fn string_characters_are_latin_1() {
+        use crate::mappings::codec::{Raw, decode};
+        use crate::vocabulary::Order;
+        let text = |ty: S7Type, bytes: &[u8]| {
+            let Some(BlockData::Words(w)) = to_block(ty, bytes) else {
+                panic!("no words")
+            };
+            match decode(&w, ty.data_type(), Order::ABCD) {
+                Ok(Raw::Text(t)) => t,
+                other => panic!("{other:?}"),
+            }
+        };
+        let ty = S7Type::String(10);
+        let mut b = vec![10, 5, b'H', 0xE4, b'l', b'l', b'o'];
+        b.resize(12, 0);
+        assert_eq!(text(ty, &b), "Hällo");
+        let mut b = vec![254, 254];
+        b.extend(std::iter::repeat_n(0xFF, 254));
+        assert_eq!(text(S7Type::String(254), &b), "ÿ".repeat(254));
     }
 
     #[test]

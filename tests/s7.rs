@@ -635,3 +635,45 @@ async fn a_write_while_connecting_is_refused_at_once() {
     assert!(ack.payload.contains("not connected"), "{}", ack.payload);
     assert_eq!(gw.count_lines("s7 link connected"), 0, "{}", gw.output());
 }
+
+/// A TIA default STRING[254] (256 bytes) at PDU 240 is read in two pieces and joined; its
+/// characters are Latin-1 ("ä" is 0xE4), published in UTF-8.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_string_254_at_pdu_240_is_read_in_pieces_as_latin_1() {
+    let (_peer, s7_port) = snap7_peer().await;
+    let (_broker, mqtt) = broker("127.0.0.1:0").await;
+    let mut obs = Observer::start(mqtt, "s7h/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        r#"
+mqtt: {{ host: 127.0.0.1, port: {mqtt_port}, client_id: fg-s7h, status_topic: s7h/status }}
+s7_devices:
+  - name: plc
+    s7: {{ host: 127.0.0.1, port: {s7_port}, rack: 0, slot: 1, pdu_size: 240 }}
+    timeout: 1s
+    poll_interval: 200ms
+    points:
+      - {{ name: text, address: "DB2,STRING0.254", publish: {{ topic: s7h/text, format: json }} }}
+      - {{ name: after, address: "DB2,INT256", publish: {{ topic: s7h/after, format: json }} }}
+"#,
+        mqtt_port = mqtt.port()
+    );
+    let mut gw = gateway_yaml(dir.path(), &yaml);
+    gw.wait_line("s7 link connected").await;
+    let want = format!("Hällo {}", "x".repeat(240));
+    let text = obs
+        .wait_topic(0, "s7h/text", |p| json(p)["quality"] == "good")
+        .await;
+    assert_eq!(
+        json(&text.payload)["value"],
+        want.as_str(),
+        "{}",
+        text.payload
+    );
+    let after = obs
+        .wait_topic(0, "s7h/after", |p| json(p)["quality"] == "good")
+        .await;
+    assert_eq!(json(&after.payload)["value"], 4321);
+    obs.wait_topic(0, "s7h/status/plc", |p| json(p)["status"] == "ok")
+        .await;
+}

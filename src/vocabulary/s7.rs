@@ -527,6 +527,10 @@ pub struct S7ReadPlan {
     pub requests: Vec<S7ReadRequest>,
     /// One per input address, in input order.
     pub slots: Vec<S7Slot>,
+    /// One per input address (or empty): for a value larger than one reply, the slots of its
+    /// further pieces in byte order (its first piece is in `slots`); empty for the others.
+    /// The pieces' data, joined, is the value (as Snap7 splits a large area read).
+    pub more: Vec<Vec<S7Slot>>,
 }
 
 /// The largest item one reply can carry within `pdu` (alone, so without a fill byte: 222 at
@@ -539,10 +543,15 @@ pub const fn max_item_bytes(pdu: u16) -> usize {
 /// (and DB) merge into one item when they are at most `max_gap` bytes apart and the item still
 /// fits one reply; items are then packed, in address order, first fit: each into the first
 /// request that still has room for it (both the request and its reply within the PDU, at most
-/// [`MAX_ITEMS`]), a new request when none has. `Err` names the first value that
-/// is too large for one reply at this PDU size.
+/// [`MAX_ITEMS`]), a new request when none has. A value larger than one reply (a STRING[254]
+/// at PDU 240) is split into items of at most [`max_item_bytes`] each, joined again from
+/// [`S7ReadPlan::more`]. `Err` only when the PDU size leaves no room for data.
 pub fn plan(addresses: &[S7Address], pdu: u16, max_gap: u16) -> Result<S7ReadPlan, String> {
     let max_item = max_item_bytes(pdu);
+    if max_item == 0 {
+        return Err(format!("a PDU size of {pdu} bytes leaves no room for data"));
+    }
+    let mut split: Vec<Vec<usize>> = vec![Vec::new(); addresses.len()];
     let mut order: Vec<usize> = (0..addresses.len()).collect();
     order.sort_by_key(|&i| {
         (
@@ -558,16 +567,30 @@ pub fn plan(addresses: &[S7Address], pdu: u16, max_gap: u16) -> Result<S7ReadPla
         let a = addresses[i];
         let len = u32::from(a.ty.bytes());
         if len as usize > max_item {
-            return Err(format!(
-                "{a} ({} bytes) does not fit one reply at PDU size {pdu} (at most {max_item} bytes)",
-                a.ty.bytes()
-            ));
+            // Pieces of at most one reply each, in byte order.
+            let end = a.byte + len;
+            let mut at = a.byte;
+            let mut pieces = Vec::new();
+            while at < end {
+                let n = (end - at).min(max_item as u32);
+                items.push(S7Item {
+                    area: a.area,
+                    start: at,
+                    len: n as u16,
+                });
+                pieces.push(items.len() - 1);
+                at += n;
+            }
+            item_of[i] = (pieces[0], 0);
+            split[i] = pieces.split_off(1);
+            continue;
         }
         let last_index = items.len().saturating_sub(1);
         if let Some(last) = items.last_mut() {
             let end = a.byte + len;
             let new_end = end.max(last.end());
             if last.area == a.area
+                && a.byte >= last.start
                 && a.byte <= last.end() + u32::from(max_gap)
                 && (new_end - last.start) as usize <= max_item
             {
@@ -612,10 +635,24 @@ pub fn plan(addresses: &[S7Address], pdu: u16, max_gap: u16) -> Result<S7ReadPla
             offset,
         })
         .collect();
+    let more = split
+        .iter()
+        .map(|pieces| {
+            pieces
+                .iter()
+                .map(|&it| S7Slot {
+                    request: place[it].0,
+                    item: place[it].1,
+                    offset: 0,
+                })
+                .collect()
+        })
+        .collect();
     Ok(S7ReadPlan {
         pdu,
         requests,
         slots,
+        more,
     })
 }
 
@@ -1150,11 +1187,29 @@ mod tests {
         }
     }
 
+    /// A STRING[254] (256 bytes) at PDU 240 is read in two pieces (222 + 34 bytes), joined
+    /// in byte order; a value after it still gets its own slot.
     #[test]
-    fn a_value_larger_than_one_reply_is_refused() {
-        let e = plan(&[a("DB1,STRING0.254")], 240, 0).unwrap_err();
-        assert!(e.contains("does not fit one reply"), "{e}");
-        assert!(plan(&[a("DB1,STRING0.254")], 480, 0).is_ok());
+    fn a_value_larger_than_one_reply_is_split() {
+        let addrs = [a("DB1,STRING0.254"), a("DB1,INT300")];
+        let p = plan(&addrs, 240, 0).unwrap();
+        let items: Vec<S7Item> = p.requests.iter().flat_map(|r| r.items.clone()).collect();
+        assert!(items.contains(&item(Area::Db(1), 0, 222)), "{items:?}");
+        assert!(items.contains(&item(Area::Db(1), 222, 34)), "{items:?}");
+        assert_eq!(p.more[0].len(), 1);
+        assert!(p.more[1].is_empty());
+        let first = p.requests[p.slots[0].request].items[p.slots[0].item];
+        let second = p.requests[p.more[0][0].request].items[p.more[0][0].item];
+        assert_eq!((first.start, second.start), (0, 222));
+        let int = p.requests[p.slots[1].request].items[p.slots[1].item];
+        assert_eq!(int.start + u32::from(p.slots[1].offset), 300);
+        for r in &p.requests {
+            assert!(r.reply_bytes() <= 240 && r.request_bytes() <= 240);
+        }
+        // One piece when it fits.
+        let p = plan(&[a("DB1,STRING0.254")], 480, 0).unwrap();
+        assert_eq!(p.requests.len(), 1);
+        assert!(p.more[0].is_empty());
     }
 
     #[test]

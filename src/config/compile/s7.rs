@@ -187,7 +187,7 @@ fn device(
             pdu_at.0,
             pdu_at.1,
             format!("{dpath}.s7.pdu_size"),
-            format!("{e}: ask for a larger pdu_size (if the CPU grants it) or split the value"),
+            format!("{e}: ask for a larger pdu_size"),
         );
         s7::S7ReadPlan::default()
     });

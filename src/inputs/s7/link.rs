@@ -267,7 +267,11 @@ impl S7LinkTask {
             .slots
             .iter()
             .zip(&self.s7.points)
-            .map(|(slot, (_, addr))| value_of(&replies, slot, addr.ty))
+            .enumerate()
+            .map(|(i, (slot, (_, addr)))| {
+                let more = plan.more.get(i).map_or(&[][..], Vec::as_slice);
+                value_of(&replies, slot, more, addr.ty)
+            })
             .collect();
         events::poll_done(&dev.name, started.elapsed().as_secs_f64());
         self.report_refusals(device, st, &blocks);
@@ -433,7 +437,7 @@ impl S7LinkTask {
             Ok(Ok(Err((class, code)))) => Err((Fault::S7Refused(class, code), None)),
             Ok(Ok(Ok(items))) => {
                 let slot = s7::S7Slot::default();
-                value_of(&[Ok(items)], &slot, addr.ty).map_err(|f| (f, None))
+                value_of(&[Ok(items)], &slot, &[], addr.ty).map_err(|f| (f, None))
             }
         }
     }
@@ -457,24 +461,35 @@ fn refuse_write(w: WriteRequest) {
 
 /// The value at `slot` of a cycle's replies, as register-shaped data, or the fault that
 /// stands for it.
+/// `more` are the slots of the further pieces of a value split over several items (see
+/// `S7ReadPlan::more`), joined in order after the first.
 fn value_of(
     replies: &[Result<Vec<ReadItem>, (u8, u8)>],
     slot: &s7::S7Slot,
+    more: &[s7::S7Slot],
     ty: S7Type,
 ) -> Result<BlockData, Fault> {
-    match replies.get(slot.request) {
-        None => Err(Fault::NotConnected),
-        Some(Err((class, code))) => Err(Fault::S7Refused(*class, *code)),
-        Some(Ok(items)) => match items.get(slot.item) {
-            None => Err(Fault::Transport("the reply lacks an item".into())),
-            Some(it) if it.code != ITEM_OK => Err(Fault::S7Item(it.code)),
-            Some(it) => it
-                .data
-                .get(usize::from(slot.offset)..)
-                .and_then(|b| s7::to_block(ty, b))
-                .ok_or_else(|| Fault::Transport("the reply is shorter than the value".into())),
-        },
+    let mut bytes = Vec::new();
+    for piece in std::iter::once(slot).chain(more) {
+        match replies.get(piece.request) {
+            None => return Err(Fault::NotConnected),
+            Some(Err((class, code))) => return Err(Fault::S7Refused(*class, *code)),
+            Some(Ok(items)) => match items.get(piece.item) {
+                None => return Err(Fault::Transport("the reply lacks an item".into())),
+                Some(it) if it.code != ITEM_OK => return Err(Fault::S7Item(it.code)),
+                Some(it) => match it.data.get(usize::from(piece.offset)..) {
+                    Some(b) => bytes.extend_from_slice(b),
+                    None => {
+                        return Err(Fault::Transport(
+                            "the reply is shorter than the value".into(),
+                        ));
+                    }
+                },
+            },
+        }
     }
+    s7::to_block(ty, &bytes)
+        .ok_or_else(|| Fault::Transport("the reply is shorter than the value".into()))
 }
 
 fn block_text(b: &BlockData) -> String {

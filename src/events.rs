@@ -258,6 +258,35 @@ pub fn write_done(
     }
 }
 
+/// [`write_done`] for an S7 point: the address in S7 notation (`DB1,INT20`).
+pub fn s7_write_done(
+    device: &str,
+    point: &str,
+    address: &str,
+    value: &str,
+    origin: &str,
+    outcome: WriteOutcome<'_>,
+) {
+    let label = match outcome {
+        WriteOutcome::Ok => "ok",
+        WriteOutcome::Mismatch { .. } => "mismatch",
+        WriteOutcome::Failed { .. } => "error",
+    };
+    counter!("fieldgate_writes_total", "device" => device.to_owned(), "outcome" => label)
+        .increment(1);
+    match outcome {
+        WriteOutcome::Ok => info!(device, point, address, value, origin, "write ok"),
+        WriteOutcome::Mismatch { readback } => warn!(
+            device,
+            point, address, value, readback, origin, "write read back a different value"
+        ),
+        WriteOutcome::Failed { reason } => warn!(
+            device,
+            point, address, value, origin, reason, "write failed"
+        ),
+    }
+}
+
 pub fn command_accepted(topic: &str, label: &str) {
     counter!("fieldgate_commands_total", "outcome" => "accepted").increment(1);
     info!(topic, command = label, "command accepted");

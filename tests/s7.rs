@@ -633,6 +633,9 @@ async fn a_write_while_connecting_is_refused_at_once() {
     let ack = ack.unwrap_or_else(|| panic!("no ack while connecting; {}", gw.output()));
     assert_eq!(json(&ack.payload)["result"], "error", "{}", ack.payload);
     assert!(ack.payload.contains("not connected"), "{}", ack.payload);
+    // The write log names the S7 address, not a register number.
+    let line = gw.wait_line("write failed").await;
+    assert!(line.contains(r#"address="DB1,INT2""#), "{line}");
     assert_eq!(gw.count_lines("s7 link connected"), 0, "{}", gw.output());
 }
 

@@ -101,7 +101,7 @@ impl S7LinkTask {
                         () = shutdown.cancelled() => return,
                         r = &mut connect => break r,
                         _ = tick.tick() => self.beat.beat(),
-                        Some(w) = self.writes.recv() => refuse_write(w),
+                        Some(w) = self.writes.recv() => refuse_write(w, &self.s7),
                     }
                 }
             };
@@ -183,7 +183,7 @@ impl S7LinkTask {
                 () = shutdown.cancelled() => return true,
                 () = sleep_until(until) => return false,
                 _ = tick.tick() => self.beat.beat(),
-                Some(w) = self.writes.recv() => refuse_write(w),
+                Some(w) = self.writes.recv() => refuse_write(w, &self.s7),
             }
         }
     }
@@ -404,10 +404,10 @@ impl S7LinkTask {
             (Err(_), Some(reason), _) => WriteOutcome::Failed { reason },
             (Err(_), None, _) => WriteOutcome::Failed { reason: "failed" },
         };
-        events::write_done(
+        events::s7_write_done(
             &t.device,
             &t.point,
-            w.op.address,
+            &found.map_or_else(|| "?".to_owned(), |a| a.to_string()),
             &value,
             &w.origin,
             outcome,
@@ -444,12 +444,12 @@ impl S7LinkTask {
 }
 
 /// Answer a write at once with "device not connected" (the link is down or connecting).
-fn refuse_write(w: WriteRequest) {
+fn refuse_write(w: WriteRequest, s7: &S7Link) {
     let t = &w.target;
-    events::write_done(
+    events::s7_write_done(
         &t.device,
         &t.point,
-        w.op.address,
+        &address_text(s7, &t.point),
         &value_text(&w.op.value),
         &w.origin,
         WriteOutcome::Failed {
@@ -457,6 +457,14 @@ fn refuse_write(w: WriteRequest) {
         },
     );
     let _ = w.reply.send(Err(Fault::NotConnected));
+}
+
+/// The S7 address of `point` on this link, in S7 notation (`?` when it has none).
+fn address_text(s7: &S7Link, point: &str) -> String {
+    s7.points
+        .iter()
+        .find(|(n, _)| **n == *point)
+        .map_or_else(|| "?".to_owned(), |(_, a)| a.to_string())
 }
 
 /// The value at `slot` of a cycle's replies, as register-shaped data, or the fault that

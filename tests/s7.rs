@@ -680,3 +680,22 @@ s7_devices:
     obs.wait_topic(0, "s7h/status/plc", |p| json(p)["status"] == "ok")
         .await;
 }
+
+/// `--s7` with a Modbus-only simulator option is refused, naming the option, rather than
+/// silently ignored; `--help` mentions S7.
+#[test]
+fn simulate_s7_refuses_modbus_only_options() {
+    let out = Command::new(bin())
+        .args(["simulate", "water-tower", "--s7", "--listen", "127.0.0.1:0"])
+        .args(["--units", "1,2", "--fault", "1=silent"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--units, --fault apply to the Modbus simulator only"),
+        "{err}"
+    );
+    let help = Command::new(bin()).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Siemens S7"));
+}

@@ -485,3 +485,42 @@ fn writes_within_writable(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::model::LinkSpec;
+
+    fn remote_tsap(connection_type: &str) -> Result<u16, String> {
+        let yaml = format!(
+            "mqtt: {{ host: 127.0.0.1, client_id: c, status_topic: t/status }}
+s7_devices:
+  - name: plc
+    s7: {{ host: 10.0.0.5, rack: 0, slot: 1, connection_type: {connection_type} }}
+    points:
+      - {{ name: count, address: DB1.DBW0 }}
+"
+        );
+        let m = crate::config::load_str(
+            std::path::Path::new("m.yaml"),
+            &yaml,
+            Default::default(),
+            "box",
+        )
+        .map_err(|e| e.to_string())?;
+        match &m.links[0].spec {
+            LinkSpec::S7(s7) => Ok(s7.remote_tsap),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// `connection_type` is written in lower case in the README, in upper case in Siemens'
+    /// manuals (PG, OP): both are accepted; the high byte of the remote TSAP follows it.
+    #[test]
+    fn connection_type_is_accepted_in_either_case() {
+        assert_eq!(remote_tsap("op"), Ok(0x0201));
+        assert_eq!(remote_tsap("OP"), Ok(0x0201));
+        assert_eq!(remote_tsap("PG"), Ok(0x0101));
+        assert_eq!(remote_tsap("Basic"), Ok(0x0301));
+        assert!(remote_tsap("xx").is_err());
+    }
+}

@@ -292,11 +292,18 @@ pub const MAX_BYTE: u32 = 65_535;
 ///   `I0.1`, `Q0.0`, `M10.0`, `MB4`, `MW20`, `MD24`, `IW64`;
 /// - `V` followed by the same (a LOGO! 8's V memory, which is DB1): `V10.0`, `VW0`.
 ///
+/// TIA Portal's absolute-address prefix `%` is accepted and ignored: `%DB1.DBW0`, `%MW10`,
+/// `%I0.1`.
+///
 /// Errors name the character where the address goes wrong.
 pub fn parse_address(text: &str, ty: Option<&str>) -> Result<S7Address, AddressError> {
     let s = text.trim_end();
-    let lead = s.len() - s.trim_start().len();
-    let s = s.trim_start();
+    let mut lead = s.len() - s.trim_start().len();
+    let mut s = s.trim_start();
+    if let Some(rest) = s.strip_prefix('%') {
+        s = rest;
+        lead += 1;
+    }
     let upper = s.to_ascii_uppercase();
     parse_upper(&upper, ty).map_err(|mut e| {
         e.at += lead;
@@ -984,6 +991,27 @@ mod tests {
         for (text, ty, want) in cases {
             assert_eq!(parse_address(text, *ty).as_ref(), Ok(want), "{text} {ty:?}");
         }
+    }
+
+    /// TIA Portal writes absolute addresses with `%`: the same addresses as without it.
+    #[test]
+    fn tia_percent_prefix_is_accepted() {
+        for (tia, plain) in [
+            ("%DB1.DBW0", "DB1.DBW0"),
+            ("%MW10", "MW10"),
+            ("%I0.1", "I0.1"),
+            ("%db2.dbx4.3", "DB2.DBX4.3"),
+        ] {
+            assert_eq!(
+                parse_address(tia, None),
+                parse_address(plain, None),
+                "{tia}"
+            );
+            assert!(parse_address(tia, None).is_ok(), "{tia}");
+        }
+        // A mistake after the prefix is still placed at its character.
+        let e = parse_address("%MQ10", None).unwrap_err();
+        assert!(e.at >= 1, "{e:?}");
     }
 
     #[test]

@@ -172,6 +172,15 @@ fn device(
             }
         };
         let ok = address_ok[address_ok.len() - 1];
+        if ok && p.writable.value && address.area == s7::Area::Inputs {
+            ctx.warn(
+                &p.writable,
+                format!("{ppath}.writable"),
+                format!(
+                    "`{address}` is in the process image of the inputs: the CPU overwrites it from the input modules every scan, so a write does not last"
+                ),
+            );
+        }
         let point = point(ctx, d, p, &ppath, device_id, (address, ok), addressed.len());
         let full = point.full_name.to_string();
         ids.push(devs.points.len());
@@ -522,5 +531,33 @@ s7_devices:
         assert_eq!(remote_tsap("PG"), Ok(0x0101));
         assert_eq!(remote_tsap("Basic"), Ok(0x0301));
         assert!(remote_tsap("xx").is_err());
+    }
+
+    /// A writable point on the inputs (I/E) is a warning: the CPU overwrites it every scan.
+    #[test]
+    fn a_writable_input_is_a_warning() {
+        let yaml = "mqtt: { host: 127.0.0.1, client_id: c, status_topic: t/status }
+s7_devices:
+  - name: plc
+    s7: { host: 10.0.0.5 }
+    points:
+      - { name: sw, address: I0.1, writable: true }
+      - { name: out, address: Q0.1, writable: true }
+";
+        let m = crate::config::load_str(
+            std::path::Path::new("m.yaml"),
+            yaml,
+            Default::default(),
+            "box",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let w: Vec<String> = m
+            .warnings
+            .iter()
+            .map(|i| format!("{}: {}", i.path, i.message))
+            .collect();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("points[sw].writable"), "{w:?}");
+        assert!(w[0].contains("process image of the inputs"), "{w:?}");
     }
 }

@@ -412,6 +412,15 @@ async fn put_get_refused_marks_the_values_bad_and_keeps_the_connection() {
         "{}",
         bad.payload
     );
+    // One log line for the episode (the ghost's earlier one, then one naming every point),
+    // not one per point.
+    gw.wait_count(&["s7 value refused by the PLC"], 2).await;
+    assert_eq!(
+        gw.count_lines("s7 value refused by the PLC"),
+        2,
+        "{}",
+        gw.output()
+    );
     // A write is refused by the PLC too, and acked as failed.
     let w = obs.len();
     obs.publish("s7e/settings/p1_start_level/set", "33", false)

@@ -308,17 +308,36 @@ impl S7LinkTask {
             .enumerate()
             .filter_map(|(i, b)| b.as_ref().err().map(|f| (i, f.to_string())))
             .collect();
+        // One line per fault and episode, naming every point it hit (a CPU refusing PUT/GET
+        // refuses every request: one line, not one per point).
+        let mut started: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
         for (i, fault) in &now {
             if st.refused.get(i) != Some(fault) {
-                let (name, addr) = &self.s7.points[*i];
-                events::s7_item_fault(&dev.name, name, &addr.to_string(), fault, true);
+                started.entry(fault.as_str()).or_default().push(*i);
             }
         }
-        for i in st.refused.keys() {
-            if !now.contains_key(i) {
-                let (name, addr) = &self.s7.points[*i];
-                events::s7_item_fault(&dev.name, name, &addr.to_string(), "", false);
-            }
+        let names = |ix: &mut Vec<usize>| {
+            ix.sort_unstable();
+            let points: Vec<&str> = ix.iter().map(|&i| &*self.s7.points[i].0).collect();
+            let addrs: Vec<String> = ix
+                .iter()
+                .map(|&i| self.s7.points[i].1.to_string())
+                .collect();
+            (points.join(", "), addrs.join(", "))
+        };
+        for (fault, mut ix) in started {
+            let (points, addrs) = names(&mut ix);
+            events::s7_item_fault(&dev.name, &points, &addrs, fault, true);
+        }
+        let mut ended: Vec<usize> = st
+            .refused
+            .keys()
+            .filter(|i| !now.contains_key(i))
+            .copied()
+            .collect();
+        if !ended.is_empty() {
+            let (points, addrs) = names(&mut ended);
+            events::s7_item_fault(&dev.name, &points, &addrs, "", false);
         }
         st.refused = now;
     }

@@ -258,6 +258,35 @@ pub fn write_done(
     }
 }
 
+/// [`write_done`] for an S7 point: the address in S7 notation (`DB1,INT20`).
+pub fn s7_write_done(
+    device: &str,
+    point: &str,
+    address: &str,
+    value: &str,
+    origin: &str,
+    outcome: WriteOutcome<'_>,
+) {
+    let label = match outcome {
+        WriteOutcome::Ok => "ok",
+        WriteOutcome::Mismatch { .. } => "mismatch",
+        WriteOutcome::Failed { .. } => "error",
+    };
+    counter!("fieldgate_writes_total", "device" => device.to_owned(), "outcome" => label)
+        .increment(1);
+    match outcome {
+        WriteOutcome::Ok => info!(device, point, address, value, origin, "write ok"),
+        WriteOutcome::Mismatch { readback } => warn!(
+            device,
+            point, address, value, readback, origin, "write read back a different value"
+        ),
+        WriteOutcome::Failed { reason } => warn!(
+            device,
+            point, address, value, origin, reason, "write failed"
+        ),
+    }
+}
+
 pub fn command_accepted(topic: &str, label: &str) {
     counter!("fieldgate_commands_total", "outcome" => "accepted").increment(1);
     info!(topic, command = label, "command accepted");
@@ -466,6 +495,13 @@ pub fn s7_connected(link: &str, pdu: u16) {
     gauge!("fieldgate_modbus_link_up", "link" => link.to_owned()).set(1.0);
     counter!("fieldgate_modbus_connects_total", "link" => link.to_owned()).increment(1);
     info!(link, pdu, "s7 link connected");
+}
+
+/// An S7 link went down (connect failed, or the connection failed); retried in `retry_in`.
+pub fn s7_link_down(link: &str, reason: &str, retry_in: std::time::Duration) {
+    gauge!("fieldgate_modbus_link_up", "link" => link.to_owned()).set(0.0);
+    warn!(link, reason, retry_in = ?retry_in, "s7 link down");
+    crate::health::link(link, false, Some(reason));
 }
 
 /// An S7 value started (`on`) or stopped failing with an item error (a return code other than

@@ -11,7 +11,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "fieldgate", version, about = "Modbus TCP ⇄ MQTT gateway")]
+#[command(
+    name = "fieldgate",
+    version,
+    about = "Modbus (TCP, RTU) and Siemens S7 ⇄ MQTT gateway"
+)]
 struct Cli {
     /// Log format on stderr: `text` (key=value, journald-friendly) or `json` (one object per line).
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
@@ -72,7 +76,7 @@ enum Command {
         #[arg(long)]
         library: bool,
     },
-    /// Run a simulated plant as a Modbus TCP slave.
+    /// Run a simulated plant as a Modbus TCP slave (or, with `--s7`, as an S7 PLC).
     Simulate {
         #[command(subcommand)]
         plant: cli::simulate::Plant,

@@ -412,6 +412,15 @@ async fn put_get_refused_marks_the_values_bad_and_keeps_the_connection() {
         "{}",
         bad.payload
     );
+    // One log line for the episode (the ghost's earlier one, then one naming every point),
+    // not one per point.
+    gw.wait_count(&["s7 value refused by the PLC"], 2).await;
+    assert_eq!(
+        gw.count_lines("s7 value refused by the PLC"),
+        2,
+        "{}",
+        gw.output()
+    );
     // A write is refused by the PLC too, and acked as failed.
     let w = obs.len();
     obs.publish("s7e/settings/p1_start_level/set", "33", false)
@@ -480,4 +489,222 @@ async fn an_s7_device_is_a_sparkplug_device() {
     assert_eq!(metric("site")["value"], "WATER TOWER 1", "{birth}");
     assert_eq!(metric("consumption")["datatype"], "FLOAT", "{birth}");
     assert_eq!(metric("p1_command")["value"], false, "{birth}");
+}
+
+/// How the hand-written S7 server of [`bad_s7_server`] misbehaves.
+#[derive(Clone, Copy)]
+enum BadS7 {
+    /// Accepts the TCP connection and never answers the COTP connection request.
+    Silent,
+    /// Completes the handshake (PDU 240), then closes the connection on the first ReadVar.
+    CloseOnRead,
+}
+
+/// A malicious S7 server on a free port; it counts the connections it accepted.
+async fn bad_s7_server(
+    mode: BadS7,
+) -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn tpkt(s: &mut tokio::net::TcpStream) -> std::io::Result<Vec<u8>> {
+        let mut h = [0u8; 4];
+        s.read_exact(&mut h).await?;
+        let len = usize::from(u16::from_be_bytes([h[2], h[3]]));
+        let mut body = vec![0u8; len.saturating_sub(4)];
+        s.read_exact(&mut body).await?;
+        Ok(body)
+    }
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let mut v = vec![3, 0];
+        v.extend_from_slice(&u16::try_from(payload.len() + 4).unwrap().to_be_bytes());
+        v.extend_from_slice(payload);
+        v
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = std::sync::Arc::clone(&count);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let Ok(_cr) = tpkt(&mut s).await else { return };
+                if let BadS7::Silent = mode {
+                    std::future::pending::<()>().await;
+                }
+                // COTP connection confirm.
+                let _ = s.write_all(&frame(&[6, 0xD0, 0, 1, 0, 1, 0])).await;
+                let Ok(job) = tpkt(&mut s).await else { return };
+                let job = &job[3..];
+                let (r0, r1) = (job[4], job[5]);
+                // Setup communication ack: ack-data header, then function 0xF0 granting 240.
+                let mut ack = vec![2, 0xF0, 0x80, 0x32, 3, 0, 0, r0, r1, 0, 8, 0, 0, 0, 0];
+                ack.extend_from_slice(&[0xF0, 0, 0, 1, 0, 1, 0, 240]);
+                let _ = s.write_all(&frame(&ack)).await;
+                // The first ReadVar: close.
+                let _ = tpkt(&mut s).await;
+            });
+        }
+    });
+    (addr, count, task)
+}
+
+fn bad_mapping(prefix: &str, mqtt: SocketAddr, s7: SocketAddr, timeout: &str) -> String {
+    format!(
+        r#"
+mqtt: {{ host: 127.0.0.1, port: {mqtt_port}, client_id: fg-{prefix}, status_topic: {prefix}/status }}
+s7_devices:
+  - name: plc
+    s7: {{ host: 127.0.0.1, port: {s7_port}, pdu_size: 240 }}
+    timeout: {timeout}
+    poll_interval: 200ms
+    points:
+      - {{ name: count, address: "DB1,INT0", publish: {{ topic: {prefix}/count }} }}
+      - {{ name: setpoint, address: "DB1,INT2", writable: true, min: 0, max: 100, publish: {{ topic: {prefix}/setpoint }} }}
+commands:
+  - {{ topic: {prefix}/setpoint/set, write: plc.setpoint }}
+"#,
+        mqtt_port = mqtt.port(),
+        s7_port = s7.port(),
+    )
+}
+
+/// A PLC that accepts the connection and then closes it on every read must be retried with
+/// backoff (250 ms doubling), not every 250 ms forever; each failed poll is a device fault.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plc_closing_on_every_read_is_retried_with_growing_backoff() {
+    let (s7, accepted, _server) = bad_s7_server(BadS7::CloseOnRead).await;
+    let (_broker, mqtt) = broker("127.0.0.1:0").await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = bad_mapping("s7f", mqtt, s7, "1s") + "metrics: { listen: 127.0.0.1:0 }\n";
+    let mut gw = gateway_yaml(dir.path(), &yaml);
+    let line = gw.wait_line("metrics listening").await;
+    let metrics: SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.trim_start_matches("addr=").trim_matches('"').parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line}"));
+    // Five failures in a row: the delays grow (250 ms doubling, with jitter), only if the
+    // backoff was not reset by the connections that came up.
+    gw.wait_count(&["s7 link down", "retry_in="], 5).await;
+    let delays: Vec<f64> = gw
+        .output()
+        .lines()
+        .filter(|l| l.contains("s7 link down"))
+        .filter_map(|l| l.split("retry_in=").nth(1))
+        .map(|d| {
+            let d = d.split_whitespace().next().unwrap();
+            match d.strip_suffix("ms") {
+                Some(ms) => ms.parse::<f64>().unwrap() / 1000.0,
+                None => d.strip_suffix('s').unwrap().parse().unwrap(),
+            }
+        })
+        .collect();
+    assert!(delays[4] > 1.5, "{delays:?}\n{}", gw.output());
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 5);
+    assert_eq!(gw.count_lines("modbus link down"), 0, "{}", gw.output());
+    let faults = metric(metrics, "fieldgate_device_faults_total", "device=\"plc\"").await;
+    assert!(faults >= 3.0, "{faults}");
+}
+
+/// While the connection attempt hangs (a silent server, a connect timeout of a minute), a write
+/// is refused at once, not after the attempt.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_while_connecting_is_refused_at_once() {
+    let (s7, accepted, _server) = bad_s7_server(BadS7::Silent).await;
+    let (_broker, mqtt) = broker("127.0.0.1:0").await;
+    let mut obs = Observer::start(mqtt, "s7g/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = gateway_yaml(dir.path(), &bad_mapping("s7g", mqtt, s7, "60s"));
+    gw.wait_line("mqtt connected").await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while accepted.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no connection");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The connect attempt takes 60 s; the ack must come long before. (The command is sent
+    // again if the gateway had not subscribed yet; every copy must be refused at once.)
+    let mut ack = None;
+    for _ in 0..20 {
+        let w = obs.len();
+        obs.publish("s7g/setpoint/set", "7", false).await;
+        let wait = obs.wait_topic(w, "s7g/setpoint/set/ack", |_| true);
+        if let Ok(m) = tokio::time::timeout(std::time::Duration::from_secs(1), wait).await {
+            ack = Some(m);
+            break;
+        }
+    }
+    let ack = ack.unwrap_or_else(|| panic!("no ack while connecting; {}", gw.output()));
+    assert_eq!(json(&ack.payload)["result"], "error", "{}", ack.payload);
+    assert!(ack.payload.contains("not connected"), "{}", ack.payload);
+    // The write log names the S7 address, not a register number.
+    let line = gw.wait_line("write failed").await;
+    assert!(line.contains(r#"address="DB1,INT2""#), "{line}");
+    assert_eq!(gw.count_lines("s7 link connected"), 0, "{}", gw.output());
+}
+
+/// A TIA default STRING[254] (256 bytes) at PDU 240 is read in two pieces and joined; its
+/// characters are Latin-1 ("ä" is 0xE4), published in UTF-8.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_string_254_at_pdu_240_is_read_in_pieces_as_latin_1() {
+    let (_peer, s7_port) = snap7_peer().await;
+    let (_broker, mqtt) = broker("127.0.0.1:0").await;
+    let mut obs = Observer::start(mqtt, "s7h/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        r#"
+mqtt: {{ host: 127.0.0.1, port: {mqtt_port}, client_id: fg-s7h, status_topic: s7h/status }}
+s7_devices:
+  - name: plc
+    s7: {{ host: 127.0.0.1, port: {s7_port}, rack: 0, slot: 1, pdu_size: 240 }}
+    timeout: 1s
+    poll_interval: 200ms
+    points:
+      - {{ name: text, address: "DB2,STRING0.254", publish: {{ topic: s7h/text, format: json }} }}
+      - {{ name: after, address: "DB2,INT256", publish: {{ topic: s7h/after, format: json }} }}
+"#,
+        mqtt_port = mqtt.port()
+    );
+    let mut gw = gateway_yaml(dir.path(), &yaml);
+    gw.wait_line("s7 link connected").await;
+    let want = format!("Hällo {}", "x".repeat(240));
+    let text = obs
+        .wait_topic(0, "s7h/text", |p| json(p)["quality"] == "good")
+        .await;
+    assert_eq!(
+        json(&text.payload)["value"],
+        want.as_str(),
+        "{}",
+        text.payload
+    );
+    let after = obs
+        .wait_topic(0, "s7h/after", |p| json(p)["quality"] == "good")
+        .await;
+    assert_eq!(json(&after.payload)["value"], 4321);
+    obs.wait_topic(0, "s7h/status/plc", |p| json(p)["status"] == "ok")
+        .await;
+}
+
+/// `--s7` with a Modbus-only simulator option is refused, naming the option, rather than
+/// silently ignored; `--help` mentions S7.
+#[test]
+fn simulate_s7_refuses_modbus_only_options() {
+    let out = Command::new(bin())
+        .args(["simulate", "water-tower", "--s7", "--listen", "127.0.0.1:0"])
+        .args(["--units", "1,2", "--fault", "1=silent"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--units, --fault apply to the Modbus simulator only"),
+        "{err}"
+    );
+    let help = Command::new(bin()).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Siemens S7"));
 }

@@ -223,6 +223,26 @@ async fn simulate_s7(
     if a.rtu.is_some() || a.rtu_over_tcp {
         anyhow::bail!("--s7 speaks ISO-on-TCP: --rtu and --rtu-over-tcp do not apply");
     }
+    // Modbus-only options would be silently ignored: refused instead.
+    let mut modbus_only = Vec::new();
+    if !a.units.is_empty() {
+        modbus_only.push("--units");
+    }
+    if !a.levels.is_empty() {
+        modbus_only.push("--levels");
+    }
+    if !a.faults.is_empty() {
+        modbus_only.push("--fault");
+    }
+    if !a.quirks.is_empty() {
+        modbus_only.push("--quirk");
+    }
+    if !modbus_only.is_empty() {
+        anyhow::bail!(
+            "--s7 serves one S7 PLC: {} apply to the Modbus simulator only",
+            modbus_only.join(", ")
+        );
+    }
     let mut tower = fieldgate::simulator::water_tower::WaterTower::new(a.seed, a.level);
     if a.auto {
         let _ = tower.write_holding_registers(4, &[1]);

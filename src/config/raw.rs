@@ -1137,10 +1137,13 @@ pub struct RawS7Device {
 pub enum RawS7ConnectionType {
     /// Programming device (1): what STEP 7 / TIA Portal use; the default.
     #[default]
+    #[serde(alias = "PG", alias = "Pg")]
     Pg,
     /// Operator panel (2).
+    #[serde(alias = "OP", alias = "Op")]
     Op,
     /// S7 basic communication (3).
+    #[serde(alias = "BASIC", alias = "Basic")]
     Basic,
 }
 

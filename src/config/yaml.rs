@@ -336,6 +336,14 @@ const LOCATED_FIELDS: &[&str] = &[
     "cert_file",
     "key_file",
     "trend_samples",
+    // s7_devices: the `s7:` block and its located keys.
+    "s7",
+    "host",
+    "rack",
+    "slot",
+    "local_tsap",
+    "remote_tsap",
+    "pdu_size",
 ];
 
 /// Sections whose entries are a map by name (`homeassistant.devices.<device>.points.<point>`),
@@ -408,6 +416,8 @@ struct Names {
     derived: Option<Vec<Named>>,
     #[serde(default)]
     templates: Option<Vec<Named>>,
+    #[serde(default)]
+    s7_devices: Option<Vec<Named>>,
 }
 
 /// Replace `devices[0]` / `templates[0]` / `points[1]` / `derived[2]` indexes by names when the file is at least
@@ -431,6 +441,9 @@ fn named_path(path: &str, text: &str) -> String {
         let replaced = if let Some(i) = index(seg, "devices[") {
             device = names.devices.as_ref().and_then(|d| d.get(i));
             named(names.devices.as_ref(), i).map(|n| format!("devices[{n}]"))
+        } else if let Some(i) = index(seg, "s7_devices[") {
+            device = names.s7_devices.as_ref().and_then(|d| d.get(i));
+            named(names.s7_devices.as_ref(), i).map(|n| format!("s7_devices[{n}]"))
         } else if let Some(i) = index(seg, "templates[") {
             device = names.templates.as_ref().and_then(|d| d.get(i));
             named(names.templates.as_ref(), i).map(|n| format!("templates[{n}]"))
@@ -543,6 +556,14 @@ mod tests {
         assert_eq!(
             clean_path("devices[0].value.points[0].value.?"),
             "devices[0].points[0]"
+        );
+        assert_eq!(
+            clean_path("s7_devices[0].s7.value.connection_type"),
+            "s7_devices[0].s7.connection_type"
+        );
+        assert_eq!(
+            clean_path("s7_devices[0].s7.value.remote_tsap.value"),
+            "s7_devices[0].s7.remote_tsap"
         );
         assert_eq!(clean_path("."), "");
     }

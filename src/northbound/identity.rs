@@ -53,11 +53,16 @@ impl Identity {
             .devices
             .iter()
             .map(|d| {
-                json!({
+                let link = m.links.get(d.link);
+                let mut v = json!({
                     "name": d.name.as_ref(),
-                    "link": m.links.get(d.link).map(|l| l.name.as_ref()),
-                    "unit": d.unit,
-                })
+                    "link": link.map(|l| l.name.as_ref()),
+                });
+                // A Modbus unit id; an S7 PLC has none.
+                if !link.is_some_and(|l| matches!(l.spec, crate::model::LinkSpec::S7(_))) {
+                    v["unit"] = json!(d.unit);
+                }
+                v
             })
             .collect();
         json!({
@@ -144,6 +149,25 @@ devices:
             v["devices"],
             json!([{"name": "tower", "link": "tcp://10.0.0.5:502", "unit": 3}])
         );
+    }
+
+    #[test]
+    fn an_s7_device_is_listed_without_a_unit_id() {
+        let yaml = format!(
+            "{YAML}s7_devices:
+  - name: plc
+    s7: {{ host: 10.0.0.6 }}
+    points:
+      - {{ name: count, address: DB1.DBW0, publish: {{ topic: site/count }} }}
+"
+        );
+        let m = model(&yaml);
+        let id = Identity::new(Arc::clone(&m), SystemTime::UNIX_EPOCH);
+        let v = id.payload(SystemTime::UNIX_EPOCH);
+        let plc = &v["devices"][1];
+        assert_eq!(plc["name"], "plc", "{v}");
+        assert!(plc.get("unit").is_none(), "{plc}");
+        assert_eq!(v["devices"][0]["unit"], 3);
     }
 
     #[test]

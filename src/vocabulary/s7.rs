@@ -139,7 +139,8 @@ impl S7Type {
             S7Type::DInt => DataType::I32,
             S7Type::Real => DataType::F32,
             S7Type::LReal => DataType::F64,
-            S7Type::String(n) => DataType::String((n as u16).div_ceil(2)),
+            // One S7 CHAR (Latin-1) is at most two bytes of UTF-8: n registers hold n chars.
+            S7Type::String(n) => DataType::String(n as u16),
         }
     }
 
@@ -291,11 +292,18 @@ pub const MAX_BYTE: u32 = 65_535;
 ///   `I0.1`, `Q0.0`, `M10.0`, `MB4`, `MW20`, `MD24`, `IW64`;
 /// - `V` followed by the same (a LOGO! 8's V memory, which is DB1): `V10.0`, `VW0`.
 ///
+/// TIA Portal's absolute-address prefix `%` is accepted and ignored: `%DB1.DBW0`, `%MW10`,
+/// `%I0.1`.
+///
 /// Errors name the character where the address goes wrong.
 pub fn parse_address(text: &str, ty: Option<&str>) -> Result<S7Address, AddressError> {
     let s = text.trim_end();
-    let lead = s.len() - s.trim_start().len();
-    let s = s.trim_start();
+    let mut lead = s.len() - s.trim_start().len();
+    let mut s = s.trim_start();
+    if let Some(rest) = s.strip_prefix('%') {
+        s = rest;
+        lead += 1;
+    }
     let upper = s.to_ascii_uppercase();
     parse_upper(&upper, ty).map_err(|mut e| {
         e.at += lead;
@@ -493,15 +501,19 @@ impl S7ReadRequest {
     pub fn request_bytes(&self) -> usize {
         JOB_HEADER + 2 + ITEM_SPEC * self.items.len()
     }
-    /// Bytes of the reply PDU when every item succeeds (a fill byte after each odd-length
-    /// item but the last: counted for every one, to be safe).
+    /// Bytes of the reply PDU when every item succeeds: a fill byte follows each odd-length
+    /// item but the last (Snap7 `cli_ReadMultiVars`; the last item carries none).
     pub fn reply_bytes(&self) -> usize {
+        let n = self.items.len();
         ACK_HEADER
             + 2
             + self
                 .items
                 .iter()
-                .map(|i| ITEM_DATA_HEADER + usize::from(i.len) + usize::from(i.len % 2))
+                .enumerate()
+                .map(|(k, i)| {
+                    ITEM_DATA_HEADER + usize::from(i.len) + usize::from(k + 1 < n && i.len % 2 == 1)
+                })
                 .sum::<usize>()
     }
 }
@@ -522,20 +534,31 @@ pub struct S7ReadPlan {
     pub requests: Vec<S7ReadRequest>,
     /// One per input address, in input order.
     pub slots: Vec<S7Slot>,
+    /// One per input address (or empty): for a value larger than one reply, the slots of its
+    /// further pieces in byte order (its first piece is in `slots`); empty for the others.
+    /// The pieces' data, joined, is the value (as Snap7 splits a large area read).
+    pub more: Vec<Vec<S7Slot>>,
 }
 
-/// The largest item one reply can carry within `pdu`.
+/// The largest item one reply can carry within `pdu` (alone, so without a fill byte: 222 at
+/// PDU 240).
 pub const fn max_item_bytes(pdu: u16) -> usize {
-    (pdu as usize).saturating_sub(ACK_HEADER + 2 + ITEM_DATA_HEADER + 1)
+    (pdu as usize).saturating_sub(ACK_HEADER + 2 + ITEM_DATA_HEADER)
 }
 
 /// Plan the ReadVar requests for `addresses` within PDU size `pdu`: values in the same area
 /// (and DB) merge into one item when they are at most `max_gap` bytes apart and the item still
-/// fits one reply; items are then packed, in address order, into as few requests as the PDU
-/// (both the request and its reply) and [`MAX_ITEMS`] allow. `Err` names the first value that
-/// is too large for one reply at this PDU size.
+/// fits one reply; items are then packed, in address order, first fit: each into the first
+/// request that still has room for it (both the request and its reply within the PDU, at most
+/// [`MAX_ITEMS`]), a new request when none has. A value larger than one reply (a STRING[254]
+/// at PDU 240) is split into items of at most [`max_item_bytes`] each, joined again from
+/// [`S7ReadPlan::more`]. `Err` only when the PDU size leaves no room for data.
 pub fn plan(addresses: &[S7Address], pdu: u16, max_gap: u16) -> Result<S7ReadPlan, String> {
     let max_item = max_item_bytes(pdu);
+    if max_item == 0 {
+        return Err(format!("a PDU size of {pdu} bytes leaves no room for data"));
+    }
+    let mut split: Vec<Vec<usize>> = vec![Vec::new(); addresses.len()];
     let mut order: Vec<usize> = (0..addresses.len()).collect();
     order.sort_by_key(|&i| {
         (
@@ -551,16 +574,30 @@ pub fn plan(addresses: &[S7Address], pdu: u16, max_gap: u16) -> Result<S7ReadPla
         let a = addresses[i];
         let len = u32::from(a.ty.bytes());
         if len as usize > max_item {
-            return Err(format!(
-                "{a} ({} bytes) does not fit one reply at PDU size {pdu} (at most {max_item} bytes)",
-                a.ty.bytes()
-            ));
+            // Pieces of at most one reply each, in byte order.
+            let end = a.byte + len;
+            let mut at = a.byte;
+            let mut pieces = Vec::new();
+            while at < end {
+                let n = (end - at).min(max_item as u32);
+                items.push(S7Item {
+                    area: a.area,
+                    start: at,
+                    len: n as u16,
+                });
+                pieces.push(items.len() - 1);
+                at += n;
+            }
+            item_of[i] = (pieces[0], 0);
+            split[i] = pieces.split_off(1);
+            continue;
         }
         let last_index = items.len().saturating_sub(1);
         if let Some(last) = items.last_mut() {
             let end = a.byte + len;
             let new_end = end.max(last.end());
             if last.area == a.area
+                && a.byte >= last.start
                 && a.byte <= last.end() + u32::from(max_gap)
                 && (new_end - last.start) as usize <= max_item
             {
@@ -580,17 +617,20 @@ pub fn plan(addresses: &[S7Address], pdu: u16, max_gap: u16) -> Result<S7ReadPla
     let mut requests: Vec<S7ReadRequest> = Vec::new();
     let mut place = Vec::with_capacity(items.len());
     for item in items {
-        let fits = requests.last().is_some_and(|r| {
+        let fits = |r: &S7ReadRequest| {
             let mut t = r.clone();
             t.items.push(item);
             t.items.len() <= MAX_ITEMS
                 && t.request_bytes() <= usize::from(pdu)
                 && t.reply_bytes() <= usize::from(pdu)
-        });
-        if !fits {
-            requests.push(S7ReadRequest::default());
-        }
-        let r = requests.len() - 1;
+        };
+        let r = match requests.iter().position(fits) {
+            Some(r) => r,
+            None => {
+                requests.push(S7ReadRequest::default());
+                requests.len() - 1
+            }
+        };
         requests[r].items.push(item);
         place.push((r, requests[r].items.len() - 1));
     }
@@ -602,10 +642,24 @@ pub fn plan(addresses: &[S7Address], pdu: u16, max_gap: u16) -> Result<S7ReadPla
             offset,
         })
         .collect();
+    let more = split
+        .iter()
+        .map(|pieces| {
+            pieces
+                .iter()
+                .map(|&it| S7Slot {
+                    request: place[it].0,
+                    item: place[it].1,
+                    offset: 0,
+                })
+                .collect()
+        })
+        .collect();
     Ok(S7ReadPlan {
         pdu,
         requests,
         slots,
+        more,
     })
 }
 
@@ -625,7 +679,10 @@ pub fn to_block(ty: S7Type, bytes: &[u8]) -> Option<BlockData> {
         S7Type::Byte => BlockData::Words(vec![u16::from(b[0])]),
         S7Type::String(max) => {
             let cur = usize::from(b[1].min(max));
-            let mut text = b[2..2 + cur].to_vec();
+            // S7 CHAR is one byte of ISO 8859-1 (Latin-1): byte 0xXX is U+00XX. The engine
+            // decodes text as UTF-8, so the characters are handed over in UTF-8.
+            let text: String = b[2..2 + cur].iter().map(|&c| char::from(c)).collect();
+            let mut text = text.into_bytes();
             let width = usize::from(S7Type::String(max).data_type().width()) * 2;
             text.resize(width, 0);
             BlockData::Words(words(&text))
@@ -936,6 +993,27 @@ mod tests {
         }
     }
 
+    /// TIA Portal writes absolute addresses with `%`: the same addresses as without it.
+    #[test]
+    fn tia_percent_prefix_is_accepted() {
+        for (tia, plain) in [
+            ("%DB1.DBW0", "DB1.DBW0"),
+            ("%MW10", "MW10"),
+            ("%I0.1", "I0.1"),
+            ("%db2.dbx4.3", "DB2.DBX4.3"),
+        ] {
+            assert_eq!(
+                parse_address(tia, None),
+                parse_address(plain, None),
+                "{tia}"
+            );
+            assert!(parse_address(tia, None).is_ok(), "{tia}");
+        }
+        // A mistake after the prefix is still placed at its character.
+        let e = parse_address("%MQ10", None).unwrap_err();
+        assert!(e.at >= 1, "{e:?}");
+    }
+
     #[test]
     fn bad_addresses_say_where_and_why() {
         let cases: &[(&str, Option<&str>, usize, &str)] = &[
@@ -1048,13 +1126,14 @@ mod tests {
                 want: vec![vec![item(db1, 0, 404)]],
             },
             Case {
-                name: "two items whose replies do not fit one PDU go to two requests",
+                name: "two items whose replies do not fit one PDU go to two requests; a small \
+                       one after them joins the first with room (first fit)",
                 addresses: vec!["DB1,STRING0.200", "DB2,STRING0.200", "DB3,INT0"],
                 pdu: 240,
                 gap: 0,
                 want: vec![
-                    vec![item(db1, 0, 202)],
-                    vec![item(db2, 0, 202), item(Area::Db(3), 0, 2)],
+                    vec![item(db1, 0, 202), item(Area::Db(3), 0, 2)],
+                    vec![item(db2, 0, 202)],
                 ],
             },
             Case {
@@ -1081,6 +1160,36 @@ mod tests {
                     vec![item(Area::Db(20), 0, 1)],
                 ],
             },
+            Case {
+                name: "the README's example: first fit packs it into 2 ReadVars at PDU 240",
+                addresses: vec![
+                    "IB1",
+                    "QB0",
+                    "MD100",
+                    "DB10,STRING0.212",
+                    "DB10,STRING214.20",
+                    "DB11,INT0",
+                ],
+                pdu: 240,
+                gap: 0,
+                want: vec![
+                    vec![
+                        item(Area::Inputs, 1, 1),
+                        item(Area::Outputs, 0, 1),
+                        item(Area::Flags, 100, 4),
+                        item(Area::Db(10), 214, 22),
+                        item(Area::Db(11), 0, 2),
+                    ],
+                    vec![item(Area::Db(10), 0, 214)],
+                ],
+            },
+            Case {
+                name: "a 222-byte item fits PDU 240 exactly (no fill byte after the last item)",
+                addresses: vec!["DB1,STRING0.220"],
+                pdu: 240,
+                gap: 0,
+                want: vec![vec![item(db1, 0, 222)]],
+            },
         ];
         for c in cases {
             let addrs: Vec<S7Address> = c.addresses.iter().map(|t| a(t)).collect();
@@ -1106,11 +1215,29 @@ mod tests {
         }
     }
 
+    /// A STRING[254] (256 bytes) at PDU 240 is read in two pieces (222 + 34 bytes), joined
+    /// in byte order; a value after it still gets its own slot.
     #[test]
-    fn a_value_larger_than_one_reply_is_refused() {
-        let e = plan(&[a("DB1,STRING0.254")], 240, 0).unwrap_err();
-        assert!(e.contains("does not fit one reply"), "{e}");
-        assert!(plan(&[a("DB1,STRING0.254")], 480, 0).is_ok());
+    fn a_value_larger_than_one_reply_is_split() {
+        let addrs = [a("DB1,STRING0.254"), a("DB1,INT300")];
+        let p = plan(&addrs, 240, 0).unwrap();
+        let items: Vec<S7Item> = p.requests.iter().flat_map(|r| r.items.clone()).collect();
+        assert!(items.contains(&item(Area::Db(1), 0, 222)), "{items:?}");
+        assert!(items.contains(&item(Area::Db(1), 222, 34)), "{items:?}");
+        assert_eq!(p.more[0].len(), 1);
+        assert!(p.more[1].is_empty());
+        let first = p.requests[p.slots[0].request].items[p.slots[0].item];
+        let second = p.requests[p.more[0][0].request].items[p.more[0][0].item];
+        assert_eq!((first.start, second.start), (0, 222));
+        let int = p.requests[p.slots[1].request].items[p.slots[1].item];
+        assert_eq!(int.start + u32::from(p.slots[1].offset), 300);
+        for r in &p.requests {
+            assert!(r.reply_bytes() <= 240 && r.request_bytes() <= 240);
+        }
+        // One piece when it fits.
+        let p = plan(&[a("DB1,STRING0.254")], 480, 0).unwrap();
+        assert_eq!(p.requests.len(), 1);
+        assert!(p.more[0].is_empty());
     }
 
     #[test]
@@ -1129,14 +1256,38 @@ mod tests {
         );
         assert_eq!(
             b(S7Type::String(5), &[5, 3, b'a', b'b', b'c', 0, 0]),
-            BlockData::Words(vec![0x6162, 0x6300, 0])
+            BlockData::Words(vec![0x6162, 0x6300, 0, 0, 0])
         );
         // A current length above the maximum is capped.
         assert_eq!(
             b(S7Type::String(2), &[2, 9, b'a', b'b']),
-            BlockData::Words(vec![0x6162])
+            BlockData::Words(vec![0x6162, 0])
         );
         assert_eq!(to_block(S7Type::DInt, &[0, 0, 1]), None);
+    }
+
+    /// S7 CHAR is Latin-1: "Hällo" is stored with 0xE4 and published as "Hällo", and a
+    /// STRING of 254 such characters still fits its registers.
+    #[test]
+    fn string_characters_are_latin_1() {
+        use crate::mappings::codec::{Raw, decode};
+        use crate::vocabulary::Order;
+        let text = |ty: S7Type, bytes: &[u8]| {
+            let Some(BlockData::Words(w)) = to_block(ty, bytes) else {
+                panic!("no words")
+            };
+            match decode(&w, ty.data_type(), Order::ABCD) {
+                Ok(Raw::Text(t)) => t,
+                other => panic!("{other:?}"),
+            }
+        };
+        let ty = S7Type::String(10);
+        let mut b = vec![10, 5, b'H', 0xE4, b'l', b'l', b'o'];
+        b.resize(12, 0);
+        assert_eq!(text(ty, &b), "Hällo");
+        let mut b = vec![254, 254];
+        b.extend(std::iter::repeat_n(0xFF, 254));
+        assert_eq!(text(S7Type::String(254), &b), "ÿ".repeat(254));
     }
 
     #[test]

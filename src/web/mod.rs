@@ -614,25 +614,45 @@ fn device_rows(app: &Inner, model: &Model) -> Vec<Json_> {
             if quarantined {
                 status = "quarantined".into();
             }
-            let plan: Vec<String> = d
-                .plan
-                .requests
-                .iter()
-                .map(|r| {
-                    format!(
-                        "FC{:02} unit {} start {} count {} ({})",
-                        r.kind.read_function(),
-                        d.unit,
-                        r.start,
-                        r.count,
-                        r.kind.name()
-                    )
-                })
-                .collect();
+            let s7 = match &link.spec {
+                crate::model::LinkSpec::S7(s7) => Some(s7),
+                _ => None,
+            };
+            // An S7 device: its ReadVar requests (the engine's register plan is internal).
+            let plan: Vec<String> = if let Some(s7) = s7 {
+                s7.plan
+                    .requests
+                    .iter()
+                    .map(|r| {
+                        let items: Vec<String> = r.items.iter().map(ToString::to_string).collect();
+                        format!(
+                            "ReadVar {} item(s) at PDU {}: {}",
+                            r.items.len(),
+                            s7.plan.pdu,
+                            items.join("; ")
+                        )
+                    })
+                    .collect()
+            } else {
+                d.plan
+                    .requests
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "FC{:02} unit {} start {} count {} ({})",
+                            r.kind.read_function(),
+                            d.unit,
+                            r.start,
+                            r.count,
+                            r.kind.name()
+                        )
+                    })
+                    .collect()
+            };
             json!({
                 "name": &*d.name,
                 "link": &*link.name,
-                "unit": d.unit,
+                "unit": if s7.is_some() { Json_::Null } else { json!(d.unit) },
                 "poll_interval_ms": d.poll_interval.as_millis() as u64,
                 "status": status,
                 "last_error": st["reason"],
@@ -693,7 +713,23 @@ async fn points(State(app): State<App>) -> Response {
             if let Some(p) = model.points.get(i) {
                 v["device"] = json!(&*model.devices[p.device].name);
                 v["name"] = json!(&*p.name);
-                v["kind"] = json!(p.kind.name());
+                let dev = &model.devices[p.device];
+                let s7_address = match &model.links[dev.link].spec {
+                    crate::model::LinkSpec::S7(s7) => s7
+                        .points
+                        .iter()
+                        .find(|(n, _)| **n == *p.name)
+                        .map(|(_, a)| a),
+                    _ => None,
+                };
+                match s7_address {
+                    // An S7 point: its S7 address and type, not the engine's internal kind.
+                    Some(a) => {
+                        v["kind"] = json!(format!("s7 {}", a.ty.name()));
+                        v["address"] = json!(a.to_string());
+                    }
+                    None => v["kind"] = json!(p.kind.name()),
+                }
                 v["unit"] = json!(p.unit.as_deref());
                 v["numeric"] = json!(!matches!(p.dtype, crate::vocabulary::DataType::String(_)));
                 v["writable"] = match p.write {

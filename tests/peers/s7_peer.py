@@ -12,6 +12,11 @@ DB1 (32 bytes):
   DB1,STRING8.10   "PUMP-7"  (max 10 characters: bytes 8-19)
   DB1,INT20        100       (the INT fieldgate writes)
 
+DB2 (300 bytes):
+  DB2,STRING0.254  "Hällo " and 240 times "x": a TIA default STRING[254] (256 bytes, more than
+                   one reply at PDU 240), its characters Latin-1 (0xE4 for "ä")
+  DB2,INT256       4321
+
 Prints one line per event on stdout:
   listening PORT
   stopped / started
@@ -50,9 +55,17 @@ db1[9] = len(name)
 db1[10 : 10 + len(name)] = name
 struct.pack_into(">h", db1, 20, 100)
 
+db2 = bytearray(300)
+long_text = ("Hällo " + "x" * 240).encode("latin-1")
+db2[0] = 254
+db2[1] = len(long_text)
+db2[2 : 2 + len(long_text)] = long_text
+struct.pack_into(">h", db2, 256, 4321)
+
 server = snap7.server.Server(log=False)
 server.host = "127.0.0.1"
 server.register_area(SrvArea.DB, 1, db1)
+server.register_area(SrvArea.DB, 2, db2)
 
 
 def start():

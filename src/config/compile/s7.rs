@@ -119,6 +119,8 @@ fn device(
     let mut names = HashSet::new();
     let mut addressed: Vec<(Arc<str>, S7Address)> = Vec::new();
     let mut ids = Vec::new();
+    // Per entry of `addressed`: whether its address parsed (checks that need it skip it).
+    let mut address_ok: Vec<bool> = Vec::new();
     for (pi, p) in d.points.iter().enumerate() {
         let ppath = format!(
             "{dpath}.points[{}]",
@@ -139,7 +141,9 @@ fn device(
                 ),
             );
         }
-        let address = match s7::parse_address(&p.address, p.dtype.as_ref().map(|t| t.as_str())) {
+        let parsed = s7::parse_address(&p.address, p.dtype.as_ref().map(|t| t.as_str()));
+        address_ok.push(parsed.is_ok());
+        let address = match parsed {
             Ok(a) => a,
             Err(e) => {
                 match &p.dtype {
@@ -158,6 +162,8 @@ fn device(
                         ),
                     ),
                 }
+                // A stand-in so that the rest compiles; checks that depend on the address
+                // (type, limits, overlaps) are skipped for it.
                 S7Address {
                     area: s7::Area::Db(1),
                     byte: 0,
@@ -165,14 +171,24 @@ fn device(
                 }
             }
         };
-        let point = point(ctx, d, p, &ppath, device_id, address, addressed.len());
+        let ok = address_ok[address_ok.len() - 1];
+        if ok && p.writable.value && address.area == s7::Area::Inputs {
+            ctx.warn(
+                &p.writable,
+                format!("{ppath}.writable"),
+                format!(
+                    "`{address}` is in the process image of the inputs: the CPU overwrites it from the input modules every scan, so a write does not last"
+                ),
+            );
+        }
+        let point = point(ctx, d, p, &ppath, device_id, (address, ok), addressed.len());
         let full = point.full_name.to_string();
         ids.push(devs.points.len());
         devs.by_name.insert(full, devs.points.len());
         devs.points.push(point);
         addressed.push((Arc::from(p.name.as_str()), address));
     }
-    writes_within_writable(ctx, d, &dpath, &ids, &addressed, &devs.points);
+    writes_within_writable(ctx, d, &dpath, &ids, &addressed, &address_ok, &devs.points);
 
     let addresses: Vec<S7Address> = addressed.iter().map(|(_, a)| *a).collect();
     let plan = s7::plan(&addresses, pdu.max(s7::MIN_PDU), d.max_gap).unwrap_or_else(|e| {
@@ -180,7 +196,7 @@ fn device(
             pdu_at.0,
             pdu_at.1,
             format!("{dpath}.s7.pdu_size"),
-            format!("{e}: ask for a larger pdu_size (if the CPU grants it) or split the value"),
+            format!("{e}: ask for a larger pdu_size"),
         );
         s7::S7ReadPlan::default()
     });
@@ -306,7 +322,7 @@ fn point(
     p: &Located<RawS7Point>,
     ppath: &str,
     device_id: usize,
-    address: S7Address,
+    (address, address_ok): (S7Address, bool),
     index: usize,
 ) -> Point {
     let dtype = address.ty.data_type();
@@ -325,14 +341,22 @@ fn point(
             "offset must be a finite number",
         );
     }
-    if !numeric && (p.scale != 1.0 || p.offset != 0.0) {
+    if address_ok && !numeric && (p.scale != 1.0 || p.offset != 0.0) {
         ctx.err(
             p,
             format!("{ppath}.scale"),
             "scale and offset apply to numeric types only",
         );
     }
-    let write = write_limits(ctx, p, address.ty, ppath);
+    let write = if address_ok {
+        write_limits(ctx, p, address.ty, ppath)
+    } else {
+        // The address is wrong (said at it): no type to check the limits against.
+        p.writable.value.then(|| WriteLimits {
+            min: p.min.unwrap_or(f64::MIN),
+            max: p.max.unwrap_or(f64::MAX),
+        })
+    };
     let publish = p.publish.as_ref().map(|r| {
         let rule = publish_rule(ctx, r, &format!("{ppath}.publish"), d.poll_interval.0);
         ctx.note_topic(
@@ -444,16 +468,17 @@ fn writes_within_writable(
     dpath: &str,
     ids: &[usize],
     addressed: &[(Arc<str>, S7Address)],
+    address_ok: &[bool],
     points: &[Point],
 ) {
     for (wi, &w) in ids.iter().enumerate() {
-        if points[w].write.is_none() {
+        if points[w].write.is_none() || !address_ok[wi] {
             continue;
         }
         let (wname, waddr) = &addressed[wi];
         for (oi, &o) in ids.iter().enumerate() {
             let (oname, oaddr) = &addressed[oi];
-            if o == w || points[o].write.is_some() || oaddr.area != waddr.area {
+            if o == w || !address_ok[oi] || points[o].write.is_some() || oaddr.area != waddr.area {
                 continue;
             }
             let (ws, os) = (bits(waddr), bits(oaddr));
@@ -467,5 +492,72 @@ fn writes_within_writable(
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::LinkSpec;
+
+    fn remote_tsap(connection_type: &str) -> Result<u16, String> {
+        let yaml = format!(
+            "mqtt: {{ host: 127.0.0.1, client_id: c, status_topic: t/status }}
+s7_devices:
+  - name: plc
+    s7: {{ host: 10.0.0.5, rack: 0, slot: 1, connection_type: {connection_type} }}
+    points:
+      - {{ name: count, address: DB1.DBW0 }}
+"
+        );
+        let m = crate::config::load_str(
+            std::path::Path::new("m.yaml"),
+            &yaml,
+            Default::default(),
+            "box",
+        )
+        .map_err(|e| e.to_string())?;
+        match &m.links[0].spec {
+            LinkSpec::S7(s7) => Ok(s7.remote_tsap),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// `connection_type` is written in lower case in the README, in upper case in Siemens'
+    /// manuals (PG, OP): both are accepted; the high byte of the remote TSAP follows it.
+    #[test]
+    fn connection_type_is_accepted_in_either_case() {
+        assert_eq!(remote_tsap("op"), Ok(0x0201));
+        assert_eq!(remote_tsap("OP"), Ok(0x0201));
+        assert_eq!(remote_tsap("PG"), Ok(0x0101));
+        assert_eq!(remote_tsap("Basic"), Ok(0x0301));
+        assert!(remote_tsap("xx").is_err());
+    }
+
+    /// A writable point on the inputs (I/E) is a warning: the CPU overwrites it every scan.
+    #[test]
+    fn a_writable_input_is_a_warning() {
+        let yaml = "mqtt: { host: 127.0.0.1, client_id: c, status_topic: t/status }
+s7_devices:
+  - name: plc
+    s7: { host: 10.0.0.5 }
+    points:
+      - { name: sw, address: I0.1, writable: true }
+      - { name: out, address: Q0.1, writable: true }
+";
+        let m = crate::config::load_str(
+            std::path::Path::new("m.yaml"),
+            yaml,
+            Default::default(),
+            "box",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let w: Vec<String> = m
+            .warnings
+            .iter()
+            .map(|i| format!("{}: {}", i.path, i.message))
+            .collect();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("points[sw].writable"), "{w:?}");
+        assert!(w[0].contains("process image of the inputs"), "{w:?}");
     }
 }

@@ -90,9 +90,20 @@ impl S7LinkTask {
         let mut state = State::default();
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
         loop {
-            let connected = tokio::select! {
-                () = shutdown.cancelled() => return,
-                r = S7Client::connect(&opts) => r,
+            // Writes keep being answered (refused at once) while the handshake runs: the
+            // connect may take seconds, and a pump must not start late.
+            let connected = {
+                let connect = S7Client::connect(&opts);
+                tokio::pin!(connect);
+                let mut tick = tokio::time::interval(crate::supervisor::BEAT_EVERY);
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        r = &mut connect => break r,
+                        _ = tick.tick() => self.beat.beat(),
+                        Some(w) = self.writes.recv() => refuse_write(w, &self.s7),
+                    }
+                }
             };
             let reason = match connected {
                 Err(e) => format!(
@@ -101,12 +112,14 @@ impl S7LinkTask {
                 ),
                 Ok(client) => {
                     events::s7_connected(&name, client.pdu());
-                    backoff.reset();
+                    // The backoff is reset only after a whole read cycle succeeded (in
+                    // `serve`): a PLC that accepts the connection and then fails every
+                    // request must not be reconnected every 250 ms.
                     match self.plan_for(client.pdu()) {
                         Err(e) => e,
                         Ok(plan) => {
                             match self
-                                .serve(client, &plan, device, &mut state, &shutdown)
+                                .serve(client, &plan, device, &mut state, &mut backoff, &shutdown)
                                 .await
                             {
                                 Stop::Shutdown => return,
@@ -119,7 +132,7 @@ impl S7LinkTask {
             self.set_status(device, &mut state, DeviceStatus::Error(reason.clone()))
                 .await;
             let delay = backoff.next_delay();
-            events::link_down(&name, &reason, delay);
+            events::s7_link_down(&name, &reason, delay);
             if self
                 .refuse_writes_until(Instant::now() + delay, &shutdown)
                 .await
@@ -170,11 +183,7 @@ impl S7LinkTask {
                 () = shutdown.cancelled() => return true,
                 () = sleep_until(until) => return false,
                 _ = tick.tick() => self.beat.beat(),
-                Some(w) = self.writes.recv() => {
-                    let t = &w.target;
-                    events::write_done(&t.device, &t.point, w.op.address, &value_text(&w.op.value), &w.origin, WriteOutcome::Failed { reason: "device not connected" });
-                    let _ = w.reply.send(Err(Fault::NotConnected));
-                }
+                Some(w) = self.writes.recv() => refuse_write(w, &self.s7),
             }
         }
     }
@@ -186,6 +195,7 @@ impl S7LinkTask {
         plan: &S7ReadPlan,
         device: DeviceId,
         st: &mut State,
+        backoff: &mut Backoff,
         shutdown: &CancellationToken,
     ) -> Stop {
         let mut tick = tokio::time::interval(crate::supervisor::BEAT_EVERY);
@@ -211,6 +221,7 @@ impl S7LinkTask {
                     if let Err(e) = polled {
                         return Stop::Down(e);
                     }
+                    backoff.reset();
                     // Keep the rhythm, but never try to catch up a backlog of missed cycles.
                     due = (due + interval).max(Instant::now());
                 }
@@ -244,7 +255,11 @@ impl S7LinkTask {
                     events::device_fault(&dev.name, &reason);
                     return Err(reason);
                 }
-                Ok(Err(e)) => return Err(e.to_string()),
+                Ok(Err(e)) => {
+                    let reason = e.to_string();
+                    events::device_fault(&dev.name, &reason);
+                    return Err(reason);
+                }
                 Ok(Ok(r)) => replies.push(r),
             }
         }
@@ -252,7 +267,11 @@ impl S7LinkTask {
             .slots
             .iter()
             .zip(&self.s7.points)
-            .map(|(slot, (_, addr))| value_of(&replies, slot, addr.ty))
+            .enumerate()
+            .map(|(i, (slot, (_, addr)))| {
+                let more = plan.more.get(i).map_or(&[][..], Vec::as_slice);
+                value_of(&replies, slot, more, addr.ty)
+            })
             .collect();
         events::poll_done(&dev.name, started.elapsed().as_secs_f64());
         self.report_refusals(device, st, &blocks);
@@ -289,17 +308,36 @@ impl S7LinkTask {
             .enumerate()
             .filter_map(|(i, b)| b.as_ref().err().map(|f| (i, f.to_string())))
             .collect();
+        // One line per fault and episode, naming every point it hit (a CPU refusing PUT/GET
+        // refuses every request: one line, not one per point).
+        let mut started: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
         for (i, fault) in &now {
             if st.refused.get(i) != Some(fault) {
-                let (name, addr) = &self.s7.points[*i];
-                events::s7_item_fault(&dev.name, name, &addr.to_string(), fault, true);
+                started.entry(fault.as_str()).or_default().push(*i);
             }
         }
-        for i in st.refused.keys() {
-            if !now.contains_key(i) {
-                let (name, addr) = &self.s7.points[*i];
-                events::s7_item_fault(&dev.name, name, &addr.to_string(), "", false);
-            }
+        let names = |ix: &mut Vec<usize>| {
+            ix.sort_unstable();
+            let points: Vec<&str> = ix.iter().map(|&i| &*self.s7.points[i].0).collect();
+            let addrs: Vec<String> = ix
+                .iter()
+                .map(|&i| self.s7.points[i].1.to_string())
+                .collect();
+            (points.join(", "), addrs.join(", "))
+        };
+        for (fault, mut ix) in started {
+            let (points, addrs) = names(&mut ix);
+            events::s7_item_fault(&dev.name, &points, &addrs, fault, true);
+        }
+        let mut ended: Vec<usize> = st
+            .refused
+            .keys()
+            .filter(|i| !now.contains_key(i))
+            .copied()
+            .collect();
+        if !ended.is_empty() {
+            let (points, addrs) = names(&mut ended);
+            events::s7_item_fault(&dev.name, &points, &addrs, "", false);
         }
         st.refused = now;
     }
@@ -385,10 +423,10 @@ impl S7LinkTask {
             (Err(_), Some(reason), _) => WriteOutcome::Failed { reason },
             (Err(_), None, _) => WriteOutcome::Failed { reason: "failed" },
         };
-        events::write_done(
+        events::s7_write_done(
             &t.device,
             &t.point,
-            w.op.address,
+            &found.map_or_else(|| "?".to_owned(), |a| a.to_string()),
             &value,
             &w.origin,
             outcome,
@@ -418,32 +456,67 @@ impl S7LinkTask {
             Ok(Ok(Err((class, code)))) => Err((Fault::S7Refused(class, code), None)),
             Ok(Ok(Ok(items))) => {
                 let slot = s7::S7Slot::default();
-                value_of(&[Ok(items)], &slot, addr.ty).map_err(|f| (f, None))
+                value_of(&[Ok(items)], &slot, &[], addr.ty).map_err(|f| (f, None))
             }
         }
     }
 }
 
+/// Answer a write at once with "device not connected" (the link is down or connecting).
+fn refuse_write(w: WriteRequest, s7: &S7Link) {
+    let t = &w.target;
+    events::s7_write_done(
+        &t.device,
+        &t.point,
+        &address_text(s7, &t.point),
+        &value_text(&w.op.value),
+        &w.origin,
+        WriteOutcome::Failed {
+            reason: "device not connected",
+        },
+    );
+    let _ = w.reply.send(Err(Fault::NotConnected));
+}
+
+/// The S7 address of `point` on this link, in S7 notation (`?` when it has none).
+fn address_text(s7: &S7Link, point: &str) -> String {
+    s7.points
+        .iter()
+        .find(|(n, _)| **n == *point)
+        .map_or_else(|| "?".to_owned(), |(_, a)| a.to_string())
+}
+
 /// The value at `slot` of a cycle's replies, as register-shaped data, or the fault that
 /// stands for it.
+/// `more` are the slots of the further pieces of a value split over several items (see
+/// `S7ReadPlan::more`), joined in order after the first.
 fn value_of(
     replies: &[Result<Vec<ReadItem>, (u8, u8)>],
     slot: &s7::S7Slot,
+    more: &[s7::S7Slot],
     ty: S7Type,
 ) -> Result<BlockData, Fault> {
-    match replies.get(slot.request) {
-        None => Err(Fault::NotConnected),
-        Some(Err((class, code))) => Err(Fault::S7Refused(*class, *code)),
-        Some(Ok(items)) => match items.get(slot.item) {
-            None => Err(Fault::Transport("the reply lacks an item".into())),
-            Some(it) if it.code != ITEM_OK => Err(Fault::S7Item(it.code)),
-            Some(it) => it
-                .data
-                .get(usize::from(slot.offset)..)
-                .and_then(|b| s7::to_block(ty, b))
-                .ok_or_else(|| Fault::Transport("the reply is shorter than the value".into())),
-        },
+    let mut bytes = Vec::new();
+    for piece in std::iter::once(slot).chain(more) {
+        match replies.get(piece.request) {
+            None => return Err(Fault::NotConnected),
+            Some(Err((class, code))) => return Err(Fault::S7Refused(*class, *code)),
+            Some(Ok(items)) => match items.get(piece.item) {
+                None => return Err(Fault::Transport("the reply lacks an item".into())),
+                Some(it) if it.code != ITEM_OK => return Err(Fault::S7Item(it.code)),
+                Some(it) => match it.data.get(usize::from(piece.offset)..) {
+                    Some(b) => bytes.extend_from_slice(b),
+                    None => {
+                        return Err(Fault::Transport(
+                            "the reply is shorter than the value".into(),
+                        ));
+                    }
+                },
+            },
+        }
     }
+    s7::to_block(ty, &bytes)
+        .ok_or_else(|| Fault::Transport("the reply is shorter than the value".into()))
 }
 
 fn block_text(b: &BlockData) -> String {

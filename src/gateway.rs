@@ -270,6 +270,8 @@ pub async fn run_announcing(
     // The mapping is loaded and every link is making its first connection attempt.
     crate::supervisor::notify_ready();
     crate::supervisor::spawn_watchdog(shutdown.clone());
+    // The mapping's parse and compile garbage is free now; hand it back (src/memory.rs).
+    crate::memory::release_free_memory();
 
     loop {
         let request = async {
@@ -290,6 +292,7 @@ pub async fn run_announcing(
                     let _ = snap_tx.send(Snapshot::new(&new, writers(&running)));
                     model = new;
                 }
+                crate::memory::release_free_memory();
                 crate::supervisor::notify_ready();
             }
         }

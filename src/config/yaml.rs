@@ -140,7 +140,7 @@ pub fn parse<T: for<'de> Deserialize<'de>>(
     opts.property_syntax = serde_saphyr::PropertySyntax::DockerCompose;
     let mut path = String::new();
     OWN_ERROR.with(|e| e.borrow_mut().take());
-    let result = from_str(text, opts, Some(&mut path));
+    let result = from_str(text, opts, &mut path);
     result.map_err(|e| {
         let (line, col) = e
             .location()
@@ -187,19 +187,20 @@ pub fn parse_at<T: for<'de> Deserialize<'de>>(
     })
 }
 
-/// The one call into the YAML crate: `text` as one `T` document, read with `opts`. With `path`,
-/// the key path where it failed is written there (`devices[0].points[1].address`).
+/// The one call into the YAML crate: `text` as one `T` document, read with `opts`; the key path
+/// where it failed is written to `path` (`devices[0].points[1].address`). Always through
+/// `serde_path_to_error`: a second, plain instantiation of every config type's deserializer
+/// would add about a megabyte of code that no caller runs.
 fn from_str<T: for<'de> Deserialize<'de>>(
     text: &str,
     opts: serde_saphyr::Options,
-    path: Option<&mut String>,
+    path: &mut String,
 ) -> Result<T, serde_saphyr::Error> {
-    serde_saphyr::with_deserializer_from_str_with_options(text, opts, |de| match path {
-        Some(path) => serde_path_to_error::deserialize(de).map_err(|e| {
+    serde_saphyr::with_deserializer_from_str_with_options(text, opts, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
             *path = e.path().to_string();
             e.into_inner()
-        }),
-        None => T::deserialize(de),
+        })
     })
 }
 
@@ -425,7 +426,7 @@ struct Names {
 fn named_path(path: &str, text: &str) -> String {
     let opts =
         serde_saphyr::options! { duplicate_keys: serde_saphyr::DuplicateKeyPolicy::FirstWins };
-    let Ok(names) = from_str::<Names>(text, opts, None) else {
+    let Ok(names) = from_str::<Names>(text, opts, &mut String::new()) else {
         return path.to_owned();
     };
     let index = |seg: &str, key: &str| -> Option<usize> {

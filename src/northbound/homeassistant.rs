@@ -114,9 +114,16 @@ impl Discovery {
     pub fn new(model: Arc<Model>) -> Self {
         let slot = |topic| StateSlot { topic, last: None };
         let h = model.homeassistant.as_ref();
+        // Without a `homeassistant` section no slot is ever used: none is made (at 10,000
+        // points they were 0.4 MB).
+        let (slot_points, slot_derived) = match h {
+            Some(_) => (model.points.len(), model.derived.len()),
+            None => (0, 0),
+        };
         let points = model
             .points
             .iter()
+            .take(slot_points)
             .enumerate()
             .map(|(pid, p)| {
                 slot(
@@ -126,7 +133,7 @@ impl Discovery {
             })
             .collect();
         let derived =
-            (0..model.derived.len())
+            (0..slot_derived)
                 .map(|di| {
                     slot(h.zip(derived_device(&model, di)).map(|(h, d)| {
                         h.state_topic(&model.devices[d].name, &model.derived[di].name)
@@ -207,7 +214,10 @@ impl Discovery {
                     return;
                 };
                 self.identity(p.device, pid, &u.reading, &text, u.at, out);
-                &mut self.points[pid]
+                match self.points.get_mut(pid) {
+                    Some(s) => s,
+                    None => return,
+                }
             }
             Source::Derived(di) => match self.derived.get_mut(di) {
                 Some(s) => s,

@@ -4,7 +4,6 @@
 
 mod cli;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -95,7 +94,7 @@ enum Command {
     #[cfg(feature = "embedded-broker")]
     Broker {
         #[arg(long, default_value = "127.0.0.1:1883")]
-        listen: SocketAddr,
+        listen: std::net::SocketAddr,
     },
 }
 

@@ -56,7 +56,7 @@ struct Args {
     /// Length of each measurement window, in seconds.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Scenario (repeatable): 10@1, 1000@1, 1000@0.1, 10x1000@0.1, 2000@0.1, link; all when absent.
+    /// Scenario (repeatable): 10@1, 1000@1, 1000@0.1, 10x1000@1, 10x1000@0.1, 2000@0.1, link; all when absent.
     #[arg(long)]
     scenario: Vec<String>,
     /// The gateway binary; default: `fieldgate` next to this example's directory.
@@ -76,10 +76,11 @@ struct Args {
     bare_loop: Option<SocketAddr>,
 }
 
-const ALL: [&str; 6] = [
+const ALL: [&str; 7] = [
     "10@1",
     "1000@1",
     "1000@0.1",
+    "10x1000@1",
     "10x1000@0.1",
     "2000@0.1",
     "link",
@@ -344,8 +345,9 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / *TCK.get_or_init(clock_ticks)
 }
 
-/// `VmRSS` and `VmHWM` of `pid`, in MB.
-fn rss_mb(pid: u32) -> (f64, f64) {
+/// `VmRSS`, `VmHWM`, `RssAnon` (the gateway's own memory) and `RssFile` (pages of the
+/// executable and libraries mapped) of `pid`, in MB.
+fn rss_mb(pid: u32) -> (f64, f64, f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb = |key: &str| {
         status
@@ -355,7 +357,12 @@ fn rss_mb(pid: u32) -> (f64, f64) {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+    (
+        kb("VmRSS:") / 1024.0,
+        kb("VmHWM:") / 1024.0,
+        kb("RssAnon:") / 1024.0,
+        kb("RssFile:") / 1024.0,
+    )
 }
 
 /// Every sample of the gateway's `/metrics`, by name with labels.
@@ -726,7 +733,7 @@ struct Figures {
     broker_dropped: u64,
     cpu_ms_per_1000: f64,
     broker_cpu_ms_per_1000: f64,
-    rss: (f64, f64),
+    rss: (f64, f64, f64, f64),
     latency: (f64, f64),
     latency_ts: (f64, f64),
     queued: f64,
@@ -1030,8 +1037,15 @@ fn print_row(f: &Figures) {
         f.latency.1,
     );
     println!(
-        "{:<12}     ts-based latency p50 {:.1} ms p99 {:.1} ms; broker CPU {:.3} ms per 1,000; {} still in the gateway's buffer",
-        "", f.latency_ts.0, f.latency_ts.1, f.broker_cpu_ms_per_1000, f.queued,
+        "{:<12}     ts-based latency p50 {:.1} ms p99 {:.1} ms; broker CPU {:.3} ms per 1,000; {} still in the gateway's buffer; RSS {:.1} MB = {:.1} anon + {:.1} file",
+        "",
+        f.latency_ts.0,
+        f.latency_ts.1,
+        f.broker_cpu_ms_per_1000,
+        f.queued,
+        f.rss.0,
+        f.rss.2,
+        f.rss.3,
     );
     println!(
         "{:<12}     whole run: gateway accepted {}, broker received {} (with status messages; its $SYS lags up to 1 s), dropped {}; subscriber got {}",

@@ -3,7 +3,7 @@
 # a subscriber counting what arrives (examples/bench_e2e.rs). Not part of `cargo test`.
 # Usage: bash scripts/bench-e2e.sh [--seconds N] [--qos 0|1]... [--scenario NAME]... [--broker sink]
 #   --broker sink: a minimal MQTT server in the benchmark instead of mosquitto (read -> broker latency).
-#   scenarios: 10@1 1000@1 1000@0.1 10x1000@0.1 2000@0.1 link (all by default); both QoS by default.
+#   scenarios: 10@1 1000@1 1000@0.1 10x1000@1 10x1000@0.1 2000@0.1 link (all by default); both QoS by default.
 # Needs mosquitto (Debian: apt-get install -y mosquitto; the system service is not used).
 # Prints figures; asserts nothing. Run it on an otherwise idle machine: the gateway, the
 # broker, the slaves and the subscriber share its cores.

@@ -6,14 +6,13 @@
 //! life of the process (measured at 1,000 points: 3.7 MB of heap pages of which 0.55 MB in
 //! use). [`release_free_memory`] runs glibc's `malloc_trim(0)`, which since glibc 2.8 returns
 //! every free whole page of every arena (`madvise(MADV_DONTNEED)`), not only the top of the
-//! main heap (glibc manual, "Memory Allocation Tunables"; `malloc_trim(3)`). The gateway calls it
-//! once the links are started and after each reload: never on the hot path.
+//! main heap (Linux man-pages, `malloc_trim(3)`, NOTES). The gateway calls it once the links
+//! are started and after each reload: never on the hot path.
 
 /// Return the heap's free pages to the kernel. Returns `true` when glibc released memory,
 /// `false` when there was nothing to release or the target's C library is not glibc (then it
-/// does nothing). Takes time in proportion to the heap (well under a millisecond for the
-/// few megabytes of a 10,000-point gateway); it does not block other threads' allocations for
-/// longer than one arena's walk.
+/// does nothing). Takes time in proportion to the heap: measured 0.04–0.13 ms at 1,000 points
+/// and 0.2–0.5 ms at 10,000; each arena is locked only while it is walked.
 pub fn release_free_memory() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

@@ -422,7 +422,9 @@ mod tests {
         }
         let doc = serde_json::json!({
             "mqtt": {"host": "h", "port": 1883, "password": "secret", "tls": {"verify": true}},
-            "devices": [{"name": "d", "points": [{"address": 40001, "scale": 0.1, "x": null}]}],
+            "devices": [{"name": "d", "points": [
+                {"address": 40001, "scale": 0.1, "x": null, "big": 1e21, "small": -2.5e-8, "one": 1.0}
+            ]}],
             "password": "kept at the top",
             "b": false,
         });

@@ -101,11 +101,10 @@ fn publication(rule: &PublishRule, payload: Vec<u8>, created_at: SystemTime) -> 
 fn json_payload(
     p: &Point,
     v: Option<&Value>,
-    ts: SystemTime,
+    ts: &str,
     quality: &str,
     error: Option<&str>,
 ) -> Vec<u8> {
-    use std::io::Write as _;
     let mut out = Vec::with_capacity(80);
     out.push(b'{');
     if let Some(e) = error {
@@ -116,8 +115,8 @@ fn json_payload(
     out.extend_from_slice(b"\"quality\":");
     json_str(&mut out, quality);
     out.extend_from_slice(b",\"ts\":\"");
-    // RFC 3339 with milliseconds: digits, dashes, colons, `T`, `Z`; nothing to escape.
-    let _ = write!(out, "{}", humantime::format_rfc3339_millis(ts));
+    // RFC 3339 with milliseconds (`TsText`): digits, dashes, colons, `T`, `Z`; nothing to escape.
+    out.extend_from_slice(ts.as_bytes());
     out.push(b'"');
     if let Some(u) = &p.unit {
         out.extend_from_slice(b",\"unit\":");
@@ -144,12 +143,35 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     debug_assert!(written.is_ok(), "writing JSON into a Vec cannot fail");
 }
 
+/// The RFC 3339 text (milliseconds, UTC) of the last time rendered. The values of one read
+/// block share their read time, so a 1,000-value block formats it once, not 1,000 times (it was
+/// 3 % of the gateway's CPU at 100,000 values/s).
+#[derive(Debug, Default)]
+struct TsText {
+    at: Option<SystemTime>,
+    text: String,
+}
+
+impl TsText {
+    /// `at` as `2026-11-30T16:24:04.200Z`.
+    fn get(&mut self, at: SystemTime) -> &str {
+        if self.at != Some(at) {
+            use std::fmt::Write as _;
+            self.text.clear();
+            let _ = write!(self.text, "{}", humantime::format_rfc3339_millis(at));
+            self.at = Some(at);
+        }
+        &self.text
+    }
+}
+
 /// The point-topics profile; see the module docs.
 #[derive(Debug)]
 pub struct PointTopics {
     model: Arc<Model>,
     points: Vec<PubState>,
     derived: Vec<PubState>,
+    ts: TsText,
 }
 
 impl PointTopics {
@@ -158,6 +180,7 @@ impl PointTopics {
             points: vec![PubState::default(); model.points.len()],
             derived: vec![PubState::default(); model.derived.len()],
             model,
+            ts: TsText::default(),
         }
     }
 
@@ -178,7 +201,9 @@ impl PointTopics {
                 {
                     let payload = match rule.format {
                         Format::Plain => render_plain(v, p.decimals).into_bytes(),
-                        Format::Json => json_payload(p, Some(v), u.read_at, "good", None),
+                        Format::Json => {
+                            json_payload(p, Some(v), self.ts.get(u.read_at), "good", None)
+                        }
                     };
                     out.push(publication(rule, payload, u.read_at));
                     st.last_pub = Some(now);
@@ -190,13 +215,14 @@ impl PointTopics {
                 if u.previous != Quality::Bad
                     && let Some(rule) = json_rule
                 {
-                    let payload = json_payload(p, None, u.read_at, "bad", Some(reason));
+                    let ts = self.ts.get(u.read_at);
+                    let payload = json_payload(p, None, ts, "bad", Some(reason));
                     out.push(publication(rule, payload, u.read_at));
                 }
             }
             Reading::Stale(v) => {
                 if let Some(rule) = json_rule {
-                    let payload = json_payload(p, Some(v), u.read_at, "stale", None);
+                    let payload = json_payload(p, Some(v), self.ts.get(u.read_at), "stale", None);
                     out.push(publication(rule, payload, u.at));
                 }
             }
@@ -316,6 +342,17 @@ mod tests {
     }
 
     #[test]
+    fn the_timestamp_text_follows_the_time() {
+        let mut ts = TsText::default();
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(ts.get(t), "2023-11-14T22:13:20.123Z");
+        assert_eq!(ts.get(t), "2023-11-14T22:13:20.123Z");
+        let later = t + Duration::from_millis(1);
+        assert_eq!(ts.get(later), "2023-11-14T22:13:20.124Z");
+        assert_eq!(ts.get(t), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
     fn json_payload_is_byte_for_byte_what_serde_json_prints() {
         let plain = one_point("type: u16");
         let unit = one_point("type: u16, unit: \"°C \\\"inner\\\" \\\\ \\t\"");
@@ -341,7 +378,8 @@ mod tests {
             for v in &values {
                 for ts in times {
                     for (quality, error) in [("good", None), ("bad", Some("timeout \"x\"\n"))] {
-                        let got = json_payload(p, v.as_ref(), ts, quality, error);
+                        let text = humantime::format_rfc3339_millis(ts).to_string();
+                        let got = json_payload(p, v.as_ref(), &text, quality, error);
                         let want = reference_payload(p, v.as_ref(), ts, quality, error);
                         assert_eq!(String::from_utf8(got).unwrap(), want, "{v:?}");
                     }

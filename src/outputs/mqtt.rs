@@ -993,6 +993,33 @@ impl Reporter<'_> {
 
 /// One MQTT 3.1.1 connection, from connect to its end. Dropping its event loop at the end
 /// drops every request still queued for it.
+/// When the event loop beats its heartbeat: after every event, except inside a run of
+/// outgoing publications, where every [`BeatRuns::EVERY`]th does. A beat reads the clock, and
+/// a burst of 10,000 publications is 10,000 events (the clock reads were 2.5 % of the
+/// gateway's CPU at 100,000 values/s, perf). A run of 64 takes well under a millisecond, and
+/// an idle connection still beats on every keep-alive ping.
+#[derive(Debug, Default)]
+struct BeatRuns {
+    /// Outgoing publications since the last beat.
+    run: u32,
+}
+
+impl BeatRuns {
+    const EVERY: u32 = 64;
+
+    /// Whether to beat after an event; `publication`: it was an outgoing PUBLISH.
+    fn due(&mut self, publication: bool) -> bool {
+        if publication {
+            self.run += 1;
+            if self.run < Self::EVERY {
+                return false;
+            }
+        }
+        self.run = 0;
+        true
+    }
+}
+
 async fn drive_v4(
     opts: &MqttOptions,
     r: &Reporter<'_>,
@@ -1002,12 +1029,15 @@ async fn drive_v4(
     let conn = r.conn;
     let (client, mut event_loop) = AsyncClient::new(opts.clone(), REQUESTS);
     event_loop.set_network_options(network_options());
+    let mut beats = BeatRuns::default();
     loop {
-        beat.beat();
         let event = tokio::select! {
             () = hard_stop.cancelled() => return Ended::Stopped,
             e = event_loop.poll() => e,
         };
+        if beats.due(matches!(event, Ok(Event::Outgoing(Outgoing::Publish(_))))) {
+            beat.beat();
+        }
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => r.connected(Client::V4(client.clone())),
             Ok(Event::Incoming(Packet::Publish(p))) => r.command(p.topic, p.payload, p.retain),
@@ -1042,12 +1072,15 @@ async fn drive_v5(
     use rumqttc::v5::{AsyncClient as Client5, Event as Event5};
     let conn = r.conn;
     let (client, mut event_loop) = Client5::new(opts.clone(), REQUESTS);
+    let mut beats = BeatRuns::default();
     loop {
-        beat.beat();
         let event = tokio::select! {
             () = hard_stop.cancelled() => return Ended::Stopped,
             e = event_loop.poll() => e,
         };
+        if beats.due(matches!(event, Ok(Event5::Outgoing(Outgoing::Publish(_))))) {
+            beat.beat();
+        }
         match event {
             Ok(Event5::Incoming(P5::ConnAck(_))) => r.connected(Client::V5(client.clone())),
             Ok(Event5::Incoming(P5::Publish(p))) => {
@@ -1442,6 +1475,16 @@ fn report_state(state: ConnState) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_of_publications_beats_every_64th_and_any_other_event_beats() {
+        let mut b = BeatRuns::default();
+        let beats: Vec<usize> = (1..=200).filter(|_| b.due(true)).collect();
+        assert_eq!(beats, [64, 128, 192]);
+        assert!(b.due(false), "a ping, an ack, a connect: always");
+        let after: Vec<usize> = (1..=64).filter(|_| b.due(true)).collect();
+        assert_eq!(after, [64], "the run starts again after any beat");
+    }
 
     fn closed(taken_over: bool) -> Failure {
         Failure {

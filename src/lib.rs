@@ -7,7 +7,7 @@
 //! Imports run one way, down that list's layers; see `docs/ARCHITECTURE.md`. This file only
 //! declares the modules: it must not hold logic.
 
-// One exception, `memory::release_free_memory` (a call into glibc), allows it where it stands.
+// One exception, `memory` (a call into glibc and one into `madvise`), allows it where it stands.
 #![deny(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 #![allow(unreachable_pub)]

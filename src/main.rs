@@ -99,6 +99,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: which mapped files are the program's own (src/memory.rs).
+    fieldgate::memory::note_startup_objects();
     let cli = Cli::parse();
     fieldgate::telemetry::init_logging(cli.log_format == "json");
     match cli.command {

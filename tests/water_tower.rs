@@ -397,6 +397,15 @@ commands:
         "QoS 2 levels were acknowledged"
     );
     assert!(m("fieldgate_command_duration_seconds_count") >= 1.0);
+    // Durations are histograms with fixed buckets: the +Inf bucket counts every poll.
+    assert_eq!(
+        m("fieldgate_poll_duration_seconds_bucket{device=\"tower\",le=\"+Inf\"}"),
+        m("fieldgate_poll_duration_seconds_count{device=\"tower\"}"),
+        "{body}"
+    );
+    assert!(
+        body.contains("fieldgate_poll_duration_seconds_bucket{device=\"tower\",le=\"0.0005\"}")
+    );
     assert!(body.contains("fieldgate_mqtt_queue_depth"));
     assert!(scrape(&addr).await.starts_with("HTTP/1.1 200"));
 }

@@ -146,12 +146,15 @@ pub const STATE_LOCK: &str = "fieldgate.lock";
 ///
 /// # Errors
 /// Another process holds the lock.
+/// How long after start-up the start-up memory is released a second time.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Hand start-up memory back to the kernel (src/memory.rs): the allocator's free heap pages,
-/// then the clean code pages that only loading ran. Logged at debug level with the figures.
+/// then the clean code pages that only loading ran. Logged with the figures.
 fn release_startup_memory() {
     let heap = crate::memory::release_free_memory();
     let file = crate::memory::release_clean_file_pages();
-    tracing::debug!(
+    tracing::info!(
         heap_trimmed = heap,
         file_bytes_unmapped = file,
         "start-up memory released"
@@ -285,6 +288,16 @@ pub async fn run_announcing(
     // The mapping's parse and compile garbage is free now, and the code that made it has run;
     // hand both back (src/memory.rs).
     release_startup_memory();
+    // Once more when the first connections, poll cycles and publications have run: their
+    // one-time code (connect, TLS handshake, session announcements) was 0.7 of 8.2 MB of RSS
+    // at 1,000 points.
+    let settled = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = settled.cancelled() => {}
+            () = tokio::time::sleep(SETTLE) => release_startup_memory(),
+        }
+    });
 
     loop {
         let request = async {

@@ -408,6 +408,22 @@ commands:
     );
     assert!(body.contains("fieldgate_mqtt_queue_depth"));
     assert!(scrape(&addr).await.starts_with("HTTP/1.1 200"));
+
+    // Start-up memory is handed back at start-up and once more when the gateway has settled;
+    // both times code pages of the executable were resident and are unmapped (src/memory.rs).
+    gw.wait_count(&["start-up memory released"], 2).await;
+    let out = gw.output();
+    let unmapped: Vec<u64> = out
+        .lines()
+        .filter(|l| l.contains("start-up memory released"))
+        .map(|l| {
+            l.split("file_bytes_unmapped=")
+                .nth(1)
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or_else(|| panic!("no figure in {l}"))
+        })
+        .collect();
+    assert!(unmapped.iter().all(|&b| b > 0), "{out}");
 }
 
 async fn read_holding(addr: std::net::SocketAddr) -> Vec<u16> {

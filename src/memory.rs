@@ -71,8 +71,10 @@ pub fn note_startup_objects() {
 /// Unmap the pages of the start-up objects' read-only private mappings (code, constants) that
 /// hold no private copy, so that only what runs from now on faults back in. Returns the
 /// resident bytes those mappings held before the call (`Rss` in `/proc/self/smaps`, 0 when
-/// there was no record or nothing to release). Takes well under a millisecond: one read of
-/// `/proc/self/smaps` and one `madvise` per mapping. Linux only; elsewhere it does nothing.
+/// there was no record or nothing to release). Its cost is one read of `/proc/self/smaps` and
+/// one `madvise` per mapping, then minor faults as the running code comes back; it is called
+/// at start-up, 5 s later and after reloads, never on the hot path. Linux only; elsewhere it
+/// does nothing.
 pub fn release_clean_file_pages() -> usize {
     #[cfg(target_os = "linux")]
     {

@@ -101,10 +101,12 @@ impl AsyncClient {
         V: Into<Vec<u8>>,
     {
         let topic = topic.into();
-        let mut publish = Publish::new(&topic, qos, payload);
+        // fieldgate: validate, then move the topic into the packet (upstream clones it).
+        let valid = valid_topic(&topic);
+        let mut publish = Publish::new(topic, qos, payload);
         publish.retain = retain;
         let publish = Request::Publish(publish);
-        if !valid_topic(&topic) {
+        if !valid {
             return Err(ClientError::TryRequest(publish));
         }
         self.request_tx.try_send(publish)?;

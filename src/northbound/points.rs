@@ -98,6 +98,11 @@ fn publication(rule: &PublishRule, payload: Vec<u8>, created_at: SystemTime) -> 
 /// that (sorted) order, as `serde_json::Value` prints them; written straight into the buffer,
 /// without building a map (this runs once per published value). `value` is null when absent or
 /// not finite; strings are escaped by serde_json.
+///
+/// The text is written into a scratch buffer kept per thread and returned as a copy of exactly
+/// its length: the MQTT client turns the payload into `Bytes`, which takes a vector whose length
+/// is its capacity as it is, but any other with one more allocation (bytes 1.x,
+/// `From<Vec<u8>> for Bytes`).
 fn json_payload(
     p: &Point,
     v: Option<&Value>,
@@ -105,36 +110,61 @@ fn json_payload(
     quality: &str,
     error: Option<&str>,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(80);
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(256));
+    }
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            write_json_payload(&mut buf, p, v, ts, quality, error);
+            buf.to_vec()
+        }
+        // Not reached (nothing in the writer calls back here); a fresh vector is still right.
+        Err(_) => {
+            let mut out = Vec::new();
+            write_json_payload(&mut out, p, v, ts, quality, error);
+            out
+        }
+    })
+}
+
+/// [`json_payload`]'s text, appended to `out`.
+fn write_json_payload(
+    out: &mut Vec<u8>,
+    p: &Point,
+    v: Option<&Value>,
+    ts: &str,
+    quality: &str,
+    error: Option<&str>,
+) {
     out.push(b'{');
     if let Some(e) = error {
         out.extend_from_slice(b"\"error\":");
-        json_str(&mut out, e);
+        json_str(out, e);
         out.push(b',');
     }
     out.extend_from_slice(b"\"quality\":");
-    json_str(&mut out, quality);
+    json_str(out, quality);
     out.extend_from_slice(b",\"ts\":\"");
     // RFC 3339 with milliseconds (`TsText`): digits, dashes, colons, `T`, `Z`; nothing to escape.
     out.extend_from_slice(ts.as_bytes());
     out.push(b'"');
     if let Some(u) = &p.unit {
         out.extend_from_slice(b",\"unit\":");
-        json_str(&mut out, u);
+        json_str(out, u);
     }
     out.extend_from_slice(b",\"value\":");
     let written = match v {
-        None => serde_json::to_writer(&mut out, &()),
-        Some(Value::Bool(b)) => serde_json::to_writer(&mut out, b),
-        Some(Value::Int(i)) => serde_json::to_writer(&mut out, i),
-        Some(Value::UInt(u)) => serde_json::to_writer(&mut out, u),
-        Some(Value::F32(f)) => serde_json::to_writer(&mut out, &number::f32_to_f64(*f)),
-        Some(Value::Float(f)) => serde_json::to_writer(&mut out, f),
-        Some(Value::Text(t)) => serde_json::to_writer(&mut out, t.as_str()),
+        None => serde_json::to_writer(&mut *out, &()),
+        Some(Value::Bool(b)) => serde_json::to_writer(&mut *out, b),
+        Some(Value::Int(i)) => serde_json::to_writer(&mut *out, i),
+        Some(Value::UInt(u)) => serde_json::to_writer(&mut *out, u),
+        Some(Value::F32(f)) => serde_json::to_writer(&mut *out, &number::f32_to_f64(*f)),
+        Some(Value::Float(f)) => serde_json::to_writer(&mut *out, f),
+        Some(Value::Text(t)) => serde_json::to_writer(&mut *out, t.as_str()),
     };
     debug_assert!(written.is_ok(), "writing JSON into a Vec cannot fail");
     out.push(b'}');
-    out
 }
 
 /// `s` as a JSON string, escaped by serde_json.
@@ -185,7 +215,7 @@ impl PointTopics {
     }
 
     fn point(&mut self, pid: usize, u: &ValueUpdate, now: Instant, out: &mut Vec<Publication>) {
-        let model = Arc::clone(&self.model);
+        let model = &self.model;
         let (Some(p), Some(st)) = (model.points.get(pid), self.points.get_mut(pid)) else {
             return;
         };
@@ -380,6 +410,8 @@ mod tests {
                     for (quality, error) in [("good", None), ("bad", Some("timeout \"x\"\n"))] {
                         let text = humantime::format_rfc3339_millis(ts).to_string();
                         let got = json_payload(p, v.as_ref(), &text, quality, error);
+                        // Exactly its length: `Bytes` takes it without another allocation.
+                        assert_eq!(got.capacity(), got.len(), "{v:?}");
                         let want = reference_payload(p, v.as_ref(), ts, quality, error);
                         assert_eq!(String::from_utf8(got).unwrap(), want, "{v:?}");
                     }

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{Snapshot, WebCommand, run_executor_with_web};
-use crate::handoff::{HANDOFF, hand_off};
+use crate::handoff::{HANDOFF, hand_off_all};
 use crate::inputs::LinkEvent;
 use crate::mappings::engine::Engine;
 use crate::model::Model;
@@ -409,9 +409,7 @@ async fn run_engine(
             }
         };
         durable.save(&mut profiles);
-        for p in pubs {
-            hand_off(&out, p).await;
-        }
+        hand_off_all(&out, pubs).await;
     }
 }
 

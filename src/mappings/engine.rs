@@ -292,15 +292,21 @@ impl Engine {
     /// Process one poll result: one update per point it covers, then, once the cycle is whole,
     /// one per derived value that uses the device.
     pub fn on_poll(&mut self, poll: &PollResult) -> Vec<Update> {
-        let mut out = Vec::new();
         let model = Arc::clone(&self.model);
         let Some(requests) = self.by_request.get(poll.device) else {
-            return out;
+            return Vec::new();
         };
-        let pids = (poll.first..poll.first + poll.blocks.len())
-            .filter_map(|ri| requests.get(ri))
-            .flatten()
-            .copied();
+        let in_poll =
+            || (poll.first..poll.first + poll.blocks.len()).filter_map(|ri| requests.get(ri));
+        // One update per point and derived value: sized once, not grown by doubling through a
+        // 1,000-value poll.
+        let derived = if poll.complete {
+            self.derived_by_device.get(poll.device).map_or(0, Vec::len)
+        } else {
+            0
+        };
+        let mut out = Vec::with_capacity(in_poll().map(Vec::len).sum::<usize>() + derived);
+        let pids = in_poll().flatten().copied();
         for pid in pids {
             let p = &model.points[pid];
             let width = if p.kind.is_bit() { 1 } else { p.dtype.width() };

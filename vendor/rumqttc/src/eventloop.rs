@@ -258,7 +258,7 @@ impl EventLoop {
                             break;
                         }
                         let Ok(request) = self.requests_rx.try_recv() else { break };
-                        if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {
+                        if let Some(outgoing) = self.state.handle_outgoing_packet_unstamped(request)? {
                             network.write(outgoing).await?;
                         }
                     }

@@ -139,6 +139,18 @@ impl MqttState {
         &mut self,
         request: Request,
     ) -> Result<Option<Packet>, StateError> {
+        let packet = self.handle_outgoing_packet_unstamped(request)?;
+        self.last_outgoing = Instant::now();
+        Ok(packet)
+    }
+
+    /// fieldgate patch: [`Self::handle_outgoing_packet`] without reading the clock, for the
+    /// requests written after the first of a batch (whose call stamped `last_outgoing`
+    /// microseconds before; the stamp only times keep-alive pings).
+    pub(crate) fn handle_outgoing_packet_unstamped(
+        &mut self,
+        request: Request,
+    ) -> Result<Option<Packet>, StateError> {
         let packet = match request {
             Request::Publish(publish) => self.outgoing_publish(publish)?,
             Request::PubRel(pubrel) => self.outgoing_pubrel(pubrel)?,
@@ -151,7 +163,6 @@ impl MqttState {
             _ => unimplemented!(),
         };
 
-        self.last_outgoing = Instant::now();
         Ok(packet)
     }
 

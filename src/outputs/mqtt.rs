@@ -1030,10 +1030,20 @@ async fn drive_v4(
     let (client, mut event_loop) = AsyncClient::new(opts.clone(), REQUESTS);
     event_loop.set_network_options(network_options());
     let mut beats = BeatRuns::default();
+    // One registration with the token for the whole loop, polled only when the event loop
+    // has nothing ready: a fresh `cancelled()` per event locked the token's waiter list twice
+    // per publication. The flag is read first, so a flood of ready events cannot hold off a
+    // hard stop.
+    let stopped = hard_stop.cancelled();
+    tokio::pin!(stopped);
     loop {
+        if hard_stop.is_cancelled() {
+            return Ended::Stopped;
+        }
         let event = tokio::select! {
-            () = hard_stop.cancelled() => return Ended::Stopped,
+            biased;
             e = event_loop.poll() => e,
+            () = &mut stopped => return Ended::Stopped,
         };
         if beats.due(matches!(event, Ok(Event::Outgoing(Outgoing::Publish(_))))) {
             beat.beat();
@@ -1073,10 +1083,20 @@ async fn drive_v5(
     let conn = r.conn;
     let (client, mut event_loop) = Client5::new(opts.clone(), REQUESTS);
     let mut beats = BeatRuns::default();
+    // One registration with the token for the whole loop, polled only when the event loop
+    // has nothing ready: a fresh `cancelled()` per event locked the token's waiter list twice
+    // per publication. The flag is read first, so a flood of ready events cannot hold off a
+    // hard stop.
+    let stopped = hard_stop.cancelled();
+    tokio::pin!(stopped);
     loop {
+        if hard_stop.is_cancelled() {
+            return Ended::Stopped;
+        }
         let event = tokio::select! {
-            () = hard_stop.cancelled() => return Ended::Stopped,
+            biased;
             e = event_loop.poll() => e,
+            () = &mut stopped => return Ended::Stopped,
         };
         if beats.due(matches!(event, Ok(Event5::Outgoing(Outgoing::Publish(_))))) {
             beat.beat();

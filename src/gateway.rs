@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::executor::{Snapshot, WebCommand, run_executor_with_web};
 use crate::handoff::{HANDOFF, hand_off_all};
 use crate::inputs::LinkEvent;
-use crate::mappings::engine::Engine;
+use crate::mappings::engine::{Engine, Update};
 use crate::model::Model;
 use crate::northbound::console::Console;
 use crate::northbound::{self, Profile, SessionEvent};
@@ -364,22 +364,28 @@ async fn run_engine(
     let mut engine = Engine::new(model);
     let beat = crate::supervisor::heartbeat("engine");
     let mut tick = tokio::time::interval(crate::supervisor::BEAT_EVERY);
+    // Kept across iterations (emptied, not freed): a 1,000-value block would otherwise allocate
+    // and free two vectors of its size every poll.
+    let mut updates: Vec<Update> = Vec::new();
+    let mut pubs: Vec<Publication> = Vec::new();
     loop {
         // Group windows close on the wall clock; the timer re-arms after every event.
         let wait = northbound::next_deadline(&profiles).map_or(Duration::from_secs(3600), |d| {
             d.duration_since(SystemTime::now()).unwrap_or_default()
         });
-        let pubs = tokio::select! {
+        tokio::select! {
             ev = events.recv() => match ev {
                 Some(LinkEvent::Poll { name, model, mut poll }) => match engine.device_id(&name, poll.device, &model) {
                     Some(id) => {
                         poll.device = id;
-                        northbound::publish(&mut profiles, &engine.on_poll(&poll), Instant::now())
+                        engine.on_poll_into(&poll, &mut updates);
+                        northbound::publish_into(&mut profiles, &updates, Instant::now(), &mut pubs);
+                        updates.clear();
                     }
                     None => continue,
                 },
                 Some(LinkEvent::Status { name, model, device, status, at }) => match engine.device_id(&name, device, &model) {
-                    Some(id) => northbound::publish(&mut profiles, &engine.on_device_status(id, status, at), Instant::now()),
+                    Some(id) => northbound::publish_into(&mut profiles, &engine.on_device_status(id, status, at), Instant::now(), &mut pubs),
                     None => continue,
                 },
                 None => break,
@@ -391,25 +397,23 @@ async fn run_engine(
                 durable = DurableState::new(&new);
                 durable.restore(&mut profiles);
                 engine = Engine::new(new);
-                let mut pubs = Vec::new();
                 for ev in &session_memory {
                     pubs.extend(northbound::on_session(&mut profiles, ev, SystemTime::now()));
                 }
-                pubs
             }
             Some(ev) = signals.recv() => {
                 remember(&mut session_memory, &ev);
-                northbound::on_session(&mut profiles, &ev, SystemTime::now())
+                pubs.extend(northbound::on_session(&mut profiles, &ev, SystemTime::now()));
             }
-            () = tokio::time::sleep(wait) => northbound::tick(&mut profiles, SystemTime::now()),
-            Some(m) = messages.recv() => northbound::on_message(&mut profiles, &m.topic, &m.payload, SystemTime::now()),
+            () = tokio::time::sleep(wait) => pubs.extend(northbound::tick(&mut profiles, SystemTime::now())),
+            Some(m) = messages.recv() => pubs.extend(northbound::on_message(&mut profiles, &m.topic, &m.payload, SystemTime::now())),
             _ = tick.tick() => {
                 beat.beat();
                 continue;
             }
         };
         durable.save(&mut profiles);
-        hand_off_all(&out, pubs).await;
+        hand_off_all(&out, &mut pubs).await;
     }
 }
 

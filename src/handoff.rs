@@ -44,9 +44,10 @@ pub async fn hand_off(out: &mpsc::Sender<Publication>, p: Publication) {
 /// Hand a batch of publications to the MQTT task in order, like [`hand_off`] one by one, but
 /// reserving room for up to [`HANDOFF_CHUNK`] at a time (`Sender::reserve_many`): one wait and
 /// one update of the channel's semaphore per chunk instead of per publication. If the MQTT
-/// task is gone (shutdown), the rest are counted as dropped for `shutdown`.
-pub async fn hand_off_all(out: &mpsc::Sender<Publication>, pubs: Vec<Publication>) {
-    let mut pubs = pubs.into_iter();
+/// task is gone (shutdown), the rest are counted as dropped for `shutdown`. `pubs` is left
+/// empty with its capacity, for the caller's next batch.
+pub async fn hand_off_all(out: &mpsc::Sender<Publication>, pubs: &mut Vec<Publication>) {
+    let mut pubs = pubs.drain(..);
     loop {
         let n = pubs.len().min(HANDOFF_CHUNK);
         if n == 0 {
@@ -89,15 +90,22 @@ mod tests {
     #[tokio::test]
     async fn a_batch_larger_than_the_channel_arrives_whole_and_in_order() {
         let (tx, mut rx) = mpsc::channel(HANDOFF_CHUNK + 10);
-        let batch: Vec<Publication> = (0..3 * HANDOFF_CHUNK + 7).map(publication).collect();
+        let mut batch: Vec<Publication> = (0..3 * HANDOFF_CHUNK + 7).map(publication).collect();
         let want = batch.clone();
-        let sender = tokio::spawn(async move { hand_off_all(&tx, batch).await });
+        let sender = tokio::spawn(async move {
+            hand_off_all(&tx, &mut batch).await;
+            batch
+        });
         let mut got = Vec::new();
         while let Some(p) = rx.recv().await {
             got.push(p);
         }
-        sender.await.unwrap();
+        let left = sender.await.unwrap();
         assert_eq!(got, want);
+        assert!(
+            left.is_empty() && left.capacity() >= want.len(),
+            "emptied, capacity kept"
+        );
     }
 
     /// A closed channel ends the call instead of waiting for room forever.
@@ -105,9 +113,12 @@ mod tests {
     async fn a_closed_channel_ends_the_hand_off() {
         let (tx, rx) = mpsc::channel(HANDOFF_CHUNK);
         drop(rx);
-        let batch = (0..3 * HANDOFF_CHUNK).map(publication).collect();
-        tokio::time::timeout(std::time::Duration::from_secs(10), hand_off_all(&tx, batch))
-            .await
-            .expect("hand_off_all returns once the receiver is gone");
+        let mut batch = (0..3 * HANDOFF_CHUNK).map(publication).collect();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            hand_off_all(&tx, &mut batch),
+        )
+        .await
+        .expect("hand_off_all returns once the receiver is gone");
     }
 }

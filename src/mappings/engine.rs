@@ -292,9 +292,17 @@ impl Engine {
     /// Process one poll result: one update per point it covers, then, once the cycle is whole,
     /// one per derived value that uses the device.
     pub fn on_poll(&mut self, poll: &PollResult) -> Vec<Update> {
+        let mut out = Vec::new();
+        self.on_poll_into(poll, &mut out);
+        out
+    }
+
+    /// [`Engine::on_poll`], appending to `out`: the gateway keeps one vector for every poll
+    /// instead of allocating one of a block's size each time.
+    pub fn on_poll_into(&mut self, poll: &PollResult, out: &mut Vec<Update>) {
         let model = Arc::clone(&self.model);
         let Some(requests) = self.by_request.get(poll.device) else {
-            return Vec::new();
+            return;
         };
         let in_poll =
             || (poll.first..poll.first + poll.blocks.len()).filter_map(|ri| requests.get(ri));
@@ -305,7 +313,7 @@ impl Engine {
         } else {
             0
         };
-        let mut out = Vec::with_capacity(in_poll().map(Vec::len).sum::<usize>() + derived);
+        out.reserve(in_poll().map(Vec::len).sum::<usize>() + derived);
         let pids = in_poll().flatten().copied();
         for pid in pids {
             let p = &model.points[pid];
@@ -349,7 +357,6 @@ impl Engine {
                 out.push(Update::Value(self.derive(di, poll.device, poll.read_at)));
             }
         }
-        out
     }
 
     /// Derived value `di`: its bits packed from good points, or bad when one is not good.

@@ -173,12 +173,24 @@ pub fn publish(
     updates: &[Update],
     now: Instant,
 ) -> Vec<Publication> {
-    // About one publication per value update (point topics); sized once, not grown by doubling
-    // through a 1,000-value block.
-    let mut out = Vec::with_capacity(updates.len());
+    let mut out = Vec::new();
+    publish_into(profiles, updates, now, &mut out);
+    out
+}
+
+/// [`publish`], appending to `out`: the engine task keeps one vector for every block instead of
+/// allocating one of the block's size each time.
+pub fn publish_into(
+    profiles: &mut [Box<dyn Profile>],
+    updates: &[Update],
+    now: Instant,
+    out: &mut Vec<Publication>,
+) {
+    // About one publication per value update (point topics).
+    out.reserve(updates.len());
     for u in updates {
         for p in profiles.iter_mut() {
-            p.on_update(u, now, &mut out);
+            p.on_update(u, now, out);
         }
     }
     let at = updates.iter().map(|u| match u {
@@ -187,10 +199,9 @@ pub fn publish(
     });
     if let Some(at) = at.max() {
         for p in profiles.iter_mut() {
-            p.flush(at, &mut out);
+            p.flush(at, out);
         }
     }
-    out
 }
 
 /// Every profile's publications for one session event at `at`.

@@ -530,8 +530,15 @@ impl MqttState {
             }
         };
 
-        let event = Event::Outgoing(Outgoing::Publish(pkid));
-        self.events.push_back(event);
+        // fieldgate patch: a QoS 0 publication written right after another shares its event
+        // (`Outgoing::Publish(0)` carries nothing to tell them apart), so a batch of them costs
+        // the application one event-loop turn, not one per publication.
+        let shared = pkid == 0
+            && matches!(self.events.back(), Some(Event::Outgoing(Outgoing::Publish(0))));
+        if !shared {
+            let event = Event::Outgoing(Outgoing::Publish(pkid));
+            self.events.push_back(event);
+        }
 
         Ok(Some(Packet::Publish(publish)))
     }

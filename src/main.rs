@@ -156,12 +156,27 @@ fn main() -> ExitCode {
 /// p50 0.66–0.77 → 0.52–0.57 ms. Blocking work never runs on it: fsyncs leave it
 /// (`block_in_place`), password hashing and the simulator's stdin go to the blocking pool,
 /// and loading or reloading a mapping runs on the main thread.
+/// A value that is not a positive number is reported on stderr and one is used.
 fn worker_threads() -> usize {
-    std::env::var("TOKIO_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(1)
+    let value = std::env::var("TOKIO_WORKER_THREADS").ok();
+    match parse_worker_threads(value.as_deref()) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("fieldgate: {e}; using 1 worker thread");
+            1
+        }
+    }
+}
+
+/// `TOKIO_WORKER_THREADS` as a count: unset is 1; an error names the value.
+fn parse_worker_threads(value: Option<&str>) -> Result<usize, String> {
+    let Some(v) = value else { return Ok(1) };
+    match v.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "TOKIO_WORKER_THREADS={v:?} is not a positive number of threads"
+        )),
+    }
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
@@ -180,5 +195,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Scan(a) => cli::scan::scan(a).await,
         Command::Crypt { .. } => anyhow::bail!("crypt runs before the runtime starts"),
         Command::Tls { command } => cli::tls::run(command).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_worker_threads;
+
+    #[test]
+    fn worker_threads_default_to_one_and_bad_values_are_named() {
+        assert_eq!(parse_worker_threads(None), Ok(1));
+        assert_eq!(parse_worker_threads(Some("3")), Ok(3));
+        assert_eq!(parse_worker_threads(Some(" 2 ")), Ok(2));
+        for bad in ["0", "-1", "two", ""] {
+            let e = parse_worker_threads(Some(bad)).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
     }
 }

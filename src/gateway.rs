@@ -139,13 +139,6 @@ async fn route_incoming(
 /// The lock file that keeps a state directory to one gateway.
 pub const STATE_LOCK: &str = "fieldgate.lock";
 
-/// Lock `dir` (created if missing) for this process: an exclusive advisory lock (`flock`) on
-/// `dir/fieldgate.lock`, released when the file is closed or the process dies (kill -9 too).
-/// `Ok(None)` when the lock file cannot be made (the buffer reports the directory's problem
-/// itself and keeps running in memory).
-///
-/// # Errors
-/// Another process holds the lock.
 /// How long after start-up the start-up memory is released a second time.
 const SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -161,6 +154,13 @@ fn release_startup_memory() {
     );
 }
 
+/// Lock `dir` (created if missing) for this process: an exclusive advisory lock (`flock`) on
+/// `dir/fieldgate.lock`, released when the file is closed or the process dies (kill -9 too).
+/// `Ok(None)` when the lock file cannot be made (the buffer reports the directory's problem
+/// itself and keeps running in memory).
+///
+/// # Errors
+/// Another process holds the lock.
 fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<Option<std::fs::File>> {
     let path = dir.join(STATE_LOCK);
     let file = match std::fs::create_dir_all(dir).and_then(|()| {

@@ -98,11 +98,30 @@ fn v5_qos(q: Qos) -> rumqttc::v5::mqttbytes::QoS {
 }
 
 impl Client {
-    /// Hand a publish to the connection; false when its queue is full or it is gone.
-    fn publish(&self, topic: &str, qos: Qos, retain: bool, payload: Vec<u8>) -> bool {
+    /// Hand a publish to the connection; `Err` with the topic, for the drop counter, when its
+    /// queue is full or it is gone. With MQTT 3.1.1 the topic is shared with the packet, not
+    /// copied (`vendor/rumqttc/FIELDGATE.md`).
+    fn publish(
+        &self,
+        topic: Arc<str>,
+        qos: Qos,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> Result<(), Arc<str>> {
         match self {
-            Client::V4(c) => c.try_publish(topic, qos.into(), retain, payload).is_ok(),
-            Client::V5(c) => c.try_publish(topic, v5_qos(qos), retain, payload).is_ok(),
+            Client::V4(c) => {
+                c.try_publish(topic, qos.into(), retain, payload)
+                    .map_err(|e| match e {
+                        rumqttc::ClientError::Request(rumqttc::Request::Publish(p))
+                        | rumqttc::ClientError::TryRequest(rumqttc::Request::Publish(p)) => p.topic,
+                        // try_publish only ever hands back the publish it was given.
+                        _ => Arc::from(""),
+                    })
+            }
+            Client::V5(c) => match c.try_publish(&*topic, v5_qos(qos), retain, payload) {
+                Ok(()) => Ok(()),
+                Err(_) => Err(topic),
+            },
         }
     }
     /// Subscribe. With MQTT 5, with Retain As Published (MQTT 5 section 3.8.3.1): the broker
@@ -538,8 +557,8 @@ impl Publisher {
     fn goodbye(&mut self) {
         if let Some(c) = &self.conn {
             publish_death(&c.client, self.death.as_ref());
-            c.client.publish(
-                &self.status_topic,
+            let _ = c.client.publish(
+                Arc::clone(&self.status_topic),
                 Qos::AtLeastOnce,
                 true,
                 OFFLINE.as_bytes().to_vec(),
@@ -587,11 +606,11 @@ impl Publisher {
             match &self.conn {
                 Some(c) => {
                     // Never silent: a full request queue is counted, not ignored.
-                    if !c
-                        .client
-                        .publish(&p.topic, Qos::AtMostOnce, p.retain, p.payload)
+                    if let Err(topic) =
+                        c.client
+                            .publish(p.topic, Qos::AtMostOnce, p.retain, p.payload)
                     {
-                        events::publication_dropped(&p.topic, "client_busy");
+                        events::publication_dropped(&topic, "client_busy");
                     }
                 }
                 None => events::publication_dropped(&p.topic, "offline"),
@@ -621,9 +640,9 @@ impl Publisher {
             let Some(e) = self.store.next_unacked(c.cursor) else {
                 break;
             };
-            if !c
-                .client
-                .publish(&e.topic, e.qos, e.retain, e.payload.to_vec())
+            if c.client
+                .publish(Arc::clone(&e.topic), e.qos, e.retain, e.payload.to_vec())
+                .is_err()
             {
                 break;
             }
@@ -647,7 +666,8 @@ impl Publisher {
     fn announce(c: &mut Conn, p: &Publication, remember: bool) {
         let ok = c
             .client
-            .publish(&p.topic, p.qos, p.retain, p.payload.clone());
+            .publish(Arc::clone(&p.topic), p.qos, p.retain, p.payload.clone())
+            .is_ok();
         if ok && p.qos != Qos::AtMostOnce {
             let key = (remember && p.retain).then(|| announcement_key(p));
             c.unsent.push_back(Handed::Announcement(key));
@@ -1050,7 +1070,9 @@ async fn drive_v4(
         }
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => r.connected(Client::V4(client.clone())),
-            Ok(Event::Incoming(Packet::Publish(p))) => r.command(p.topic, p.payload, p.retain),
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                r.command(p.topic.to_string(), p.payload, p.retain)
+            }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 // Read until the broker closes the connection: see [`LINGER`].
                 let until = Instant::now() + LINGER;
@@ -1483,7 +1505,7 @@ fn publish_death(client: &Client, death: Option<&NodeDeath>) {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
     if let Some((topic, payload)) = d {
-        client.publish(&topic, Qos::AtLeastOnce, false, payload);
+        let _ = client.publish(topic, Qos::AtLeastOnce, false, payload);
     }
 }
 

@@ -403,7 +403,7 @@ impl Observer {
                         let mut v = m.lock().unwrap();
                         let seq = v.len();
                         v.push(Msg {
-                            topic: p.topic,
+                            topic: p.topic.to_string(),
                             payload: String::from_utf8_lossy(&p.payload).into_owned(),
                             retain: p.retain,
                             seq,

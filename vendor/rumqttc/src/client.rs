@@ -1,5 +1,6 @@
 //! This module offers a high level synchronous and asynchronous abstraction to
 //! async eventloop.
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::mqttbytes::{v4::*, QoS};
@@ -74,11 +75,11 @@ impl AsyncClient {
         payload: V,
     ) -> Result<(), ClientError>
     where
-        S: Into<String>,
+        S: Into<Arc<str>>,
         V: Into<Vec<u8>>,
     {
-        let topic = topic.into();
-        let mut publish = Publish::new(&topic, qos, payload);
+        let topic: Arc<str> = topic.into();
+        let mut publish = Publish::new(Arc::clone(&topic), qos, payload);
         publish.retain = retain;
         let publish = Request::Publish(publish);
         if !valid_topic(&topic) {
@@ -97,10 +98,10 @@ impl AsyncClient {
         payload: V,
     ) -> Result<(), ClientError>
     where
-        S: Into<String>,
+        S: Into<Arc<str>>,
         V: Into<Vec<u8>>,
     {
-        let topic = topic.into();
+        let topic: Arc<str> = topic.into();
         // fieldgate: validate, then move the topic into the packet (upstream clones it).
         let valid = valid_topic(&topic);
         let mut publish = Publish::new(topic, qos, payload);
@@ -141,7 +142,7 @@ impl AsyncClient {
         payload: Bytes,
     ) -> Result<(), ClientError>
     where
-        S: Into<String>,
+        S: Into<Arc<str>>,
     {
         let mut publish = Publish::from_bytes(topic, qos, payload);
         publish.retain = retain;
@@ -289,11 +290,11 @@ impl Client {
         payload: V,
     ) -> Result<(), ClientError>
     where
-        S: Into<String>,
+        S: Into<Arc<str>>,
         V: Into<Vec<u8>>,
     {
-        let topic = topic.into();
-        let mut publish = Publish::new(&topic, qos, payload);
+        let topic: Arc<str> = topic.into();
+        let mut publish = Publish::new(Arc::clone(&topic), qos, payload);
         publish.retain = retain;
         let publish = Request::Publish(publish);
         if !valid_topic(&topic) {
@@ -311,7 +312,7 @@ impl Client {
         payload: V,
     ) -> Result<(), ClientError>
     where
-        S: Into<String>,
+        S: Into<Arc<str>>,
         V: Into<Vec<u8>>,
     {
         self.client.try_publish(topic, qos, retain, payload)?;

@@ -1,5 +1,6 @@
 use super::*;
 use bytes::{Buf, Bytes};
+use std::sync::Arc;
 
 /// Publish packet
 #[derive(Clone, PartialEq, Eq)]
@@ -7,13 +8,15 @@ pub struct Publish {
     pub dup: bool,
     pub qos: QoS,
     pub retain: bool,
-    pub topic: String,
+    /// fieldgate patch: shared (`Arc<str>`), not a `String`: the application's topic is handed
+    /// over without a copy, and a QoS 1/2 publish kept for retransmission shares it.
+    pub topic: Arc<str>,
     pub pkid: u16,
     pub payload: Bytes,
 }
 
 impl Publish {
-    pub fn new<S: Into<String>, P: Into<Vec<u8>>>(topic: S, qos: QoS, payload: P) -> Publish {
+    pub fn new<S: Into<Arc<str>>, P: Into<Vec<u8>>>(topic: S, qos: QoS, payload: P) -> Publish {
         Publish {
             dup: false,
             qos,
@@ -24,7 +27,7 @@ impl Publish {
         }
     }
 
-    pub fn from_bytes<S: Into<String>>(topic: S, qos: QoS, payload: Bytes) -> Publish {
+    pub fn from_bytes<S: Into<Arc<str>>>(topic: S, qos: QoS, payload: Bytes) -> Publish {
         Publish {
             dup: false,
             qos,
@@ -75,7 +78,7 @@ impl Publish {
             retain,
             qos,
             pkid,
-            topic,
+            topic: topic.into(),
             payload: bytes,
         };
 
@@ -91,7 +94,7 @@ impl Publish {
         buffer.put_u8(0b0011_0000 | retain | (qos << 1) | (dup << 3));
 
         let count = write_remaining_length(buffer, len)?;
-        write_mqtt_string(buffer, self.topic.as_str());
+        write_mqtt_string(buffer, &self.topic);
 
         if self.qos != QoS::AtMostOnce {
             let pkid = self.pkid;
@@ -162,7 +165,7 @@ mod test {
                 dup: false,
                 qos: QoS::AtLeastOnce,
                 retain: false,
-                topic: "a/b".to_owned(),
+                topic: "a/b".into(),
                 pkid: 10,
                 payload: Bytes::from(&payload[..]),
             }
@@ -198,7 +201,7 @@ mod test {
                 dup: false,
                 qos: QoS::AtMostOnce,
                 retain: false,
-                topic: "a/b".to_owned(),
+                topic: "a/b".into(),
                 pkid: 0,
                 payload: Bytes::from(&[0x01, 0x02][..]),
             }
@@ -211,7 +214,7 @@ mod test {
             dup: false,
             qos: QoS::AtLeastOnce,
             retain: false,
-            topic: "a/b".to_owned(),
+            topic: "a/b".into(),
             pkid: 10,
             payload: Bytes::from(vec![0xF1, 0xF2, 0xF3, 0xF4]),
         };
@@ -245,7 +248,7 @@ mod test {
             dup: false,
             qos: QoS::AtMostOnce,
             retain: false,
-            topic: "a/b".to_owned(),
+            topic: "a/b".into(),
             pkid: 0,
             payload: Bytes::from(vec![0xE1, 0xE2, 0xE3, 0xE4]),
         };

@@ -80,6 +80,10 @@ struct Args {
     /// the broker's small writes, for throughput. `ceiling` measures both.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     broker_nodelay: bool,
+    /// Give the gateway a durable buffer (`mqtt.buffer.path` in the run's temporary
+    /// directory), as under systemd; without it the buffer is in memory only.
+    #[arg(long)]
+    durable: bool,
     /// Internal: run the bare tokio-modbus loop against this slave and print requests/s.
     #[arg(long, hide = true)]
     bare_loop: Option<SocketAddr>,
@@ -686,10 +690,21 @@ fn received(
 // ---------------------------------------------------------------------------------------------
 // The gateway.
 
-fn mapping(mqtt: u16, slaves: &[SocketAddr], s: &Scenario, qos: Option<u8>) -> String {
+/// The generated mapping. `buffer`: the durable buffer's directory (`mqtt.buffer.path`);
+/// `None` keeps the buffer in memory only.
+fn mapping(
+    mqtt: u16,
+    slaves: &[SocketAddr],
+    s: &Scenario,
+    qos: Option<u8>,
+    buffer: Option<&Path>,
+) -> String {
+    let buffer = buffer.map_or(String::new(), |b| {
+        format!("  buffer:\n    path: {}\n", b.display())
+    });
     let mut y = format!(
         "mqtt:\n  host: 127.0.0.1\n  port: {mqtt}\n  client_id: fieldgate-bench\n  \
-         status_topic: bench-status\nmetrics:\n  listen: 127.0.0.1:0\ndevices:\n"
+         status_topic: bench-status\n{buffer}metrics:\n  listen: 127.0.0.1:0\ndevices:\n"
     );
     for (d, addr) in slaves.iter().enumerate() {
         y += &format!(
@@ -769,6 +784,8 @@ struct Env {
     sink: bool,
     /// `--broker-nodelay`: mosquitto's `set_tcp_nodelay`.
     nodelay: bool,
+    /// `--durable`: the gateway's buffer on disk.
+    durable: bool,
     slave_rt: tokio::runtime::Runtime,
     window: Duration,
 }
@@ -799,7 +816,13 @@ fn run(env: &Env, s: &Scenario, qos: u8) -> anyhow::Result<Figures> {
     let gw = gateway(
         &env.gateway,
         dir.path(),
-        &mapping(port, &addrs, s, Some(qos)),
+        &mapping(
+            port,
+            &addrs,
+            s,
+            Some(qos),
+            env.durable.then(|| dir.path().join("queue")).as_deref(),
+        ),
         s.devices,
     )?;
     let all = if s.devices >= 64 {
@@ -970,7 +993,7 @@ fn link(env: &Env) -> anyhow::Result<()> {
     let gw = gateway(
         &env.gateway,
         dir.path(),
-        &mapping(port, &[addr], &s, None),
+        &mapping(port, &[addr], &s, None, None),
         1,
     )?;
     std::thread::sleep(Duration::from_secs(1));
@@ -1187,6 +1210,7 @@ fn main() -> anyhow::Result<()> {
         mosquitto: find_mosquitto(args.mosquitto)?,
         sink: args.broker == "sink",
         nodelay: args.broker_nodelay,
+        durable: args.durable,
         slave_rt: tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -1212,8 +1236,13 @@ fn main() -> anyhow::Result<()> {
         bail!("--qos {q}: 0 or 1");
     }
     println!(
-        "gateway {}, broker {}, window {} s per run",
+        "gateway {} (buffer {}), broker {}, window {} s per run",
         env.gateway.display(),
+        if env.durable {
+            "on disk"
+        } else {
+            "in memory only"
+        },
         if env.sink {
             "sink (read -> broker latency)".to_owned()
         } else {

@@ -2,9 +2,10 @@
 # End-to-end benchmark: the release gateway between fast Modbus TCP slaves and mosquitto, with
 # a subscriber counting what arrives (examples/bench_e2e.rs). Not part of `cargo test`.
 # Usage: bash scripts/bench-e2e.sh [--seconds N] [--qos 0|1]... [--scenario NAME]... [--broker sink]
-#                                   [--broker-nodelay true|false]
+#                                   [--broker-nodelay true|false] [--durable]
 #   --broker sink: a minimal MQTT server in the benchmark instead of mosquitto (read -> broker latency).
 #   --broker-nodelay: mosquitto's set_tcp_nodelay (default true: latency; false: throughput).
+#   --durable: the gateway's buffer on disk (mqtt.buffer.path), as under systemd; default in memory.
 #   scenarios: 10@1 1000@1 1000@0.1 10x1000@1 10x1000@0.1 2000@0.1 link ceiling (all by default);
 #   both QoS by default. ceiling: mosquitto alone, fed flat out, with both set_tcp_nodelay settings.
 # Needs mosquitto (Debian: apt-get install -y mosquitto; the system service is not used).

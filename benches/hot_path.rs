@@ -149,6 +149,26 @@ fn block_figures(benching: bool) {
         "every value published"
     );
 
+    // A device that answers every read with an exception: each point's reading is bad, and
+    // only the first such poll changes what is published (the quality).
+    let failed = PollResult {
+        blocks: (0..N / 125)
+            .map(|_| Err(fieldgate::vocabulary::Fault::Exception(2)))
+            .collect(),
+        ..poll(0)
+    };
+    let mut bad = 0usize;
+    time(
+        "engine.on_poll: 1,000 points, every read failed",
+        iters,
+        |_| {
+            let updates = engine.on_poll(&failed);
+            bad += updates.len();
+            black_box(&updates);
+        },
+    );
+    assert_eq!(bad, iters as usize * usize::from(N), "every point reported");
+
     // The same, and each publication taken into the in-memory buffer and acknowledged, as
     // the publisher does at QoS 1 with a broker that keeps up.
     let (mut store, _) = Store::open(&StoreSettings {

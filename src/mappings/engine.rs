@@ -15,7 +15,7 @@ use super::number;
 use crate::model::{Model, Point};
 /// The timestamp format moved to the vocabulary; this path stays for the command line.
 pub use crate::vocabulary::timestamp;
-use crate::vocabulary::{BlockData, DeviceId, DeviceStatus, PointId, PollResult};
+use crate::vocabulary::{BlockData, DeviceId, DeviceStatus, Fault, PointId, PollResult};
 
 /// A decoded, scaled engineering value.
 #[derive(Debug, Clone, PartialEq)]
@@ -315,6 +315,10 @@ impl Engine {
         };
         out.reserve(in_poll().map(Vec::len).sum::<usize>() + derived);
         let pids = in_poll().flatten().copied();
+        // The last fault met and its text: the points of a failed block (up to 125 registers
+        // or 2,000 coils), and of a device that fails every read, copy one text instead of
+        // formatting it per point.
+        let mut fault_text: Option<(&Fault, String)> = None;
         for pid in pids {
             let p = &model.points[pid];
             let width = if p.kind.is_bit() { 1 } else { p.dtype.width() };
@@ -323,10 +327,8 @@ impl Engine {
             };
             // A failed read and a read without a usable value take the same path.
             let result = match (block, poll.bad_at(p.slot.request, p.slot.offset, width)) {
-                (Ok(_), Some(f)) | (Err(f), _) => Err(f.to_string()),
-                (Ok(data), None) => {
-                    read_value(p, data, usize::from(p.slot.offset)).map_err(|u| u.to_string())
-                }
+                (Ok(_), Some(f)) | (Err(f), _) => Err(Err(f)),
+                (Ok(data), None) => read_value(p, data, usize::from(p.slot.offset)).map_err(Ok),
             };
             let st = &mut self.points[pid];
             let previous = st.quality;
@@ -337,9 +339,19 @@ impl Engine {
                     st.value = Some(v.clone());
                     Reading::Good(v)
                 }
-                Err(fault) => {
+                Err(why) => {
                     st.quality = Quality::Bad;
-                    Reading::Bad(fault)
+                    Reading::Bad(match why {
+                        Ok(unusable) => unusable.to_string(),
+                        Err(f) => match &fault_text {
+                            Some((last, text)) if *last == f => text.clone(),
+                            _ => {
+                                let text = f.to_string();
+                                fault_text = Some((f, text.clone()));
+                                text
+                            }
+                        },
+                    })
                 }
             };
             out.push(Update::Value(ValueUpdate {
@@ -566,6 +578,47 @@ derived:
             read_value(&p, &words(&[0x7FFF]), 0),
             Ok(Value::Float(3276.7))
         );
+    }
+
+    #[test]
+    fn each_point_of_a_failed_block_carries_its_blocks_fault() {
+        let mut e = engine();
+        let model = Arc::clone(&e.model);
+        let requests = e.by_request[0].len();
+        assert!(requests >= 2, "the test needs two requests, got {requests}");
+        // Alternate two faults over the requests, so the text of one cannot stand for another.
+        let fault = |ri: usize| {
+            if ri.is_multiple_of(2) {
+                Fault::Exception(2)
+            } else {
+                Fault::Timeout
+            }
+        };
+        let poll = PollResult {
+            device: 0,
+            read_at: SystemTime::UNIX_EPOCH,
+            first: 0,
+            blocks: (0..requests).map(|ri| Err(fault(ri))).collect(),
+            complete: false,
+            bad: Vec::new(),
+        };
+        let mut seen = 0;
+        for _ in 0..2 {
+            for u in e.on_poll(&poll) {
+                let Update::Value(ValueUpdate {
+                    source: Source::Point(pid),
+                    reading,
+                    ..
+                }) = u
+                else {
+                    continue;
+                };
+                let want = fault(model.points[pid].slot.request).to_string();
+                assert_eq!(reading, Reading::Bad(want), "{}", model.points[pid].name);
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 2 * model.points.len(), "every point, both polls");
     }
 
     #[test]

@@ -57,25 +57,38 @@ pub fn buffer_drop_episode_over(total: u64) {
     info!(dropped = total, "outbound buffer has room again");
 }
 
-/// What opening the buffer found.
+/// What opening the buffer found. `path`: the configured directory, if any; publications
+/// lost to unreadable data are counted as dropped (`buffer_unreadable`).
 pub fn buffer_opened(path: Option<&std::path::Path>, rec: &BufferRecovery<'_>) {
-    match path {
-        None => warn!(
+    for (aside, why) in rec.moved_aside {
+        tracing::error!(moved_to = %aside.display(), error = %why, "unreadable buffer data moved aside; starting without it");
+    }
+    match (path, rec.memory_only_because) {
+        (None, _) => warn!(
             "outbound buffer in memory only (no mqtt.buffer.path, no STATE_DIRECTORY): \
              undelivered publications are lost on restart"
         ),
-        Some(p) => info!(
+        (Some(p), Some(why)) => tracing::error!(
+            path = %p.display(),
+            reason = %why,
+            "outbound buffer cannot use the disk; running in memory only: undelivered publications are lost on restart"
+        ),
+        (Some(p), None) => info!(
             path = %p.display(),
             recovered = rec.recovered,
             truncated_bytes = rec.truncated_bytes,
             "outbound buffer opened"
         ),
     }
-    for aside in rec.moved_aside {
-        tracing::error!(moved_to = %aside.display(), "unreadable buffer data moved aside; starting without it");
-    }
-    if let Some(why) = rec.memory_only_because {
-        tracing::error!(reason = %why, "outbound buffer cannot use the disk; running in memory only");
+    counter!("fieldgate_publications_dropped_total", "reason" => "buffer_unreadable")
+        .increment(rec.lost);
+    if rec.lost > 0 || rec.skipped_bytes > 0 {
+        tracing::error!(
+            lost = rec.lost,
+            skipped_bytes = rec.skipped_bytes,
+            recovered = rec.recovered,
+            "damaged buffer data skipped: the publications in it are lost; every readable one after it is kept"
+        );
     }
 }
 
@@ -84,14 +97,40 @@ pub fn buffer_opened(path: Option<&std::path::Path>, rec: &BufferRecovery<'_>) {
 pub struct BufferRecovery<'a> {
     pub recovered: usize,
     pub truncated_bytes: usize,
-    pub moved_aside: &'a [std::path::PathBuf],
+    /// Damaged bytes between good records.
+    pub skipped_bytes: usize,
+    /// Publications in unreadable data.
+    pub lost: u64,
+    /// Where unreadable data went, and the error that made it unreadable.
+    pub moved_aside: &'a [(std::path::PathBuf, String)],
     pub memory_only_because: Option<&'a str>,
 }
 
-/// A buffer write or fsync failed; the buffer keeps running in memory.
-pub fn buffer_io_failed(error: &std::io::Error) {
+/// A buffer write or fsync failed: new publications are held in memory only until the disk
+/// takes a fresh segment (tried every `retry_syncs` syncs). Logged once per refusal.
+pub fn buffer_io_failed(error: &std::io::Error, retry_syncs: u32) {
     counter!("fieldgate_buffer_io_errors_total").increment(1);
-    warn!(%error, "outbound buffer write failed");
+    gauge!("fieldgate_buffer_on_disk").set(0.0);
+    warn!(
+        %error,
+        retry_every_syncs = retry_syncs,
+        "outbound buffer write failed: new publications are held in memory only (lost on restart) until the disk takes them again"
+    );
+}
+
+/// The buffer's disk copy was written anew with the `held` publications: the disk takes
+/// writes again, or a segment file had been deleted.
+pub fn buffer_rewritten(held: usize, because: &str) {
+    gauge!("fieldgate_buffer_on_disk").set(1.0);
+    warn!(
+        held,
+        because, "outbound buffer on disk again: every held publication written to a fresh segment"
+    );
+}
+
+/// Whether the buffer's publications are on disk now (1) or in memory only (0).
+pub fn buffer_on_disk(on_disk: bool) {
+    gauge!("fieldgate_buffer_on_disk").set(if on_disk { 1.0 } else { 0.0 });
 }
 
 /// One fsync of the buffer took `seconds`.
@@ -305,8 +344,9 @@ pub fn publications_queued(n: u64) {
 
 /// Every reason a publication can be dropped for, so that each shows in `/metrics` (at 0)
 /// from the start: a reason that never appears cannot be told from one nobody counts.
-pub const DROP_REASONS: [&str; 5] = [
+pub const DROP_REASONS: [&str; 6] = [
     "buffer_full",
+    "buffer_unreadable",
     "handoff_full",
     "offline",
     "client_busy",

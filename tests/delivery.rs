@@ -467,3 +467,95 @@ async fn a_second_gateway_on_the_same_state_directory_refuses_to_start() {
     third.signal("TERM");
     assert_eq!(third.wait_exit().await, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_record_in_the_disk_buffer_costs_only_its_own_publication_counted() {
+    let mut rig = Rig::start("d5").await;
+    let config = rig.config("");
+    let (mut gw, metrics) = rig.gateway(&config).await;
+    rig.flowing().await;
+    rig.proxy.set(ProxyMode::Cut);
+    gw.wait_line("mqtt connection lost").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while metric(metrics, "fieldgate_mqtt_queue_depth", "").await < 30.0 {
+        assert!(tokio::time::Instant::now() < deadline, "nothing buffered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rig.sim.send_line("fault 1 silent");
+    rig.sim.wait_line("fault 1 silent ok").await;
+    gw.wait_line("request failed").await;
+    gw.signal("KILL");
+    gw.wait_exit().await;
+    rig.sim.send_line("fault 1 none");
+    rig.sim.wait_line("fault 1 none ok").await;
+
+    // A bad sector under one held reading: one byte of its payload flipped.
+    let queue = rig.dir.path().join("queue");
+    let seg = std::fs::read_dir(&queue)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let topic = rig.topic();
+    let at: Vec<usize> = bytes
+        .windows(topic.len())
+        .enumerate()
+        .filter(|(_, w)| *w == topic.as_bytes())
+        .map(|(i, _)| i + topic.len())
+        .collect();
+    assert!(at.len() >= 30, "{} readings in {}", at.len(), seg.display());
+    let payload = at[at.len() - 15];
+    let text =
+        String::from_utf8_lossy(&bytes[payload..(payload + 120).min(bytes.len())]).into_owned();
+    // This record's payload only: its JSON object ends at the first brace.
+    let text = text.split('}').next().unwrap_or_default().to_owned();
+    let damaged: u64 = text
+        .split("\"value\":")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no value in {text:?}"));
+    bytes[payload] ^= 0x20;
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let (mut gw, metrics) = rig.gateway(&config).await;
+    gw.wait_line("damaged buffer data skipped").await;
+    assert_eq!(
+        metric(
+            metrics,
+            "fieldgate_publications_dropped_total",
+            "buffer_unreadable"
+        )
+        .await,
+        1.0,
+        "{}",
+        gw.output()
+    );
+    let before_restore = rig.max_seen();
+    rig.proxy.set(ProxyMode::Pass);
+    // Every reading but the damaged one arrives: those after it in the buffer too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let seen: BTreeSet<u64> = rig.readings().iter().map(|r| r.0).collect();
+        let max = seen.iter().next_back().copied().unwrap_or(0);
+        let missing: Vec<u64> = (1..=max).filter(|n| !seen.contains(n)).collect();
+        if max > before_restore + 20 && missing == [damaged] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "newest {max}; missing {missing:?}, want only {damaged}"
+        );
+        let n = rig.obs.len();
+        let _ = tokio::time::timeout(
+            Duration::from_millis(500),
+            rig.obs.wait(n, "more", |_| true),
+        )
+        .await;
+    }
+    assert_in_order(&rig.readings());
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit().await, Some(0));
+}

@@ -129,6 +129,7 @@ async fn a_paused_broker_never_makes_qos1_values_vanish_uncounted() {
     };
     for reason in [
         "buffer_full",
+        "buffer_unreadable",
         "handoff_full",
         "offline",
         "client_busy",

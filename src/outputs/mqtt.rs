@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::store::Store;
+use super::store::{self, Store};
 use super::tls::ConnState;
 use crate::backoff::Backoff;
 use crate::events;
@@ -362,14 +362,13 @@ pub fn start_with_node(
     let death = node.as_ref().map(|n| Arc::clone(&n.death));
     let opts = broker_options(settings);
     let (store, recovery) = Store::open(&settings.buffer.store);
-    let durable = store
-        .is_durable()
-        .then(|| settings.buffer.store.path.clone());
     events::buffer_opened(
-        durable.flatten().as_deref(),
+        settings.buffer.store.path.as_deref(),
         &events::BufferRecovery {
             recovered: recovery.recovered,
             truncated_bytes: recovery.truncated_bytes,
+            skipped_bytes: recovery.skipped_bytes,
+            lost: recovery.lost,
             moved_aside: &recovery.moved_aside,
             memory_only_because: recovery.memory_only_because.as_deref(),
         },
@@ -537,7 +536,7 @@ impl Publisher {
                         self.accept(p);
                     }
                     if let Err(e) = self.store.write() {
-                        events::buffer_io_failed(&e);
+                        events::buffer_io_failed(&e, store::RETRY_SYNCS);
                     }
                 }
                 _ = sync.tick() => self.sync(),
@@ -589,13 +588,16 @@ impl Publisher {
             self.store.sync()
         };
         match result {
-            Ok(()) => {
-                if self.store.is_durable() {
+            Ok(rewritten) => {
+                if let Some(r) = rewritten {
+                    events::buffer_rewritten(r.held, r.because);
+                } else if self.store.is_durable() && !self.store.disk_refused() {
                     events::buffer_synced(started.elapsed().as_secs_f64());
                 }
             }
-            Err(e) => events::buffer_io_failed(&e),
+            Err(e) => events::buffer_io_failed(&e, store::RETRY_SYNCS),
         }
+        events::buffer_on_disk(self.store.is_durable() && !self.store.disk_refused());
         let age = self.store.oldest_created_ms().map_or(0.0, |t| {
             (millis(SystemTime::now()) - t).max(0) as f64 / 1000.0
         });

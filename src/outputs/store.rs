@@ -13,9 +13,17 @@
 //!
 //! Appends are written (`write(2)`) as each batch arrives, so a killed process loses nothing;
 //! `sync` makes them durable (`fdatasync`), batched to bound flash wear: a power cut can lose
-//! what arrived since the last sync. Recovery reads every segment, keeps each good record up
-//! to the first bad one (a torn tail), and cuts the torn tail off. A segment or directory that
-//! cannot be read is moved aside; the gateway always starts.
+//! what arrived since the last sync. Recovery reads every segment and keeps every good record:
+//! past a damaged one (a flipped bit, a bad sector) it looks for the next record whose length,
+//! kind and CRC check out, and reads on from there; the publications in the damaged bytes are
+//! counted as lost (the seqs missing above the watermark). A torn tail of the last segment is
+//! cut off. A segment that cannot be read is moved aside, with the error; a directory that
+//! cannot be listed is moved aside whole. The gateway always starts.
+//!
+//! When the disk refuses a write (full, read-only, an I/O error), what was half written is cut
+//! off, and the buffer keeps publications in memory only, encoding nothing for the disk, so it
+//! does not grow. Every [`RETRY_SYNCS`]th sync it tries again: a fresh segment with every
+//! publication still held. The same happens at once when a sync finds a segment file deleted.
 //!
 //! Bounds in rows and bytes: when a push would exceed them the oldest entries are dropped and
 //! counted. This module does no networking and takes time as an argument.
@@ -37,6 +45,9 @@ const KIND_DONE: u8 = 2;
 const MAX_BODY: usize = 16 * 1024 * 1024;
 /// Memory and bound accounting per entry, on top of topic and payload.
 pub const ENTRY_OVERHEAD: usize = 48;
+/// While the disk refuses writes, every this many syncs (3.2 s at the default 200 ms) the
+/// buffer tries to write what it holds to a fresh segment.
+pub const RETRY_SYNCS: u32 = 16;
 
 /// One buffered publication.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,12 +159,37 @@ pub struct Decoded {
     pub records: Vec<Record>,
     /// Bytes up to the end of the last good record (the file is cut here).
     pub good_len: usize,
+    /// Damaged bytes between good records, skipped.
+    pub skipped_bytes: usize,
     /// The segment did not start with the magic: nothing in it can be trusted.
     pub bad_header: bool,
 }
 
-/// Decode one segment file's bytes: every good record up to the first bad or torn one.
-/// Never panics, whatever the bytes.
+/// The record framed at `at`, and its length with the frame, if one is there: a length in
+/// bounds, a known kind of the right size, the CRC, and a body that decodes.
+fn record_at(bytes: &[u8], at: usize) -> Option<(Record, usize)> {
+    let head = bytes.get(at..at + 8)?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    if len == 0 || len > MAX_BODY {
+        return None;
+    }
+    let body = bytes.get(at + 8..at + 8 + len)?;
+    // The kind and size first: scanning damaged bytes for the next record then rarely
+    // computes a CRC.
+    match body[0] {
+        KIND_PUBLISH if len >= 21 => {}
+        KIND_DONE if len == 9 => {}
+        _ => return None,
+    }
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    Some((decode_body(body)?, 8 + len))
+}
+
+/// Decode one segment file's bytes: every good record, reading on past damaged bytes from
+/// the next record that checks out (see the module docs). Never panics, whatever the bytes.
 pub fn decode_segment(bytes: &[u8]) -> Decoded {
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
         return Decoded {
@@ -162,28 +198,29 @@ pub fn decode_segment(bytes: &[u8]) -> Decoded {
         };
     }
     let mut at = MAGIC.len();
+    let mut good_len = at;
+    let mut skipped_bytes = 0;
     let mut records = Vec::new();
-    while let Some(head) = bytes.get(at..at + 8) {
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        if len == 0 || len > MAX_BODY {
-            break;
+    while at < bytes.len() {
+        if let Some((record, n)) = record_at(bytes, at) {
+            records.push(record);
+            at += n;
+            good_len = at;
+            continue;
         }
-        let Some(body) = bytes.get(at + 8..at + 8 + len) else {
-            break;
-        };
-        if crc32fast::hash(body) != crc {
-            break;
+        match (at + 1..bytes.len()).find(|&p| record_at(bytes, p).is_some()) {
+            Some(next) => {
+                skipped_bytes += next - at;
+                at = next;
+            }
+            // Nothing good follows: a torn tail.
+            None => break,
         }
-        let Some(record) = decode_body(body) else {
-            break;
-        };
-        records.push(record);
-        at += 8 + len;
     }
     Decoded {
         records,
-        good_len: at,
+        good_len,
+        skipped_bytes,
         bad_header: false,
     }
 }
@@ -198,8 +235,13 @@ pub struct Recovery {
     pub recovered: usize,
     /// Bytes cut off torn tails.
     pub truncated_bytes: usize,
-    /// Files or directories moved aside because they could not be read.
-    pub moved_aside: Vec<PathBuf>,
+    /// Damaged bytes between good records, skipped.
+    pub skipped_bytes: usize,
+    /// Publications lost to unreadable data: seqs above the watermark that no readable record
+    /// holds (at most this many: a lost watermark record makes done ones count too).
+    pub lost: u64,
+    /// Files or directories moved aside because they could not be read, and why.
+    pub moved_aside: Vec<(PathBuf, String)>,
     /// The disk could not be used at all; the buffer runs in memory.
     pub memory_only_because: Option<String>,
 }
@@ -225,6 +267,18 @@ struct Log {
     unsynced: bool,
     /// The `done_through` last written.
     done_written: u64,
+    /// The disk refused a write: nothing is encoded for it until a fresh segment takes what
+    /// the buffer holds. Counts syncs since, for [`RETRY_SYNCS`].
+    refused: Option<u32>,
+}
+
+/// The disk's copy of the buffer was written anew (see [`Store::sync`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rewritten {
+    /// Publications held, now on disk again.
+    pub held: usize,
+    /// Why: the disk had refused writes, or a segment file had been deleted.
+    pub because: &'static str,
 }
 
 #[derive(Debug)]
@@ -256,7 +310,7 @@ fn segment_name(first_seq: u64) -> String {
     format!("{first_seq:020}.seg")
 }
 
-fn move_aside(path: &Path, recovery: &mut Recovery) {
+fn move_aside(path: &Path, why: &dyn std::fmt::Display, recovery: &mut Recovery) {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -264,7 +318,7 @@ fn move_aside(path: &Path, recovery: &mut Recovery) {
     aside.push(format!(".corrupt-{stamp}"));
     let aside = PathBuf::from(aside);
     if std::fs::rename(path, &aside).is_ok() {
-        recovery.moved_aside.push(aside);
+        recovery.moved_aside.push((aside, why.to_string()));
     }
 }
 
@@ -299,7 +353,7 @@ impl Store {
             Ok(()) => {}
             Err(first) => {
                 // The directory itself is unusable: move it aside and start afresh there.
-                move_aside(dir, &mut recovery);
+                move_aside(dir, &first, &mut recovery);
                 store.slots.clear();
                 store.unacked = 0;
                 store.bytes = 0;
@@ -336,12 +390,17 @@ impl Store {
         let count = names.len();
         for (i, (first_seq, path)) in names.into_iter().enumerate() {
             let mut bytes = Vec::new();
-            File::open(&path)?.read_to_end(&mut bytes)?;
-            let decoded = decode_segment(&bytes);
-            if decoded.bad_header {
-                move_aside(&path, rec);
+            // One segment that cannot be read goes aside; the others are still read.
+            if let Err(e) = File::open(&path).and_then(|mut f| f.read_to_end(&mut bytes)) {
+                move_aside(&path, &e, rec);
                 continue;
             }
+            let decoded = decode_segment(&bytes);
+            if decoded.bad_header {
+                move_aside(&path, &"no segment header", rec);
+                continue;
+            }
+            rec.skipped_bytes += decoded.skipped_bytes;
             if decoded.good_len < bytes.len() {
                 rec.truncated_bytes += bytes.len() - decoded.good_len;
                 if i + 1 == count {
@@ -372,6 +431,13 @@ impl Store {
         entries.retain(|e| e.seq > done);
         entries.sort_by_key(|e| e.seq);
         entries.dedup_by_key(|e| e.seq);
+        // Every seq from the watermark up was written once, in order: a missing one was in
+        // bytes that could not be read.
+        let mut expect = done + 1;
+        for e in &entries {
+            rec.lost += e.seq - expect;
+            expect = e.seq + 1;
+        }
         self.done_through = done;
         self.next_seq = max_seq.max(done) + 1;
         for e in entries {
@@ -402,6 +468,7 @@ impl Store {
             pending: Vec::new(),
             unsynced: false,
             done_written: 0,
+            refused: None,
         });
         // Record the recovered watermark in the new segment, so older ones can go.
         self.queue_done_record();
@@ -428,9 +495,16 @@ impl Store {
         self.max_rows
     }
 
-    /// Whether entries survive a restart.
+    /// Whether entries survive a restart: the buffer has a directory on disk (see
+    /// [`Store::disk_refused`] for whether the disk takes writes now).
     pub fn is_durable(&self) -> bool {
         self.log.is_some()
+    }
+
+    /// Whether the disk refused a write and the buffer holds new publications in memory only
+    /// until a fresh segment takes them (see [`Store::sync`]).
+    pub fn disk_refused(&self) -> bool {
+        self.log.as_ref().is_some_and(|l| l.refused.is_some())
     }
 
     /// Creation time (ms) of the oldest entry not yet acknowledged.
@@ -461,7 +535,9 @@ impl Store {
             retain,
             created_ms,
         };
-        if let Some(log) = &mut self.log {
+        if let Some(log) = &mut self.log
+            && log.refused.is_none()
+        {
             encode_publish(&entry, &mut log.pending);
             if let Some(s) = log.segments.back_mut() {
                 s.last_seq = seq;
@@ -546,17 +622,8 @@ impl Store {
 
     /// The broker acknowledged `seq`. Unknown or already-dropped seqs are ignored.
     pub fn ack(&mut self, seq: u64) {
-        let Some(front) = self.slots.front() else {
-            return;
-        };
-        let Some(i) = seq
-            .checked_sub(front.entry.seq)
-            .and_then(|i| usize::try_from(i).ok())
-        else {
-            return;
-        };
-        if let Some(slot) = self.slots.get_mut(i)
-            && slot.entry.seq == seq
+        if let Some(i) = self.index_of(seq)
+            && let Some(slot) = self.slots.get_mut(i)
             && !slot.acked
         {
             slot.acked = true;
@@ -565,10 +632,27 @@ impl Store {
         self.pop_acked();
     }
 
+    /// The slot index of `seq`. Held seqs are contiguous (a dropped entry stays as a tombstone
+    /// until it reaches the front), except after a recovery that lost publications to damaged
+    /// data: then a binary search finds it.
+    fn index_of(&self, seq: u64) -> Option<usize> {
+        let first = self.slots.front()?.entry.seq;
+        let i = usize::try_from(seq.checked_sub(first)?).ok()?;
+        if self.slots.get(i).is_some_and(|s| s.entry.seq == seq) {
+            return Some(i);
+        }
+        self.slots.binary_search_by_key(&seq, |s| s.entry.seq).ok()
+    }
+
     /// The first entry with a seq of at least `from` that is not acknowledged.
     pub fn next_unacked(&self, from: u64) -> Option<&Entry> {
         let first = self.slots.front()?.entry.seq;
-        let skip = usize::try_from(from.saturating_sub(first)).unwrap_or(usize::MAX);
+        let guess = usize::try_from(from.saturating_sub(first)).unwrap_or(usize::MAX);
+        // The guess is exact while seqs are contiguous; past a gap it overshoots.
+        let skip = match self.slots.get(guess) {
+            Some(s) if s.entry.seq == from || from <= first => guess,
+            _ => self.slots.partition_point(|s| s.entry.seq < from),
+        };
         self.slots
             .iter()
             .skip(skip)
@@ -584,6 +668,7 @@ impl Store {
     fn queue_done_record(&mut self) {
         let done = self.done_through;
         if let Some(log) = &mut self.log
+            && log.refused.is_none()
             && log.done_written != done
         {
             encode(&Record::Done(done), &mut log.pending);
@@ -593,14 +678,22 @@ impl Store {
 
     /// Hand what was pushed to the kernel (`write(2)`, no fsync): it now survives the process
     /// being killed. Cheap; call after each batch.
+    ///
+    /// # Errors
+    /// The disk refused the write: what was half written is cut off, and from now on the
+    /// buffer holds new publications in memory only (see [`Store::sync`]). Only the write that
+    /// finds the disk refusing fails; later ones do nothing.
     pub fn write(&mut self) -> io::Result<()> {
         let Some(log) = &mut self.log else {
             return Ok(());
         };
-        if log.pending.is_empty() {
+        if log.pending.is_empty() || log.refused.is_some() {
             return Ok(());
         }
-        log.active.write_all(&log.pending)?;
+        if let Err(e) = log.active.write_all(&log.pending) {
+            log.refuse();
+            return Err(e);
+        }
         log.active_len += log.pending.len();
         log.pending.clear();
         log.unsynced = true;
@@ -610,16 +703,48 @@ impl Store {
     /// Make everything written durable (`fdatasync`), record the acknowledged watermark,
     /// delete segments that hold nothing undelivered, and start a new segment when the active
     /// one is full. Call every sync interval.
-    pub fn sync(&mut self) -> io::Result<()> {
+    ///
+    /// While the disk refuses writes, every [`RETRY_SYNCS`]th call tries a fresh segment with
+    /// every publication held; a segment file found deleted does the same at once. Returns
+    /// what was written anew when that succeeded.
+    ///
+    /// # Errors
+    /// The write or fsync failed (the buffer now holds new publications in memory only), or
+    /// a segment could not be started. Failed retries are not errors: the disk is known to
+    /// refuse.
+    pub fn sync(&mut self) -> io::Result<Option<Rewritten>> {
+        if let Some(log) = &mut self.log {
+            if let Some(n) = &mut log.refused {
+                *n += 1;
+                if *n < RETRY_SYNCS {
+                    return Ok(None);
+                }
+                return Ok(self.rewrite("the disk takes writes again"));
+            }
+            if log.files_missing() {
+                log.refuse();
+                return self.rewrite("a segment file was deleted").map_or_else(
+                    || {
+                        Err(io::Error::other(
+                            "a segment file was deleted, and a fresh one cannot be written",
+                        ))
+                    },
+                    |r| Ok(Some(r)),
+                );
+            }
+        }
         self.queue_done_record();
         self.write()?;
         let next_seq = self.next_seq;
         let done = self.done_through;
         let Some(log) = &mut self.log else {
-            return Ok(());
+            return Ok(None);
         };
         if log.unsynced {
-            log.active.sync_data()?;
+            if let Err(e) = log.active.sync_data() {
+                log.refuse();
+                return Err(e);
+            }
             log.unsynced = false;
         }
         if log.active_len >= log.segment_limit {
@@ -638,7 +763,60 @@ impl Store {
             log.done_written = done;
         }
         self.compact();
-        Ok(())
+        Ok(None)
+    }
+
+    /// Write the watermark and every publication held to a fresh segment, and take writes
+    /// again. `None`, and the disk still refused, when that failed.
+    fn rewrite(&mut self, because: &'static str) -> Option<Rewritten> {
+        let next_seq = self.next_seq;
+        let done = self.done_through;
+        let log = self.log.as_mut()?;
+        let path = log.dir.join(segment_name(next_seq));
+        let mut pending = std::mem::take(&mut log.pending);
+        pending.clear();
+        encode(&Record::Done(done), &mut pending);
+        let mut held = 0;
+        let mut last_seq = 0;
+        for s in self.slots.iter().filter(|s| !s.acked) {
+            encode_publish(&s.entry, &mut pending);
+            held += 1;
+            last_seq = s.entry.seq;
+        }
+        let written = open_segment(&path).and_then(|(mut f, len)| {
+            let result = f.write_all(&pending).and_then(|()| f.sync_data());
+            if result.is_err() {
+                let _ = f.set_len(len as u64);
+            }
+            result.map(|()| (f, len + pending.len()))
+        });
+        pending.clear();
+        log.pending = pending;
+        let Ok((active, active_len)) = written else {
+            log.refused = Some(0);
+            return None;
+        };
+        // The same file when nothing was pushed since the refused one was started; and
+        // forget files deleted under us.
+        let before = log
+            .segments
+            .iter()
+            .find(|s| s.path == path)
+            .map(|s| s.last_seq);
+        log.segments.retain(|s| s.path != path && s.path.exists());
+        log.segments.push_back(Segment {
+            first_seq: next_seq,
+            last_seq: last_seq.max(before.unwrap_or(0)),
+            path,
+        });
+        sync_dir(&log.dir);
+        log.active = active;
+        log.active_len = active_len;
+        log.unsynced = false;
+        log.done_written = done;
+        log.refused = None;
+        self.compact();
+        Some(Rewritten { held, because })
     }
 
     /// Delete every segment but the active one whose publications are all done.
@@ -675,6 +853,24 @@ impl Store {
             .as_ref()
             .and_then(|l| l.segments.front())
             .map(|s| s.first_seq)
+    }
+}
+
+impl Log {
+    /// The disk refused a write: cut off what may have been half written, and encode nothing
+    /// more until [`Store::rewrite`].
+    fn refuse(&mut self) {
+        let _ = self.active.set_len(self.active_len as u64);
+        self.pending.clear();
+        self.unsynced = false;
+        self.refused = Some(0);
+    }
+
+    /// Whether a segment file was deleted (or the active one unlinked) under the gateway.
+    fn files_missing(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.active.metadata().is_ok_and(|m| m.nlink() == 0)
+            || self.segments.iter().any(|s| !s.path.exists())
     }
 }
 
@@ -796,6 +992,148 @@ mod tests {
         flipped[last] ^= 0x40;
         assert_eq!(decode_segment(&flipped).records, vec![Record::Done(1)]);
         assert!(decode_segment(b"XXXX").bad_header);
+    }
+
+    #[test]
+    fn a_damaged_record_is_skipped_and_the_records_after_it_kept() {
+        let mut bytes = MAGIC.to_vec();
+        let mut ends = Vec::new();
+        for seq in 1..=6 {
+            encode(&Record::Done(seq), &mut bytes);
+            ends.push(bytes.len());
+        }
+        // Every byte of the third record, flipped in turn: the other five always survive.
+        for at in ends[1]..ends[2] {
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x01;
+            let d = decode_segment(&bad);
+            let want: Vec<_> = [1, 2, 4, 5, 6].into_iter().map(Record::Done).collect();
+            assert_eq!(d.records, want, "flipped byte {at}");
+            assert_eq!(d.skipped_bytes, ends[2] - ends[1], "flipped byte {at}");
+            assert_eq!(d.good_len, bytes.len());
+        }
+    }
+
+    #[test]
+    fn publications_in_damaged_bytes_are_counted_lost_and_the_rest_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = settings(dir.path(), 1000, 1 << 20);
+        let (mut s, _) = Store::open(&set);
+        for i in 0..20 {
+            push(&mut s, i);
+        }
+        s.sync().unwrap();
+        let seg = dir.path().join(segment_name(1));
+        drop(s);
+        // A bad sector: 40 bytes zeroed in the middle of the segment.
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid..mid + 40].fill(0);
+        std::fs::write(&seg, &bytes).unwrap();
+        let (s, rec) = Store::open(&set);
+        let got = seqs(&s);
+        assert!(rec.lost >= 1, "{rec:?}");
+        assert_eq!(got.len() as u64 + rec.lost, 20, "{got:?} {rec:?}");
+        assert_eq!(
+            got.last(),
+            Some(&20),
+            "the records after the damage are kept"
+        );
+        assert!(rec.skipped_bytes >= 40, "{rec:?}");
+        assert_eq!(rec.truncated_bytes, 0);
+        // Past the gap, each is still found and acknowledged.
+        let mut s = s;
+        for &q in got.iter().rev() {
+            s.ack(q);
+            assert!(s.next_unacked(q).is_none(), "{q} still unacknowledged");
+        }
+        assert!(s.is_empty());
+        assert_eq!(push(&mut s, 99), 21);
+    }
+
+    #[test]
+    fn a_refused_write_holds_new_publications_in_memory_until_a_fresh_segment_takes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = settings(dir.path(), 1000, 1 << 20);
+        let (mut s, _) = Store::open(&set);
+        for i in 0..3 {
+            push(&mut s, i);
+        }
+        s.sync().unwrap();
+        // The disk refuses: the active segment now takes no writes.
+        let log = s.log.as_mut().unwrap();
+        let active = log.segments.back().unwrap().path.clone();
+        log.active = File::open(&active).unwrap();
+        for i in 3..10 {
+            push(&mut s, i);
+        }
+        assert!(s.write().is_err(), "the refused write is reported");
+        assert!(s.disk_refused());
+        for i in 10..1000 {
+            push(&mut s, i);
+            s.write().unwrap();
+        }
+        assert!(
+            s.log.as_ref().unwrap().pending.is_empty(),
+            "nothing is encoded for a disk that refuses"
+        );
+        s.ack(1);
+        for _ in 1..RETRY_SYNCS {
+            assert_eq!(s.sync().unwrap(), None);
+        }
+        let r = s.sync().unwrap().expect("a fresh segment takes them");
+        assert_eq!(r.held, 999);
+        assert!(!s.disk_refused());
+        push(&mut s, 1000);
+        s.sync().unwrap();
+        drop(s);
+        let (s, rec) = Store::open(&set);
+        assert_eq!(seqs(&s), (2..=1001).collect::<Vec<_>>());
+        assert_eq!(rec.lost, 0);
+    }
+
+    #[test]
+    fn a_segment_deleted_under_the_gateway_is_written_anew_at_the_next_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = settings(dir.path(), 1000, 1 << 20);
+        let (mut s, _) = Store::open(&set);
+        for i in 0..5 {
+            push(&mut s, i);
+        }
+        s.sync().unwrap();
+        for f in std::fs::read_dir(dir.path()).unwrap() {
+            std::fs::remove_file(f.unwrap().path()).unwrap();
+        }
+        push(&mut s, 5);
+        let r = s.sync().unwrap().expect("the deletion is noticed");
+        assert_eq!(r.held, 6);
+        assert_eq!(s.sync().unwrap(), None, "once");
+        drop(s);
+        let (s, rec) = Store::open(&set);
+        assert_eq!(seqs(&s), (1..=6).collect::<Vec<_>>());
+        assert_eq!(rec.lost, 0);
+    }
+
+    #[test]
+    fn one_unreadable_segment_goes_aside_with_its_error_and_the_others_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = settings(dir.path(), 1000, 1 << 20);
+        let (mut s, _) = Store::open(&set);
+        for i in 0..4 {
+            push(&mut s, i);
+        }
+        s.sync().unwrap();
+        drop(s);
+        // A "segment" that cannot be read as a file.
+        std::fs::create_dir(dir.path().join(segment_name(999))).unwrap();
+        let (s, rec) = Store::open(&set);
+        assert_eq!(seqs(&s), vec![1, 2, 3, 4]);
+        assert_eq!(rec.moved_aside.len(), 1, "{rec:?}");
+        assert!(!rec.moved_aside[0].1.is_empty(), "the error is kept");
+        assert!(
+            rec.moved_aside[0].0.starts_with(dir.path()),
+            "only the segment moved"
+        );
     }
 
     #[test]

@@ -237,6 +237,28 @@ pub fn read_split(device: &str, function: u8, address: u16, count: u16, code: u8
     );
 }
 
+/// A device refused a merged read and, split at point boundaries, every part of it too: it
+/// refuses the range as a whole (a PLC in STOP, a device still starting), so the split is not
+/// kept and the read is not split again for a while (`link::UNSPLIT`).
+pub fn read_refused_whole(
+    device: &str,
+    function: u8,
+    address: u16,
+    count: u16,
+    code: u8,
+    parts: usize,
+) {
+    info!(
+        device,
+        function,
+        address,
+        count,
+        code,
+        parts,
+        "device refused a merged read and every part of it; not split"
+    );
+}
+
 /// A device answered ILLEGAL FUNCTION to one way of writing a single coil or register
 /// (FC 5 / FC 6, or FC 15 / FC 16); the other is used from now on.
 pub fn write_function_fallback(device: &str, from: u8, to: u8) {

@@ -581,3 +581,157 @@ async fn sigterm_does_not_wait_for_a_poll_in_progress() {
     // wait_exit gives up after the harness's deadline, far below the minute of the delays.
     assert_eq!(gw.wait_exit().await, Some(0), "{}", gw.output());
 }
+
+/// The metrics endpoint of a gateway given `metrics: { listen: ... }` on `port`.
+fn metrics_at(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Wait until the device has been polled `n` more times than `from`; the count reached.
+async fn wait_polls(metrics: SocketAddr, from: f64, n: f64) -> f64 {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let polls = metric(metrics, "fieldgate_polls_total", "").await;
+        if polls >= from + n {
+            return polls;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{polls} polls, waiting for {}",
+            from + n
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_refuses_every_read_is_not_asked_point_by_point() {
+    // A PLC in STOP: every read of the unit answers ILLEGAL DATA ADDRESS, whatever its range.
+    let (mut sim, addr) = simulator("127.0.0.1:0", &["--speed", "0"]).await;
+    let (_broker, mqtt) = broker("127.0.0.1:0").await;
+    let mut obs = Observer::start(mqtt, "fq9/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let points: String = (0..8)
+        .map(|a| {
+            format!(
+                "      - {{ name: r{a}, kind: input_register, address: {a}, publish: {{ topic: fq9/r{a}, format: json }} }}\n"
+            )
+        })
+        .collect();
+    let yaml = format!(
+        "metrics: {{ listen: \"127.0.0.1:{port}\" }}\n{}",
+        mapping(mqtt, addr, "fq9", "", &points)
+    );
+    let mut gw = gateway_yaml(dir.path(), &yaml);
+    let m = metrics_at(port);
+    wait_good(&mut obs, "fq9/r7", 2).await;
+    let requests = |outcome: &'static str| {
+        let labels = format!("outcome=\"{outcome}\"");
+        async move { metric(m, "fieldgate_modbus_requests_total", &labels).await }
+    };
+
+    sim.send_line("fault 1 exception:2");
+    sim.wait_line("fault 1 exception:2 ok").await;
+    // The first refusal is split once, finds nothing readable, and is not kept.
+    gw.wait_line("every part of it; not split").await;
+    let bad = obs.wait_topic(0, "fq9/r3", |p| p.contains("\"bad\"")).await;
+    assert!(
+        bad.payload.contains("illegal data address"),
+        "{}",
+        bad.payload
+    );
+    let (p0, e0) = (
+        metric(m, "fieldgate_polls_total", "").await,
+        requests("exception").await,
+    );
+    let p1 = wait_polls(m, p0, 10.0).await;
+    let e1 = requests("exception").await;
+    // One refused request per poll (a poll may fall between the two readings of each pair),
+    // not one per point.
+    assert!(
+        e1 - e0 <= p1 - p0 + 2.0,
+        "{} refused requests in {} polls:\n{}",
+        e1 - e0,
+        p1 - p0,
+        gw.output()
+    );
+    assert_eq!(
+        gw.count_lines("not split"),
+        1,
+        "split again:\n{}",
+        gw.output()
+    );
+    assert_eq!(gw.count_lines("split it and kept the split"), 0);
+
+    // The PLC runs again: the merged read works at once, one request per poll.
+    sim.send_line("fault 1 none");
+    sim.wait_line("fault 1 none ok").await;
+    let since = obs.len();
+    obs.wait_topic(since, "fq9/r3", |p| p.contains("\"good\""))
+        .await;
+    let (p0, q0) = (
+        metric(m, "fieldgate_polls_total", "").await,
+        requests("ok").await,
+    );
+    let p1 = wait_polls(m, p0, 10.0).await;
+    let q1 = requests("ok").await;
+    assert!(
+        q1 - q0 <= p1 - p0 + 2.0,
+        "{} requests in {} polls",
+        q1 - q0,
+        p1 - p0
+    );
+}
+
+/// The `retry_in` of each "modbus link down" line of `log`, in order.
+fn retries(log: &str) -> Vec<std::time::Duration> {
+    log.lines()
+        .filter(|l| l.contains("modbus link down"))
+        .filter_map(|l| {
+            let v = l.split("retry_in=").nth(1)?.split_whitespace().next()?;
+            [("ns", 1e-9), ("µs", 1e-6), ("ms", 1e-3), ("s", 1.0)]
+                .into_iter()
+                .find_map(|(unit, scale)| {
+                    let n: f64 = v.strip_suffix(unit)?.parse().ok()?;
+                    Some(std::time::Duration::from_secs_f64(n * scale))
+                })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_drops_every_connection_unanswered_is_retried_with_growing_backoff() {
+    use std::time::Duration;
+    let (mut sim, addr) = simulator("127.0.0.1:0", &["--speed", "0"]).await;
+    let (_broker, mqtt) = broker("127.0.0.1:0").await;
+    let mut obs = Observer::start(mqtt, "fq10/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let points = "      - { name: level, kind: input_register, address: 0, publish: { topic: fq10/level, format: json } }";
+    let mut gw = gateway_yaml(dir.path(), &mapping(mqtt, addr, "fq10", "", points));
+    wait_good(&mut obs, "fq10/level", 2).await;
+
+    // Every request now closes the connection unanswered, on the fresh one too.
+    sim.send_line("fault 1 close");
+    sim.wait_line("fault 1 close ok").await;
+    gw.wait_count(&["modbus link down"], 4).await;
+    let r = retries(&gw.output());
+    assert!(r.len() >= 4, "{r:?}\n{}", gw.output());
+    // 250 ms after a connection that had answered, then 500, 1,000, 2,000 (each ±25 %).
+    assert!(r[0] <= Duration::from_millis(313), "{r:?}");
+    assert!(r[3] >= Duration::from_millis(1500), "{r:?}");
+    assert!(r.windows(2).all(|w| w[1] > w[0]), "{r:?}");
+
+    // The device answers again: values return; a connection that answered resets the backoff.
+    sim.send_line("fault 1 none");
+    sim.wait_line("fault 1 none ok").await;
+    let since = obs.len();
+    obs.wait_topic(since, "fq10/level", |p| p.contains("\"good\""))
+        .await;
+    let downs = gw.count_lines("modbus link down");
+    sim.send_line("fault 1 close");
+    sim.wait_line("fault 1 close ok").await;
+    gw.wait_count(&["modbus link down"], downs + 1).await;
+    let r = retries(&gw.output());
+    assert!(r[downs] <= Duration::from_millis(313), "{r:?}");
+}

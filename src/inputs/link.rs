@@ -17,13 +17,17 @@
 //!   when ILLEGAL DATA ADDRESS or ILLEGAL DATA VALUE refuses a read that covers several points
 //!   (one address inside does not exist, or the read is longer than the device takes), the
 //!   read is split at point boundaries until its parts succeed or each failing part holds one
-//!   point; the split is remembered, and the merged read tried again every [`REPROBE`];
+//!   point; the split is remembered, and the merged read tried again every [`REPROBE`]. When
+//!   no part is readable, the device refuses the range as a whole (a PLC in STOP): the split
+//!   is not kept, and the read stays merged for [`UNSPLIT`];
 //! - a connection the device closed (some close after every reply) is re-opened and the
 //!   request asked once more before anything counts as failed;
 //! - a device that answers FC 5 / FC 6 with ILLEGAL FUNCTION is written with FC 15 / FC 16 from
 //!   then on (`write_function: auto`);
 //! - a device's `request_delay` and the link's `connect_delay` are waited out before requests;
-//! - only a link that cannot be (re)opened takes all its devices down, with backoff.
+//! - only a link that cannot be (re)opened takes all its devices down, with backoff; the
+//!   backoff starts again from its first step only after a connection on which a device
+//!   answered, so a device that accepts connections and drops them is not hammered.
 //!
 //! Waits are skipped when their time has already passed: tokio's timer rounds even a zero
 //! wait up to its next millisecond tick.
@@ -55,6 +59,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a learned split of a refused read is kept before the merged read is tried again
 /// (a device may have been re-configured, or the refusal was passing).
 pub const REPROBE: Duration = Duration::from_secs(600);
+
+/// How long a read whose every part the device refused (a PLC in STOP, a device still
+/// starting: the refusal is not about an address inside) is read merged, unsplit, before a
+/// refusal splits it again.
+pub const UNSPLIT: Duration = Duration::from_secs(60);
 
 /// How often a read answered SERVER DEVICE BUSY is asked again (after 1, 2, 3 pauses of a tenth
 /// of the timeout, 10-100 ms) before the exception counts.
@@ -96,6 +105,8 @@ struct DeviceState {
     reprobe_at: Option<Instant>,
     /// Reads refused with an exception in the last poll (one log line per episode).
     refused: HashMap<ReadRequest, u8>,
+    /// Requests (by index) whose every part was refused, and until when they are not split.
+    unsplit_until: HashMap<usize, Instant>,
 }
 
 /// Why `serve` returned.
@@ -121,6 +132,9 @@ struct Bus {
     /// Time spent in exchanges since `window`, for the bus utilisation metric.
     busy: Duration,
     window: Instant,
+    /// A device answered on this connection (a value or an exception): only then does the
+    /// reconnect backoff start again from its first step.
+    answered: bool,
 }
 
 impl Bus {
@@ -132,6 +146,7 @@ impl Bus {
             ready_at: now + connect_delay,
             busy: Duration::ZERO,
             window: now,
+            answered: false,
         }
     }
 
@@ -168,6 +183,7 @@ impl Link {
                 splits: HashMap::new(),
                 reprobe_at: None,
                 refused: HashMap::new(),
+                unsplit_until: HashMap::new(),
             })
             .collect();
         if states.is_empty() {
@@ -180,9 +196,15 @@ impl Link {
                 Err(Some(e)) => e,
                 Ok(client) => {
                     events::link_connected(&name);
-                    backoff.reset();
                     let mut bus = Bus::new(client, self.model.links[self.link].connect_delay);
-                    match self.serve(&mut bus, &mut states, &shutdown).await {
+                    let stop = self.serve(&mut bus, &mut states, &shutdown).await;
+                    // A connection the device accepts and then drops without answering (a
+                    // converter whose serial side is dead, a device that takes one master)
+                    // does not reset the backoff: it is not hammered every 250 ms.
+                    if bus.answered {
+                        backoff.reset();
+                    }
+                    match stop {
                         Stop::Shutdown => return,
                         Stop::LinkDown(e) => e,
                     }
@@ -349,6 +371,7 @@ impl Link {
             let r = timeout(dev.timeout, bus.client.read(req)).await;
             bus.last_frame = Instant::now();
             bus.busy += bus.last_frame - sent;
+            bus.answered |= matches!(r, Ok(Ok(_)));
             let fault = match r {
                 Ok(Ok(Ok(data))) => {
                     let got = match &data {
@@ -415,7 +438,9 @@ impl Link {
 
     /// Read request `ri` of the device's plan, in the parts learned for it, splitting a part
     /// the device refuses with ILLEGAL DATA ADDRESS / VALUE at point boundaries. Returns the
-    /// parts and their results.
+    /// parts and their results. When no part of a new split was readable, the device refuses
+    /// the whole range, not an address in it: the split is not kept, the request is returned
+    /// as one refused part, and it is not split again for [`UNSPLIT`].
     async fn read_parts(
         &self,
         bus: &mut Bus,
@@ -429,18 +454,40 @@ impl Link {
         stack.reverse();
         let mut leaves = Vec::with_capacity(stack.len());
         let mut split_by = None;
+        let now = Instant::now();
+        let may_split = st.unsplit_until.get(&ri).is_none_or(|&t| now >= t);
         while let Some(piece) = stack.pop() {
             match self.read(bus, target, piece).await? {
-                Err(code @ (2 | 3)) => match split(piece, &spans(&self.model, st.device, ri)) {
-                    Some((a, b)) => {
-                        split_by.get_or_insert((piece, code));
-                        stack.push(b);
-                        stack.push(a);
+                Err(code @ (2 | 3)) if may_split => {
+                    match split(piece, &spans(&self.model, st.device, ri)) {
+                        Some((a, b)) => {
+                            split_by.get_or_insert((piece, code));
+                            stack.push(b);
+                            stack.push(a);
+                        }
+                        None => leaves.push((piece, Err(code))),
                     }
-                    None => leaves.push((piece, Err(code))),
-                },
+                }
                 r => leaves.push((piece, r)),
             }
+        }
+        if let Some((_, code)) = split_by
+            && leaves.iter().all(|(_, r)| r.is_err())
+        {
+            events::read_refused_whole(
+                &dev.name,
+                req.kind.read_function(),
+                req.start,
+                req.count,
+                code,
+                leaves.len(),
+            );
+            st.unsplit_until.insert(ri, Instant::now() + UNSPLIT);
+            return Ok(vec![(req, Err(code))]);
+        }
+        if leaves.iter().any(|(_, r)| r.is_ok()) {
+            // The device reads again: a new refusal may be about an address, and is split.
+            st.unsplit_until.remove(&ri);
         }
         if let Some((piece, code)) = split_by {
             events::read_split(
@@ -685,6 +732,7 @@ impl Link {
             )
             .await;
             bus.last_frame = Instant::now();
+            bus.answered |= matches!(r, Ok(Ok(_)));
             reply = match r {
                 Err(_) => {
                     if let Err(e) = self.reopen(bus, dev.unit).await {

@@ -17,8 +17,9 @@
 //! past a damaged one (a flipped bit, a bad sector) it looks for the next record whose length,
 //! kind and CRC check out, and reads on from there; the publications in the damaged bytes are
 //! counted as lost (the seqs missing above the watermark). A torn tail of the last segment is
-//! cut off. A segment that cannot be read is moved aside, with the error; a directory that
-//! cannot be listed is moved aside whole. The gateway always starts.
+//! cut off. A segment that cannot be read is moved aside, with the error (an empty one, created
+//! but never written, is removed); a directory that cannot be listed is moved aside whole. The
+//! gateway always starts.
 //!
 //! When the disk refuses a write (full, read-only, an I/O error), what was half written is cut
 //! off, and the buffer keeps publications in memory only, encoding nothing for the disk, so it
@@ -393,6 +394,12 @@ impl Store {
             // One segment that cannot be read goes aside; the others are still read.
             if let Err(e) = File::open(&path).and_then(|mut f| f.read_to_end(&mut bytes)) {
                 move_aside(&path, &e, rec);
+                continue;
+            }
+            if bytes.is_empty() {
+                // Created, and the process stopped before its header was written: nothing
+                // was ever in it.
+                let _ = std::fs::remove_file(&path);
                 continue;
             }
             let decoded = decode_segment(&bytes);
@@ -882,8 +889,11 @@ fn open_segment(path: &Path) -> io::Result<(File, usize)> {
         .open(path)?;
     let len = f.metadata()?.len() as usize;
     if len == 0 {
-        f.write_all(MAGIC)?;
-        f.sync_data()?;
+        if let Err(e) = f.write_all(MAGIC).and_then(|()| f.sync_data()) {
+            // A full disk: leave no empty segment behind for every retry.
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
         return Ok((f, MAGIC.len()));
     }
     Ok((f, len))
@@ -1204,8 +1214,11 @@ mod tests {
     fn an_unreadable_segment_is_moved_aside_and_the_store_still_opens() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(segment_name(1)), b"garbage").unwrap();
+        // Created, never written (a crash before its header): removed, not an error.
+        std::fs::write(dir.path().join(segment_name(500)), b"").unwrap();
         let (mut s, rec) = Store::open(&settings(dir.path(), 10, 1 << 20));
-        assert_eq!(rec.moved_aside.len(), 1);
+        assert_eq!(rec.moved_aside.len(), 1, "{rec:?}");
+        assert!(!dir.path().join(segment_name(500)).exists());
         assert!(s.is_durable());
         assert_eq!(push(&mut s, 0), 1);
     }

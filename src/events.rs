@@ -223,40 +223,26 @@ pub fn read_exception(device: &str, function: u8, address: u16, count: u16, code
     }
 }
 
-/// A read the device refused was split to find the addresses it refuses; the split is kept.
-pub fn read_split(device: &str, function: u8, address: u16, count: u16, code: u8, parts: usize) {
-    counter!("fieldgate_read_splits_total", "device" => device.to_owned()).increment(1);
-    info!(
-        device,
-        function,
-        address,
-        count,
-        code,
-        parts,
-        "device refused a merged read; split it and kept the split"
-    );
-}
-
-/// A device refused a merged read and, split at point boundaries, every part of it too: it
-/// refuses the range as a whole (a PLC in STOP, a device still starting), so the split is not
-/// kept and the read is not split again for a while (`link::UNSPLIT`).
-pub fn read_refused_whole(
+/// A read the device refused was split to find the addresses it refuses. `kept`: some part
+/// was readable, so the split is kept; otherwise every part was refused too, the device refuses
+/// the range as a whole (a PLC in STOP, a device still starting), and the read stays merged for
+/// a while (`link::UNSPLIT`).
+pub fn read_split(
     device: &str,
     function: u8,
     address: u16,
     count: u16,
     code: u8,
     parts: usize,
+    kept: bool,
 ) {
-    info!(
-        device,
-        function,
-        address,
-        count,
-        code,
-        parts,
+    counter!("fieldgate_read_splits_total", "device" => device.to_owned()).increment(1);
+    let what = if kept {
+        "device refused a merged read; split it and kept the split"
+    } else {
         "device refused a merged read and every part of it; not split"
-    );
+    };
+    info!(device, function, address, count, code, parts, "{what}");
 }
 
 /// A device answered ILLEGAL FUNCTION to one way of writing a single coil or register

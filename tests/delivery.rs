@@ -54,6 +54,19 @@ impl Rig {
             .await;
     }
 
+    /// kill -9 the gateway once every reading taken was accepted: the readings stop first (a
+    /// silent unit does not count reads; a reading still between the socket and the buffer at
+    /// the kill was never accepted), then the device answers again.
+    async fn kill_when_quiet(&mut self, gw: &mut Proc) {
+        self.sim.send_line("fault 1 silent");
+        self.sim.wait_line("fault 1 silent ok").await;
+        gw.wait_line("request failed").await;
+        gw.signal("KILL");
+        gw.wait_exit().await;
+        self.sim.send_line("fault 1 none");
+        self.sim.wait_line("fault 1 none ok").await;
+    }
+
     fn topic(&self) -> String {
         format!("{}/{TOPIC_READS}", self.prefix)
     }
@@ -268,16 +281,7 @@ async fn a_kill_9_during_an_outage_loses_nothing_it_accepted() {
     rig.proxy.set(ProxyMode::Cut);
     gw.wait_line("mqtt connection lost").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    // Stop the readings first, so that every reading taken was accepted before the kill (a
-    // reading still between the socket and the buffer at the kill was never accepted). A
-    // silent unit does not count reads.
-    rig.sim.send_line("fault 1 silent");
-    rig.sim.wait_line("fault 1 silent ok").await;
-    gw.wait_line("request failed").await;
-    gw.signal("KILL");
-    gw.wait_exit().await;
-    rig.sim.send_line("fault 1 none");
-    rig.sim.wait_line("fault 1 none ok").await;
+    rig.kill_when_quiet(&mut gw).await;
 
     // The second life reads on from where the counter is, still cut off, then the broker
     // comes back: the first life's buffered readings arrive too.
@@ -481,13 +485,7 @@ async fn a_damaged_record_in_the_disk_buffer_costs_only_its_own_publication_coun
         assert!(tokio::time::Instant::now() < deadline, "nothing buffered");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    rig.sim.send_line("fault 1 silent");
-    rig.sim.wait_line("fault 1 silent ok").await;
-    gw.wait_line("request failed").await;
-    gw.signal("KILL");
-    gw.wait_exit().await;
-    rig.sim.send_line("fault 1 none");
-    rig.sim.wait_line("fault 1 none ok").await;
+    rig.kill_when_quiet(&mut gw).await;
 
     // A bad sector under one held reading: one byte of its payload flipped.
     let queue = rig.dir.path().join("queue");

@@ -474,13 +474,14 @@ impl Link {
         if let Some((_, code)) = split_by
             && leaves.iter().all(|(_, r)| r.is_err())
         {
-            events::read_refused_whole(
+            events::read_split(
                 &dev.name,
                 req.kind.read_function(),
                 req.start,
                 req.count,
                 code,
                 leaves.len(),
+                false,
             );
             st.unsplit_until.insert(ri, Instant::now() + UNSPLIT);
             return Ok(vec![(req, Err(code))]);
@@ -497,6 +498,7 @@ impl Link {
                 piece.count,
                 code,
                 leaves.len(),
+                true,
             );
             st.splits
                 .insert(ri, leaves.iter().map(|(p, _)| *p).collect());

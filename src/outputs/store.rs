@@ -923,6 +923,18 @@ mod tests {
         .0
     }
 
+    /// A store on disk in a fresh directory, with `n` publications pushed and synced.
+    fn synced(n: u32) -> (tempfile::TempDir, StoreSettings, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let set = settings(dir.path(), 1000, 1 << 20);
+        let (mut s, _) = Store::open(&set);
+        for i in 0..n {
+            push(&mut s, i);
+        }
+        s.sync().unwrap();
+        (dir, set, s)
+    }
+
     fn seqs(s: &Store) -> Vec<u64> {
         let mut out = Vec::new();
         let mut from = 0;
@@ -1026,13 +1038,7 @@ mod tests {
 
     #[test]
     fn publications_in_damaged_bytes_are_counted_lost_and_the_rest_recovered() {
-        let dir = tempfile::tempdir().unwrap();
-        let set = settings(dir.path(), 1000, 1 << 20);
-        let (mut s, _) = Store::open(&set);
-        for i in 0..20 {
-            push(&mut s, i);
-        }
-        s.sync().unwrap();
+        let (dir, set, s) = synced(20);
         let seg = dir.path().join(segment_name(1));
         drop(s);
         // A bad sector: 40 bytes zeroed in the middle of the segment.
@@ -1063,13 +1069,7 @@ mod tests {
 
     #[test]
     fn a_refused_write_holds_new_publications_in_memory_until_a_fresh_segment_takes_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let set = settings(dir.path(), 1000, 1 << 20);
-        let (mut s, _) = Store::open(&set);
-        for i in 0..3 {
-            push(&mut s, i);
-        }
-        s.sync().unwrap();
+        let (_dir, set, mut s) = synced(3);
         // The disk refuses: the active segment now takes no writes.
         let log = s.log.as_mut().unwrap();
         let active = log.segments.back().unwrap().path.clone();
@@ -1104,13 +1104,7 @@ mod tests {
 
     #[test]
     fn a_segment_deleted_under_the_gateway_is_written_anew_at_the_next_sync() {
-        let dir = tempfile::tempdir().unwrap();
-        let set = settings(dir.path(), 1000, 1 << 20);
-        let (mut s, _) = Store::open(&set);
-        for i in 0..5 {
-            push(&mut s, i);
-        }
-        s.sync().unwrap();
+        let (dir, set, mut s) = synced(5);
         for f in std::fs::read_dir(dir.path()).unwrap() {
             std::fs::remove_file(f.unwrap().path()).unwrap();
         }
@@ -1126,13 +1120,7 @@ mod tests {
 
     #[test]
     fn one_unreadable_segment_goes_aside_with_its_error_and_the_others_are_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let set = settings(dir.path(), 1000, 1 << 20);
-        let (mut s, _) = Store::open(&set);
-        for i in 0..4 {
-            push(&mut s, i);
-        }
-        s.sync().unwrap();
+        let (dir, set, s) = synced(4);
         drop(s);
         // A "segment" that cannot be read as a file.
         std::fs::create_dir(dir.path().join(segment_name(999))).unwrap();
@@ -1183,13 +1171,7 @@ mod tests {
 
     #[test]
     fn a_torn_tail_on_disk_is_cut_and_the_rest_recovered() {
-        let dir = tempfile::tempdir().unwrap();
-        let set = settings(dir.path(), 1000, 1 << 20);
-        let (mut s, _) = Store::open(&set);
-        for i in 0..5 {
-            push(&mut s, i);
-        }
-        s.sync().unwrap();
+        let (dir, set, s) = synced(5);
         drop(s);
         let seg = std::fs::read_dir(dir.path())
             .unwrap()

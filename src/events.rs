@@ -87,7 +87,7 @@ pub fn buffer_opened(path: Option<&std::path::Path>, rec: &BufferRecovery<'_>) {
             lost = rec.lost,
             skipped_bytes = rec.skipped_bytes,
             recovered = rec.recovered,
-            "damaged buffer data skipped: the publications in it are lost; every readable one after it is kept"
+            "damaged buffer data skipped; `lost` publications were in it; every readable record after it is kept"
         );
     }
 }

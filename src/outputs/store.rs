@@ -160,9 +160,13 @@ pub struct Decoded {
     pub records: Vec<Record>,
     /// Bytes up to the end of the last good record (the file is cut here).
     pub good_len: usize,
-    /// Damaged bytes between good records, skipped.
+    /// Damaged bytes between good records (or a damaged header), skipped.
     pub skipped_bytes: usize,
-    /// The segment did not start with the magic: nothing in it can be trusted.
+    /// What follows the last good record is one whole publication record that fails its
+    /// check: a publication lost to damage, not a torn write.
+    pub damaged_tail: bool,
+    /// The segment did not start with the magic, nor with a good record after it: nothing in
+    /// it can be trusted.
     pub bad_header: bool,
 }
 
@@ -192,15 +196,20 @@ fn record_at(bytes: &[u8], at: usize) -> Option<(Record, usize)> {
 /// Decode one segment file's bytes: every good record, reading on past damaged bytes from
 /// the next record that checks out (see the module docs). Never panics, whatever the bytes.
 pub fn decode_segment(bytes: &[u8]) -> Decoded {
+    let mut skipped_bytes = 0;
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        return Decoded {
-            bad_header: true,
-            ..Decoded::default()
-        };
+        // A damaged header in front of a good first record is damage like any other; without
+        // one, this is not a segment.
+        if record_at(bytes, MAGIC.len()).is_none() {
+            return Decoded {
+                bad_header: true,
+                ..Decoded::default()
+            };
+        }
+        skipped_bytes = MAGIC.len();
     }
     let mut at = MAGIC.len();
     let mut good_len = at;
-    let mut skipped_bytes = 0;
     let mut records = Vec::new();
     while at < bytes.len() {
         if let Some((record, n)) = record_at(bytes, at) {
@@ -219,11 +228,23 @@ pub fn decode_segment(bytes: &[u8]) -> Decoded {
         }
     }
     Decoded {
+        damaged_tail: damaged_tail(bytes, good_len),
         records,
         good_len,
         skipped_bytes,
         bad_header: false,
     }
+}
+
+/// Whether the bytes after `good_len` are one whole publication record (a length of at least
+/// its fixed part; a watermark record is 9 bytes) that fails its check: damage to a record
+/// written in full, not one torn by a crash mid-write.
+fn damaged_tail(bytes: &[u8], good_len: usize) -> bool {
+    let Some(head) = bytes.get(good_len..good_len + 8) else {
+        return false;
+    };
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    len >= 21 && good_len + 8 + len == bytes.len()
 }
 
 // The settings are plain data of the model; this path stays for the config compiler.
@@ -380,7 +401,13 @@ impl Store {
                 .and_then(|n| n.strip_suffix(".seg"))
                 .and_then(|n| n.parse::<u64>().ok());
             if let Some(first) = first {
-                names.push((first, path));
+                // A FIFO would block the open forever, a directory fail the read: only
+                // regular files (or links to them) are segments.
+                match std::fs::metadata(&path) {
+                    Ok(m) if m.is_file() => names.push((first, path)),
+                    Ok(_) => move_aside(&path, &"not a regular file", rec),
+                    Err(e) => move_aside(&path, &e, rec),
+                }
             }
         }
         names.sort();
@@ -408,6 +435,11 @@ impl Store {
                 continue;
             }
             rec.skipped_bytes += decoded.skipped_bytes;
+            if decoded.damaged_tail && i + 1 == count {
+                // Its seq is not readable, and no later record shows it missing (in an older
+                // segment, the next segment's first seq does).
+                rec.lost += 1;
+            }
             if decoded.good_len < bytes.len() {
                 rec.truncated_bytes += bytes.len() - decoded.good_len;
                 if i + 1 == count {
@@ -1065,6 +1097,61 @@ mod tests {
         }
         assert!(s.is_empty());
         assert_eq!(push(&mut s, 99), 21);
+    }
+
+    #[test]
+    fn damage_to_the_header_or_the_last_record_costs_only_that_and_is_counted() {
+        let newest = |dir: &Path| dir.join(segment_name(1));
+        // The last record, written whole, one bit flipped: lost and counted, not a torn tail.
+        let (dir, set, s) = synced(10);
+        drop(s);
+        let mut bytes = std::fs::read(newest(dir.path())).unwrap();
+        let last = bytes.len() - 2;
+        bytes[last] ^= 0x10;
+        std::fs::write(newest(dir.path()), &bytes).unwrap();
+        let (s, rec) = Store::open(&set);
+        assert_eq!(seqs(&s), (1..=9).collect::<Vec<_>>());
+        assert_eq!(rec.lost, 1, "{rec:?}");
+        // Torn mid-write instead: nothing was accepted whole, nothing counted.
+        let (dir, set, s) = synced(10);
+        drop(s);
+        let seg = newest(dir.path());
+        let len = std::fs::metadata(&seg).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
+        let (s, rec) = Store::open(&set);
+        assert_eq!(seqs(&s), (1..=9).collect::<Vec<_>>());
+        assert_eq!(rec.lost, 0, "{rec:?}");
+        // The header damaged: every record behind it is still read.
+        let (dir, set, s) = synced(10);
+        drop(s);
+        let mut bytes = std::fs::read(newest(dir.path())).unwrap();
+        bytes[1] ^= 0x01;
+        std::fs::write(newest(dir.path()), &bytes).unwrap();
+        let (s, rec) = Store::open(&set);
+        assert_eq!(seqs(&s), (1..=10).collect::<Vec<_>>());
+        assert!(rec.moved_aside.is_empty(), "{rec:?}");
+        assert_eq!(rec.skipped_bytes, MAGIC.len());
+    }
+
+    #[test]
+    fn a_fifo_named_like_a_segment_goes_aside_instead_of_blocking_the_start() {
+        let (dir, set, s) = synced(3);
+        drop(s);
+        let fifo = dir.path().join(segment_name(999));
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let (s, rec) = Store::open(&set);
+        assert_eq!(seqs(&s), vec![1, 2, 3]);
+        assert_eq!(rec.moved_aside.len(), 1, "{rec:?}");
+        assert_eq!(rec.moved_aside[0].1, "not a regular file");
     }
 
     #[test]

@@ -154,38 +154,90 @@ fn release_startup_memory() {
     );
 }
 
-/// Lock `dir` (created if missing) for this process: an exclusive advisory lock (`flock`) on
+/// How often the state directory's lock file is checked for removal ([`StateLock::renew`]).
+const LOCK_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// This process's hold on a state directory: an exclusive advisory lock (`flock`) on
 /// `dir/fieldgate.lock`, released when the file is closed or the process dies (kill -9 too).
-/// `Ok(None)` when the lock file cannot be made (the buffer reports the directory's problem
-/// itself and keeps running in memory).
-///
-/// # Errors
-/// Another process holds the lock.
-fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<Option<std::fs::File>> {
-    let path = dir.join(STATE_LOCK);
-    let file = match std::fs::create_dir_all(dir).and_then(|()| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-    }) {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot lock the state directory");
-            return Ok(None);
+struct StateLock {
+    path: std::path::PathBuf,
+    /// The locked file and its (device, inode); `None` when it could not be made.
+    held: Option<(std::fs::File, (u64, u64))>,
+}
+
+impl StateLock {
+    /// Lock `dir` (created if missing) for this process. Without a lock file (the directory
+    /// cannot be made or written) it holds nothing: the buffer reports the directory's problem
+    /// itself and keeps running in memory.
+    ///
+    /// # Errors
+    /// Another process holds the lock.
+    fn take(dir: &std::path::Path) -> anyhow::Result<StateLock> {
+        let mut lock = StateLock {
+            path: dir.join(STATE_LOCK),
+            held: None,
+        };
+        lock.lock()?;
+        Ok(lock)
+    }
+
+    fn lock(&mut self) -> anyhow::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = self.path.parent().unwrap_or(std::path::Path::new("."));
+        let file = match std::fs::create_dir_all(dir).and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&self.path)
+        }) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot lock the state directory");
+                return Ok(());
+            }
+        };
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "another fieldgate is running with the state directory {} (it holds {}); give each instance its own mqtt.buffer.path (or StateDirectory=)",
+                dir.display(),
+                self.path.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot lock the state directory");
+            }
         }
-    };
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
-            "another fieldgate is running with the state directory {} (it holds {}); give each instance its own mqtt.buffer.path (or StateDirectory=)",
-            dir.display(),
-            path.display()
-        ),
-        Err(std::fs::TryLockError::Error(e)) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot lock the state directory");
-            Ok(Some(file))
+        let id = file
+            .metadata()
+            .map(|m| (m.dev(), m.ino()))
+            .unwrap_or_default();
+        self.held = Some((file, id));
+        Ok(())
+    }
+
+    /// The lock file was removed or replaced while the gateway runs (the state directory
+    /// deleted, or moved aside by the buffer because it could not be listed): lock a new one,
+    /// so that a second gateway still cannot start on the directory. The old lock is kept
+    /// until then. Logged; an error line if another process took the directory meanwhile.
+    fn renew(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        let now = std::fs::metadata(&self.path)
+            .map(|m| (m.dev(), m.ino()))
+            .ok();
+        if self.held.as_ref().is_some_and(|(_, id)| now == Some(*id)) {
+            return;
+        }
+        let before = self.held.take();
+        match self.lock() {
+            Ok(()) if self.held.is_some() => {
+                tracing::warn!(path = %self.path.display(), "state directory lock file was gone: locked a new one");
+            }
+            Ok(()) => self.held = before,
+            Err(e) => {
+                tracing::error!(error = %e, "state directory lock file was replaced by another process");
+                self.held = before;
+            }
         }
     }
 }
@@ -216,7 +268,24 @@ pub async fn run_announcing(
     // One gateway per state directory: two would share the buffer's segments, the Sparkplug
     // bdSeq and its stored values. Held until this function returns (the process ends).
     let _state_lock = match &model.mqtt.buffer.store.path {
-        Some(dir) => lock_state_dir(dir)?,
+        Some(dir) => {
+            let lock = Arc::new(std::sync::Mutex::new(StateLock::take(dir)?));
+            // The check holds the lock weakly: it is released when the gateway returns.
+            let check = Arc::downgrade(&lock);
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(LOCK_CHECK);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    let Some(lock) = check.upgrade() else { break };
+                    lock.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .renew();
+                }
+            });
+            Some(lock)
+        }
         None => None,
     };
     if let Some(addr) = model.metrics_listen {

@@ -446,25 +446,34 @@ async fn sigterm_delivers_the_backlog_before_it_exits() {
 
 /// Two gateways on one state directory would share the buffer's segments (and a Sparkplug
 /// node's bdSeq): the second refuses to start and says why; once the first is gone (even by
-/// kill -9: the lock dies with the process), the directory is free again.
+/// kill -9: the lock dies with the process), the directory is free again. A state directory
+/// deleted under a running gateway gets a new lock file, so it stays one gateway's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_gateway_on_the_same_state_directory_refuses_to_start() {
     let rig = Rig::start("d5").await;
     let config = rig.config("");
     let (mut first, _) = rig.gateway(&config).await;
-    let mut second = Proc::spawn(
-        std::process::Command::new(bin())
-            .args(["run", "-c"])
-            .arg(&config),
-    );
-    let code = second.wait_exit().await;
-    assert!(matches!(code, Some(c) if c != 0), "exit {code:?}");
-    let out = second.output();
-    assert!(
-        out.contains("another fieldgate is running with the state directory")
-            && out.contains(&rig.dir.path().join("queue").display().to_string()),
-        "{out}"
-    );
+    let refused = || async {
+        let mut second = Proc::spawn(
+            std::process::Command::new(bin())
+                .args(["run", "-c"])
+                .arg(&config),
+        );
+        let code = second.wait_exit().await;
+        assert!(matches!(code, Some(c) if c != 0), "exit {code:?}");
+        let out = second.output();
+        assert!(
+            out.contains("another fieldgate is running with the state directory")
+                && out.contains(&rig.dir.path().join("queue").display().to_string()),
+            "{out}"
+        );
+    };
+    refused().await;
+    std::fs::remove_dir_all(rig.dir.path().join("queue")).unwrap();
+    first
+        .wait_line("state directory lock file was gone: locked a new one")
+        .await;
+    refused().await;
     first.signal("KILL");
     first.wait_exit().await;
     let (mut third, _) = rig.gateway(&config).await;

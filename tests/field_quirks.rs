@@ -684,6 +684,55 @@ async fn a_device_that_refuses_every_read_is_not_asked_point_by_point() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_whose_every_read_fails_turns_its_points_bad_without_a_stale_moment() {
+    // Two requests (input and holding registers): the first block streams out as it is read,
+    // the last one waits for the status. A device going down marks its good points stale, so
+    // the last block's points were published stale, then bad, as the status overtook them.
+    let (mut sim, addr) = simulator("127.0.0.1:0", &["--speed", "0"]).await;
+    let (_broker, mqtt) = broker("127.0.0.1:0").await;
+    let mut obs = Observer::start(mqtt, "fq10/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let points: String = ["input_register", "holding_register"]
+        .iter()
+        .flat_map(|kind| {
+            (0..4).map(move |a| {
+                format!(
+                    "      - {{ name: {kind}{a}, kind: {kind}, address: {a}, publish: {{ topic: fq10/{kind}{a}, format: json }} }}\n"
+                )
+            })
+        })
+        .collect();
+    let _gw = gateway_yaml(dir.path(), &mapping(mqtt, addr, "fq10", "", &points));
+    let topics: Vec<String> = ["input_register", "holding_register"]
+        .iter()
+        .flat_map(|kind| (0..4).map(move |a| format!("fq10/{kind}{a}")))
+        .collect();
+    for t in &topics {
+        wait_good(&mut obs, t, 1).await;
+    }
+
+    let since = obs.len();
+    sim.send_line("fault 1 exception:2");
+    sim.wait_line("fault 1 exception:2 ok").await;
+    for t in &topics {
+        obs.wait_topic(since, t, |p| p.contains("\"bad\"")).await;
+    }
+    obs.wait_topic(since, "fq10/status/dev", |p| p.contains("\"error\""))
+        .await;
+    let stale: Vec<String> = obs
+        .all()
+        .iter()
+        .skip(since)
+        .filter(|m| topics.contains(&m.topic) && json(&m.payload)["quality"] != "bad")
+        .map(|m| format!("{} {}", m.topic, m.payload))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "published other than bad after the fault: {stale:?}"
+    );
+}
+
 /// The `retry_in` of each "modbus link down" line of `log`, in order.
 fn retries(log: &str) -> Vec<std::time::Duration> {
     log.lines()

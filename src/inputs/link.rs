@@ -591,6 +591,15 @@ impl Link {
                 st.failures = 0;
                 st.quarantine = Duration::ZERO;
                 let status = self.status_of(&shadow, &st.refused);
+                // Going down, the held readings go first: the engine marks a device's good
+                // points stale when it goes down, and points whose read failed are bad, not
+                // stale for a moment before. Otherwise the status goes first.
+                let down = matches!(status, DeviceStatus::Error(_));
+                if down {
+                    for part in held.drain(..) {
+                        self.hand_over(dev, part).await?;
+                    }
+                }
                 self.set_status(st, status).await;
                 for part in held {
                     self.hand_over(dev, part).await?;

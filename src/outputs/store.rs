@@ -9,6 +9,8 @@
 //! len: u32 LE | crc32(body): u32 LE | body (len bytes)
 //! body = 1 | seq u64 | created_ms i64 | qos u8 | retain u8 | topic_len u16 | topic | payload
 //!      | 2 | done_through u64          (every seq <= this was acknowledged or dropped)
+//!      | 3 | seq u64                   (this one seq, above the watermark, was acknowledged
+//!                                        out of order or dropped by the bounds)
 //! ```
 //!
 //! Appends are written (`write(2)`) as each batch arrives, so a killed process loses nothing;
@@ -42,6 +44,7 @@ use crate::vocabulary::Qos;
 const MAGIC: &[u8; 4] = b"FGQ1";
 const KIND_PUBLISH: u8 = 1;
 const KIND_DONE: u8 = 2;
+const KIND_GONE: u8 = 3;
 /// Largest body a record may claim; anything larger is corruption.
 const MAX_BODY: usize = 16 * 1024 * 1024;
 /// Memory and bound accounting per entry, on top of topic and payload.
@@ -72,7 +75,11 @@ impl Entry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     Publish(Entry),
+    /// Every seq up to this one is acknowledged or dropped (the watermark).
     Done(u64),
+    /// This seq, above the watermark, is acknowledged or dropped: recovery neither delivers
+    /// it again nor counts it lost.
+    Gone(u64),
 }
 
 /// Append the record's bytes to `out` (the layout in the module docs).
@@ -81,6 +88,10 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
         Record::Publish(e) => encode_publish(e, out),
         Record::Done(seq) => encode_with(out, |body| {
             body.push(KIND_DONE);
+            body.extend_from_slice(&seq.to_le_bytes());
+        }),
+        Record::Gone(seq) => encode_with(out, |body| {
+            body.push(KIND_GONE);
             body.extend_from_slice(&seq.to_le_bytes());
         }),
     }
@@ -150,6 +161,7 @@ fn decode_body(body: &[u8]) -> Option<Record> {
             }))
         }
         KIND_DONE if rest.len() == 8 => Some(Record::Done(u64_at(rest, 0)?)),
+        KIND_GONE if rest.len() == 8 => Some(Record::Gone(u64_at(rest, 0)?)),
         _ => None,
     }
 }
@@ -184,7 +196,7 @@ fn record_at(bytes: &[u8], at: usize) -> Option<(Record, usize)> {
     // computes a CRC.
     match body[0] {
         KIND_PUBLISH if len >= 21 => {}
-        KIND_DONE if len == 9 => {}
+        KIND_DONE | KIND_GONE if len == 9 => {}
         _ => return None,
     }
     if crc32fast::hash(body) != crc {
@@ -413,6 +425,7 @@ impl Store {
         names.sort();
         let mut entries: Vec<Entry> = Vec::new();
         let mut done = 0u64;
+        let mut gone = std::collections::BTreeSet::new();
         let mut max_seq = 0u64;
         let mut segments = VecDeque::new();
         let count = names.len();
@@ -459,6 +472,9 @@ impl Store {
                         entries.push(e);
                     }
                     Record::Done(s) => done = done.max(s),
+                    Record::Gone(s) => {
+                        gone.insert(s);
+                    }
                 }
             }
             segments.push_back(Segment {
@@ -467,14 +483,17 @@ impl Store {
                 path,
             });
         }
-        entries.retain(|e| e.seq > done);
+        entries.retain(|e| e.seq > done && !gone.contains(&e.seq));
         entries.sort_by_key(|e| e.seq);
         entries.dedup_by_key(|e| e.seq);
-        // Every seq from the watermark up was written once, in order: a missing one was in
-        // bytes that could not be read.
+        // Every seq from the watermark up was written once, in order: a missing one that is
+        // not gone was in bytes that could not be read.
         let mut expect = done + 1;
         for e in &entries {
-            rec.lost += e.seq - expect;
+            let gap = e.seq - expect;
+            if gap > 0 {
+                rec.lost += gap - gone.range(expect..e.seq).count() as u64;
+            }
             expect = e.seq + 1;
         }
         self.done_through = done;
@@ -613,10 +632,12 @@ impl Store {
             slot.acked = true;
             let before = slot.entry.cost();
             slot.entry.payload = Bytes::new();
+            let seq = slot.entry.seq;
             self.bytes -= before - slot.entry.cost();
             self.unacked -= 1;
             dropped += 1;
             self.pop_acked();
+            self.queue_gone_record(seq);
         }
         self.dropping += dropped;
         dropped
@@ -661,14 +682,32 @@ impl Store {
 
     /// The broker acknowledged `seq`. Unknown or already-dropped seqs are ignored.
     pub fn ack(&mut self, seq: u64) {
+        let mut found = false;
         if let Some(i) = self.index_of(seq)
             && let Some(slot) = self.slots.get_mut(i)
             && !slot.acked
         {
             slot.acked = true;
             self.unacked -= 1;
+            found = true;
         }
         self.pop_acked();
+        if found {
+            self.queue_gone_record(seq);
+        }
+    }
+
+    /// `seq` is acknowledged or dropped: on disk too, unless the watermark covers it (the
+    /// usual case: acknowledgements come in order, MQTT 3.1.1 section 4.6).
+    fn queue_gone_record(&mut self, seq: u64) {
+        if seq <= self.done_through {
+            return;
+        }
+        if let Some(log) = &mut self.log
+            && log.refused.is_none()
+        {
+            encode(&Record::Gone(seq), &mut log.pending);
+        }
     }
 
     /// The slot index of `seq`. Held seqs are contiguous (a dropped entry stays as a tombstone
@@ -817,7 +856,13 @@ impl Store {
         encode(&Record::Done(done), &mut pending);
         let mut held = 0;
         let mut last_seq = 0;
-        for s in self.slots.iter().filter(|s| !s.acked) {
+        for s in &self.slots {
+            if s.acked {
+                // Acknowledged out of order, or dropped: not to be delivered (nor counted
+                // lost) after a restart.
+                encode(&Record::Gone(s.entry.seq), &mut pending);
+                continue;
+            }
             encode_publish(&s.entry, &mut pending);
             held += 1;
             last_seq = s.entry.seq;
@@ -990,8 +1035,12 @@ mod tests {
         let mut bytes = MAGIC.to_vec();
         encode(&Record::Publish(e.clone()), &mut bytes);
         encode(&Record::Done(7), &mut bytes);
+        encode(&Record::Gone(9), &mut bytes);
         let d = decode_segment(&bytes);
-        assert_eq!(d.records, vec![Record::Publish(e), Record::Done(7)]);
+        assert_eq!(
+            d.records,
+            vec![Record::Publish(e), Record::Done(7), Record::Gone(9)]
+        );
         assert_eq!(d.good_len, bytes.len());
     }
 
@@ -1028,6 +1077,12 @@ mod tests {
         assert_eq!(&done[..4], &9u32.to_le_bytes());
         assert_eq!(&done[4..8], &crc32fast::hash(&body).to_le_bytes());
         assert_eq!(&done[8..], &body[..]);
+        let mut gone = Vec::new();
+        encode(&Record::Gone(9), &mut gone);
+        let body = [&[3u8][..], &9u64.to_le_bytes()].concat();
+        assert_eq!(&gone[..4], &9u32.to_le_bytes());
+        assert_eq!(&gone[4..8], &crc32fast::hash(&body).to_le_bytes());
+        assert_eq!(&gone[8..], &body[..]);
     }
 
     #[test]
@@ -1175,18 +1230,56 @@ mod tests {
             "nothing is encoded for a disk that refuses"
         );
         s.ack(1);
+        // Acknowledged out of order: not written anew, and not lost either.
+        s.ack(500);
         for _ in 1..RETRY_SYNCS {
             assert_eq!(s.sync().unwrap(), None);
         }
         let r = s.sync().unwrap().expect("a fresh segment takes them");
-        assert_eq!(r.held, 999);
+        assert_eq!(r.held, 998);
         assert!(!s.disk_refused());
         push(&mut s, 1000);
         s.sync().unwrap();
         drop(s);
         let (s, rec) = Store::open(&set);
-        assert_eq!(seqs(&s), (2..=1001).collect::<Vec<_>>());
-        assert_eq!(rec.lost, 0);
+        assert_eq!(
+            seqs(&s),
+            (2..=1001).filter(|&q| q != 500).collect::<Vec<_>>()
+        );
+        assert_eq!(rec.lost, 0, "{rec:?}");
+    }
+
+    #[test]
+    fn entries_dropped_by_the_bounds_stay_dropped_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = settings(dir.path(), 4, 1 << 20);
+        let (mut s, _) = Store::open(&set);
+        for i in 0..2 {
+            push(&mut s, i);
+        }
+        // 1 and 2 are on their way to the broker: the bounds drop the next oldest, 3 to 6,
+        // behind them, so the watermark cannot cover the drops.
+        s.set_in_flight_below(3);
+        let dropped: u64 = (2..8)
+            .map(|i| {
+                s.push(
+                    Arc::from("t"),
+                    Bytes::from(format!("v{i}")),
+                    Qos::AtLeastOnce,
+                    false,
+                    0,
+                )
+                .1
+            })
+            .sum();
+        assert_eq!(dropped, 4);
+        assert_eq!(seqs(&s), [1, 2, 7, 8]);
+        s.sync().unwrap();
+        drop(s);
+        let (s, rec) = Store::open(&set);
+        // Counted as dropped once: neither delivered after the restart nor counted lost.
+        assert_eq!(seqs(&s), [1, 2, 7, 8]);
+        assert_eq!(rec.lost, 0, "{rec:?}");
     }
 
     #[test]
@@ -1235,22 +1328,25 @@ mod tests {
         s.write().unwrap();
         drop(s); // like kill -9: written, not synced, watermark not recorded
         let (s, rec) = Store::open(&set);
-        // The watermark was never synced, so all 10 come back (duplicates are allowed).
-        assert_eq!(rec.recovered, 10);
-        assert_eq!(seqs(&s), (1..=10).collect::<Vec<_>>());
+        // The watermark was never recorded, so 1 and 2 come back (duplicates are allowed);
+        // the out-of-order acknowledgement of 5 was written as it came.
+        assert_eq!(rec.recovered, 9);
+        assert_eq!(rec.lost, 0);
+        assert_eq!(seqs(&s), [1, 2, 3, 4, 6, 7, 8, 9, 10]);
         let mut s = s;
-        for q in 1..=4 {
+        for q in 1..=3 {
             s.ack(q);
         }
         s.sync().unwrap();
         drop(s);
         let (s, rec) = Store::open(&set);
-        assert_eq!(seqs(&s), (5..=10).collect::<Vec<_>>());
+        assert_eq!(seqs(&s), [4, 6, 7, 8, 9, 10]);
         assert_eq!(rec.recovered, 6);
+        assert_eq!(rec.lost, 0);
         let e = s.next_unacked(0).unwrap();
-        assert_eq!(&*e.topic, "t/1"); // i = 4 -> seq 5
-        assert_eq!(e.created_ms, 1_700_000_000_004);
-        assert!(e.retain);
+        assert_eq!(&*e.topic, "t/0"); // i = 3 -> seq 4
+        assert_eq!(e.created_ms, 1_700_000_000_003);
+        assert!(!e.retain);
         // New seqs continue after the recovered ones.
         let mut s = s;
         assert_eq!(push(&mut s, 99), 11);

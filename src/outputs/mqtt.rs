@@ -21,7 +21,7 @@
 //! ending right after accepting them are reported as taken over by another client with the
 //! same client id.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -300,16 +300,69 @@ enum Session {
     Down {
         conn: u64,
     },
-    /// A QoS 1/2 publish went out under `pkid`.
-    Sent {
+    /// What happened to QoS 1/2 publishes, in order: one message per batch of events the
+    /// event loop produced together (one socket read, or one batch of written requests), not
+    /// one per publish.
+    Steps {
         conn: u64,
-        pkid: u16,
+        steps: Vec<Step>,
     },
-    /// The broker acknowledged `pkid` (PubAck, or PubComp for QoS 2).
-    Acked {
-        conn: u64,
-        pkid: u16,
-    },
+}
+
+/// One event of a QoS 1/2 publish's life, as [`Session::Steps`] carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// The oldest handed publish without a packet id went out under this one.
+    Sent(u16),
+    /// The broker acknowledged this packet id (PUBACK, or PUBCOMP for QoS 2; MQTT 3.1.1
+    /// section 4.3).
+    Acked(u16),
+}
+
+/// Steps collected by a connection task until its event loop has no more events ready.
+#[derive(Debug, Default)]
+struct PendingSteps(Vec<Step>);
+
+impl PendingSteps {
+    /// Past this many, steps go at once: a long run of events does not hold acknowledgements
+    /// back from the publisher (whose window they free).
+    const MAX: usize = 256;
+
+    fn push(&mut self, step: Step, r: &Reporter<'_>) {
+        self.0.push(step);
+        if self.0.len() >= Self::MAX {
+            self.flush(r);
+        }
+    }
+
+    /// Send what was collected, as one [`Session::Steps`].
+    fn flush(&mut self, r: &Reporter<'_>) {
+        if !self.0.is_empty() {
+            r.send(Session::Steps {
+                conn: r.conn,
+                steps: std::mem::take(&mut self.0),
+            });
+        }
+    }
+}
+
+/// Packet id -> what went out under it and when: a table indexed by packet id (MQTT packet
+/// ids are 1..=65,535, and rumqttc uses 1..=its in-flight limit), without hashing.
+#[derive(Debug, Default)]
+struct InFlight(Vec<Option<(Handed, Instant)>>);
+
+impl InFlight {
+    fn insert(&mut self, pkid: u16, what: Handed, at: Instant) {
+        let i = usize::from(pkid);
+        if self.0.len() <= i {
+            self.0.resize_with(i + 1, || None);
+        }
+        self.0[i] = Some((what, at));
+    }
+
+    fn remove(&mut self, pkid: u16) -> Option<(Handed, Instant)> {
+        self.0.get_mut(usize::from(pkid)).and_then(Option::take)
+    }
 }
 
 #[derive(Debug)]
@@ -402,6 +455,7 @@ pub fn start_with_node(
         acked_retained: Default::default(),
         acked_by: None,
         death,
+        ack_seconds: events::publish_ack_histogram(),
     };
     let publisher = tokio::spawn(publisher.run(outbound, session_rx, control_rx));
     MqttOutput {
@@ -462,7 +516,7 @@ struct Conn {
     /// `Some(seq)` for buffered entries, `None` for announcements.
     unsent: VecDeque<Handed>,
     /// Packet id -> (buffer seq, when it went out).
-    in_flight: HashMap<u16, (Handed, Instant)>,
+    in_flight: InFlight,
     /// Buffer entries handed over and not yet acknowledged.
     handed: usize,
     /// The next buffer seq to consider handing over.
@@ -487,6 +541,9 @@ struct Publisher {
     acked_by: Option<Arc<str>>,
     /// Sparkplug: the live connection's NDEATH, published before DISCONNECT at shutdown.
     death: Option<NodeDeath>,
+    /// `fieldgate_mqtt_publish_ack_seconds`, registered once: looking it up per
+    /// acknowledgement cost more than recording.
+    ack_seconds: metrics::Histogram,
 }
 
 /// Seal a payload for `topic` with a fresh random nonce.
@@ -708,7 +765,7 @@ impl Publisher {
                     id: conn,
                     client,
                     unsent: VecDeque::new(),
-                    in_flight: HashMap::new(),
+                    in_flight: InFlight::default(),
                     handed: 0,
                     cursor: 0,
                 };
@@ -755,7 +812,7 @@ impl Publisher {
             }
             Session::Refused { conn, pkid, reason } => {
                 if let Some(c) = self.conn.as_mut().filter(|c| c.id == conn)
-                    && let Some((Handed::Entry(seq), _)) = c.in_flight.remove(&pkid)
+                    && let Some((Handed::Entry(seq), _)) = c.in_flight.remove(pkid)
                 {
                     // Sending it again would be refused again: report it, count it, drop it.
                     let topic = self
@@ -778,27 +835,36 @@ impl Publisher {
                     self.store.set_in_flight_below(0);
                 }
             }
-            Session::Sent { conn, pkid } => {
-                if let Some(c) = self.conn.as_mut().filter(|c| c.id == conn) {
-                    let what = c.unsent.pop_front().unwrap_or(Handed::Announcement(None));
-                    c.in_flight.insert(pkid, (what, Instant::now()));
-                }
-            }
-            Session::Acked { conn, pkid } => {
-                if let Some(c) = self.conn.as_mut().filter(|c| c.id == conn)
-                    && let Some((what, at)) = c.in_flight.remove(&pkid)
-                {
-                    events::publish_acked(at.elapsed().as_secs_f64());
-                    match what {
-                        Handed::Entry(seq) => {
-                            c.handed -= 1;
-                            self.store.ack(seq);
+            Session::Steps { conn, steps } => {
+                let Some(c) = self.conn.as_mut().filter(|c| c.id == conn) else {
+                    return;
+                };
+                // One clock read for the batch: its events happened together.
+                let now = Instant::now();
+                for step in steps {
+                    match step {
+                        Step::Sent(pkid) => {
+                            let what = c.unsent.pop_front().unwrap_or(Handed::Announcement(None));
+                            c.in_flight.insert(pkid, what, now);
                         }
-                        Handed::Announcement(Some(key)) => {
-                            events::announcement_acknowledged(&key.0);
-                            self.acked_retained.insert(key);
+                        Step::Acked(pkid) => {
+                            let Some((what, at)) = c.in_flight.remove(pkid) else {
+                                continue;
+                            };
+                            self.ack_seconds
+                                .record(now.saturating_duration_since(at).as_secs_f64());
+                            match what {
+                                Handed::Entry(seq) => {
+                                    c.handed -= 1;
+                                    self.store.ack(seq);
+                                }
+                                Handed::Announcement(Some(key)) => {
+                                    events::announcement_acknowledged(&key.0);
+                                    self.acked_retained.insert(key);
+                                }
+                                Handed::Announcement(None) => {}
+                            }
                         }
-                        Handed::Announcement(None) => {}
                     }
                 }
             }
@@ -1065,10 +1131,10 @@ async fn drive_v4(
     beat: &crate::supervisor::Heartbeat,
     hard_stop: &CancellationToken,
 ) -> Ended {
-    let conn = r.conn;
     let (client, mut event_loop) = AsyncClient::new(opts.clone(), REQUESTS);
     event_loop.set_network_options(network_options());
     let mut beats = BeatRuns::default();
+    let mut steps = PendingSteps::default();
     // One registration with the token for the whole loop, polled only when the event loop
     // has nothing ready: a fresh `cancelled()` per event locked the token's waiter list twice
     // per publication. The flag is read first, so a flood of ready events cannot hold off a
@@ -1077,6 +1143,7 @@ async fn drive_v4(
     tokio::pin!(stopped);
     loop {
         if hard_stop.is_cancelled() {
+            steps.flush(r);
             return Ended::Stopped;
         }
         let event = tokio::select! {
@@ -1095,18 +1162,23 @@ async fn drive_v4(
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 // Read until the broker closes the connection: see [`LINGER`].
                 let until = Instant::now() + LINGER;
+                steps.flush(r);
                 while let Ok(Ok(_)) = tokio::time::timeout_at(until, event_loop.poll()).await {}
                 return Ended::Disconnected;
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
-                r.send(Session::Sent { conn, pkid });
+                steps.push(Step::Sent(pkid), r);
             }
-            Ok(Event::Incoming(Packet::PubAck(a))) => r.send(Session::Acked { conn, pkid: a.pkid }),
-            Ok(Event::Incoming(Packet::PubComp(c))) => {
-                r.send(Session::Acked { conn, pkid: c.pkid })
-            }
+            Ok(Event::Incoming(Packet::PubAck(a))) => steps.push(Step::Acked(a.pkid), r),
+            Ok(Event::Incoming(Packet::PubComp(c))) => steps.push(Step::Acked(c.pkid), r),
             Ok(_) => {}
-            Err(e) => return Ended::Failed(failure_v4(&e)),
+            Err(e) => {
+                steps.flush(r);
+                return Ended::Failed(failure_v4(&e));
+            }
+        }
+        if event_loop.state.events.is_empty() {
+            steps.flush(r);
         }
     }
 }
@@ -1124,6 +1196,7 @@ async fn drive_v5(
     let conn = r.conn;
     let (client, mut event_loop) = Client5::new(opts.clone(), REQUESTS);
     let mut beats = BeatRuns::default();
+    let mut steps = PendingSteps::default();
     // One registration with the token for the whole loop, polled only when the event loop
     // has nothing ready: a fresh `cancelled()` per event locked the token's waiter list twice
     // per publication. The flag is read first, so a flood of ready events cannot hold off a
@@ -1132,6 +1205,7 @@ async fn drive_v5(
     tokio::pin!(stopped);
     loop {
         if hard_stop.is_cancelled() {
+            steps.flush(r);
             return Ended::Stopped;
         }
         let event = tokio::select! {
@@ -1154,21 +1228,25 @@ async fn drive_v5(
             Ok(Event5::Outgoing(Outgoing::Disconnect)) => {
                 // Read until the broker closes the connection: see [`LINGER`].
                 let until = Instant::now() + LINGER;
+                steps.flush(r);
                 while let Ok(Ok(_)) = tokio::time::timeout_at(until, event_loop.poll()).await {}
                 return Ended::Disconnected;
             }
             Ok(Event5::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
-                r.send(Session::Sent { conn, pkid });
+                steps.push(Step::Sent(pkid), r);
             }
             Ok(Event5::Incoming(P5::PubAck(a))) => match a.reason {
                 PubAckReason::Success | PubAckReason::NoMatchingSubscribers => {
-                    r.send(Session::Acked { conn, pkid: a.pkid });
+                    steps.push(Step::Acked(a.pkid), r);
                 }
-                reason => r.send(Session::Refused {
-                    conn,
-                    pkid: a.pkid,
-                    reason: format!("{reason:?}"),
-                }),
+                reason => {
+                    steps.flush(r);
+                    r.send(Session::Refused {
+                        conn,
+                        pkid: a.pkid,
+                        reason: format!("{reason:?}"),
+                    });
+                }
             },
             Ok(Event5::Incoming(P5::PubRec(rec)))
                 if !matches!(
@@ -1176,15 +1254,22 @@ async fn drive_v5(
                     PubRecReason::Success | PubRecReason::NoMatchingSubscribers
                 ) =>
             {
+                steps.flush(r);
                 r.send(Session::Refused {
                     conn,
                     pkid: rec.pkid,
                     reason: format!("{:?}", rec.reason),
                 });
             }
-            Ok(Event5::Incoming(P5::PubComp(c))) => r.send(Session::Acked { conn, pkid: c.pkid }),
+            Ok(Event5::Incoming(P5::PubComp(c))) => steps.push(Step::Acked(c.pkid), r),
             Ok(_) => {}
-            Err(e) => return Ended::Failed(failure_v5(&e)),
+            Err(e) => {
+                steps.flush(r);
+                return Ended::Failed(failure_v5(&e));
+            }
+        }
+        if event_loop.state.events.is_empty() {
+            steps.flush(r);
         }
     }
 }
@@ -1568,7 +1653,7 @@ mod tests {
                 id: 1,
                 client: Client::V4(client),
                 unsent: VecDeque::new(),
-                in_flight: HashMap::new(),
+                in_flight: InFlight::default(),
                 handed: 0,
                 cursor: 0,
             }),
@@ -1579,11 +1664,12 @@ mod tests {
             acked_retained: std::collections::HashSet::new(),
             acked_by: None,
             death: None,
+            ack_seconds: events::publish_ack_histogram(),
         };
         (p, event_loop)
     }
 
-    /// Acknowledge the oldest `n` handed entries, as `Session::Acked` does.
+    /// Acknowledge the oldest `n` handed entries, as `Step::Acked` does.
     fn ack_oldest(p: &mut Publisher, n: usize) {
         let c = p.conn.as_mut().unwrap();
         for _ in 0..n {
@@ -1627,6 +1713,44 @@ mod tests {
         let c = p.conn.as_ref().unwrap();
         assert_eq!(c.handed, WINDOW);
         assert_eq!(c.cursor, first + 1_100, "all 1,100 handed");
+    }
+
+    #[test]
+    fn a_batch_of_steps_matches_packet_ids_to_entries_in_order() {
+        let (mut p, _event_loop) = saturated(3);
+        let first = p.store.front_seq();
+        p.pump();
+        assert_eq!(p.conn.as_ref().unwrap().handed, 3);
+        // Out of order, with a packet id at the top of the range and one never sent.
+        p.on_session(Session::Steps {
+            conn: 1,
+            steps: vec![
+                Step::Sent(7),
+                Step::Sent(u16::MAX),
+                Step::Acked(7),
+                Step::Acked(9),
+                Step::Sent(1),
+                Step::Acked(1),
+            ],
+        });
+        assert_eq!(p.conn.as_ref().unwrap().handed, 1);
+        assert_eq!(p.store.len(), 1, "the first and third acknowledged");
+        assert_eq!(p.store.front_seq(), first + 1);
+        // Another connection's steps change nothing.
+        p.on_session(Session::Steps {
+            conn: 2,
+            steps: vec![Step::Acked(u16::MAX)],
+        });
+        assert_eq!(p.store.len(), 1);
+        p.on_session(Session::Steps {
+            conn: 1,
+            steps: vec![Step::Acked(u16::MAX), Step::Acked(u16::MAX)],
+        });
+        assert!(
+            p.store.is_empty(),
+            "acknowledged once, the second is ignored"
+        );
+        assert_eq!(p.conn.as_ref().unwrap().handed, 0);
     }
 
     #[test]

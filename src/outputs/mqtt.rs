@@ -638,8 +638,11 @@ impl Publisher {
         let started = std::time::Instant::now();
         let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::MultiThread;
-        // fsync blocks; let the runtime move other tasks off this thread meanwhile.
-        let result = if multi_thread {
+        // fsync blocks; let the runtime move other tasks off this thread meanwhile. A buffer in
+        // memory only has nothing that blocks, and `block_in_place` is not free: it hands the
+        // worker to another thread whenever that thread starts in time, and every thread the
+        // worker runs on keeps a malloc arena with its own slack (README, Benchmarks).
+        let result = if multi_thread && self.store.is_durable() {
             tokio::task::block_in_place(|| self.store.sync())
         } else {
             self.store.sync()

@@ -309,15 +309,12 @@ enum Session {
     },
 }
 
-/// One event of a QoS 1/2 publish's life, as [`Session::Steps`] carries it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step {
-    /// The oldest handed publish without a packet id went out under this one.
-    Sent(u16),
-    /// The broker acknowledged this packet id (PUBACK, or PUBCOMP for QoS 2; MQTT 3.1.1
-    /// section 4.3).
-    Acked(u16),
-}
+/// One event of a QoS 1/2 publish's life, as [`Session::Steps`] carries it: `Sent(pkid)`, the
+/// oldest handed publish without a packet id went out under this one; `Acked(pkid)`, the broker
+/// acknowledged it (PUBACK, or PUBCOMP for QoS 2; MQTT 3.1.1 section 4.3). The MQTT 3.1.1
+/// event loop logs these itself (vendor/rumqttc/FIELDGATE.md); for MQTT 5 the connection task
+/// makes them from events.
+use rumqttc::PublishStep as Step;
 
 /// Steps collected by a connection task until its event loop has no more events ready.
 #[derive(Debug, Default)]
@@ -330,6 +327,21 @@ impl PendingSteps {
 
     fn push(&mut self, step: Step, r: &Reporter<'_>) {
         self.0.push(step);
+        if self.0.len() >= Self::MAX {
+            self.flush(r);
+        }
+    }
+
+    /// Take every step of the event loop's log (emptying it), in order.
+    fn take(&mut self, log: &mut Vec<Step>, r: &Reporter<'_>) {
+        if self.0.is_empty() {
+            std::mem::swap(&mut self.0, log);
+            // The log gets the emptied vector (no capacity after a flush): room for a batch
+            // at once, not a growth per few steps.
+            log.reserve(Self::MAX);
+        } else {
+            self.0.append(log);
+        }
         if self.0.len() >= Self::MAX {
             self.flush(r);
         }
@@ -1136,6 +1148,8 @@ async fn drive_v4(
 ) -> Ended {
     let (client, mut event_loop) = AsyncClient::new(opts.clone(), REQUESTS);
     event_loop.set_network_options(network_options());
+    // QoS 1/2 steps in one log, not one event each (vendor/rumqttc/FIELDGATE.md).
+    event_loop.state.publish_steps = Some(Vec::with_capacity(PendingSteps::MAX));
     let mut beats = BeatRuns::default();
     let mut steps = PendingSteps::default();
     // One registration with the token for the whole loop, polled only when the event loop
@@ -1154,10 +1168,18 @@ async fn drive_v4(
             e = event_loop.poll() => e,
             () = &mut stopped => return Ended::Stopped,
         };
-        if beats.due(matches!(event, Ok(Event::Outgoing(Outgoing::Publish(_))))) {
+        if beats.due(matches!(
+            event,
+            Ok(Event::Outgoing(Outgoing::Publish(_)) | Event::PublishSteps)
+        )) {
             beat.beat();
         }
         match event {
+            Ok(Event::PublishSteps) => {
+                if let Some(log) = event_loop.state.publish_steps.as_mut() {
+                    steps.take(log, r);
+                }
+            }
             Ok(Event::Incoming(Packet::ConnAck(_))) => r.connected(Client::V4(client.clone())),
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 r.command(p.topic.to_string(), p.payload, p.retain)
@@ -1169,11 +1191,6 @@ async fn drive_v4(
                 while let Ok(Ok(_)) = tokio::time::timeout_at(until, event_loop.poll()).await {}
                 return Ended::Disconnected;
             }
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
-                steps.push(Step::Sent(pkid), r);
-            }
-            Ok(Event::Incoming(Packet::PubAck(a))) => steps.push(Step::Acked(a.pkid), r),
-            Ok(Event::Incoming(Packet::PubComp(c))) => steps.push(Step::Acked(c.pkid), r),
             Ok(_) => {}
             Err(e) => {
                 steps.flush(r);
@@ -1754,6 +1771,87 @@ mod tests {
             "acknowledged once, the second is ignored"
         );
         assert_eq!(p.conn.as_ref().unwrap().handed, 0);
+    }
+
+    /// The vendored event loop's publish log (vendor/rumqttc/FIELDGATE.md): QoS 1 sends and
+    /// their PUBACKs are logged in order behind one `PublishSteps` event; QoS 0 publishes and
+    /// other packets are still events.
+    #[test]
+    fn the_event_loop_logs_qos_1_steps_in_order_behind_one_event() {
+        use rumqttc::{Event, Incoming, MqttState, Outgoing, PubAck, PublishStep, Request};
+        let mut st = MqttState::new(8, false);
+        st.publish_steps = Some(Vec::new());
+        let publish = |qos| {
+            Request::Publish(rumqttc::Publish::from_bytes(
+                "t/x",
+                qos,
+                Bytes::from_static(b"1"),
+            ))
+        };
+        for _ in 0..3 {
+            st.handle_outgoing_packet(publish(QoS::AtLeastOnce))
+                .unwrap();
+        }
+        assert_eq!(
+            st.publish_steps.as_deref(),
+            Some(
+                &[
+                    PublishStep::Sent(1),
+                    PublishStep::Sent(2),
+                    PublishStep::Sent(3)
+                ][..]
+            )
+        );
+        assert_eq!(Vec::from(st.events.clone()), [Event::PublishSteps]);
+        st.handle_outgoing_packet(publish(QoS::AtMostOnce)).unwrap();
+        st.handle_incoming_packet(Incoming::PubAck(PubAck::new(2)))
+            .unwrap();
+        st.handle_incoming_packet(Incoming::PingResp).unwrap();
+        st.handle_incoming_packet(Incoming::PubAck(PubAck::new(1)))
+            .unwrap();
+        assert_eq!(
+            Vec::from(st.events.clone()),
+            [
+                Event::PublishSteps,
+                Event::Outgoing(Outgoing::Publish(0)),
+                Event::PublishSteps,
+                Event::Incoming(Incoming::PingResp),
+                Event::PublishSteps,
+            ],
+            "QoS 0 and the ping stay events, in order among the markers"
+        );
+        assert_eq!(
+            st.publish_steps.as_deref().unwrap()[3..],
+            [PublishStep::Acked(2), PublishStep::Acked(1)]
+        );
+        assert_eq!(st.inflight(), 1, "pkid 3 still waits for its PUBACK");
+        assert!(
+            st.handle_incoming_packet(Incoming::PubAck(PubAck::new(2)))
+                .is_err(),
+            "an unsolicited PUBACK still ends the connection"
+        );
+    }
+
+    /// Without the log, the event loop behaves as upstream: an event per publish and per ack.
+    #[test]
+    fn without_the_log_every_step_is_an_event() {
+        use rumqttc::{Event, Incoming, MqttState, Outgoing, PubAck, Request};
+        let mut st = MqttState::new(8, false);
+        st.handle_outgoing_packet(Request::Publish(rumqttc::Publish::from_bytes(
+            "t/x",
+            QoS::AtLeastOnce,
+            Bytes::from_static(b"1"),
+        )))
+        .unwrap();
+        st.handle_incoming_packet(Incoming::PubAck(PubAck::new(1)))
+            .unwrap();
+        assert_eq!(
+            Vec::from(st.events.clone()),
+            [
+                Event::Outgoing(Outgoing::Publish(1)),
+                Event::Incoming(Incoming::PubAck(PubAck::new(1))),
+            ]
+        );
     }
 
     #[test]

@@ -96,6 +96,9 @@ pub struct EventLoop {
 pub enum Event {
     Incoming(Incoming),
     Outgoing(Outgoing),
+    /// fieldgate patch: steps of QoS 1/2 publishes wait in `state.publish_steps` (only when
+    /// the application set that log; see [`crate::MqttState::publish_steps`]).
+    PublishSteps,
 }
 
 impl EventLoop {

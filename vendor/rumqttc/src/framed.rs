@@ -60,7 +60,7 @@ impl Network {
         loop {
             match res {
                 Some(Ok(packet)) => {
-                    if let Some(outgoing) = state.handle_incoming_packet(packet)? {
+                    if let Some(outgoing) = state.handle_incoming_packet_unstamped(packet)? {
                         self.write(outgoing).await?;
                     }
 
@@ -79,6 +79,8 @@ impl Network {
                 _ => break,
             };
         }
+        // fieldgate patch: one clock read for the packets read together.
+        state.stamp_incoming();
 
         Ok(())
     }

@@ -142,7 +142,7 @@ pub use mqttbytes::v4::*;
 pub use mqttbytes::*;
 #[cfg(feature = "use-rustls-no-provider")]
 use rustls_native_certs::load_native_certs;
-pub use state::{MqttState, StateError};
+pub use state::{MqttState, PublishStep, StateError};
 #[cfg(any(feature = "use-rustls-no-provider", feature = "use-native-tls"))]
 pub use tls::Error as TlsError;
 #[cfg(feature = "use-native-tls")]

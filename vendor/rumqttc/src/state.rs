@@ -34,6 +34,19 @@ pub enum StateError {
     ConnectionAborted,
 }
 
+/// fieldgate patch: one step of a QoS 1 or 2 publish's life, logged in order to
+/// [`MqttState::publish_steps`] when the application asked for the log, instead of an [`Event`]
+/// each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishStep {
+    /// The publish went out under this packet id (first sent, or re-sent after a packet id
+    /// collision was resolved).
+    Sent(u16),
+    /// The broker acknowledged the publish under this packet id: PUBACK for QoS 1, PUBCOMP
+    /// for QoS 2 (MQTT 3.1.1 section 4.3).
+    Acked(u16),
+}
+
 /// State of the mqtt connection.
 // Design: Methods will just modify the state of the object without doing any network operations
 // Design: All inflight queues are maintained in a pre initialized vec with index as packet id.
@@ -72,6 +85,12 @@ pub struct MqttState {
     pub events: VecDeque<Event>,
     /// Indicates if acknowledgements should be send immediately
     pub manual_acks: bool,
+    /// fieldgate patch: `Some` (set by the application before the first poll) logs the
+    /// `Sent` and `Acked` steps of QoS 1/2 publishes here, in order, instead of queueing an
+    /// `Event::Outgoing(Outgoing::Publish(pkid))` per publish and an `Event::Incoming` per
+    /// PUBACK or PUBCOMP. One [`Event::PublishSteps`] tells the application that steps wait;
+    /// it takes them all. `None` (the default) is upstream's behaviour.
+    pub publish_steps: Option<Vec<PublishStep>>,
 }
 
 impl MqttState {
@@ -96,7 +115,28 @@ impl MqttState {
             // TODO: Optimize these sizes later
             events: VecDeque::with_capacity(100),
             manual_acks,
+            publish_steps: None,
         }
+    }
+
+    /// fieldgate patch: log `step` when the application asked for the log, with an
+    /// [`Event::PublishSteps`] queued unless the last queued event is one already. Returns
+    /// `false` (and logs nothing) without the log.
+    fn log_step(&mut self, step: PublishStep) -> bool {
+        let Some(log) = &mut self.publish_steps else {
+            return false;
+        };
+        log.push(step);
+        if !matches!(self.events.back(), Some(Event::PublishSteps)) {
+            self.events.push_back(Event::PublishSteps);
+        }
+        true
+    }
+
+    /// fieldgate patch: stamp the time of the last incoming packet once for a batch read
+    /// together (see [`Self::handle_incoming_packet_unstamped`]).
+    pub(crate) fn stamp_incoming(&mut self) {
+        self.last_incoming = Instant::now();
     }
 
     /// Returns inflight outgoing packets and clears internal queues
@@ -174,7 +214,24 @@ impl MqttState {
         &mut self,
         packet: Incoming,
     ) -> Result<Option<Packet>, StateError> {
-        self.events.push_back(Event::Incoming(packet.clone()));
+        let outgoing = self.handle_incoming_packet_unstamped(packet)?;
+        self.last_incoming = Instant::now();
+        Ok(outgoing)
+    }
+
+    /// fieldgate patch: [`Self::handle_incoming_packet`] without reading the clock, for the
+    /// packets of one read (`Network::readb` stamps the time once after them; the stamp only
+    /// times keep-alive pings). With the publish log, a PUBACK or PUBCOMP is logged as
+    /// [`PublishStep::Acked`] instead of queued as an event.
+    pub(crate) fn handle_incoming_packet_unstamped(
+        &mut self,
+        packet: Incoming,
+    ) -> Result<Option<Packet>, StateError> {
+        let logged = self.publish_steps.is_some()
+            && matches!(packet, Incoming::PubAck(_) | Incoming::PubComp(_));
+        if !logged {
+            self.events.push_back(Event::Incoming(packet.clone()));
+        }
 
         let outgoing = match &packet {
             Incoming::PingResp => self.handle_incoming_pingresp()?,
@@ -190,7 +247,6 @@ impl MqttState {
                 return Err(StateError::WrongPacket);
             }
         };
-        self.last_incoming = Instant::now();
 
         Ok(outgoing)
     }
@@ -244,12 +300,15 @@ impl MqttState {
         }
 
         self.inflight -= 1;
+        self.log_step(PublishStep::Acked(puback.pkid));
         let packet = self.check_collision(puback.pkid).map(|publish| {
             self.outgoing_pub[publish.pkid as usize] = Some(publish.clone());
             self.inflight += 1;
 
-            let event = Event::Outgoing(Outgoing::Publish(publish.pkid));
-            self.events.push_back(event);
+            if !self.log_step(PublishStep::Sent(publish.pkid)) {
+                let event = Event::Outgoing(Outgoing::Publish(publish.pkid));
+                self.events.push_back(event);
+            }
             self.collision_ping_count = 0;
 
             Packet::Publish(publish)
@@ -300,9 +359,12 @@ impl MqttState {
 
         self.outgoing_rel.set(pubcomp.pkid as usize, false);
         self.inflight -= 1;
+        self.log_step(PublishStep::Acked(pubcomp.pkid));
         let packet = self.check_collision(pubcomp.pkid).map(|publish| {
-            let event = Event::Outgoing(Outgoing::Publish(publish.pkid));
-            self.events.push_back(event);
+            if !self.log_step(PublishStep::Sent(publish.pkid)) {
+                let event = Event::Outgoing(Outgoing::Publish(publish.pkid));
+                self.events.push_back(event);
+            }
             self.collision_ping_count = 0;
 
             Packet::Publish(publish)
@@ -357,7 +419,9 @@ impl MqttState {
         // the application one event-loop turn, not one per publication.
         let shared = publish.pkid == 0
             && matches!(self.events.back(), Some(Event::Outgoing(Outgoing::Publish(0))));
-        if !shared {
+        // fieldgate patch: with the publish log, a QoS 1/2 publish is logged, not queued.
+        let logged = publish.pkid != 0 && self.log_step(PublishStep::Sent(publish.pkid));
+        if !shared && !logged {
             let event = Event::Outgoing(Outgoing::Publish(publish.pkid));
             self.events.push_back(event);
         }

@@ -108,18 +108,18 @@ fn v5_qos(q: Qos) -> rumqttc::v5::mqttbytes::QoS {
 
 impl Client {
     /// Hand a publish to the connection; `Err` with the topic, for the drop counter, when its
-    /// queue is full or it is gone. With MQTT 3.1.1 the topic is shared with the packet, not
-    /// copied (`vendor/rumqttc/FIELDGATE.md`).
+    /// queue is full or it is gone. With MQTT 3.1.1 the topic and the payload are shared with
+    /// the packet, not copied (`vendor/rumqttc/FIELDGATE.md`); MQTT 5 copies the payload.
     fn publish(
         &self,
         topic: Arc<str>,
         qos: Qos,
         retain: bool,
-        payload: Vec<u8>,
+        payload: Bytes,
     ) -> Result<(), Arc<str>> {
         match self {
             Client::V4(c) => {
-                c.try_publish(topic, qos.into(), retain, payload)
+                c.try_publish_bytes(topic, qos.into(), retain, payload)
                     .map_err(|e| match e {
                         rumqttc::ClientError::Request(rumqttc::Request::Publish(p))
                         | rumqttc::ClientError::TryRequest(rumqttc::Request::Publish(p)) => p.topic,
@@ -638,7 +638,7 @@ impl Publisher {
                 Arc::clone(&self.status_topic),
                 Qos::AtLeastOnce,
                 true,
-                OFFLINE.as_bytes().to_vec(),
+                Bytes::from_static(OFFLINE.as_bytes()),
             );
             c.client.disconnect();
         } else {
@@ -691,7 +691,7 @@ impl Publisher {
                     // Never silent: a full request queue is counted, not ignored.
                     if let Err(topic) =
                         c.client
-                            .publish(p.topic, Qos::AtMostOnce, p.retain, p.payload)
+                            .publish(p.topic, Qos::AtMostOnce, p.retain, p.payload.into())
                     {
                         events::publication_dropped(&topic, "client_busy");
                     }
@@ -732,7 +732,7 @@ impl Publisher {
                 break;
             };
             if c.client
-                .publish(Arc::clone(&e.topic), e.qos, e.retain, e.payload.to_vec())
+                .publish(Arc::clone(&e.topic), e.qos, e.retain, e.payload.clone())
                 .is_err()
             {
                 break;
@@ -757,7 +757,12 @@ impl Publisher {
     fn announce(c: &mut Conn, p: &Publication, remember: bool) {
         let ok = c
             .client
-            .publish(Arc::clone(&p.topic), p.qos, p.retain, p.payload.clone())
+            .publish(
+                Arc::clone(&p.topic),
+                p.qos,
+                p.retain,
+                p.payload.clone().into(),
+            )
             .is_ok();
         if ok && p.qos != Qos::AtMostOnce {
             let key = (remember && p.retain).then(|| announcement_key(p));
@@ -1629,7 +1634,7 @@ fn publish_death(client: &Client, death: Option<&NodeDeath>) {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
     if let Some((topic, payload)) = d {
-        let _ = client.publish(topic, Qos::AtLeastOnce, false, payload);
+        let _ = client.publish(topic, Qos::AtLeastOnce, false, payload.into());
     }
 }
 

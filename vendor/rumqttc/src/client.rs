@@ -114,6 +114,31 @@ impl AsyncClient {
         Ok(())
     }
 
+    /// fieldgate patch: [`Self::try_publish`] with a payload already in `Bytes`, shared with
+    /// the caller instead of copied (a buffered QoS 1 publication keeps its payload for a
+    /// resend; upstream has only the async `publish_bytes`, which does not check the topic).
+    pub fn try_publish_bytes<S>(
+        &self,
+        topic: S,
+        qos: QoS,
+        retain: bool,
+        payload: Bytes,
+    ) -> Result<(), ClientError>
+    where
+        S: Into<Arc<str>>,
+    {
+        let topic: Arc<str> = topic.into();
+        let valid = valid_topic(&topic);
+        let mut publish = Publish::from_bytes(topic, qos, payload);
+        publish.retain = retain;
+        let publish = Request::Publish(publish);
+        if !valid {
+            return Err(ClientError::TryRequest(publish));
+        }
+        self.request_tx.try_send(publish)?;
+        Ok(())
+    }
+
     /// Sends a MQTT PubAck to the `EventLoop`. Only needed in if `manual_acks` flag is set.
     pub async fn ack(&self, publish: &Publish) -> Result<(), ClientError> {
         let ack = get_ack_req(publish);

@@ -32,11 +32,11 @@ pub fn link_busy(link: &str, ratio: f64) {
     gauge!("fieldgate_link_busy_ratio", "link" => link.to_owned()).set(ratio);
 }
 
-/// The histogram of seconds from a QoS 1/2 publish going out to the broker's acknowledgement
-/// (`fieldgate_mqtt_publish_ack_seconds`), for its owner to record into: registered once, as
-/// a lookup per acknowledgement cost more than the recording.
-pub fn publish_ack_histogram() -> metrics::Histogram {
-    histogram!("fieldgate_mqtt_publish_ack_seconds")
+/// The broker acknowledged a QoS 1/2 publish `d` after it went out
+/// (`fieldgate_mqtt_publish_ack_seconds`; counted in place, see
+/// [`crate::telemetry::FixedHistogram`]).
+pub fn publish_acknowledged(d: std::time::Duration) {
+    crate::telemetry::PUBLISH_ACK_SECONDS.record(d);
 }
 
 /// The outbound buffer now holds `depth` publications (`bytes`), the oldest `age_seconds` old.

@@ -467,7 +467,6 @@ pub fn start_with_node(
         acked_retained: Default::default(),
         acked_by: None,
         death,
-        ack_seconds: events::publish_ack_histogram(),
     };
     let publisher = tokio::spawn(publisher.run(outbound, session_rx, control_rx));
     MqttOutput {
@@ -553,9 +552,6 @@ struct Publisher {
     acked_by: Option<Arc<str>>,
     /// Sparkplug: the live connection's NDEATH, published before DISCONNECT at shutdown.
     death: Option<NodeDeath>,
-    /// `fieldgate_mqtt_publish_ack_seconds`, registered once: looking it up per
-    /// acknowledgement cost more than recording.
-    ack_seconds: metrics::Histogram,
 }
 
 /// Seal a payload for `topic` with a fresh random nonce.
@@ -871,8 +867,7 @@ impl Publisher {
                             let Some((what, at)) = c.in_flight.remove(pkid) else {
                                 continue;
                             };
-                            self.ack_seconds
-                                .record(now.saturating_duration_since(at).as_secs_f64());
+                            events::publish_acknowledged(now.saturating_duration_since(at));
                             match what {
                                 Handed::Entry(seq) => {
                                     c.handed -= 1;
@@ -1689,7 +1684,6 @@ mod tests {
             acked_retained: std::collections::HashSet::new(),
             acked_by: None,
             death: None,
-            ack_seconds: events::publish_ack_histogram(),
         };
         (p, event_loop)
     }

@@ -748,7 +748,9 @@ pub struct RawDevice {
     /// Time to wait for each answer. Default 1s for TCP, the bus's `timeout` on a bus.
     #[serde(default)]
     pub timeout: Option<Dur>,
-    /// Time between poll cycles. Default 1s.
+    /// Time between poll cycles. Default 1s. The second cycle on a fresh connection comes
+    /// earlier by `poll_interval * i / n` (i: the device's place among the mapping's n
+    /// devices, from 0), so devices that share an interval poll at even offsets within it.
     #[serde(default = "default_poll_interval")]
     pub poll_interval: Dur,
     /// Largest hole (in registers or bits) bridged to merge two reads into one request.
@@ -1117,7 +1119,9 @@ pub struct RawS7Device {
     /// Time to wait for each answer (and at least 3s for connecting). Default 1s.
     #[serde(default)]
     pub timeout: Option<Dur>,
-    /// Time between poll cycles. Default 1s.
+    /// Time between poll cycles. Default 1s. The second cycle on a fresh connection comes
+    /// earlier by `poll_interval * i / n` (i: the device's place among the mapping's n
+    /// devices, from 0), so devices that share an interval poll at even offsets within it.
     #[serde(default = "default_poll_interval")]
     pub poll_interval: Dur,
     /// Largest hole (in bytes) bridged to merge two values of one area or DB into one ReadVar

@@ -107,6 +107,9 @@ struct DeviceState {
     refused: HashMap<ReadRequest, u8>,
     /// Requests (by index) whose every part was refused, and until when they are not split.
     unsplit_until: HashMap<usize, Instant>,
+    /// Whether the device's cycle has taken its phase (see [`phased_due`]) since the link
+    /// (re)connected.
+    phased: bool,
 }
 
 /// Why `serve` returned.
@@ -161,6 +164,25 @@ impl Bus {
     }
 }
 
+/// When the cycle after a device's first poll on a fresh link is due: `first` (when that poll
+/// was due) plus `interval`, moved earlier by `interval * device / devices` (device ids count
+/// from 0 to `devices - 1`). Devices that connect together and share an interval, ten PLCs
+/// polled every 100 ms, then poll at even offsets within the interval instead of all at once:
+/// the gateway, the network and the broker take ten small bursts, not one large one, and a
+/// value waits behind at most one device's block. The one shortened gap is the only change:
+/// no cycle comes later than its interval, and the rhythm is kept from there on. Telegraf's
+/// `collection_offset` and `collection_jitter` spread inputs for the same reason.
+pub(crate) fn phased_due(
+    first: Instant,
+    interval: Duration,
+    device: DeviceId,
+    devices: usize,
+) -> Instant {
+    let devices = u32::try_from(devices.max(1)).unwrap_or(u32::MAX);
+    let device = u32::try_from(device).unwrap_or(0) % devices;
+    first + interval - interval / devices * device
+}
+
 impl Link {
     fn name(&self) -> &str {
         &self.model.links[self.link].name
@@ -184,6 +206,7 @@ impl Link {
                 reprobe_at: None,
                 refused: HashMap::new(),
                 unsplit_until: HashMap::new(),
+                phased: false,
             })
             .collect();
         if states.is_empty() {
@@ -225,6 +248,7 @@ impl Link {
             let now = Instant::now();
             for st in &mut states {
                 st.due = now;
+                st.phased = false;
             }
         }
     }
@@ -605,7 +629,13 @@ impl Link {
                     self.hand_over(dev, part).await?;
                 }
                 // Keep the rhythm, but never try to catch up a backlog of missed cycles.
-                st.due = (due + dev.poll_interval).max(Instant::now());
+                let next = if st.phased {
+                    due + dev.poll_interval
+                } else {
+                    st.phased = true;
+                    phased_due(due, dev.poll_interval, st.device, self.model.devices.len())
+                };
+                st.due = next.max(Instant::now());
             }
             Some(reason) => {
                 st.failures += 1;
@@ -975,6 +1005,28 @@ mod tests {
             start,
             count,
         }
+    }
+
+    #[test]
+    fn devices_that_start_together_take_even_phases_within_their_interval() {
+        let t0 = Instant::now();
+        let every = Duration::from_millis(100);
+        // Ten devices: the cycle after the first poll comes 100, 90, ..., 10 ms after it.
+        let gaps: Vec<Duration> = (0..10).map(|d| phased_due(t0, every, d, 10) - t0).collect();
+        let want: Vec<Duration> = (0..10)
+            .map(|d| Duration::from_millis(100 - 10 * d))
+            .collect();
+        assert_eq!(gaps, want);
+        // The phases of the ten differ pairwise, and none waits longer than its interval.
+        assert!(gaps.iter().all(|g| !g.is_zero() && *g <= every));
+        // One device keeps its rhythm; an id past the count wraps; nothing divides by zero.
+        assert_eq!(phased_due(t0, every, 0, 1), t0 + every);
+        assert_eq!(
+            phased_due(t0, every, 13, 10),
+            t0 + Duration::from_millis(70)
+        );
+        assert_eq!(phased_due(t0, every, 0, 0), t0 + every);
+        assert_eq!(phased_due(t0, Duration::ZERO, 3, 10), t0);
     }
 
     #[test]

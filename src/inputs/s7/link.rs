@@ -201,6 +201,7 @@ impl S7LinkTask {
         let mut tick = tokio::time::interval(crate::supervisor::BEAT_EVERY);
         let interval = self.model.devices[device].poll_interval;
         let mut due = Instant::now();
+        let mut phased = false;
         loop {
             tokio::select! {
                 biased;
@@ -223,7 +224,20 @@ impl S7LinkTask {
                     }
                     backoff.reset();
                     // Keep the rhythm, but never try to catch up a backlog of missed cycles.
-                    due = (due + interval).max(Instant::now());
+                    // The first cycle after connecting takes the device's phase, as on a
+                    // Modbus link.
+                    let next = if phased {
+                        due + interval
+                    } else {
+                        phased = true;
+                        crate::inputs::link::phased_due(
+                            due,
+                            interval,
+                            device,
+                            self.model.devices.len(),
+                        )
+                    };
+                    due = next.max(Instant::now());
                 }
             }
         }

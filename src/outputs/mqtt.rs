@@ -1150,6 +1150,8 @@ async fn drive_v4(
     event_loop.set_network_options(network_options());
     // QoS 1/2 steps in one log, not one event each (vendor/rumqttc/FIELDGATE.md).
     event_loop.state.publish_steps = Some(Vec::with_capacity(PendingSteps::MAX));
+    // Woken once per run of PUBACKs, not per TCP segment (vendor/rumqttc/FIELDGATE.md).
+    event_loop.ack_lowat = true;
     let mut beats = BeatRuns::default();
     let mut steps = PendingSteps::default();
     // One registration with the token for the whole loop, polled only when the event loop
@@ -1829,6 +1831,106 @@ mod tests {
                 .is_err(),
             "an unsolicited PUBACK still ends the connection"
         );
+    }
+
+    /// The vendored event loop's `ack_lowat` over a real socket, against a broker that owes
+    /// PUBACKs: the socket's `SO_RCVLOWAT` is raised to the bytes still owed (4 per PUBACK)
+    /// and falls back to 1 when none are; a command that arrives short of it is still read
+    /// (after at most the loop's 2 ms wait); every PUBACK is logged in order.
+    #[tokio::test]
+    async fn a_raised_receive_low_water_mark_still_lets_a_lone_command_through() {
+        use rumqttc::{Event, EventLoop, Incoming, PublishStep as S};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        /// Poll until an event `want` takes, within the test's deadline.
+        async fn until(el: &mut EventLoop, at: Instant, want: impl Fn(&Event) -> bool) {
+            loop {
+                let e = tokio::time::timeout_at(at, el.poll())
+                    .await
+                    .expect("the event within the deadline")
+                    .expect("no connection error");
+                if want(&e) {
+                    return;
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let broker = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = broker.local_addr().unwrap().port();
+        // The broker: take the CONNECT (its remaining length fits one byte), answer CONNACK.
+        let accept = tokio::spawn(async move {
+            let (mut peer, _) = broker.accept().await.unwrap();
+            let mut head = [0u8; 2];
+            peer.read_exact(&mut head).await.unwrap();
+            let mut connect = vec![0u8; usize::from(head[1])];
+            peer.read_exact(&mut connect).await.unwrap();
+            peer.write_all(&[0x20, 2, 0, 0]).await.unwrap();
+            peer
+        });
+        let (client, mut el) =
+            AsyncClient::new(MqttOptions::new("lowat-test", "127.0.0.1", port), 64);
+        el.state.publish_steps = Some(Vec::new());
+        el.ack_lowat = true;
+        until(&mut el, deadline, |e| {
+            matches!(e, Event::Incoming(Incoming::ConnAck(_)))
+        })
+        .await;
+        let mut peer = accept.await.unwrap();
+        for i in 0..10u8 {
+            client
+                .try_publish("t/x", QoS::AtLeastOnce, false, vec![b'0' + i])
+                .unwrap();
+        }
+        // Ten QoS 1 PUBLISH on the wire, 10 bytes each (2 header, 2 + 3 topic, 2 id, 1 payload).
+        let mut wire = [0u8; 100];
+        let mut got = 0;
+        while got < wire.len() {
+            tokio::select! {
+                n = peer.read(&mut wire[got..]) => got += n.unwrap(),
+                e = el.poll() => { e.unwrap(); }
+            }
+        }
+        assert_eq!(el.state.inflight(), 10);
+        // PUBACK 1: nine still owed, 36 bytes.
+        peer.write_all(&[0x40, 2, 0, 1]).await.unwrap();
+        until(&mut el, deadline, |e| matches!(e, Event::PublishSteps)).await;
+        assert_eq!(
+            el.socket_rcvlowat(),
+            Some(36),
+            "raised to the PUBACKs still owed"
+        );
+        // A QoS 0 command of 9 bytes, short of 36: read all the same.
+        peer.write_all(&[0x30, 7, 0, 3, b'c', b'/', b'x', b'o', b'n'])
+            .await
+            .unwrap();
+        until(
+            &mut el,
+            deadline,
+            |e| matches!(e, Event::Incoming(Incoming::Publish(p)) if p.payload[..] == *b"on"),
+        )
+        .await;
+        for id in 2..=10u8 {
+            peer.write_all(&[0x40, 2, 0, id]).await.unwrap();
+        }
+        while el.state.inflight() > 0 {
+            tokio::time::timeout_at(deadline, el.poll())
+                .await
+                .expect("the PUBACKs within the deadline")
+                .unwrap();
+        }
+        assert_eq!(
+            el.socket_rcvlowat(),
+            Some(1),
+            "nothing owed: back to the default"
+        );
+        let acked: Vec<S> = el
+            .state
+            .publish_steps
+            .take()
+            .unwrap()
+            .into_iter()
+            .filter(|s| matches!(s, S::Acked(_)))
+            .collect();
+        assert_eq!(acked, (1..=10).map(S::Acked).collect::<Vec<_>>());
     }
 
     /// Without the log, the event loop behaves as upstream: an event per publish and per ack.

@@ -89,6 +89,34 @@ pub struct EventLoop {
     /// Keep alive time
     keepalive_timeout: Option<Pin<Box<Sleep>>>,
     pub network_options: NetworkOptions,
+    /// fieldgate patch: raise the socket's `SO_RCVLOWAT` to the bytes of the PUBACKs still
+    /// owed (4 each), so that the thread is woken once for a run of them instead of once per
+    /// TCP segment; plain TCP on Unix only. Off (`false`) by default.
+    pub ack_lowat: bool,
+    /// The `SO_RCVLOWAT` set on the socket now (1: the kernel's default).
+    lowat: i32,
+    /// When a raised `SO_RCVLOWAT` falls back to 1, so that what arrives short of it (a
+    /// command, a PINGRESP, PUBACKs that do not come) is read after at most [`LOWAT_WAIT`].
+    lowat_timer: Pin<Box<Sleep>>,
+}
+
+/// fieldgate patch: the longest a raised `SO_RCVLOWAT` holds what has arrived unread.
+const LOWAT_WAIT: Duration = Duration::from_millis(2);
+
+/// fieldgate patch: set `SO_RCVLOWAT` (socket(7)) on `fd`; an error leaves it as it was.
+#[cfg(unix)]
+fn set_rcvlowat(fd: std::os::fd::RawFd, bytes: i32) {
+    // SAFETY: `fd` is the open socket of the connection's `Network`; the option value is a
+    // C int, passed by pointer with its size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            std::ptr::from_ref(&bytes).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        );
+    }
 }
 
 /// Events which can be yielded by the event loop
@@ -121,6 +149,9 @@ impl EventLoop {
             network: None,
             keepalive_timeout: None,
             network_options: NetworkOptions::new(),
+            ack_lowat: false,
+            lowat: 1,
+            lowat_timer: Box::pin(time::sleep(Duration::ZERO)),
         }
     }
 
@@ -169,6 +200,7 @@ impl EventLoop {
                 self.pending.clear();
             }
             self.network = Some(network);
+            self.lowat = 1;
 
             if self.keepalive_timeout.is_none() && !self.mqtt_options.keep_alive.is_zero() {
                 self.keepalive_timeout = Some(Box::pin(time::sleep(self.mqtt_options.keep_alive)));
@@ -201,18 +233,51 @@ impl EventLoop {
             return Ok(event);
         }
 
+        #[cfg(unix)]
+        let lowat_fd = if self.lowat > 1 { network.raw_fd } else { None };
+        let lowat_timer = &mut self.lowat_timer;
         let mut no_sleep = Box::pin(time::sleep(Duration::ZERO));
         // this loop is necessary since self.incoming.pop_front() might return None. In that case,
         // instead of returning a None event, we try again.
         select! {
             // Pull a bunch of packets from network, reply in bunch and yield the first item
-            o = network.readb(&mut self.state) => {
+            (o, lowered) = async {
+                let mut lowered = false;
+                #[cfg(unix)]
+                if let Some(fd) = lowat_fd {
+                    tokio::select! {
+                        biased;
+                        o = network.readb(&mut self.state) => return (o, false),
+                        () = lowat_timer.as_mut() => {
+                            set_rcvlowat(fd, 1);
+                            lowered = true;
+                        }
+                    }
+                }
+                (network.readb(&mut self.state).await, lowered)
+            } => {
+                if lowered {
+                    self.lowat = 1;
+                }
                 o?;
                 // flush all the acks and return first incoming packet
                 match time::timeout(network_timeout, network.flush()).await {
                     Ok(inner) => inner?,
                     Err(_)=> return Err(ConnectionError::FlushTimeout),
                 };
+                #[cfg(unix)]
+                if self.ack_lowat {
+                    if let Some(fd) = network.raw_fd {
+                        let want = (4 * i32::from(self.state.inflight)).clamp(1, 4096);
+                        if want != self.lowat {
+                            set_rcvlowat(fd, want);
+                            self.lowat = want;
+                            if want > 1 {
+                                self.lowat_timer.as_mut().reset(Instant::now() + LOWAT_WAIT);
+                            }
+                        }
+                    }
+                }
                 Ok(self.state.events.pop_front().unwrap())
             },
              // Handles pending and new requests.
@@ -290,6 +355,28 @@ impl EventLoop {
                 Ok(self.state.events.pop_front().unwrap())
             }
         }
+    }
+
+    /// fieldgate patch: the connection socket's `SO_RCVLOWAT` as the kernel has it (see
+    /// [`EventLoop::ack_lowat`]); `None` without a plain TCP connection or when it cannot be
+    /// read.
+    #[cfg(unix)]
+    pub fn socket_rcvlowat(&self) -> Option<i32> {
+        let fd = self.network.as_ref()?.raw_fd?;
+        let mut bytes: i32 = 0;
+        let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+        // SAFETY: `fd` is the open socket of the connection; the value is a C int written
+        // through a pointer with its size.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                std::ptr::from_mut(&mut bytes).cast(),
+                &mut len,
+            )
+        };
+        (r == 0).then_some(bytes)
     }
 
     pub fn network_options(&self) -> NetworkOptions {
@@ -412,13 +499,26 @@ async fn network_connect(
         _ => options.broker_address(),
     };
 
+    // fieldgate patch: the plain TCP socket's descriptor, for `EventLoop::ack_lowat`.
+    #[cfg(unix)]
+    let raw_fd: Option<std::os::fd::RawFd>;
     let tcp_stream: Box<dyn AsyncReadWrite> = {
         #[cfg(feature = "proxy")]
         match options.proxy() {
-            Some(proxy) => proxy.connect(&domain, port, network_options).await?,
+            Some(proxy) => {
+                #[cfg(unix)]
+                {
+                    raw_fd = None;
+                }
+                proxy.connect(&domain, port, network_options).await?
+            }
             None => {
                 let addr = format!("{domain}:{port}");
                 let tcp = socket_connect(addr, network_options).await?;
+                #[cfg(unix)]
+                {
+                    raw_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&tcp));
+                }
                 Box::new(tcp)
             }
         }
@@ -426,16 +526,27 @@ async fn network_connect(
         {
             let addr = format!("{domain}:{port}");
             let tcp = socket_connect(addr, network_options).await?;
+            #[cfg(unix)]
+            {
+                raw_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&tcp));
+            }
             Box::new(tcp)
         }
     };
 
     let network = match options.transport() {
-        Transport::Tcp => Network::new(
-            tcp_stream,
-            options.max_incoming_packet_size,
-            options.max_outgoing_packet_size,
-        ),
+        Transport::Tcp => {
+            let mut network = Network::new(
+                tcp_stream,
+                options.max_incoming_packet_size,
+                options.max_outgoing_packet_size,
+            );
+            #[cfg(unix)]
+            {
+                network.raw_fd = raw_fd;
+            }
+            network
+        }
         #[cfg(any(feature = "use-rustls-no-provider", feature = "use-native-tls"))]
         Transport::Tls(tls_config) => {
             let socket =

@@ -18,6 +18,9 @@ pub struct Network {
     framed: Framed<Box<dyn AsyncReadWrite>, Codec>,
     /// Maximum readv count
     max_readb_count: usize,
+    /// fieldgate patch: the plain TCP socket's descriptor (for `SO_RCVLOWAT`), when known.
+    #[cfg(unix)]
+    pub(crate) raw_fd: Option<std::os::fd::RawFd>,
 }
 
 impl Network {
@@ -38,6 +41,8 @@ impl Network {
         Network {
             framed,
             max_readb_count: 10,
+            #[cfg(unix)]
+            raw_fd: None,
         }
     }
 

@@ -97,7 +97,8 @@ pub struct EventLoop {
     lowat: i32,
     /// When a raised `SO_RCVLOWAT` falls back to 1, so that what arrives short of it (a
     /// command, a PINGRESP, PUBACKs that do not come) is read after at most [`LOWAT_WAIT`].
-    lowat_timer: Pin<Box<Sleep>>,
+    /// Made at the first raise, inside the runtime (`new` needs none).
+    lowat_timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// fieldgate patch: the longest a raised `SO_RCVLOWAT` holds what has arrived unread.
@@ -151,7 +152,7 @@ impl EventLoop {
             network_options: NetworkOptions::new(),
             ack_lowat: false,
             lowat: 1,
-            lowat_timer: Box::pin(time::sleep(Duration::ZERO)),
+            lowat_timer: None,
         }
     }
 
@@ -244,11 +245,11 @@ impl EventLoop {
             (o, lowered) = async {
                 let mut lowered = false;
                 #[cfg(unix)]
-                if let Some(fd) = lowat_fd {
+                if let (Some(fd), Some(timer)) = (lowat_fd, lowat_timer.as_mut()) {
                     tokio::select! {
                         biased;
                         o = network.readb(&mut self.state) => return (o, false),
-                        () = lowat_timer.as_mut() => {
+                        () = timer.as_mut() => {
                             set_rcvlowat(fd, 1);
                             lowered = true;
                         }
@@ -273,7 +274,11 @@ impl EventLoop {
                             set_rcvlowat(fd, want);
                             self.lowat = want;
                             if want > 1 {
-                                self.lowat_timer.as_mut().reset(Instant::now() + LOWAT_WAIT);
+                                let at = Instant::now() + LOWAT_WAIT;
+                                match self.lowat_timer.as_mut() {
+                                    Some(timer) => timer.as_mut().reset(at),
+                                    None => self.lowat_timer = Some(Box::pin(time::sleep_until(at))),
+                                }
                             }
                         }
                     }

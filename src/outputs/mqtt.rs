@@ -1152,6 +1152,8 @@ async fn drive_v4(
     event_loop.state.publish_steps = Some(Vec::with_capacity(PendingSteps::MAX));
     // Woken once per run of PUBACKs, not per TCP segment (vendor/rumqttc/FIELDGATE.md).
     event_loop.ack_lowat = true;
+    // ... and such a run handled in one turn, its steps sent to the publisher together.
+    event_loop.read_batch = Some(PendingSteps::MAX);
     let mut beats = BeatRuns::default();
     let mut steps = PendingSteps::default();
     // One registration with the token for the whole loop, polled only when the event loop

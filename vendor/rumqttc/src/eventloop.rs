@@ -93,6 +93,10 @@ pub struct EventLoop {
     /// owed (4 each), so that the thread is woken once for a run of them instead of once per
     /// TCP segment; plain TCP on Unix only. Off (`false`) by default.
     pub ack_lowat: bool,
+    /// fieldgate patch: at most this many incoming packets are read and handled per event-loop
+    /// turn (`None`: upstream's 10). A run of PUBACKs that [`EventLoop::ack_lowat`] lets arrive
+    /// together is then handled in one turn, not one per ten packets.
+    pub read_batch: Option<usize>,
     /// The `SO_RCVLOWAT` set on the socket now (1: the kernel's default).
     lowat: i32,
     /// When a raised `SO_RCVLOWAT` falls back to 1, so that what arrives short of it (a
@@ -151,6 +155,7 @@ impl EventLoop {
             keepalive_timeout: None,
             network_options: NetworkOptions::new(),
             ack_lowat: false,
+            read_batch: None,
             lowat: 1,
             lowat_timer: None,
         }
@@ -199,6 +204,10 @@ impl EventLoop {
             // Last session might contain packets which aren't acked. If it's a new session, clear the pending packets.
             if !connack.session_present {
                 self.pending.clear();
+            }
+            let mut network = network;
+            if let Some(n) = self.read_batch {
+                network.max_readb_count = n.max(1);
             }
             self.network = Some(network);
             self.lowat = 1;
@@ -267,9 +276,16 @@ impl EventLoop {
                     Err(_)=> return Err(ConnectionError::FlushTimeout),
                 };
                 #[cfg(unix)]
-                if self.ack_lowat {
+                // Only when the next read waits on the socket: a read that stopped at
+                // `max_readb_count` left packets in the buffer, and setting the mark after each
+                // of those was a system call per ten packets.
+                if self.ack_lowat && network.drained {
                     if let Some(fd) = network.raw_fd {
-                        let want = (4 * i32::from(self.state.inflight)).clamp(1, 4096);
+                        // The owed PUBACKs' bytes still to come: a partial one already read
+                        // counts against them.
+                        let owed = 4 * i64::from(self.state.inflight);
+                        let buffered = i64::try_from(network.read_buffered()).unwrap_or(i64::MAX);
+                        let want = i32::try_from((owed - buffered).clamp(1, 4096)).unwrap_or(1);
                         if want != self.lowat {
                             set_rcvlowat(fd, want);
                             self.lowat = want;

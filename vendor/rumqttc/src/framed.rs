@@ -16,11 +16,16 @@ const WRITE_BATCH_BYTES: usize = 64 * 1024;
 pub struct Network {
     /// Frame MQTT packets from network connection
     framed: Framed<Box<dyn AsyncReadWrite>, Codec>,
-    /// Maximum readv count
-    max_readb_count: usize,
+    /// Maximum readv count (fieldgate patch: set by `EventLoop::read_batch`)
+    pub(crate) max_readb_count: usize,
     /// fieldgate patch: the plain TCP socket's descriptor (for `SO_RCVLOWAT`), when known.
     #[cfg(unix)]
     pub(crate) raw_fd: Option<std::os::fd::RawFd>,
+    /// fieldgate patch: whether the last `readb` ended because nothing more was ready (the
+    /// socket drained, at most a partial packet left in the read buffer) or with the buffer
+    /// empty, rather than at `max_readb_count` with packets left; only then does the next
+    /// `readb` wait on the socket.
+    pub(crate) drained: bool,
 }
 
 impl Network {
@@ -43,6 +48,7 @@ impl Network {
             max_readb_count: 10,
             #[cfg(unix)]
             raw_fd: None,
+            drained: true,
         }
     }
 
@@ -62,6 +68,7 @@ impl Network {
         // wait for the first read
         let mut res = self.framed.next().await;
         let mut count = 1;
+        self.drained = false;
         loop {
             match res {
                 Some(Ok(packet)) => {
@@ -81,16 +88,29 @@ impl Network {
             // do not wait for subsequent reads
             match self.framed.next().now_or_never() {
                 Some(r) => res = r,
-                _ => break,
+                _ => {
+                    self.drained = true;
+                    break;
+                }
             };
         }
-        // fieldgate patch: one clock read for the packets read together.
+        // fieldgate patch: one clock read for the packets read together. A read that stopped at
+        // the count with nothing left in the buffer drained it too.
         state.stamp_incoming();
+        if self.framed.read_buffer().is_empty() {
+            self.drained = true;
+        }
 
         Ok(())
     }
 
     /// Serializes packet into write buffer
+    /// fieldgate patch: the bytes read from the socket and not yet decoded (after a drained
+    /// `readb`, the start of a packet still arriving).
+    pub(crate) fn read_buffered(&self) -> usize {
+        self.framed.read_buffer().len()
+    }
+
     pub async fn write(&mut self, packet: Packet) -> Result<(), StateError> {
         self.framed
             .feed(packet)

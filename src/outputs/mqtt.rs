@@ -1154,6 +1154,9 @@ async fn drive_v4(
     event_loop.ack_lowat = true;
     // ... and such a run handled in one turn, its steps sent to the publisher together.
     event_loop.read_batch = Some(PendingSteps::MAX);
+    // Unacknowledged publications are resent from the buffer after a reconnect (each
+    // connection has an event loop of its own), so rumqttc keeps no copies of them.
+    event_loop.state.keep_sent = false;
     let mut beats = BeatRuns::default();
     let mut steps = PendingSteps::default();
     // One registration with the token for the whole loop, polled only when the event loop
@@ -1833,6 +1836,54 @@ mod tests {
                 .is_err(),
             "an unsolicited PUBACK still ends the connection"
         );
+    }
+
+    /// The vendored state's `keep_sent`: off, a QoS 1 publish awaiting its PUBACK is kept as
+    /// a marker (packet id, QoS), so the packet written still carries topic and payload, the
+    /// PUBACK is matched as before, a duplicate PUBACK is still refused, and a reconnect's
+    /// `clean` has nothing to resend (the publisher resends from its buffer). On, upstream's
+    /// copy comes back from `clean`.
+    #[test]
+    fn without_kept_copies_the_state_still_matches_acks_and_resends_nothing() {
+        use rumqttc::{Incoming, MqttState, Packet, PubAck, Request};
+        let publish = |t: &str| {
+            Request::Publish(rumqttc::Publish::from_bytes(
+                t,
+                QoS::AtLeastOnce,
+                Bytes::from_static(b"42"),
+            ))
+        };
+        for keep in [false, true] {
+            let mut st = MqttState::new(8, false);
+            st.keep_sent = keep;
+            let written = st.handle_outgoing_packet(publish("t/a")).unwrap();
+            let Some(Packet::Publish(p)) = written else {
+                panic!("a QoS 1 publish is written: {written:?}")
+            };
+            assert_eq!((&*p.topic, &p.payload[..], p.pkid), ("t/a", &b"42"[..], 1));
+            st.handle_outgoing_packet(publish("t/b")).unwrap();
+            st.handle_incoming_packet(Incoming::PubAck(PubAck::new(1)))
+                .unwrap();
+            assert_eq!(st.inflight(), 1, "keep_sent {keep}");
+            assert!(
+                st.handle_incoming_packet(Incoming::PubAck(PubAck::new(1)))
+                    .is_err(),
+                "keep_sent {keep}: a PUBACK for a free packet id is still refused"
+            );
+            let resend: Vec<_> = st
+                .clean()
+                .into_iter()
+                .filter_map(|r| match r {
+                    Request::Publish(p) => Some((p.topic.to_string(), p.pkid)),
+                    _ => None,
+                })
+                .collect();
+            if keep {
+                assert_eq!(resend, [("t/b".to_string(), 2)]);
+            } else {
+                assert!(resend.is_empty(), "markers are not resent: {resend:?}");
+            }
+        }
     }
 
     /// The vendored event loop's `ack_lowat` over a real socket, against a broker that owes

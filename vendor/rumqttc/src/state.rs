@@ -91,6 +91,13 @@ pub struct MqttState {
     /// PUBACK or PUBCOMP. One [`Event::PublishSteps`] tells the application that steps wait;
     /// it takes them all. `None` (the default) is upstream's behaviour.
     pub publish_steps: Option<Vec<PublishStep>>,
+    /// fieldgate patch: `false` keeps, for a QoS 1/2 publish awaiting its acknowledgement,
+    /// only a marker of its packet id and QoS (an empty topic and payload), not a copy of it;
+    /// `clean` then returns no publishes to resend. For an application that resends from its
+    /// own store after a reconnect. `true` (the default) is upstream's behaviour.
+    pub keep_sent: bool,
+    /// The empty topic every marker shares (one allocation for the state's life).
+    marker_topic: std::sync::Arc<str>,
 }
 
 impl MqttState {
@@ -116,6 +123,27 @@ impl MqttState {
             events: VecDeque::with_capacity(100),
             manual_acks,
             publish_steps: None,
+            keep_sent: true,
+            marker_topic: std::sync::Arc::from(""),
+        }
+    }
+
+    /// fieldgate patch: what `outgoing_pub` keeps of `publish` until it is acknowledged: a
+    /// copy, or with `keep_sent` off a marker (its packet id and QoS). A copy shares the topic
+    /// and payload, but dropping it at the acknowledgement, long after the publish was
+    /// written, touches their reference counts when they have left the cache: at 100,000
+    /// QoS 1 publishes a second that was 5 % of fieldgate's CPU.
+    fn kept(&self, publish: &Publish) -> Publish {
+        if self.keep_sent {
+            return publish.clone();
+        }
+        Publish {
+            dup: false,
+            qos: publish.qos,
+            retain: false,
+            topic: std::sync::Arc::clone(&self.marker_topic),
+            pkid: publish.pkid,
+            payload: bytes::Bytes::new(),
         }
     }
 
@@ -146,8 +174,10 @@ impl MqttState {
             .outgoing_pub
             .split_at_mut(self.last_puback as usize + 1);
 
+        let keep_sent = self.keep_sent;
         for publish in second_half.iter_mut().chain(first_half) {
-            if let Some(publish) = publish.take() {
+            // fieldgate patch: markers are not resent (`keep_sent`).
+            if let Some(publish) = publish.take().filter(|_| keep_sent) {
                 let request = Request::Publish(publish);
                 pending.push(request);
             }
@@ -302,7 +332,7 @@ impl MqttState {
         self.inflight -= 1;
         self.log_step(PublishStep::Acked(puback.pkid));
         let packet = self.check_collision(puback.pkid).map(|publish| {
-            self.outgoing_pub[publish.pkid as usize] = Some(publish.clone());
+            self.outgoing_pub[publish.pkid as usize] = Some(self.kept(&publish));
             self.inflight += 1;
 
             if !self.log_step(PublishStep::Sent(publish.pkid)) {
@@ -403,7 +433,7 @@ impl MqttState {
 
             // if there is an existing publish at this pkid, this implies that broker hasn't acked this
             // packet yet. This error is possible only when broker isn't acking sequentially
-            self.outgoing_pub[pkid as usize] = Some(publish.clone());
+            self.outgoing_pub[pkid as usize] = Some(self.kept(&publish));
             self.inflight += 1;
         };
 

@@ -547,7 +547,15 @@ fn sink(
             let Ok(mut out) = stream.try_clone() else {
                 continue;
             };
-            let mut input = std::io::BufReader::with_capacity(1 << 16, stream);
+            // A PUBLISH is stamped when the read that completed it returned, not when it is
+            // parsed: the PUBACKs written one by one for the packets before it in the same read
+            // are the sink's time, not the gateway's.
+            let read_at = std::rc::Rc::new(std::cell::Cell::new(now_ns()));
+            let stamped = Stamped {
+                inner: stream,
+                at: std::rc::Rc::clone(&read_at),
+            };
+            let mut input = std::io::BufReader::with_capacity(1 << 16, stamped);
             let mut next = || -> std::io::Result<Option<(u8, Vec<u8>)>> {
                 let mut b = [0u8; 1];
                 loop {
@@ -584,7 +592,7 @@ fn sink(
                 let reply: Vec<u8> = match header >> 4 {
                     1 => vec![0x20, 2, 0, 0],
                     3 => {
-                        let at = now_ns();
+                        let at = read_at.get();
                         let qos = (header >> 1) & 3;
                         let Some(tlen) = body
                             .get(..2)
@@ -662,6 +670,24 @@ fn sink(
         }
         samples
     })
+}
+
+/// A socket whose every read that returns data records when it returned (`now_ns`): the sink's
+/// buffered reader reads only when its buffer is empty, so every byte it holds came with the
+/// latest read, and a packet parsed from it arrived then.
+struct Stamped {
+    inner: std::net::TcpStream,
+    at: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl Read for Stamped {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            self.at.set(now_ns());
+        }
+        Ok(n)
+    }
 }
 
 /// From topic `bench/<device>/<address>` and a JSON payload: the device, when the slave

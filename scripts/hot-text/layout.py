@@ -28,6 +28,8 @@ def code_pages(pid, exe):
                 off, n = int(f[2], 16), (b - a) // PAGE
                 pm.seek(a // PAGE * 8)
                 data = pm.read(n * 8)
+                # A process that is exiting has its mappings torn down under us: short reads.
+                n = min(n, len(data) // 8)
                 pages |= {off + i * PAGE for i in range(n)
                           if struct.unpack_from('<Q', data, i * 8)[0] >> 63}
     return pages

@@ -34,6 +34,8 @@ pub struct Proc {
     stdin: Option<std::process::ChildStdin>,
     lines: Arc<Mutex<Vec<String>>>,
     seen: watch::Receiver<usize>,
+    /// The threads reading stdout and stderr; each ends at its stream's end of file.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -50,19 +52,20 @@ impl Proc {
         let tx = Arc::new(tx);
         let out = child.stdout.take().unwrap();
         let err = child.stderr.take().unwrap();
+        let mut readers = Vec::new();
         for stream in [
             Box::new(out) as Box<dyn std::io::Read + Send>,
             Box::new(err),
         ] {
             let lines = Arc::clone(&lines);
             let tx = Arc::clone(&tx);
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     let mut l = lines.lock().unwrap();
                     l.push(line);
                     let _ = tx.send(l.len());
                 }
-            });
+            }));
         }
         let stdin = child.stdin.take();
         Proc {
@@ -70,6 +73,7 @@ impl Proc {
             stdin,
             lines,
             seen,
+            readers,
         }
     }
 
@@ -155,11 +159,22 @@ impl Proc {
         assert!(ok, "kill -s {sig} failed");
     }
 
-    /// Wait for the process to exit (deadline) and return its exit code.
+    /// Wait for the process to exit (deadline) and return its exit code. Also waits, within
+    /// the same deadline, until its stdout and stderr have been read to the end, so that
+    /// `output()` holds everything it printed (a process that exits at once is often reaped
+    /// before its last lines have been read).
     pub async fn wait_exit(&mut self) -> Option<i32> {
         let deadline = Instant::now() + DEADLINE;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                while !self.readers.iter().all(|r| r.is_finished()) {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the process exited but its output did not end; output:\n{}",
+                        self.output()
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 return status.code();
             }
             assert!(

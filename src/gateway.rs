@@ -557,3 +557,59 @@ fn remember(memory: &mut Vec<SessionEvent>, ev: &SessionEvent) {
         SessionEvent::Message { .. } | SessionEvent::Written { .. } => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn inode(path: &std::path::Path) -> (u64, u64) {
+        let m = std::fs::metadata(path).unwrap();
+        (m.dev(), m.ino())
+    }
+
+    #[test]
+    fn a_lock_file_replaced_and_held_by_another_process_keeps_the_old_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lock = StateLock::take(dir.path()).unwrap();
+        let path = dir.path().join(STATE_LOCK);
+        let first = inode(&path);
+        assert_eq!(lock.held.as_ref().map(|(_, id)| *id), Some(first));
+        // Unchanged: nothing is done.
+        lock.renew();
+        assert_eq!(lock.held.as_ref().map(|(_, id)| *id), Some(first));
+        // A second lock on the same file is refused (flock is per open file).
+        assert!(StateLock::take(dir.path()).is_err());
+
+        // Replaced by a file another holder has locked first: the renewal fails, and the old
+        // lock is kept rather than dropped.
+        std::fs::remove_file(&path).unwrap();
+        let other = std::fs::File::create(&path).unwrap();
+        other.try_lock().unwrap();
+        let replaced = inode(&path);
+        assert_ne!(replaced, first);
+        lock.renew();
+        let (file, id) = lock.held.as_ref().expect("the old lock is kept");
+        assert_eq!(*id, first);
+        assert_eq!(file.metadata().unwrap().ino(), first.1);
+
+        // Once the other holder lets go, the next check locks the new file.
+        drop(other);
+        lock.renew();
+        assert_eq!(lock.held.as_ref().map(|(_, id)| *id), Some(replaced));
+        assert!(StateLock::take(dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_lock_file_removed_is_locked_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lock = StateLock::take(dir.path()).unwrap();
+        let path = dir.path().join(STATE_LOCK);
+        std::fs::remove_file(&path).unwrap();
+        // Without the file another gateway could start: the check makes a new one and locks it.
+        lock.renew();
+        assert!(path.exists());
+        assert_eq!(lock.held.as_ref().map(|(_, id)| *id), Some(inode(&path)));
+        assert!(StateLock::take(dir.path()).is_err());
+    }
+}
